@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests run offline on small inputs; keras.applications and tf-keras
+are the numerical reference and are used here only."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_HOME", os.path.join(os.path.dirname(__file__), ".keras-test-home"))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import transfer  # noqa: E402
+
+# (our builder, keras.applications builder name, depth, version): one row per variant.
+VARIANTS = [
+    (transfer.ResNet50, "ResNet50", 50, "v1"),
+    (transfer.ResNet101, "ResNet101", 101, "v1"),
+    (transfer.ResNet152, "ResNet152", 152, "v1"),
+    (transfer.ResNet50V2, "ResNet50V2", 50, "v2"),
+    (transfer.ResNet101V2, "ResNet101V2", 101, "v2"),
+    (transfer.ResNet152V2, "ResNet152V2", 152, "v2"),
+]
+VARIANT_IDS = [row[1] for row in VARIANTS]
+
+
+def reference_builder(name):
+    return getattr(keras.applications, name)
+
+
+def build_fresh(builder, **kwargs):
+    """Build in a fresh Keras session, so automatic layer names start from zero."""
+    keras.backend.clear_session()
+    return builder(**kwargs)
+
+
+def randomize(model, seed=0):
+    """Give every weight, BN statistics included, non-trivial random values."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for weight in model.weights:
+        shape = tuple(weight.shape)
+        name = weight.path.rsplit("/", 1)[-1]
+        if name == "moving_variance":
+            values.append(rng.uniform(0.5, 1.5, shape))
+        elif name == "gamma":
+            values.append(rng.uniform(0.2, 0.6, shape))
+        elif name in ("beta", "moving_mean", "bias"):
+            values.append(rng.normal(0, 0.1, shape))
+        else:
+            fan_in = int(np.prod(shape[:-1]))
+            values.append(rng.normal(0, np.sqrt(1.0 / fan_in), shape))
+    model.set_weights([v.astype("float32") for v in values])
+    return model
+
+
+def random_images(shape, seed=0, dtype="uint8"):
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(dtype)
+
+
+@pytest.fixture
+def images():
+    return random_images

@@ -1,0 +1,39 @@
+"""transfer: transfer learning for image classification on Keras 3 and TensorFlow.
+
+A from-scratch ResNet50/101/152 (v1 and v2) that is layer-for-layer compatible with
+`keras.applications`, and the tools around it: weights, groups, heads, fine-tuning.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("transfer")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from transfer.errors import (
+    DataError,
+    InvalidArgumentError,
+    RunFailedError,
+    TransferError,
+    WeightsError,
+)
+from transfer.models import (
+    GROUPS,
+    ImagePreprocessing,
+    ResNet,
+    ResNet50,
+    ResNet50V2,
+    ResNet101,
+    ResNet101V2,
+    ResNet152,
+    ResNet152V2,
+    architecture_of,
+    find_backbone,
+    freeze,
+    get_architecture,
+    groups,
+    load_weights,
+    preprocess_input,
+    unfreeze,
+)

@@ -1,0 +1,15 @@
+"""ResNet architectures, preprocessing, weights and layer groups."""
+
+from transfer.models.architectures import Architecture, all_architectures, get_architecture
+from transfer.models.groups import GROUPS, architecture_of, find_backbone, freeze, groups, unfreeze
+from transfer.models.preprocessing import ImagePreprocessing, preprocess_input
+from transfer.models.resnet import (
+    ResNet,
+    ResNet50,
+    ResNet50V2,
+    ResNet101,
+    ResNet101V2,
+    ResNet152,
+    ResNet152V2,
+)
+from transfer.models.weights import load_weights, read_weights_file

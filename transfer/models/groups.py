@@ -1,0 +1,139 @@
+"""Layer groups of a ResNet (stem, conv2..conv5, post, head) and freezing by group.
+
+A group is found from the layer names that keras.applications gives, so it works on
+a bare backbone, on a classifier that nests one, and on either after save and load.
+Frozen layers are `trainable=False`; for BatchNormalization that also means
+inference mode in Keras 3, so its moving statistics stay as they are.
+"""
+
+from collections import OrderedDict
+
+import keras
+
+from transfer.errors import InvalidArgumentError
+from transfer.models.architectures import STAGES, get_architecture
+
+GROUPS = ("stem", *STAGES, "post", "head")
+_PREFIX_GROUPS = {"conv1": "stem", "pool1": "stem", "post": "post",
+                  **{stage: stage for stage in STAGES}}
+_HEAD_NAMES = {"avg_pool", "max_pool", "predictions"}
+BACKBONE_MARKER = "conv1_conv"  # the first convolution: present in every variant
+
+
+def is_backbone(model):
+    return isinstance(model, keras.Model) and any(
+        layer.name == BACKBONE_MARKER for layer in model.layers
+    )
+
+
+def find_backbone(model):
+    """The model holding the ResNet layers: `model` itself or one nested in it."""
+    if is_backbone(model):
+        return model
+    for layer in getattr(model, "layers", []):
+        if is_backbone(layer):
+            return layer
+    raise InvalidArgumentError(
+        f"Model {getattr(model, 'name', model)!r} is not a ResNet built by transfer: "
+        f"it has no layer named {BACKBONE_MARKER!r}."
+    )
+
+
+def architecture_of(model):
+    """The `Architecture` of a transfer/keras.applications ResNet, from its layer names."""
+    from transfer.models.weights import identify_architecture
+
+    backbone = find_backbone(model)
+    found = identify_architecture([layer.name for layer in backbone.layers])
+    if found is None:
+        raise InvalidArgumentError(
+            f"Model {backbone.name!r} has ResNet layer names but not the block counts "
+            "of ResNet50, 101 or 152."
+        )
+    return get_architecture(*found)
+
+
+def _backbone_group(layer_name, previous_group):
+    prefix = layer_name.split("_", 1)[0]
+    if prefix in _PREFIX_GROUPS:
+        return _PREFIX_GROUPS[prefix]
+    if layer_name in _HEAD_NAMES:
+        return "head"
+    # Unnamed layers (the input, v2's shortcut max-pooling) belong with the layer
+    # before them: the shortcut pool follows the previous block of its own stage.
+    return previous_group
+
+
+def groups(model):
+    """Ordered {group name: [layers]} of a backbone or of a classifier nesting one.
+
+    Groups absent from the model (post in v1, head without a top) are left out.
+    Layers of the classifier around a nested backbone go to the stem (input,
+    preprocessing) when they come before it and to the head when they come after.
+    """
+    backbone = find_backbone(model)
+    result = OrderedDict((name, []) for name in GROUPS)
+    outer = model.layers if backbone is not model else [backbone]
+    seen_backbone = False
+    for outer_layer in outer:
+        if outer_layer is backbone:
+            seen_backbone = True
+            group = "stem"
+            for layer in backbone.layers:
+                group = _backbone_group(layer.name, group)
+                result[group].append(layer)
+        else:
+            result["head" if seen_backbone else "stem"].append(outer_layer)
+    return OrderedDict((name, layers) for name, layers in result.items() if layers)
+
+
+def _check_group(model_groups, name, argument):
+    if name not in model_groups:
+        raise InvalidArgumentError(
+            f"Unknown group: {argument}={name!r}. This model has the groups "
+            f"{', '.join(model_groups)}."
+        )
+
+
+def set_trainable_from(model, first_trainable=None, train_bn=False):
+    """Freeze every group before `first_trainable`; make it and later groups trainable.
+
+    `first_trainable=None` freezes everything. BatchNormalization in trainable groups
+    stays frozen (inference mode, moving statistics kept) unless `train_bn=True`.
+    Recompile the model afterwards, as for any change of `trainable` in Keras.
+    """
+    model_groups = groups(model)
+    if first_trainable is not None:
+        _check_group(model_groups, first_trainable, "from")
+    trainable = False
+    for name, layers in model_groups.items():
+        trainable = trainable or name == first_trainable
+        for layer in layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = trainable and train_bn
+            else:
+                layer.trainable = trainable
+    find_backbone(model).trainable_weights  # noqa: B018 (touch: fail early if broken)
+    return model
+
+
+def freeze(model, until=None, train_bn=False):
+    """Freeze the groups from the stem up to and including `until`.
+
+    `until=None` freezes the whole backbone (every group but the head). Later groups
+    become trainable; their BatchNormalization stays in inference mode unless
+    `train_bn=True`.
+    """
+    model_groups = groups(model)
+    names = list(model_groups)
+    if until is None:
+        until = names[-2] if names[-1] == "head" else names[-1]
+    _check_group(model_groups, until, "until")
+    index = names.index(until)
+    first = names[index + 1] if index + 1 < len(names) else None
+    return set_trainable_from(model, first, train_bn=train_bn)
+
+
+def unfreeze(model, start="stem", train_bn=False):
+    """Make the groups from `start` on trainable and freeze the ones before it."""
+    return set_trainable_from(model, start, train_bn=train_bn)

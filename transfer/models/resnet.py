@@ -1,0 +1,259 @@
+"""ResNet50/101/152, v1 and v2, layer-for-layer compatible with keras.applications.
+
+Three levels, as in keras.applications: a block, a stack of blocks (one stage), and
+one generic builder driven by `transfer.models.architectures`. Layer names are built
+from a prefix (`conv3_block2_1_conv`); they are the keys of the official weight files,
+so they are a public contract and must not change.
+"""
+
+import keras
+from keras import layers
+
+from transfer.errors import InvalidArgumentError
+from transfer.models.architectures import (
+    BN_EPSILON,
+    DEFAULT_INPUT_SIZE,
+    MIN_INPUT_SIZE,
+    STAGE_FILTERS,
+    STAGES,
+    get_architecture,
+)
+
+POOLING_MODES = (None, "avg", "max")
+
+
+def _bn(name):
+    return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, name=name)
+
+
+def bottleneck_v1(x, filters, stride=1, conv_shortcut=True, name=None):
+    """Post-activation bottleneck; the stride sits on the first 1x1 convolution."""
+    if conv_shortcut:
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = _bn(f"{name}_0_bn")(shortcut)
+    else:
+        shortcut = x
+    x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    x = _bn(f"{name}_1_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
+    x = _bn(f"{name}_2_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
+    x = _bn(f"{name}_3_bn")(x)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def stack_v1(x, filters, blocks, stride, name):
+    x = bottleneck_v1(x, filters, stride=stride, name=f"{name}_block1")
+    for i in range(2, blocks + 1):
+        x = bottleneck_v1(x, filters, conv_shortcut=False, name=f"{name}_block{i}")
+    return x
+
+
+def bottleneck_v2(x, filters, stride=1, conv_shortcut=False, name=None):
+    """Pre-activation bottleneck; the stride sits on the 3x3 convolution."""
+    preact = _bn(f"{name}_preact_bn")(x)
+    preact = layers.Activation("relu", name=f"{name}_preact_relu")(preact)
+    if conv_shortcut:
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(preact)
+    elif stride > 1:
+        # Unnamed in keras.applications too: it holds no weights, and its automatic
+        # name (max_pooling2d, max_pooling2d_1, ...) is what the reference gets.
+        shortcut = layers.MaxPooling2D(1, strides=stride)(x)
+    else:
+        shortcut = x
+    x = layers.Conv2D(filters, 1, strides=1, use_bias=False, name=f"{name}_1_conv")(preact)
+    x = _bn(f"{name}_1_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name=f"{name}_2_pad")(x)
+    x = layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_2_conv")(x)
+    x = _bn(f"{name}_2_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
+    return layers.Add(name=f"{name}_out")([shortcut, x])
+
+
+def stack_v2(x, filters, blocks, stride, name):
+    x = bottleneck_v2(x, filters, conv_shortcut=True, name=f"{name}_block1")
+    for i in range(2, blocks):
+        x = bottleneck_v2(x, filters, name=f"{name}_block{i}")
+    return bottleneck_v2(x, filters, stride=stride, name=f"{name}_block{blocks}")
+
+
+# Version.block -> the function that builds one stage of that block kind.
+STACK_BUILDERS = {
+    "bottleneck_v1": stack_v1,
+    "bottleneck_v2": stack_v2,
+}
+
+
+def _resolve_input_shape(input_shape, include_top, pretrained):
+    """keras.applications' `obtain_input_shape` for channels_last, with our errors."""
+    if input_shape is None:
+        if include_top:
+            return (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE, 3)
+        return (None, None, 3)
+    input_shape = tuple(None if d is None else int(d) for d in input_shape)
+    if len(input_shape) != 3:
+        raise InvalidArgumentError(
+            f"input_shape must be (height, width, channels). Received: input_shape={input_shape}"
+        )
+    height, width, channels = input_shape
+    if pretrained and channels != 3:
+        raise InvalidArgumentError(
+            "Pretrained weights need 3 input channels (RGB). "
+            f"Received: input_shape={input_shape}; use weights=None for {channels} channels."
+        )
+    if any(d is not None and d < MIN_INPUT_SIZE for d in (height, width)):
+        raise InvalidArgumentError(
+            f"Input size must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}. "
+            f"Received: input_shape={input_shape}"
+        )
+    if include_top and (height is None or width is None):
+        raise InvalidArgumentError(
+            "With include_top=True the input height and width must be fixed. "
+            f"Received: input_shape={input_shape}"
+        )
+    return input_shape
+
+
+def _check_weights_argument(weights, include_top, classes, classifier_activation):
+    from transfer.models.weights import check_weights_argument
+
+    check_weights_argument(weights)
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise InvalidArgumentError(
+            "With weights='imagenet' and include_top=True, classes must be 1000. "
+            f"Received: classes={classes}; use include_top=False and attach a new head."
+        )
+    if weights is not None and include_top:
+        activation = keras.activations.get(classifier_activation)
+        if activation not in (keras.activations.get("softmax"), keras.activations.get(None)):
+            raise InvalidArgumentError(
+                "With pretrained weights and include_top=True, classifier_activation must "
+                f"be 'softmax' or None. Received: classifier_activation={classifier_activation!r}"
+            )
+
+
+def ResNet(
+    depth=50,
+    version="v1",
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+):
+    """Build any ResNet of the architecture table; the six named builders call this.
+
+    Arguments are those of `keras.applications.ResNet50`, plus `depth` (50, 101, 152)
+    and `version` ("v1", "v2"). `weights` is None, "imagenet", or a path to a weights
+    file (see `transfer.load_weights` for the formats). Returns a `keras.Model` whose
+    layer names, order and weight shapes are those of keras.applications.
+    """
+    arch = get_architecture(depth, version)
+    if pooling not in POOLING_MODES:
+        raise InvalidArgumentError(
+            f"Unknown pooling: {pooling!r}. Expected one of None, 'avg', 'max'."
+        )
+    _check_weights_argument(weights, include_top, classes, classifier_activation)
+    if weights == "imagenet" and include_top and input_shape is not None:
+        if tuple(input_shape) != (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE, 3):
+            raise InvalidArgumentError(
+                "With weights='imagenet' and include_top=True the input shape must be "
+                f"(224, 224, 3). Received: input_shape={tuple(input_shape)}; "
+                "use include_top=False for other sizes."
+            )
+    input_shape = _resolve_input_shape(input_shape, include_top, weights is not None)
+
+    if input_tensor is None:
+        img_input = layers.Input(shape=input_shape)
+    elif not keras.backend.is_keras_tensor(input_tensor):
+        img_input = layers.Input(tensor=input_tensor, shape=input_shape)
+    else:
+        img_input = input_tensor
+
+    version = arch.version
+    x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(img_input)
+    x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
+    if not version.preact:
+        x = _bn("conv1_bn")(x)
+        x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+
+    stack = STACK_BUILDERS[version.block]
+    for stage, filters, blocks, stride in zip(
+        STAGES, STAGE_FILTERS, arch.blocks, version.stage_strides
+    ):
+        x = stack(x, filters, blocks, stride, name=stage)
+
+    if version.preact:
+        x = _bn("post_bn")(x)
+        x = layers.Activation("relu", name="post_relu")(x)
+
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
+    model = keras.Model(inputs, x, name=name or arch.name)
+
+    if weights is not None:
+        from transfer.models.weights import load_weights
+
+        load_weights(model, weights, architecture=arch)
+    return model
+
+
+def _variant(depth, version):
+    """Make the public builder of one variant, with keras.applications' signature."""
+    arch = get_architecture(depth, version)
+
+    def builder(
+        include_top=True,
+        weights="imagenet",
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        name=arch.name,
+    ):
+        return ResNet(
+            depth,
+            version,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            name=name,
+        )
+
+    builder.__name__ = builder.__qualname__ = arch.display_name
+    builder.__doc__ = (
+        f"Instantiate {arch.display_name}, compatible with "
+        f"`keras.applications.{arch.display_name}`.\n\n"
+        "See `transfer.ResNet` for the arguments."
+    )
+    return builder
+
+
+ResNet50 = _variant(50, "v1")
+ResNet101 = _variant(101, "v1")
+ResNet152 = _variant(152, "v1")
+ResNet50V2 = _variant(50, "v2")
+ResNet101V2 = _variant(101, "v2")
+ResNet152V2 = _variant(152, "v2")
