@@ -35,12 +35,14 @@ def build_fresh(builder, **kwargs):
 
 
 def randomize(model, seed=0):
-    """Give every weight, BN statistics included, non-trivial random values."""
+    """Give every weight, BN statistics included, non-trivial random values.
+
+    Works on Keras 3 and tf-keras models alike."""
     rng = np.random.default_rng(seed)
     values = []
     for weight in model.weights:
         shape = tuple(weight.shape)
-        name = weight.path.rsplit("/", 1)[-1]
+        name = getattr(weight, "path", weight.name).rsplit("/", 1)[-1].split(":")[0]
         if name == "moving_variance":
             values.append(rng.uniform(0.5, 1.5, shape))
         elif name == "gamma":
@@ -61,3 +63,31 @@ def random_images(shape, seed=0, dtype="uint8"):
 @pytest.fixture
 def images():
     return random_images
+
+
+def md5_of(path):
+    import hashlib
+
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make every outgoing connection fail at once, as on an air-gapped machine."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras home: no cached weight files."""
+    home = tmp_path / "keras-home"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.delenv("TRANSFER_WEIGHTS_DIR", raising=False)
+    return home

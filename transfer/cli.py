@@ -114,6 +114,35 @@ def info(depth, version, image_size, as_json):
     click.echo(f"  from {summary['weights'][0]['url'].rsplit('/', 1)[0]}/")
 
 
+def weights_dir_option(command):
+    """--weights-dir, shared by every command that can load ImageNet weights."""
+    return click.option(
+        "--weights-dir", type=click.Path(file_okay=False), envvar="TRANSFER_WEIGHTS_DIR",
+        help="Folder of pre-downloaded official weight files, looked in before Keras' "
+             "cache and the network [env: TRANSFER_WEIGHTS_DIR].",
+    )(command)
+
+
+@cli.command()
+@architecture_options
+@click.option("--top/--notop", "include_top", default=False, show_default=True,
+              help="The file with the 1000-class ImageNet classifier, or without it.")
+@weights_dir_option
+def weights(depth, version, include_top, weights_dir):
+    """Find (or download) the official ImageNet weights file and print its path.
+
+    \b
+    Examples:
+      transfer weights --depth 50
+      transfer weights --depth 101 --version v2 --weights-dir /data/keras-weights
+    """
+    from transfer.models.architectures import get_architecture
+    from transfer.models.weights import imagenet_weights_path
+
+    arch = get_architecture(depth, version)
+    click.echo(imagenet_weights_path(arch, include_top=include_top, weights_dir=weights_dir))
+
+
 def _summary_as_dict(summary):
     arch = summary["architecture"]
     return {

@@ -2,6 +2,7 @@
 
 from transfer.models.architectures import Architecture, all_architectures, get_architecture
 from transfer.models.groups import GROUPS, architecture_of, find_backbone, freeze, groups, unfreeze
+from transfer.models.heads import attach_head, build_classifier, feature_extractor
 from transfer.models.preprocessing import ImagePreprocessing, preprocess_input
 from transfer.models.resnet import (
     ResNet,
@@ -12,4 +13,8 @@ from transfer.models.resnet import (
     ResNet152,
     ResNet152V2,
 )
-from transfer.models.weights import load_weights, read_weights_file
+from transfer.models.weights import (
+    imagenet_weights_path,
+    load_weights,
+    read_weights_file,
+)

@@ -148,12 +148,15 @@ def ResNet(
     classes=1000,
     classifier_activation="softmax",
     name=None,
+    weights_dir=None,
 ):
     """Build any ResNet of the architecture table; the six named builders call this.
 
     Arguments are those of `keras.applications.ResNet50`, plus `depth` (50, 101, 152)
     and `version` ("v1", "v2"). `weights` is None, "imagenet", or a path to a weights
-    file (see `transfer.load_weights` for the formats). Returns a `keras.Model` whose
+    file (see `transfer.load_weights` for the formats); "imagenet" files are looked for
+    in `weights_dir` (or $TRANSFER_WEIGHTS_DIR), then Keras' cache, then downloaded.
+    Returns a `keras.Model` whose
     layer names, order and weight shapes are those of keras.applications.
     """
     arch = get_architecture(depth, version)
@@ -211,7 +214,7 @@ def ResNet(
     if weights is not None:
         from transfer.models.weights import load_weights
 
-        load_weights(model, weights, architecture=arch)
+        load_weights(model, weights, architecture=arch, weights_dir=weights_dir)
     return model
 
 

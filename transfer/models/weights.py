@@ -9,6 +9,7 @@ Formats read (detected from the file's content, not its suffix):
 """
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -65,12 +66,17 @@ def imagenet_md5(architecture, include_top=True):
     return IMAGENET_MD5[architecture.name][0 if include_top else 1]
 
 
+def keras_home():
+    """Keras' home folder, read at call time (Keras reads $KERAS_HOME at import)."""
+    base = os.path.expanduser("~")
+    if not os.access(base, os.W_OK):
+        base = "/tmp"
+    return Path(os.environ.get("KERAS_HOME", os.path.join(base, ".keras")))
+
+
 def keras_cache_dir():
     """The folder where `keras.utils.get_file(cache_subdir="models")` keeps files."""
-    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    if not os.access(home, os.W_OK) and not os.path.exists(home):
-        home = os.path.join("/tmp", ".keras")
-    return Path(home) / "models"
+    return keras_home() / "models"
 
 
 def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
@@ -85,7 +91,7 @@ def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
     if weights_dir:
         candidate = Path(weights_dir).expanduser() / file_name
         if candidate.is_file():
-            if not keras.utils.validate_file(str(candidate), md5, algorithm="md5"):
+            if file_md5(candidate) != md5:
                 raise WeightsError(
                     f"{candidate} does not have the MD5 hash of the official file "
                     f"({md5}): it is damaged or a different file. Download it again from "
@@ -99,6 +105,7 @@ def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
                 keras.utils.get_file(
                     file_name,
                     imagenet_url(architecture, include_top),
+                    cache_dir=str(keras_home()),
                     cache_subdir="models",
                     file_hash=md5,
                 )
@@ -114,6 +121,14 @@ def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
         ) from exc
 
 
+def file_md5(path, chunk_size=1 << 20):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def _socket_timeout(seconds):
     previous = socket.getdefaulttimeout()
@@ -126,7 +141,8 @@ def _socket_timeout(seconds):
 
 def _short_reason(exc):
     text = str(exc).strip().splitlines()
-    return text[-1][:200] if text else type(exc).__name__
+    reason = text[-1] if text else type(exc).__name__
+    return reason.rsplit(" -- ", 1)[-1][:200]  # get_file prefixes the URL again
 
 
 def check_weights_argument(weights):

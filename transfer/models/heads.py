@@ -1,0 +1,121 @@
+"""New classification heads on a ResNet backbone, and the one-call classifier builder.
+
+The classifier is one Keras model from raw 0-255 RGB pixels to probabilities:
+input -> ImagePreprocessing (the backbone's mode) -> backbone -> head. The backbone
+is nested as one layer, so it can be taken out again as a feature extractor. The
+head owns pooling, dropout and the output layer; the backbone knows nothing about
+classes.
+"""
+
+import keras
+from keras import layers
+
+from transfer.errors import InvalidArgumentError
+from transfer.models.groups import architecture_of, find_backbone
+from transfer.models.preprocessing import ImagePreprocessing
+
+HEAD_POOLING = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
+HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_hidden", "head_hidden_dropout",
+                    "predictions")
+PREPROCESSING_LAYER = "preprocess"
+
+
+def attach_head(
+    backbone,
+    num_classes,
+    pooling="avg",
+    dropout=0.0,
+    hidden_units=None,
+    multi_label=False,
+    name=None,
+):
+    """Put a new classifier on a feature-map backbone (`include_top=False, pooling=None`).
+
+    Args:
+        backbone: a ResNet from `transfer` (or keras.applications) without top or pooling.
+        num_classes: number of outputs.
+        pooling: "avg" or "max" global pooling of the last feature map.
+        dropout: dropout rate before the output layer (and after the hidden layer).
+        hidden_units: optional width of a hidden ReLU layer between pooling and output.
+        multi_label: sigmoid outputs (independent labels) instead of softmax.
+
+    Returns a `keras.Model` taking raw RGB pixels (0-255, any numeric dtype) and
+    giving probabilities; it saves to `.keras` and reloads with safe mode on.
+    """
+    backbone = find_backbone(backbone)
+    architecture = architecture_of(backbone)
+    if len(backbone.output.shape) != 4:
+        raise InvalidArgumentError(
+            f"attach_head needs a backbone that outputs a feature map; {backbone.name!r} "
+            f"outputs shape {tuple(backbone.output.shape)}. Build it with "
+            "include_top=False and pooling=None."
+        )
+    if pooling not in HEAD_POOLING:
+        raise InvalidArgumentError(
+            f"Unknown head pooling: {pooling!r}. Expected one of {', '.join(HEAD_POOLING)}."
+        )
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise InvalidArgumentError(
+            f"num_classes must be a positive integer. Received: num_classes={num_classes!r}"
+        )
+    if not 0.0 <= float(dropout) < 1.0:
+        raise InvalidArgumentError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+    if hidden_units is not None and (not isinstance(hidden_units, int) or hidden_units < 1):
+        raise InvalidArgumentError(
+            f"hidden_units must be a positive integer or None. Received: hidden_units={hidden_units!r}"
+        )
+
+    inputs = keras.Input(shape=backbone.input.shape[1:], name="pixels")
+    x = ImagePreprocessing(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
+    x = backbone(x)
+    x = HEAD_POOLING[pooling](name="head_pool")(x)
+    if hidden_units:
+        if dropout:
+            x = layers.Dropout(dropout, name="head_dropout")(x)
+        x = layers.Dense(hidden_units, activation="relu", name="head_hidden")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_hidden_dropout" if hidden_units else "head_dropout")(x)
+    activation = "sigmoid" if multi_label else "softmax"
+    # float32 output: softmax and the loss stay stable under mixed precision.
+    outputs = layers.Dense(num_classes, activation=activation, dtype="float32",
+                           name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name or f"{backbone.name}_classifier")
+
+
+def build_classifier(
+    num_classes,
+    depth=50,
+    version="v1",
+    weights="imagenet",
+    image_size=224,
+    weights_dir=None,
+    **head_options,
+):
+    """Build a ResNet backbone (`include_top=False`) and attach a new head to it.
+
+    `image_size` may be an int, a (height, width) pair, or None for any size.
+    `head_options` are those of `attach_head`.
+    """
+    from transfer.models.resnet import ResNet
+
+    if image_size is None:
+        shape = (None, None, 3)
+    elif isinstance(image_size, int):
+        shape = (image_size, image_size, 3)
+    else:
+        shape = (*image_size, 3)
+    backbone = ResNet(depth, version, include_top=False, weights=weights,
+                      input_shape=shape, weights_dir=weights_dir)
+    return attach_head(backbone, num_classes, **head_options)
+
+
+def feature_extractor(model, pooling="avg"):
+    """From a classifier (or backbone), a model: raw pixels -> pooled backbone features."""
+    backbone = find_backbone(model)
+    architecture = architecture_of(backbone)
+    inputs = keras.Input(shape=backbone.input.shape[1:], name="pixels")
+    x = ImagePreprocessing(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
+    x = backbone(x)
+    if pooling is not None:
+        x = HEAD_POOLING[pooling](name="head_pool")(x)
+    return keras.Model(inputs, x, name=f"{backbone.name}_features")
