@@ -69,6 +69,7 @@ def cli(debug):
 
     \b
     Examples:
+      transfer finetune --data ./flowers --depth 50
       transfer info --depth 50 --version v2
     """
 
@@ -141,6 +142,122 @@ def weights(depth, version, include_top, weights_dir):
 
     arch = get_architecture(depth, version)
     click.echo(imagenet_weights_path(arch, include_top=include_top, weights_dir=weights_dir))
+
+
+def _default(name):
+    """The library's default for a fine-tuning option: one source of truth."""
+    from transfer.train.options import FinetuneOptions
+
+    return FinetuneOptions.__dataclass_fields__[name].default
+
+
+def _setup_logging():
+    import logging
+
+    class Formatter(logging.Formatter):
+        def format(self, record):
+            prefix = "Warning: " if record.levelno >= logging.WARNING else ""
+            return prefix + record.getMessage()
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Formatter())
+    logger = logging.getLogger("transfer")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@cli.command()
+@click.option("--data", required=True,
+              help="Image folder (one sub-folder per class, or train/ val/ test/), or tfds:NAME.")
+@architecture_options
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet, none (random initialisation), or a weights file "
+                   "(.h5, .weights.h5, .keras).")
+@weights_dir_option
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Run directory [default: runs/<timestamp>-<data name>].")
+@click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
+@click.option("--image-size", type=int, default=_default("image_size"), show_default=True)
+@click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True,
+              help="Global batch size.")
+@click.option("--val-split", type=float, default=_default("val_split"), show_default=True,
+              help="Fraction of each class held out for validation (by a hash of its path).")
+@click.option("--test-split", type=float, default=_default("test_split"), show_default=True,
+              help="Fraction of each class held out for a final test.")
+@click.option("--head-epochs", type=int, default=_default("head_epochs"), show_default=True,
+              help="Phase 1: epochs for the new head on the frozen backbone.")
+@click.option("--head-lr", "head_learning_rate", type=float,
+              default=_default("head_learning_rate"), show_default=True)
+@click.option("--fine-tune-from", default=_default("fine_tune_from"), show_default=True,
+              help="Phase 2: first group to unfreeze (stem, conv2..conv5, post), or none.")
+@click.option("--fine-tune-epochs", type=int, default=_default("fine_tune_epochs"),
+              show_default=True)
+@click.option("--fine-tune-lr", "fine_tune_learning_rate", type=float,
+              default=_default("fine_tune_learning_rate"), show_default=True)
+@click.option("--train-bn", is_flag=True,
+              help="Let BatchNormalization of unfrozen groups train (default: inference mode).")
+@click.option("--optimizer", default=_default("optimizer"), show_default=True,
+              help="adam, adamw, sgd (momentum 0.9) or rmsprop.")
+@click.option("--label-smoothing", type=float, default=_default("label_smoothing"),
+              show_default=True)
+@click.option("--dropout", type=float, default=_default("dropout"), show_default=True)
+@click.option("--pooling", default=_default("pooling"), show_default=True, help="avg or max.")
+@click.option("--hidden-units", type=int, default=None, help="Add a hidden ReLU layer to the head.")
+@click.option("--class-weight", default=_default("class_weight"), show_default=True,
+              help="none, or auto (balanced weights for imbalanced classes).")
+@click.option("--augment", default=_default("augment"), show_default=True,
+              help="Which phases see flip/rotation/zoom/contrast: none, fine-tune or both.")
+@click.option("--early-stopping", "early_stopping_patience", type=int,
+              default=_default("early_stopping_patience"), show_default=True,
+              help="Stop a phase after this many epochs without a better val_loss, and "
+                   "restore the best weights (0: off).")
+@click.option("--seed", type=int, default=_default("seed"), show_default=True)
+@click.option("--strict", is_flag=True, help="Stop on unreadable or non-image files "
+                                             "instead of reporting and skipping them.")
+@click.option("--no-cache", "cache_features", flag_value=False, default=True,
+              help="Train phase 1 through the frozen backbone instead of on cached features.")
+@click.option("--tfds-data-dir", type=click.Path(), help="TFDS data folder for tfds:NAME.")
+def finetune(data, out, overwrite, **options):
+    """Fine-tune a ResNet on a folder of images (or a TFDS dataset).
+
+    Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the groups
+    from --fine-tune-from on with a lower learning rate. The run directory holds the
+    model (raw RGB pixels in, probabilities out), labels, metrics, reports and plots.
+
+    \b
+    Examples:
+      transfer finetune --data ./flowers --depth 50
+      transfer finetune --data ./flowers --weights none --image-size 64 --fine-tune-from stem
+      transfer finetune --data tfds:tf_flowers --version v2 --out runs/flowers
+    """
+    from transfer.train.finetune import finetune as run_finetune
+
+    _setup_logging()
+    result = run_finetune(data, out=out, overwrite=overwrite, **options)
+    _print_run_summary(result)
+
+
+def _print_run_summary(result):
+    metrics, timings = result.metrics, result.timings
+    click.echo("")
+    for split in ("val", "test"):
+        if split not in metrics:
+            continue
+        m = metrics[split]
+        parts = [f"accuracy {m['accuracy']:.4f}"]
+        if "top5_accuracy" in m:
+            parts.append(f"top-5 {m['top5_accuracy']:.4f}")
+        parts.append(f"macro F1 {m['macro_f1']:.4f}")
+        name = "validation" if split == "val" else "test"
+        click.echo(f"{name} ({m['images']} images): " + ", ".join(parts))
+    phases = [f"head {timings.get('head_seconds', 0):.0f}s"]
+    if "fine_tune_seconds" in timings:
+        phases.append(f"fine-tune {timings['fine_tune_seconds']:.0f}s")
+    click.echo(f"time: {', '.join(phases)}, total {timings['total_seconds']:.0f}s")
+    if metrics.get("skipped_files"):
+        click.echo(f"skipped files: {len(metrics['skipped_files'])} (listed in metrics.json)")
+    click.echo(f"run directory: {result.run_dir}")
 
 
 def _summary_as_dict(summary):

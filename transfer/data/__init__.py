@@ -1,0 +1,4 @@
+"""Data: image folders and TFDS datasets, splits, and tf.data pipelines."""
+
+from transfer.data.pipeline import augmentation, drop_unreadable, find_unreadable, image_dataset
+from transfer.data.sources import Dataset, Split, load_dataset, load_folder, split_fraction

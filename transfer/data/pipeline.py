@@ -1,0 +1,151 @@
+"""tf.data pipelines: parallel decode and resize, batching, augmentation, and the
+check that finds unreadable images before training so that none can stop an epoch."""
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transfer.errors import DataError
+
+logger = logging.getLogger("transfer")
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_image(contents, image_size):
+    """Bytes of a JPEG/PNG/BMP/GIF -> float32 RGB (0-255) of `image_size`.
+
+    Grayscale, RGBA and palette images become RGB; an animated GIF gives its first
+    frame. Resizing is bilinear, like `keras.utils.image_dataset_from_directory`.
+    """
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return tf.image.resize(image, image_size, method="bilinear")
+
+
+def _as_size(image_size):
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+
+
+def find_unreadable(paths, progress=True):
+    """[(path, reason)] for files that TensorFlow cannot decode, checked in parallel."""
+    if not paths:
+        return []
+    indices = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(paths), dtype=np.int64), list(paths)))
+
+    def check(index, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        tf.debugging.assert_positive(tf.size(image), message="empty image")
+        return index
+
+    readable = indices.map(check, num_parallel_calls=AUTOTUNE, deterministic=False)
+    readable = readable.ignore_errors().batch(256)
+    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
+    good = np.zeros(len(paths), dtype=bool)
+    seen = 0
+    for batch in readable:
+        good[batch.numpy()] = True
+        seen += len(batch)
+        if bar:
+            bar.update(seen)
+    if bar:
+        bar.update(len(paths), finalize=True)
+    return [(paths[i], _decode_error(paths[i])) for i in np.flatnonzero(~good)]
+
+
+def _decode_error(path):
+    """The reason a file failed, from decoding it once more on its own."""
+    try:
+        contents = tf.io.read_file(path)
+        if int(tf.strings.length(contents)) == 0:
+            return "empty file (0 bytes)"
+        tf.io.decode_image(contents, channels=3, expand_animations=False)
+        return "could not be decoded"
+    except (tf.errors.OpError, ValueError) as exc:
+        message = getattr(exc, "message", str(exc)).strip().splitlines()
+        return f"not a readable image ({message[0][:160] if message else type(exc).__name__})"
+
+
+def drop_unreadable(dataset, strict=False, progress=True):
+    """Check every image of every split; report bad ones by path and drop them.
+
+    With `strict=True` any bad file (or non-image file) is an error instead.
+    """
+    if dataset.source == "tfds":
+        return dataset
+    all_paths = [p for split in dataset.splits.values() for p in split.paths]
+    logger.info("Checking %d images...", len(all_paths))
+    bad = dict(find_unreadable(all_paths, progress=progress))
+    for path, reason in bad.items():
+        dataset.skipped.append({"path": path, "reason": reason})
+    if dataset.skipped and strict:
+        lines = "; ".join(f"{s['path']}: {s['reason']}" for s in dataset.skipped[:5])
+        more = f" and {len(dataset.skipped) - 5} more" if len(dataset.skipped) > 5 else ""
+        raise DataError(f"{len(dataset.skipped)} unusable files (--strict): {lines}{more}.")
+    for entry in dataset.skipped:
+        logger.warning("Skipped %s: %s", entry["path"], entry["reason"])
+    for split in dataset.splits.values():
+        keep = [i for i, p in enumerate(split.paths) if p not in bad]
+        split.paths = [split.paths[i] for i in keep]
+        split.labels = split.labels[keep]
+    for name, split in dataset.splits.items():
+        if name == "train" and not len(split):
+            raise DataError("No readable training images are left after skipping bad files.")
+    return dataset
+
+
+def image_dataset(split, image_size, batch_size, num_classes, shuffle=False, seed=None,
+                  augment=None, one_hot=True):
+    """A batched tf.data.Dataset of (float32 pixels 0-255, labels) for one split."""
+    size = _as_size(image_size)
+    labels = split.labels
+    if split.tfds is not None:
+        ds = split.tfds.map(lambda image, label: (tf.image.resize(
+            _to_rgb(image), size, method="bilinear"), label), num_parallel_calls=AUTOTUNE)
+        if shuffle:
+            ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((list(split.paths), labels))
+        if shuffle:
+            ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda path, label: (decode_image(tf.io.read_file(path), size), label),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE)
+    if one_hot:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _to_rgb(image):
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank == 2:
+        image = image[..., None]
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+        image = image[..., :3]
+    return tf.cast(image, tf.float32)
+
+
+# Augmentation: name -> a Keras preprocessing layer factory (factor).
+AUGMENTATIONS = {
+    "flip": lambda factor, seed: keras.layers.RandomFlip("horizontal", seed=seed),
+    "rotation": lambda factor, seed: keras.layers.RandomRotation(factor, seed=seed),
+    "zoom": lambda factor, seed: keras.layers.RandomZoom(factor, seed=seed),
+    "contrast": lambda factor, seed: keras.layers.RandomContrast(factor, seed=seed),
+}
+DEFAULT_AUGMENTATION = {"flip": None, "rotation": 0.05, "zoom": 0.1, "contrast": 0.1}
+
+
+def augmentation(seed=None, spec=None):
+    """A Keras Sequential of random augmentation layers, applied to 0-255 pixels."""
+    spec = DEFAULT_AUGMENTATION if spec is None else spec
+    return keras.Sequential(
+        [AUGMENTATIONS[name](factor, seed) for name, factor in spec.items()],
+        name="augmentation",
+    )

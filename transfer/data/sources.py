@@ -1,0 +1,230 @@
+"""Datasets as lists of files (or TFDS splits) with labels, class names and splits.
+
+A folder is either one sub-folder per class, or `train/` (and optionally `val/`,
+`test/`) each holding class sub-folders. Without explicit splits, each file goes to
+validation or test by a hash of its path inside its class folder: deterministic,
+stratified by class, and stable when images are added later.
+"""
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import DataError, InvalidArgumentError
+
+logger = logging.getLogger("transfer")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+TFDS_PREFIX = "tfds:"
+
+
+@dataclass
+class Split:
+    """One split of a dataset: files and integer labels (or a TFDS split)."""
+
+    paths: list
+    labels: np.ndarray
+    tfds: object = None  # a tf.data.Dataset of (image, label) for TFDS sources
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    name: str
+    source: str  # "folder", "split-folders" or "tfds"
+    class_names: list
+    splits: dict  # "train", "val", optionally "test" -> Split
+    skipped: list = field(default_factory=list)  # [{"path": ..., "reason": ...}]
+    fingerprint: str = ""
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def describe(self):
+        sizes = ", ".join(f"{name} {len(split)}" for name, split in self.splits.items())
+        return f"{self.name}: {self.num_classes} classes, {sizes} images"
+
+
+def split_fraction(relative_path, salt="transfer-split-v1"):
+    """A number in [0, 1) fixed by a file's path inside its class folder."""
+    digest = hashlib.sha1(f"{salt}:{relative_path}".encode("utf8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _is_hidden(path):
+    return path.name.startswith(".")
+
+
+def _list_class_files(class_dir, skipped):
+    """Image files of one class folder, recursively, sorted; others reported."""
+    files = []
+    for root, dirs, names in os.walk(class_dir, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(root) / name
+            if _is_hidden(path):
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append({"path": str(path), "reason": "not an image file "
+                                f"(expected {', '.join(IMAGE_EXTENSIONS)})"})
+                continue
+            if not path.is_file():
+                skipped.append({"path": str(path), "reason": "broken link or not a file"})
+                continue
+            files.append(path)
+    return files
+
+
+def _class_dirs(root):
+    return sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+
+
+def _scan_class_folders(root, skipped, class_names=None):
+    """{class name: [files]} of a folder with one sub-folder per class."""
+    dirs = _class_dirs(root)
+    if class_names is None:
+        if not dirs:
+            stray = [p for p in root.iterdir() if p.is_file() and not _is_hidden(p)]
+            hint = " (it holds files but no class sub-folders)" if stray else ""
+            raise DataError(
+                f"No class folders in {root}{hint}. Expected one sub-folder per class, "
+                "or train/ (and optionally val/, test/) holding class sub-folders."
+            )
+        files = {d.name: _list_class_files(d, skipped) for d in dirs}
+        empty = [name for name, found in files.items() if not found]
+        if empty:
+            raise DataError(
+                f"Class folder{'s' if len(empty) > 1 else ''} "
+                f"{', '.join(repr(str(root / e)) for e in empty)} hold{'' if len(empty) > 1 else 's'} "
+                f"no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})."
+            )
+        return files
+    unknown = [d.name for d in dirs if d.name not in class_names]
+    if unknown:
+        raise DataError(
+            f"{root} has class folders that train/ does not: {', '.join(unknown)}. "
+            f"Known classes: {', '.join(class_names)}."
+        )
+    return {d.name: _list_class_files(d, skipped) for d in dirs}
+
+
+def _split_of(fraction, val_split, test_split):
+    if fraction < val_split:
+        return "val"
+    if fraction < val_split + test_split:
+        return "test"
+    return "train"
+
+
+def _fingerprint(entries):
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(repr(entry).encode("utf8"))
+    return digest.hexdigest()[:16]
+
+
+def _records_to_split(records, class_index):
+    paths = [str(p) for p, _ in records]
+    labels = np.array([class_index[c] for _, c in records], dtype=np.int64)
+    return Split(paths, labels)
+
+
+def load_folder(root, val_split=0.2, test_split=0.0):
+    """Scan an image folder into a `Dataset` (see the module docstring for layouts)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"--data {root} does not exist.")
+    if not root.is_dir():
+        raise DataError(f"--data {root} is not a folder.")
+    if not 0.0 <= val_split < 1.0 or not 0.0 <= test_split < 1.0 or val_split + test_split >= 1:
+        raise InvalidArgumentError(
+            f"val_split and test_split must be in [0, 1) and leave images for training. "
+            f"Received: val_split={val_split}, test_split={test_split}"
+        )
+    skipped = []
+    subdirs = {d.name.lower(): d for d in _class_dirs(root)}
+    if "train" in subdirs and set(subdirs) <= set(SPLIT_FOLDERS):
+        source = "split-folders"
+        train_files = _scan_class_folders(subdirs["train"], skipped)
+        class_names = sorted(train_files)
+        by_split = {"train": train_files}
+        for folder, dir_path in subdirs.items():
+            if SPLIT_FOLDERS[folder] != "train":
+                by_split[SPLIT_FOLDERS[folder]] = _scan_class_folders(dir_path, skipped, class_names)
+        records = {
+            split: [(p, c) for c in sorted(files) for p in files[c]]
+            for split, files in by_split.items()
+        }
+        if "val" not in records:  # no val/ folder: split train/ by hash as usual
+            records["train"], records["val"] = _hash_split(train_files, subdirs["train"],
+                                                          val_split, 0.0)[:2]
+    else:
+        source = "folder"
+        files = _scan_class_folders(root, skipped)
+        class_names = sorted(files)
+        train, val, test = _hash_split(files, root, val_split, test_split)
+        records = {"train": train, "val": val}
+        if test_split > 0:
+            records["test"] = test
+    if len(class_names) < 2:
+        raise DataError(
+            f"{root} has a single class ({class_names[0]!r}); a classifier needs at least two "
+            "class folders."
+        )
+    class_index = {name: i for i, name in enumerate(class_names)}
+    splits = {name: _records_to_split(recs, class_index) for name, recs in records.items()}
+    if not len(splits["train"]):
+        raise DataError(f"{root} leaves no images for training.")
+    fingerprint = _fingerprint(
+        (split, os.path.relpath(p, root), os.path.getsize(p))
+        for split, s in splits.items() for p in s.paths
+    )
+    dataset = Dataset(root.resolve().name, source, class_names, splits, skipped, fingerprint)
+    _warn_small_validation(dataset)
+    return dataset
+
+
+def _hash_split(files, root, val_split, test_split):
+    """Per class, assign each file by the hash of its path within the class folder."""
+    out = {"train": [], "val": [], "test": []}
+    for class_name in sorted(files):
+        assigned = {"train": [], "val": [], "test": []}
+        class_dir = root / class_name
+        fractions = {p: split_fraction(p.relative_to(class_dir).as_posix()) for p in files[class_name]}
+        for path in files[class_name]:
+            assigned[_split_of(fractions[path], val_split, test_split)].append(path)
+        # A tiny class can miss validation by chance: give it its lowest-hash file.
+        if val_split > 0 and not assigned["val"] and len(assigned["train"]) >= 2:
+            first = min(assigned["train"], key=fractions.get)
+            assigned["train"].remove(first)
+            assigned["val"].append(first)
+        for split, paths in assigned.items():
+            out[split].extend((p, class_name) for p in paths)
+    return out["train"], out["val"], out["test"]
+
+
+def _warn_small_validation(dataset):
+    val = dataset.splits.get("val")
+    if val is not None and len(val) < dataset.num_classes:
+        logger.warning(
+            "Only %d validation images for %d classes: validation metrics will be noisy. "
+            "Add images or raise --val-split.", len(val), dataset.num_classes,
+        )
+
+
+def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None):
+    """A `Dataset` from a folder path or `tfds:NAME`."""
+    data = str(data)
+    if data.startswith(TFDS_PREFIX):
+        from transfer.data.tfds_source import load_tfds
+
+        return load_tfds(data[len(TFDS_PREFIX):], val_split=val_split, data_dir=tfds_data_dir)
+    return load_folder(data, val_split=val_split, test_split=test_split)

@@ -1,0 +1,88 @@
+"""Every option of a fine-tuning run, with its default: the one source of truth that
+the Python API, the CLI and config.json all read."""
+
+import dataclasses
+from dataclasses import dataclass
+
+from transfer.errors import InvalidArgumentError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+AUGMENT_MODES = ("none", "fine-tune", "both")  # which phases see augmented images
+CLASS_WEIGHT_MODES = ("none", "auto")
+
+
+@dataclass
+class FinetuneOptions:
+    depth: int = 50
+    version: str = "v1"
+    weights: str = "imagenet"  # "imagenet", a file path, or "none"
+    weights_dir: str = None
+    image_size: int = 224
+    batch_size: int = 32  # global batch size
+    val_split: float = 0.2
+    test_split: float = 0.0
+    head_epochs: int = 10
+    head_learning_rate: float = 1e-3
+    fine_tune_from: str = "conv5"  # a group name, or "none" to skip phase 2
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-4
+    train_bn: bool = False
+    optimizer: str = "adam"
+    label_smoothing: float = 0.0
+    dropout: float = 0.2
+    pooling: str = "avg"
+    hidden_units: int = None
+    class_weight: str = "none"
+    augment: str = "fine-tune"
+    early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 turns it off
+    seed: int = 42
+    strict: bool = False
+    cache_features: bool = True
+    tfds_data_dir: str = None
+
+    def validate(self):
+        checks = [
+            (self.optimizer in OPTIMIZERS, "optimizer", OPTIMIZERS),
+            (self.augment in AUGMENT_MODES, "augment", AUGMENT_MODES),
+            (self.class_weight in CLASS_WEIGHT_MODES, "class_weight", CLASS_WEIGHT_MODES),
+            (self.pooling in ("avg", "max"), "pooling", ("avg", "max")),
+        ]
+        for ok, name, accepted in checks:
+            if not ok:
+                raise InvalidArgumentError(
+                    f"Unknown {name}: {getattr(self, name)!r}. Expected one of {', '.join(accepted)}."
+                )
+        positive = ("image_size", "batch_size")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise InvalidArgumentError(f"{name} must be positive. Received: {getattr(self, name)}")
+        for name in ("head_epochs", "fine_tune_epochs", "early_stopping_patience"):
+            if int(getattr(self, name)) < 0:
+                raise InvalidArgumentError(f"{name} must be 0 or more. Received: {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise InvalidArgumentError(
+                f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
+        if isinstance(self.weights, str) and self.weights.lower() == "none":
+            self.weights = None
+        if str(self.fine_tune_from).lower() == "none":
+            self.fine_tune_from = "none"
+        return self
+
+    @property
+    def fine_tunes(self):
+        return self.fine_tune_from != "none" and self.fine_tune_epochs > 0
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def resolve_options(options=None, **overrides):
+    """A validated copy of `options` (or the defaults) with `overrides` applied."""
+    base = options or FinetuneOptions()
+    names = {f.name for f in dataclasses.fields(FinetuneOptions)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise InvalidArgumentError(
+            f"Unknown fine-tuning option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}."
+        )
+    return dataclasses.replace(base, **overrides).validate()
