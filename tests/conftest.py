@@ -91,3 +91,62 @@ def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(home))
     monkeypatch.delenv("TRANSFER_WEIGHTS_DIR", raising=False)
     return home
+
+
+# Image formats written by `make_image_folder`, cycled per file: every supported
+# extension, upper and lower case, and the colour modes that must become RGB.
+IMAGE_KINDS = [
+    ("png", "RGB"), ("JPG", "RGB"), ("jpeg", "L"), ("bmp", "RGB"), ("gif", "P"),
+    ("PNG", "RGBA"), ("png", "P"), ("Jpeg", "RGB"),
+]
+
+
+def write_image(path, size=(40, 36), mode="RGB", seed=0, tint=(128, 128, 128)):
+    """A small real image on disk, tinted per class so a model can tell them apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.normal(tint, 30, (size[1], size[0], 3)), 0, 255).astype("uint8")
+    image = Image.fromarray(pixels, "RGB")
+    if mode == "P":
+        image = image.quantize(16)
+    elif mode != "RGB":
+        image = image.convert(mode)
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "gif": "GIF"}
+    image.save(path, format=fmt[path.suffix.lower().lstrip(".")])
+    return path
+
+
+TINTS = [(200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60), (60, 200, 200)]
+
+
+def make_image_folder(root, counts, size=(40, 36), start=0):
+    """root/<class>/img_<i>.<ext> for {class: count}; returns root."""
+    root.mkdir(parents=True, exist_ok=True)
+    for c, (name, count) in enumerate(sorted(counts.items())):
+        (root / name).mkdir(exist_ok=True)
+        for i in range(start, start + count):
+            ext, mode = IMAGE_KINDS[i % len(IMAGE_KINDS)]
+            write_image(root / name / f"img_{i:03d}.{ext}", size, mode, seed=100 * c + i,
+                        tint=TINTS[c % len(TINTS)])
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return make_image_folder(tmp_path / "images", {"cat": 8, "dog": 8, "fox": 8})
+
+
+SAMPLE_DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "fashion-mnist")
+
+
+def mock_tfds_metadata(data_dir, name="mnist", splits=(("train", 16), ("test", 8))):
+    """Write the metadata a prepared TFDS dataset has, for `tfds.testing.mock_data`."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    builder.info.set_splits(tfds.core.SplitDict(
+        [tfds.core.SplitInfo(name=n, shard_lengths=[k], num_bytes=0) for n, k in splits]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    return data_dir

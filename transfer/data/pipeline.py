@@ -2,6 +2,7 @@
 check that finds unreadable images before training so that none can stop an epoch."""
 
 import logging
+import re
 
 import keras
 import numpy as np
@@ -64,8 +65,10 @@ def _decode_error(path):
         tf.io.decode_image(contents, channels=3, expand_animations=False)
         return "could not be decoded"
     except (tf.errors.OpError, ValueError) as exc:
-        message = getattr(exc, "message", str(exc)).strip().splitlines()
-        return f"not a readable image ({message[0][:160] if message else type(exc).__name__})"
+        message = getattr(exc, "message", str(exc))
+        # TensorFlow wraps the decoder's words in "{{function_node ...}} ... [Op:...]".
+        message = re.sub(r"\{\{function_node.*?\}\}\s*|\s*\[Op:\w+\]", "", message).strip()
+        return f"not a readable image ({message.splitlines()[0][:160] if message else type(exc).__name__})"
 
 
 def drop_unreadable(dataset, strict=False, progress=True):

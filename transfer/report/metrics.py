@@ -26,7 +26,7 @@ def compute_metrics(y_true, probabilities, class_names):
                                        zero_division=0)),
         "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted",
                                           zero_division=0)),
-        "log_loss": float(skm.log_loss(y_true, np.clip(probabilities, 1e-7, 1), labels=labels)),
+        "log_loss": float(skm.log_loss(y_true, probabilities, labels=labels)),
     }
     if len(class_names) >= 5:
         result["top5_accuracy"] = top_k_accuracy(y_true, probabilities, 5)

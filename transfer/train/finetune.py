@@ -236,6 +236,9 @@ def finetune(data, out=None, overwrite=False, options=None, **overrides):
     timings["head_seconds"] = round(time.monotonic() - phase_start, 2)
 
     # Phase 2: fine-tune the top groups with a lower learning rate.
+    if options.fine_tunes and options.weights is None and not options.train_bn:
+        logger.warning("The backbone is randomly initialised but its BatchNormalization stays "
+                       "in inference mode; pass --train-bn to let it learn statistics.")
     if options.fine_tunes:
         unfreeze(model, options.fine_tune_from, train_bn=options.train_bn)
         logger.info("Phase 2: fine-tuning from %s (learning rate %g)...",

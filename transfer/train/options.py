@@ -41,6 +41,10 @@ class FinetuneOptions:
     tfds_data_dir: str = None
 
     def validate(self):
+        from transfer.models.architectures import get_architecture
+
+        architecture = get_architecture(self.depth, self.version)
+        self.depth, self.version = architecture.depth, architecture.version.name
         checks = [
             (self.optimizer in OPTIMIZERS, "optimizer", OPTIMIZERS),
             (self.augment in AUGMENT_MODES, "augment", AUGMENT_MODES),
