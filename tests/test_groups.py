@@ -59,7 +59,7 @@ def test_groups_cover_every_layer_once_in_order(version):
 def test_groups_of_a_classifier_include_preprocessing_and_head():
     found = transfer.groups(_classifier())
     assert list(found) == ["stem", "conv2", "conv3", "conv4", "conv5", "head"]
-    assert [type(l).__name__ for l in found["stem"][:2]] == ["InputLayer", "ImagePreprocessing"]
+    assert [l.name for l in found["stem"][:2]] == ["pixels", "preprocess"]
     assert [l.name for l in found["head"]] == ["head_pool", "predictions"]
 
 
@@ -110,7 +110,8 @@ def test_freeze_everything_but_head_then_unfreeze():
                   if isinstance(l, keras.layers.BatchNormalization) for w in l.weights}
     all_weights = {w.path for w in model.weights}
     assert {w.path for w in model.trainable_weights} == {
-        p for p in all_weights - bn_weights if "moving" not in p}
+        p for p in all_weights - bn_weights if not p.startswith("preprocess/")}
+    assert not model.get_layer("preprocess").trainable  # fixed arithmetic, never trained
     transfer.unfreeze(model, "conv3", train_bn=True)
     trainable_groups = {_group_of_weight(model)[w.path][0] for w in model.trainable_weights}
     assert trainable_groups == {"conv3", "conv4", "conv5", "head"}

@@ -20,7 +20,7 @@ from transfer.errors import (
 )
 from transfer.models import (
     GROUPS,
-    ImagePreprocessing,
+    preprocessing_layer,
     ResNet,
     ResNet50,
     ResNet50V2,

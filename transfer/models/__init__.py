@@ -3,7 +3,7 @@
 from transfer.models.architectures import Architecture, all_architectures, get_architecture
 from transfer.models.groups import GROUPS, architecture_of, find_backbone, freeze, groups, unfreeze
 from transfer.models.heads import attach_head, build_classifier, feature_extractor
-from transfer.models.preprocessing import ImagePreprocessing, preprocess_input
+from transfer.models.preprocessing import preprocess_input, preprocessing_layer
 from transfer.models.resnet import (
     ResNet,
     ResNet50,

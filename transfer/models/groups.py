@@ -105,15 +105,19 @@ def set_trainable_from(model, first_trainable=None, train_bn=False):
     model_groups = groups(model)
     if first_trainable is not None:
         _check_group(model_groups, first_trainable, "from")
+    backbone = find_backbone(model)
+    # Layers before the backbone (input, preprocessing) hold fixed arithmetic.
+    fixed = {id(layer) for layer in model_groups["stem"]} - {id(l) for l in backbone.layers}
     trainable = False
     for name, layers in model_groups.items():
         trainable = trainable or name == first_trainable
         for layer in layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
+            if id(layer) in fixed:
+                layer.trainable = False
+            elif isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = trainable and train_bn
             else:
                 layer.trainable = trainable
-    find_backbone(model).trainable_weights  # noqa: B018 (touch: fail early if broken)
     return model
 
 

@@ -1,7 +1,7 @@
 """New classification heads on a ResNet backbone, and the one-call classifier builder.
 
 The classifier is one Keras model from raw 0-255 RGB pixels to probabilities:
-input -> ImagePreprocessing (the backbone's mode) -> backbone -> head. The backbone
+input -> preprocessing layer (the backbone's mode) -> backbone -> head. The backbone
 is nested as one layer, so it can be taken out again as a feature extractor. The
 head owns pooling, dropout and the output layer; the backbone knows nothing about
 classes.
@@ -12,7 +12,7 @@ from keras import layers
 
 from transfer.errors import InvalidArgumentError
 from transfer.models.groups import architecture_of, find_backbone
-from transfer.models.preprocessing import ImagePreprocessing
+from transfer.models.preprocessing import preprocessing_layer
 
 HEAD_POOLING = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
 HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_hidden", "head_hidden_dropout",
@@ -66,7 +66,7 @@ def attach_head(
         )
 
     inputs = keras.Input(shape=backbone.input.shape[1:], name="pixels")
-    x = ImagePreprocessing(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
+    x = preprocessing_layer(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
     x = backbone(x)
     x = HEAD_POOLING[pooling](name="head_pool")(x)
     if hidden_units:
@@ -114,7 +114,7 @@ def feature_extractor(model, pooling="avg"):
     backbone = find_backbone(model)
     architecture = architecture_of(backbone)
     inputs = keras.Input(shape=backbone.input.shape[1:], name="pixels")
-    x = ImagePreprocessing(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
+    x = preprocessing_layer(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
     x = backbone(x)
     if pooling is not None:
         x = HEAD_POOLING[pooling](name="head_pool")(x)

@@ -1,9 +1,9 @@
 """Input preprocessing of each ResNet version, as a function and as a Keras layer.
 
 The layer serialises with the model, so a saved `transfer` model takes raw 0-255 RGB
-pixels and nobody downstream has to remember the mode. The arithmetic follows
+pixels and nobody downstream has to remember the mode. The function follows
 `keras.applications.imagenet_utils.preprocess_input` operation for operation, so the
-results are bitwise equal, not merely close.
+results are bitwise equal, not merely close; the layer is built to round the same way.
 """
 
 import keras
@@ -76,25 +76,37 @@ def _constant(values, like, xp):
     return ops.convert_to_tensor(values, dtype=like.dtype)
 
 
-@keras.saving.register_keras_serializable(package="transfer")
-class ImagePreprocessing(keras.layers.Layer):
+def preprocessing_layer(mode="caffe", name="preprocess"):
     """Keras layer: raw RGB pixels (any numeric dtype, 0-255) in, model input out.
 
+    Made of built-in Keras layers only, so a model holding it loads with plain
+    `keras.models.load_model` (safe mode on) where `transfer` is not installed. Each
+    mode is arranged to round exactly as `preprocess_input` does:
+    - caffe: a fixed 1x1 convolution whose kernel swaps RGB to BGR and whose bias is
+      -mean (x * 1 + 0 + 0 - mean is exact in floating point);
+    - tf: Normalization with variance 127.5**2 divides by exactly 127.5, then
+      Rescaling(1, offset=-1) subtracts 1;
+    - torch: Rescaling by 1/255, then Normalization by the ImageNet mean and std.
     Computes in float32 even under a mixed-precision policy: float16 cannot hold
     `pixel - mean` exactly.
     """
-
-    def __init__(self, mode="caffe", **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        _check_mode(mode)
-        self.mode = mode
-
-    def call(self, inputs):
-        return _apply(ops.cast(inputs, self.compute_dtype), self.mode, ops)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+    _check_mode(mode)
+    reverse, divisor, mean, std = MODES[mode]
+    f32 = {"dtype": "float32"}
+    if mode == "caffe":
+        permutation = np.zeros((1, 1, 3, 3), dtype="float32")
+        for out_channel in range(3):
+            permutation[0, 0, 2 - out_channel, out_channel] = 1.0
+        steps = [keras.layers.Conv2D(
+            3, 1, name=f"{name}_bgr_mean", trainable=False, **f32,
+            kernel_initializer=keras.initializers.Constant(permutation),
+            bias_initializer=keras.initializers.Constant(-np.array(mean, dtype="float32")))]
+    elif mode == "tf":
+        steps = [keras.layers.Normalization(mean=0.0, variance=divisor**2, name=f"{name}_scale",
+                                            **f32),
+                 keras.layers.Rescaling(1.0, offset=-1.0, name=f"{name}_shift", **f32)]
+    else:
+        steps = [keras.layers.Rescaling(1.0 / divisor, name=f"{name}_scale", **f32),
+                 keras.layers.Normalization(mean=list(mean), variance=[s**2 for s in std],
+                                            name=f"{name}_normalize", **f32)]
+    return keras.Sequential(steps, name=name, trainable=False)
