@@ -260,6 +260,207 @@ def _print_run_summary(result):
     click.echo(f"run directory: {result.run_dir}")
 
 
+def _print_metrics_line(name, m):
+    parts = [f"accuracy {m['accuracy']:.4f}"]
+    if "top5_accuracy" in m:
+        parts.append(f"top-5 {m['top5_accuracy']:.4f}")
+    parts += [f"macro F1 {m['macro_f1']:.4f}", f"log loss {m['log_loss']:.4f}"]
+    click.echo(f"{name} ({m['images']} images): " + ", ".join(parts))
+
+
+@cli.command()
+@click.argument("run_or_model", type=click.Path())
+@click.option("--data", required=True, help="Image folder (class sub-folders) or tfds:NAME.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the reports.")
+@click.option("--overwrite", is_flag=True, help="Replace the reports in a non-empty --out.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--image-size", type=int, help="Only for models that take any size.")
+@click.option("--tfds-data-dir", type=click.Path())
+@click.option("--strict", is_flag=True, help="Stop on unreadable files instead of skipping.")
+def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_data_dir, strict):
+    """Evaluate a trained classifier on labelled images.
+
+    Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv
+    and metrics.json to --out. Images of classes the model does not know are
+    counted and reported apart.
+
+    \b
+    Example:
+      transfer evaluate runs/flowers --data ./flowers-test --out reports/flowers-test
+    """
+    from transfer.inference import evaluate as run_evaluate
+
+    _setup_logging()
+    metrics = run_evaluate(run_or_model, data, out, batch_size=batch_size,
+                           image_size=image_size, tfds_data_dir=tfds_data_dir,
+                           overwrite=overwrite, strict=strict)
+    click.echo("")
+    _print_metrics_line(f"{metrics['split']} split", metrics)
+    if metrics["unknown_class_images"]:
+        click.echo(f"images of unknown classes: {metrics['unknown_class_images']} "
+                   f"({', '.join(metrics['unknown_classes'])}), not in the metrics")
+    click.echo(f"reports: {out}")
+
+
+@cli.command()
+@click.argument("run_or_model", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--format", "output_format", default="table", show_default=True,
+              help="table, csv or json.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--image-size", type=int, help="Only for models that take any size.")
+def predict(run_or_model, paths, top_k, output_format, batch_size, image_size):
+    """Top-k labels and probabilities for image files and folders.
+
+    An unreadable file gets its error in its own row; the others go on.
+
+    \b
+    Examples:
+      transfer predict runs/flowers photo.jpg ./more-photos
+      transfer predict runs/flowers ./photos --format csv > predictions.csv
+    """
+    import csv as csv_module
+
+    from transfer.inference import predict as run_predict
+
+    if output_format not in ("table", "csv", "json"):
+        raise click.UsageError(
+            f"Unknown format: {output_format!r}. Expected one of table, csv, json.")
+    _setup_logging()
+    rows = run_predict(run_or_model, paths, top_k=top_k, batch_size=batch_size,
+                       image_size=image_size)
+    if output_format == "json":
+        click.echo(json.dumps([
+            {"path": r["path"], "error": r["error"],
+             "predictions": [{"label": label, "probability": p} for label, p in r["predictions"]]}
+            for r in rows], indent=2))
+    elif output_format == "csv":
+        writer = csv_module.writer(click.get_text_stream("stdout"))
+        k = max((len(r["predictions"]) for r in rows), default=0)
+        writer.writerow(["path", *[f"{kind}_{i + 1}" for i in range(k)
+                                   for kind in ("label", "probability")], "error"])
+        for r in rows:
+            cells = [c for label, p in r["predictions"] for c in (label, f"{p:.6f}")]
+            cells += [""] * (2 * k - len(cells))
+            writer.writerow([r["path"], *cells, r["error"] or ""])
+    else:
+        width = max(len(r["path"]) for r in rows)
+        for r in rows:
+            if r["error"]:
+                click.echo(f"{r['path']:<{width}}  error: {r['error']}")
+            else:
+                shown = "  ".join(f"{label} {p:.3f}" for label, p in r["predictions"])
+                click.echo(f"{r['path']:<{width}}  {shown}")
+    errors = sum(1 for r in rows if r["error"])
+    if errors:
+        click.echo(f"{errors} of {len(rows)} files could not be read.", err=True)
+
+
+@cli.command()
+@click.argument("run_or_model", type=click.Path())
+@click.option("--format", "export_format", default="keras", show_default=True,
+              help="keras (.keras file), savedmodel (folder, for TF Serving) or tflite.")
+@click.option("--out", required=True, type=click.Path(), help="File or folder to write.")
+@click.option("--feature-extractor", is_flag=True,
+              help="Export the backbone with its preprocessing and pooling, not the classifier.")
+@click.option("--group", help="With --feature-extractor: end at this group (stem, conv2..conv5).")
+@click.option("--pooling", default="avg", show_default=True,
+              help="With --feature-extractor: avg, max or none (keep the feature map).")
+@click.option("--image-size", type=int, help="Only for models that take any size.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def export(run_or_model, export_format, out, feature_extractor, group, pooling, image_size,
+           overwrite):
+    """Export a trained model as Keras, SavedModel or TFLite.
+
+    Every export takes raw RGB pixels (the SavedModel's serving signature and the
+    TFLite model take uint8 images); a classifier export has labels.txt beside it.
+
+    \b
+    Examples:
+      transfer export runs/flowers --format savedmodel --out exports/flowers
+      transfer export runs/flowers --format tflite --out exports/flowers.tflite
+      transfer export runs/flowers --feature-extractor --group conv4 --out conv4.keras
+    """
+    from transfer.export import export as run_export
+
+    _setup_logging()
+    path = run_export(run_or_model, out, format=export_format,
+                      feature_extractor=feature_extractor, group=group,
+                      pooling=None if pooling == "none" else pooling, image_size=image_size,
+                      overwrite=overwrite)
+    click.echo(f"exported: {path}")
+
+
+@cli.command()
+@click.option("--data", required=True, help="Image folder or tfds:NAME.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (.npz).")
+@click.option("--model", "model_path", type=click.Path(),
+              help="Run directory or .keras model whose backbone to use.")
+@architecture_options
+@click.option("--weights", default="imagenet", show_default=True,
+              help="Without --model: imagenet, none or a weights file.")
+@weights_dir_option
+@click.option("--image-size", type=int, default=224, show_default=True,
+              help="Without --model: input size.")
+@click.option("--pooling", default="avg", show_default=True, help="avg or max.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--val-split", type=float, default=0.2, show_default=True,
+              help="Marks each image's split (by a hash of its path), as finetune does.")
+@click.option("--test-split", type=float, default=0.0, show_default=True)
+@click.option("--tfds-data-dir", type=click.Path())
+@click.option("--strict", is_flag=True)
+def embed(data, out, model_path, depth, version, weights, weights_dir, image_size, pooling,
+          batch_size, val_split, test_split, tfds_data_dir, strict):
+    """Backbone features of every image, with labels, paths and splits, as .npz.
+
+    \b
+    Examples:
+      transfer embed --data ./flowers --out flowers.npz
+      transfer embed --data ./flowers --model runs/flowers --out tuned.npz
+    """
+    from transfer.embed import embed as run_embed
+
+    _setup_logging()
+    result = run_embed(data, out=out, model=model_path, depth=depth, version=version,
+                       weights=weights, weights_dir=weights_dir, image_size=image_size,
+                       batch_size=batch_size, pooling=pooling, val_split=val_split,
+                       test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict)
+    n, d = result["features"].shape
+    click.echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) "
+               f"to {out}")
+
+
+@cli.command()
+@click.argument("embeddings", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the reports.")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Cross-validation folds for choosing the regularisation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def probe(embeddings, out, folds, seed, overwrite):
+    """Linear probe: logistic regression on embeddings from `transfer embed`.
+
+    Standardises the features, chooses the regularisation by cross-validation on
+    the train split, and reports on val (and test) like `evaluate`.
+
+    \b
+    Example:
+      transfer embed --data ./flowers --out flowers.npz && transfer probe flowers.npz --out probe
+    """
+    from transfer.embed import probe as run_probe
+
+    _setup_logging()
+    metrics = run_probe(embeddings, out, folds=folds, seed=seed, overwrite=overwrite)
+    click.echo("")
+    for split in ("val", "test"):
+        if split in metrics:
+            _print_metrics_line("validation" if split == "val" else "test", metrics[split])
+    click.echo(f"C = {metrics['C']:.4g}; reports: {out}")
+
+
 def _summary_as_dict(summary):
     arch = summary["architecture"]
     return {

@@ -137,8 +137,11 @@ def _records_to_split(records, class_index):
     return Split(paths, labels)
 
 
-def load_folder(root, val_split=0.2, test_split=0.0):
-    """Scan an image folder into a `Dataset` (see the module docstring for layouts)."""
+def load_folder(root, val_split=0.2, test_split=0.0, min_classes=2):
+    """Scan an image folder into a `Dataset` (see the module docstring for layouts).
+
+    `min_classes=1` accepts a single class folder (evaluating a model on one class).
+    """
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"--data {root} does not exist.")
@@ -174,7 +177,7 @@ def load_folder(root, val_split=0.2, test_split=0.0):
         records = {"train": train, "val": val}
         if test_split > 0:
             records["test"] = test
-    if len(class_names) < 2:
+    if len(class_names) < min_classes:
         raise DataError(
             f"{root} has a single class ({class_names[0]!r}); a classifier needs at least two "
             "class folders."
@@ -188,7 +191,8 @@ def load_folder(root, val_split=0.2, test_split=0.0):
         for split, s in splits.items() for p in s.paths
     )
     dataset = Dataset(root.resolve().name, source, class_names, splits, skipped, fingerprint)
-    _warn_small_validation(dataset)
+    if val_split > 0 or "val" in subdirs:
+        _warn_small_validation(dataset)
     return dataset
 
 
@@ -220,11 +224,21 @@ def _warn_small_validation(dataset):
         )
 
 
-def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None):
+def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_classes=2):
     """A `Dataset` from a folder path or `tfds:NAME`."""
     data = str(data)
     if data.startswith(TFDS_PREFIX):
         from transfer.data.tfds_source import load_tfds
 
         return load_tfds(data[len(TFDS_PREFIX):], val_split=val_split, data_dir=tfds_data_dir)
-    return load_folder(data, val_split=val_split, test_split=test_split)
+    return load_folder(data, val_split=val_split, test_split=test_split, min_classes=min_classes)
+
+
+def evaluation_split(dataset):
+    """The split to evaluate on: test if there is one, else an explicit val/, else all
+    images of a plain class-folder dataset."""
+    if len(dataset.splits.get("test", ())):
+        return "test", dataset.splits["test"]
+    if dataset.source != "folder" and len(dataset.splits.get("val", ())):
+        return "val", dataset.splits["val"]
+    return ("all" if dataset.source == "folder" else "train"), dataset.splits["train"]

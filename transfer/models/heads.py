@@ -109,10 +109,27 @@ def build_classifier(
     return attach_head(backbone, num_classes, **head_options)
 
 
-def feature_extractor(model, pooling="avg"):
-    """From a classifier (or backbone), a model: raw pixels -> pooled backbone features."""
+def feature_extractor(model, pooling="avg", group=None):
+    """From a classifier (or backbone), a model: raw pixels -> backbone features.
+
+    `group` (stem, conv2..conv5, post) ends at that group's last layer instead of the
+    backbone's; `pooling` "avg" or "max" pools the feature map, None keeps it.
+    """
+    from transfer.models.groups import groups
+
     backbone = find_backbone(model)
     architecture = architecture_of(backbone)
+    if pooling is not None and pooling not in HEAD_POOLING:
+        raise InvalidArgumentError(
+            f"Unknown pooling: {pooling!r}. Expected one of {', '.join(HEAD_POOLING)} or none.")
+    if group is not None:
+        found = groups(backbone)
+        choices = [g for g in found if g != "head"]
+        if group not in choices:
+            raise InvalidArgumentError(
+                f"Unknown group: {group!r}. Expected one of {', '.join(choices)}.")
+        backbone = keras.Model(backbone.input, found[group][-1].output,
+                               name=f"{backbone.name}_{group}")
     inputs = keras.Input(shape=backbone.input.shape[1:], name="pixels")
     x = preprocessing_layer(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
     x = backbone(x)
