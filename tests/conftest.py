@@ -150,3 +150,10 @@ def mock_tfds_metadata(data_dir, name="mnist", splits=(("train", 16), ("test", 8
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
     return data_dir
+
+
+@pytest.fixture(autouse=True)
+def feature_cache_dir(tmp_path, monkeypatch):
+    """Every test gets its own feature cache: nothing leaks between tests."""
+    monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path / "feature-cache"))
+    return tmp_path / "feature-cache"

@@ -217,6 +217,14 @@ def _setup_logging():
                                              "instead of reporting and skipping them.")
 @click.option("--no-cache", "cache_features", flag_value=False, default=True,
               help="Train phase 1 through the frozen backbone instead of on cached features.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Where phase-1 features are kept for reuse "
+                   "[default: $TRANSFER_CACHE_DIR or ~/.cache/transfer/features].")
+@click.option("--mixed-precision", is_flag=True,
+              help="float16 compute on a GPU (on a CPU: accepted, and the run stays float32, "
+                   "which is faster there).")
+@click.option("--jit-compile", default=_default("jit_compile"), show_default=True,
+              help="XLA-compile the training steps: auto, on or off.")
 @click.option("--tfds-data-dir", type=click.Path(), help="TFDS data folder for tfds:NAME.")
 def finetune(data, out, overwrite, **options):
     """Fine-tune a ResNet on a folder of images (or a TFDS dataset).

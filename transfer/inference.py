@@ -103,12 +103,53 @@ def load_model(run_or_model, need_classifier=True, image_size=None):
     return loaded
 
 
-def run_inference(model, images, verbose=0):
+# How inference runs on each kind of device; chosen by scripts/benchmark.py's
+# measurements (README, "Speed"): on CPU, a direct call compiled with XLA.
+INFERENCE_JIT = {"CPU": True, "GPU": True}
+
+
+def _device_kind():
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+
+
+def _compiled_call(model, jit_compile=None):
+    """A tf.function calling `model` in inference mode, made once per model."""
+    import tensorflow as tf
+
+    if jit_compile is None:
+        jit_compile = INFERENCE_JIT[_device_kind()]
+    cache = model.__dict__.setdefault("_transfer_inference", {})
+    if jit_compile not in cache:
+        cache[jit_compile] = tf.function(lambda x: model(x, training=False),
+                                         jit_compile=jit_compile, reduce_retracing=True)
+    return cache[jit_compile]
+
+
+def predict_batch(model, batch, jit_compile=None):
+    """Outputs of `model` for one batch, as NumPy."""
+    return np.asarray(_compiled_call(model, jit_compile)(batch))
+
+
+def run_inference(model, images, verbose=0, jit_compile=None):
     """Outputs of `model` for a tf.data.Dataset of image batches, as one array.
 
-    The one place inference runs, so that every command gets the fastest path.
+    The one place inference runs for predict, evaluate, embed and the feature
+    cache, so that every command gets the fastest path.
     """
-    return model.predict(images, verbose=verbose)
+    call = _compiled_call(model, jit_compile)
+    cardinality = int(images.cardinality()) if hasattr(images, "cardinality") else -1
+    bar = keras.utils.Progbar(cardinality if cardinality > 0 else None, unit_name="batch") \
+        if verbose else None
+    outputs = []
+    for step, batch in enumerate(images, start=1):
+        outputs.append(np.asarray(call(batch)))
+        if bar:
+            bar.update(step)
+    if not outputs:
+        return np.zeros((0, *model.output.shape[1:]), dtype=np.float32)
+    return np.concatenate(outputs)
 
 
 def _images_only(split, image_size, batch_size):

@@ -48,6 +48,20 @@ class RunResult:
     model: object = None
 
 
+def _precision_policy(mixed_precision):
+    """float16 compute on a GPU; on a CPU float16 is emulated and slower, so no."""
+    if not mixed_precision:
+        return "float32"
+    from transfer.inference import _device_kind
+
+    if _device_kind() == "GPU":
+        logger.info("Mixed precision: float16 compute, float32 weights and outputs.")
+        return "mixed_float16"
+    logger.warning("--mixed-precision: no GPU here, and a CPU emulates float16 more slowly "
+                   "than it computes float32, so this run stays in float32.")
+    return "float32"
+
+
 def default_run_dir(data):
     name = str(data).rstrip("/").replace("tfds:", "tfds-").split("/")[-1] or "data"
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
@@ -69,11 +83,15 @@ def _metrics(num_classes):
     return found
 
 
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+
+
 def _compile(model, options, learning_rate, num_classes):
     model.compile(
         optimizer=_optimizer(options.optimizer, learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
         metrics=_metrics(num_classes),
+        jit_compile=JIT_COMPILE[options.jit_compile],
     )
 
 
@@ -125,29 +143,62 @@ def pooled_features(classifier):
                        name="pooled_features")
 
 
-def _predict_features(extractor, split, options, num_classes):
-    ds = image_dataset(split, options.image_size, options.batch_size, num_classes, one_hot=False)
-    return extractor.predict(ds.map(lambda x, y: x), verbose=1)
+def _shuffled_batches(elements, options, shuffle):
+    """Batches of (x, one-hot y); both phase-1 paths shuffle identically by seed."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(elements)
+    if shuffle:
+        ds = ds.shuffle(len(elements[1]), seed=options.seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def _cached_split(extractor, split, options, architecture_name, num_classes):
+    """(features, labels) dataset of one split, from the feature cache."""
+    import tensorflow as tf
+
+    from transfer.train.feature_cache import (
+        cache_key,
+        compute_features,
+        default_cache_dir,
+        weights_identity,
+    )
+
+    images = image_dataset(split, options.image_size, options.batch_size, num_classes,
+                           one_hot=False).map(lambda x, y: x)
+    key = cache_key(weights_identity(options.weights, options.seed), architecture_name,
+                    options.image_size, options.pooling, split.paths)
+    cache_dir = None if options.weights is None else (options.cache_dir or default_cache_dir())
+    features = compute_features(extractor, images, len(split), extractor.output.shape[-1],
+                                cache_dir=cache_dir, key=key)
+    return features, tf.one_hot(split.labels, num_classes)
 
 
 def train_head_on_cached_features(model, dataset, options, run_dir, class_weight):
-    """Phase 1 with the frozen backbone's features computed once."""
+    """Phase 1 with the frozen backbone's features computed once.
+
+    The batches are shuffled exactly as `_train_on_images` shuffles images, so with
+    the same seed the head comes out the same (within float tolerance) as training
+    through the frozen backbone, only much faster.
+    """
+    from transfer.models.groups import architecture_of
+
     extractor = pooled_features(model)
     num_classes = dataset.num_classes
+    name = architecture_of(model).name
     logger.info("Phase 1: computing the frozen backbone's features once "
                 "(train %d, validation %d images)...",
                 len(dataset.splits["train"]), len(dataset.splits["val"]))
-    train_x = _predict_features(extractor, dataset.splits["train"], options, num_classes)
-    val_x = _predict_features(extractor, dataset.splits["val"], options, num_classes)
-    train_y = keras.utils.to_categorical(dataset.splits["train"].labels, num_classes)
-    val_y = keras.utils.to_categorical(dataset.splits["val"].labels, num_classes)
+    train = _shuffled_batches(_cached_split(extractor, dataset.splits["train"], options, name,
+                                            num_classes), options, shuffle=True)
+    val = _shuffled_batches(_cached_split(extractor, dataset.splits["val"], options, name,
+                                          num_classes), options, shuffle=False)
     head = head_model(model)
     _compile(head, options, options.head_learning_rate, num_classes)
     logger.info("Phase 1: training the head on cached features...")
-    return head.fit(train_x, train_y, validation_data=(val_x, val_y),
-                    epochs=options.head_epochs, batch_size=options.batch_size, shuffle=True,
-                    class_weight=class_weight, callbacks=_callbacks(options, run_dir, "head"),
-                    verbose=2)
+    return head.fit(train.batch(options.batch_size), validation_data=val.batch(options.batch_size),
+                    epochs=options.head_epochs, class_weight=class_weight, shuffle=False,
+                    callbacks=_callbacks(options, run_dir, "head"), verbose=2)
 
 
 def _train_on_images(model, dataset, options, run_dir, class_weight, phase, epochs, learning_rate,
@@ -200,10 +251,16 @@ def finetune(data, out=None, overwrite=False, options=None, **overrides):
                         "folder.")
     logger.info("Data: %s.", dataset.describe())
 
-    model = build_classifier(
-        dataset.num_classes, depth=options.depth, version=options.version,
-        weights=options.weights, image_size=options.image_size, weights_dir=options.weights_dir,
-        pooling=options.pooling, dropout=options.dropout, hidden_units=options.hidden_units)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(_precision_policy(options.mixed_precision))
+    try:
+        model = build_classifier(
+            dataset.num_classes, depth=options.depth, version=options.version,
+            weights=options.weights, image_size=options.image_size,
+            weights_dir=options.weights_dir, pooling=options.pooling, dropout=options.dropout,
+            hidden_units=options.hidden_units)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     if options.fine_tunes and options.fine_tune_from not in groups(model):
         raise InvalidArgumentError(
             f"Unknown group: --fine-tune-from {options.fine_tune_from!r}. Expected one of "

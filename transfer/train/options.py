@@ -9,6 +9,7 @@ from transfer.errors import InvalidArgumentError
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 AUGMENT_MODES = ("none", "fine-tune", "both")  # which phases see augmented images
 CLASS_WEIGHT_MODES = ("none", "auto")
+JIT_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -38,6 +39,9 @@ class FinetuneOptions:
     seed: int = 42
     strict: bool = False
     cache_features: bool = True
+    cache_dir: str = None  # default: $TRANSFER_CACHE_DIR or ~/.cache/transfer/features
+    mixed_precision: bool = False
+    jit_compile: str = "auto"  # XLA for training steps: auto, on or off
     tfds_data_dir: str = None
 
     def validate(self):
@@ -50,6 +54,7 @@ class FinetuneOptions:
             (self.augment in AUGMENT_MODES, "augment", AUGMENT_MODES),
             (self.class_weight in CLASS_WEIGHT_MODES, "class_weight", CLASS_WEIGHT_MODES),
             (self.pooling in ("avg", "max"), "pooling", ("avg", "max")),
+            (self.jit_compile in JIT_MODES, "jit_compile", JIT_MODES),
         ]
         for ok, name, accepted in checks:
             if not ok:

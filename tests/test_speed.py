@@ -1,0 +1,100 @@
+"""The speed features: the phase-1 feature cache (same head, reused across runs),
+its memory-mapped form, the inference path, and the precision/XLA options."""
+
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+import transfer
+from tests.conftest import randomize
+from transfer.cli import cli
+from transfer.inference import run_inference
+from transfer.train import finetune
+from transfer.train.feature_cache import compute_features
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    backbone = randomize(transfer.ResNet50(weights=None, include_top=False), seed=3)
+    path = tmp_path / "backbone.weights.h5"
+    backbone.save_weights(path)
+    return path
+
+
+def _phase1(image_folder, tmp_path, weights_file, cache, name):
+    return finetune(image_folder, out=tmp_path / name, weights=str(weights_file), image_size=32,
+                    batch_size=8, head_epochs=3, fine_tune_from="none", cache_features=cache,
+                    early_stopping_patience=0)
+
+
+def test_cached_features_train_the_same_head(image_folder, tmp_path, weights_file):
+    """Same seed: the head trained on cached features equals the one trained through
+    the frozen backbone (dropout included), within float tolerance."""
+    cached = _phase1(image_folder, tmp_path, weights_file, True, "cached")
+    direct = _phase1(image_folder, tmp_path, weights_file, False, "direct")
+    for a, b in zip(cached.model.get_layer("predictions").weights,
+                    direct.model.get_layer("predictions").weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # seen: 4e-7
+    np.testing.assert_allclose([r["loss"] for r in cached.history],
+                               [r["loss"] for r in direct.history], rtol=1e-5)
+
+
+def test_second_run_reuses_the_cache(image_folder, tmp_path, weights_file, feature_cache_dir,
+                                     caplog):
+    _phase1(image_folder, tmp_path, weights_file, True, "first")
+    files = sorted(feature_cache_dir.glob("*.npy"))
+    assert len(files) == 2  # train and validation
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        _phase1(image_folder, tmp_path, weights_file, True, "second")
+    assert caplog.text.count("Reusing cached features") == 2
+    # Other weights, other key: not reused.
+    other = randomize(transfer.ResNet50(weights=None, include_top=False), seed=4)
+    other.save_weights(tmp_path / "other.weights.h5")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        _phase1(image_folder, tmp_path, tmp_path / "other.weights.h5", True, "third")
+    assert "Reusing cached features" not in caplog.text
+    assert len(list(feature_cache_dir.glob("*.npy"))) == 4
+
+
+def test_features_too_large_for_memory_go_to_a_memory_mapped_file(tmp_path):
+    extractor = transfer.feature_extractor(
+        randomize(transfer.ResNet50(weights=None, include_top=False, input_shape=(32, 32, 3))))
+    images = tf.data.Dataset.from_tensor_slices(
+        np.random.default_rng(0).uniform(0, 255, (10, 32, 32, 3)).astype("float32")).batch(4)
+    in_memory = compute_features(extractor, images, 10, 2048)
+    mapped = compute_features(extractor, images, 10, 2048, cache_dir=tmp_path, key="k",
+                              memory_fraction=0.0)
+    assert isinstance(mapped, np.memmap)
+    assert (tmp_path / "k.npy").exists()
+    np.testing.assert_allclose(np.asarray(mapped), in_memory, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_inference_path_equals_predict(jit_compile):
+    model = transfer.attach_head(randomize(transfer.ResNet50V2(
+        weights=None, include_top=False, input_shape=(32, 32, 3))), 4)
+    images = np.random.default_rng(1).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    got = run_inference(model, tf.data.Dataset.from_tensor_slices(images).batch(2),
+                        jit_compile=jit_compile)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_precision_on_cpu_says_what_it_does_and_jit_off_trains(image_folder, tmp_path):
+    result = CliRunner().invoke(cli, [
+        "finetune", "--data", str(image_folder), "--weights", "none", "--out",
+        str(tmp_path / "run"), "--image-size", "32", "--head-epochs", "1",
+        "--fine-tune-from", "none", "--mixed-precision",
+        "--jit-compile", "off"])
+    assert result.exit_code == 0, result.output
+    assert ("Warning: --mixed-precision: no GPU here, and a CPU emulates float16 more slowly "
+            "than it computes float32, so this run stays in float32.") in result.output
+    bad = CliRunner().invoke(cli, ["finetune", "--data", str(image_folder), "--weights", "none",
+                                   "--jit-compile", "maybe"])
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines()[-1] == (
+        "Error: Unknown jit_compile: 'maybe'. Expected one of auto, on, off.")

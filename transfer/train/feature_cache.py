@@ -1,0 +1,111 @@
+"""Pooled backbone features of a frozen backbone, computed once per dataset.
+
+While the backbone is frozen and images are not augmented, its features cannot
+change, so phase 1 trains the head on them. They are kept in memory when they fit
+(under `memory_fraction` of the machine's RAM) and in a memory-mapped .npy file
+otherwise; with a cache folder, they are also kept on disk, keyed by the weights,
+the architecture, the image size, the pooling and the list of files (path, size,
+modification time), so a second run on the same data reuses them.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from transfer.report.rundir import atomic_path
+
+logger = logging.getLogger("transfer")
+
+CACHE_DIR_ENV = "TRANSFER_CACHE_DIR"
+
+
+def default_cache_dir():
+    base = os.environ.get(CACHE_DIR_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")),
+        "transfer", "features")
+    return Path(base)
+
+
+def available_memory_bytes():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30  # unknown: assume a modest machine
+
+
+def weights_identity(weights, seed):
+    """What fixes the backbone's numbers: the weights file's content, or the seed."""
+    if weights is None:
+        return f"random-init-seed-{seed}"
+    if weights == "imagenet":
+        return "imagenet"  # the official files are fixed by their MD5 hash
+    from transfer.models.weights import file_md5
+
+    return f"file-md5-{file_md5(weights)}"
+
+
+def cache_key(identity, architecture_name, image_size, pooling, paths):
+    """A hash of everything the features depend on."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([identity, architecture_name, [int(s) for s in np.atleast_1d(image_size)],
+                              pooling]).encode())
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:  # TFDS pseudo-paths: the dataset fingerprint covers them
+            digest.update(f"{path}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
+                     memory_fraction=0.25, verbose=1):
+    """Run `extractor` over `batches` once; reuse a cached copy when the key matches.
+
+    Returns a float32 array of shape (count, dim), possibly memory-mapped.
+    """
+    from transfer.inference import predict_batch, run_inference
+
+    cached = Path(cache_dir) / f"{key}.npy" if cache_dir and key else None
+    if cached is not None and cached.exists():
+        features = np.load(cached, mmap_mode="r")
+        if features.shape == (count, dim):
+            logger.info("Reusing cached features %s.", cached)
+            return features
+    size = count * dim * 4
+    if size <= memory_fraction * available_memory_bytes():
+        features = run_inference(extractor, batches, verbose=verbose).astype(np.float32)
+        if cached is not None:
+            _save(cached, features)
+        return features
+    # Too large for memory: write batch by batch into a memory-mapped file.
+    target = cached or Path(tempfile.mkdtemp(prefix="transfer-features-")) / "features.npy"
+    logger.info("Features (%.1f GB) go to %s.", size / 1e9, target)
+    with atomic_path(target) as tmp:
+        mapped = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, dim))
+        start = 0
+        for batch in batches:
+            out = predict_batch(extractor, batch)
+            mapped[start:start + len(out)] = out
+            start += len(out)
+        mapped.flush()
+        del mapped
+    return np.load(target, mmap_mode="r")
+
+
+def _save(path, features):
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, features)
+    except Exception as exc:  # a cache that cannot be written only costs time later
+        logger.warning("Could not write the feature cache %s (%s).", path, exc)
