@@ -1,12 +1,11 @@
 """Data sources: class folders, split folders, TFDS; splits; decoding; bad files."""
 
-import shutil
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.conftest import make_image_folder, mock_tfds_metadata, write_image
+from tests.conftest import make_image_folder, mock_tfds_metadata
 from transfer.data import drop_unreadable, image_dataset, load_dataset, load_folder
 from transfer.errors import DataError
 

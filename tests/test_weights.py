@@ -7,7 +7,6 @@ official keras.applications files; Keras 3 files by Keras 3 itself.
 import logging
 import time
 
-import keras
 import numpy as np
 import pytest
 import tf_keras

@@ -225,8 +225,14 @@ def _setup_logging():
                    "which is faster there).")
 @click.option("--jit-compile", default=_default("jit_compile"), show_default=True,
               help="XLA-compile the training steps: auto, on or off.")
+@click.option("--strategy", default=_default("strategy"), show_default=True,
+              help="tf.distribute: auto, one (device), mirrored (all GPUs of this machine) "
+                   "or multiworker (machines listed in TF_CONFIG).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in --out from its last completed epoch "
+                   "(same command otherwise).")
 @click.option("--tfds-data-dir", type=click.Path(), help="TFDS data folder for tfds:NAME.")
-def finetune(data, out, overwrite, **options):
+def finetune(data, out, overwrite, resume, **options):
     """Fine-tune a ResNet on a folder of images (or a TFDS dataset).
 
     Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the groups
@@ -242,7 +248,9 @@ def finetune(data, out, overwrite, **options):
     from transfer.train.finetune import finetune as run_finetune
 
     _setup_logging()
-    result = run_finetune(data, out=out, overwrite=overwrite, **options)
+    if resume and not out:
+        raise click.UsageError("--resume needs the --out of the run to continue.")
+    result = run_finetune(data, out=out, overwrite=overwrite, resume=resume, **options)
     _print_run_summary(result)
 
 

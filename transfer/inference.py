@@ -222,7 +222,9 @@ def list_image_files(paths):
     for path in map(Path, paths):
         if path.is_dir():
             for found in sorted(path.rglob("*")):
-                if (found.is_file() and found.suffix.lower() in IMAGE_EXTENSIONS
+                # Broken links are listed too: they get an error row, not silence.
+                if ((found.is_file() or found.is_symlink())
+                        and found.suffix.lower() in IMAGE_EXTENSIONS
                         and not any(part.startswith(".") for part in found.relative_to(path).parts)):
                     files.append(str(found))
         elif path.exists():

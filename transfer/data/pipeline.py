@@ -12,6 +12,7 @@ from transfer.errors import DataError
 
 logger = logging.getLogger("transfer")
 AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = 50_000  # elements; phase 1's feature batches shuffle the same way
 
 
 def decode_image(contents, image_size):
@@ -99,22 +100,31 @@ def drop_unreadable(dataset, strict=False, progress=True):
     return dataset
 
 
-def image_dataset(split, image_size, batch_size, num_classes, shuffle=False, seed=None,
-                  augment=None, one_hot=True):
-    """A batched tf.data.Dataset of (float32 pixels 0-255, labels) for one split."""
+def decoded_images(split, image_size, cache=None):
+    """Unbatched (float32 pixels 0-255, label) of a split, decoded and resized in
+    parallel (AUTOTUNE). `cache=None` keeps the decoded images in memory when they
+    take under a quarter of the available RAM; True or False forces it."""
     size = _as_size(image_size)
-    labels = split.labels
     if split.tfds is not None:
         ds = split.tfds.map(lambda image, label: (tf.image.resize(
             _to_rgb(image), size, method="bilinear"), label), num_parallel_calls=AUTOTUNE)
-        if shuffle:
-            ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
     else:
-        ds = tf.data.Dataset.from_tensor_slices((list(split.paths), labels))
-        if shuffle:
-            ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
         ds = ds.map(lambda path, label: (decode_image(tf.io.read_file(path), size), label),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache is None:
+        from transfer.train.feature_cache import available_memory_bytes
+
+        cache = len(split) * size[0] * size[1] * 3 * 4 < 0.25 * available_memory_bytes()
+    return ds.cache() if cache else ds
+
+
+def image_dataset(split, image_size, batch_size, num_classes, shuffle=False, seed=None,
+                  augment=None, one_hot=True, cache=False):
+    """A batched, prefetched tf.data.Dataset of (float32 pixels 0-255, labels)."""
+    ds = decoded_images(split, image_size, cache=cache)
+    if shuffle:
+        ds = ds.shuffle(min(len(split), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE)

@@ -6,6 +6,7 @@ from transfer.report.rundir import (
     atomic_path,
     prepare_run_dir,
     save_model,
+    save_weights,
     write_csv,
     write_json,
     write_text,

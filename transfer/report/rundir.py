@@ -19,7 +19,7 @@ RUN_FILES = (
     "training_curves.png", "predictions.csv", "test_predictions.csv",
     "test_classification_report.txt", "test_confusion_matrix.csv", "test_confusion_matrix.png",
 )
-RUN_FOLDERS = ("logs",)
+RUN_FOLDERS = ("logs", "checkpoints")
 
 
 def _failure(path, exc):
@@ -33,8 +33,10 @@ def atomic_path(path):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}",
-                                   dir=path.parent)
+        # Keep every suffix (.weights.h5, .keras): Keras checks them on the temp name.
+        suffixes = "".join(path.suffixes)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:len(path.name) - len(suffixes)]}.",
+                                   suffix=f".partial{suffixes}", dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise _failure(path, exc) from exc
@@ -73,12 +75,20 @@ def save_model(model, path):
     return Path(path)
 
 
-def prepare_run_dir(path, overwrite=False):
-    """Create the run directory; refuse a non-empty one unless `overwrite`."""
+def save_weights(model, path):
+    """Save a model's weights atomically (`.weights.h5`)."""
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
+    return Path(path)
+
+
+def prepare_run_dir(path, overwrite=False, keep=False):
+    """Create the run directory; refuse a non-empty one unless `overwrite` (which
+    removes the files of the earlier run) or `keep` (resuming it)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InvalidArgumentError(f"--out {path} is a file, not a folder.")
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(path.iterdir()) and not keep:
         if not overwrite:
             raise InvalidArgumentError(
                 f"--out {path} is not empty. Choose another folder or pass --overwrite "

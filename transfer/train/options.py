@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from transfer.errors import InvalidArgumentError
+from transfer.train.distribute import STRATEGIES
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 AUGMENT_MODES = ("none", "fine-tune", "both")  # which phases see augmented images
@@ -42,6 +43,7 @@ class FinetuneOptions:
     cache_dir: str = None  # default: $TRANSFER_CACHE_DIR or ~/.cache/transfer/features
     mixed_precision: bool = False
     jit_compile: str = "auto"  # XLA for training steps: auto, on or off
+    strategy: str = "auto"  # tf.distribute: auto, one, mirrored or multiworker
     tfds_data_dir: str = None
 
     def validate(self):
@@ -55,6 +57,7 @@ class FinetuneOptions:
             (self.class_weight in CLASS_WEIGHT_MODES, "class_weight", CLASS_WEIGHT_MODES),
             (self.pooling in ("avg", "max"), "pooling", ("avg", "max")),
             (self.jit_compile in JIT_MODES, "jit_compile", JIT_MODES),
+            (self.strategy in STRATEGIES, "strategy", STRATEGIES),
         ]
         for ok, name, accepted in checks:
             if not ok:

@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Speed of `transfer`, measured side by side in one run on one machine.
+
+(a) our ResNet50 against keras.applications.ResNet50 (same weights): inference
+    and training images/s;
+(b) our inference path against keras.applications.ResNet50().predict defaults;
+(c) a phase-1 epoch on cached features against one through the frozen backbone,
+    and the whole of phase 1 against one forward pass over the training images;
+(d) `transfer finetune` end to end against a plain script following Keras'
+    transfer-learning guide (scripts/keras_guide_baseline.py), same folder,
+    image size, epochs and phases: wall time and validation accuracy;
+(e) the input pipeline's images/s against the model's training images/s;
+(f) peak memory (RSS) of both runs in (d).
+Prints a table and writes JSON.  Example:
+
+    .venv/bin/python scripts/benchmark.py --data data/fashion-mnist --out benchmark.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import transfer  # noqa: E402
+from transfer.data import drop_unreadable, image_dataset, load_dataset  # noqa: E402
+from transfer.data.pipeline import augmentation  # noqa: E402
+from transfer.inference import run_inference  # noqa: E402
+from transfer.train.finetune import head_model, pooled_features  # noqa: E402
+
+
+def images_per_second(fn, count, repeats=3):
+    """Best of `repeats` timed calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return count / best
+
+
+def bench_models(size, batch, steps):
+    """(a) and (b): same weights, same random images, same batch size."""
+    keras.utils.set_random_seed(0)
+    ours = transfer.ResNet50(weights=None, input_shape=(size, size, 3), classes=10)
+    ref = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classes=10)
+    ref.set_weights(ours.get_weights())
+    n = batch * steps
+    x = np.random.default_rng(0).uniform(-120, 130, (n, size, size, 3)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(n) % 10, 10)
+    batches = tf.data.Dataset.from_tensor_slices(x).batch(batch).cache()
+    result = {}
+    for name, model in (("ours", ours), ("keras", ref)):
+        result[f"predict_{name}"] = images_per_second(
+            lambda m=model: m.predict(x, batch_size=batch, verbose=0), n)
+    for name, model in (("ours", ours), ("keras", ref)):
+        model.compile(keras.optimizers.SGD(1e-3), "categorical_crossentropy")
+        result[f"train_{name}"] = images_per_second(
+            lambda m=model: m.fit(x, y, batch_size=batch, epochs=1, verbose=0), n, repeats=2)
+    for jit in (True, False):
+        result[f"inference_path_jit_{'on' if jit else 'off'}"] = images_per_second(
+            lambda j=jit: run_inference(ours, batches, jit_compile=j), n)
+    result["inference_path"] = images_per_second(lambda: run_inference(ours, batches), n)
+    return result
+
+
+def bench_phase1(dataset, size, batch, head_epochs):
+    """(c) and (e) on the real training images."""
+    keras.utils.set_random_seed(0)
+    model = transfer.build_classifier(dataset.num_classes, weights=None, image_size=size)
+    transfer.freeze(model)
+    train = dataset.splits["train"]
+    n = len(train)
+    images = image_dataset(train, size, batch, dataset.num_classes, one_hot=False, cache=True)
+    pixels = images.map(lambda x, y: x)
+    for _ in pixels:  # decode once, so every timing below sees cached images
+        pass
+    extractor = pooled_features(model)
+    start = time.perf_counter()
+    features = run_inference(extractor, pixels)
+    forward_seconds = time.perf_counter() - start
+    labels = keras.utils.to_categorical(train.labels, dataset.num_classes)
+    head = head_model(model)
+    head.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    head.fit(features, labels, batch_size=batch, epochs=1, verbose=0)  # compile once
+    start = time.perf_counter()
+    head.fit(features, labels, batch_size=batch, epochs=head_epochs, verbose=0)
+    head_epoch = (time.perf_counter() - start) / head_epochs
+    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    one_hot = images.map(lambda x, y: (x, tf.one_hot(y, dataset.num_classes)))
+    model.fit(one_hot, epochs=1, verbose=0)  # compile once
+    start = time.perf_counter()
+    model.fit(one_hot, epochs=1, verbose=0)
+    frozen_epoch = time.perf_counter() - start
+    # (e): the phase-2 pipeline (decode from disk, augmentation) against training speed.
+    aug = augmentation(0)
+    pipeline = image_dataset(train, size, batch, dataset.num_classes, shuffle=True, seed=0,
+                             augment=aug, cache=False)
+    start = time.perf_counter()
+    for _ in pipeline:
+        pass
+    pipeline_rate = n / (time.perf_counter() - start)
+    cached_pipeline = image_dataset(train, size, batch, dataset.num_classes, shuffle=True,
+                                    seed=0, augment=aug, cache=True)
+    for _ in cached_pipeline:
+        pass
+    start = time.perf_counter()
+    for _ in cached_pipeline:
+        pass
+    cached_rate = n / (time.perf_counter() - start)
+    transfer.unfreeze(model, "conv5")
+    model.compile(keras.optimizers.Adam(1e-4), "categorical_crossentropy")
+    x = np.stack([b.numpy() for b in pixels.unbatch().take(batch * 2)])
+    y = labels[: len(x)]
+    train_rate = images_per_second(
+        lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0), len(x), repeats=2)
+    return {
+        "train_images": n,
+        "forward_pass_seconds": forward_seconds,
+        "head_epoch_cached_seconds": head_epoch,
+        "head_epoch_frozen_backbone_seconds": frozen_epoch,
+        "phase1_cached_seconds": forward_seconds + head_epoch * head_epochs,
+        "phase1_epochs": head_epochs,
+        "pipeline_images_per_s": pipeline_rate,
+        "pipeline_cached_images_per_s": cached_rate,
+        "fine_tune_train_images_per_s": train_rate,
+    }
+
+
+def run_measured(command):
+    """Run a command; return (wall seconds, peak RSS in MB, stdout)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, cwd=ROOT)
+    stdout = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"{' '.join(map(str, command))} failed ({process.returncode})")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024, stdout
+
+
+def bench_end_to_end(data, size, batch, head_epochs, fine_tune_epochs):
+    """(d) and (f): both in fresh processes, one after the other."""
+    python = sys.executable
+    common = ["--image-size", str(size), "--batch-size", str(batch),
+              "--head-epochs", str(head_epochs), "--fine-tune-epochs", str(fine_tune_epochs)]
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_seconds, ours_rss, _ = run_measured(
+            [python, "-m", "transfer", "finetune", "--data", str(data), "--weights", "none",
+             "--out", f"{tmp}/run", "--fine-tune-from", "conv5", "--early-stopping", "0",
+             "--cache-dir", f"{tmp}/cache", *common])
+        metrics = json.loads(Path(f"{tmp}/run/metrics.json").read_text())
+    base_seconds, base_rss, stdout = run_measured(
+        [python, str(ROOT / "scripts" / "keras_guide_baseline.py"), "--data", str(data),
+         *common])
+    baseline = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "transfer_seconds": ours_seconds, "transfer_val_accuracy": metrics["val"]["accuracy"],
+        "transfer_peak_rss_mb": ours_rss,
+        "keras_guide_seconds": base_seconds, "keras_guide_val_accuracy": baseline["val_accuracy"],
+        "keras_guide_peak_rss_mb": base_rss,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT / "data" / "fashion-mnist"))
+    parser.add_argument("--model-size", type=int, default=224,
+                        help="Input size for (a) and (b).")
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="Input size for (c) to (f).")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=2, help="Batches per timing in (a), (b).")
+    parser.add_argument("--head-epochs", type=int, default=10)
+    parser.add_argument("--fine-tune-epochs", type=int, default=2)
+    parser.add_argument("--out", default="benchmark.json")
+    parser.add_argument("--skip-end-to-end", action="store_true")
+    args = parser.parse_args()
+
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
+               "gpus": len(tf.config.list_physical_devices("GPU")),
+               "tensorflow": tf.__version__, "keras": keras.__version__}
+    print(f"machine: {machine}", flush=True)
+    results = {"machine": machine, "arguments": vars(args)}
+    print(f"(a, b) models at {args.model_size}px ...", flush=True)
+    results["models"] = models = bench_models(args.model_size, args.batch_size, args.steps)
+    dataset = load_dataset(args.data, val_split=0.2)
+    drop_unreadable(dataset, progress=False)
+    print(f"(c, e) phase 1 and pipeline on {dataset.describe()} at {args.image_size}px ...",
+          flush=True)
+    results["phase1"] = p1 = bench_phase1(dataset, args.image_size, args.batch_size,
+                                          args.head_epochs)
+    rows = [
+        ("a", "inference img/s, ours / keras.applications", models["predict_ours"],
+         models["predict_keras"], 0.98),
+        ("a", "training img/s, ours / keras.applications", models["train_ours"],
+         models["train_keras"], 0.98),
+        ("b", "our inference path / keras predict() defaults", models["inference_path"],
+         models["predict_keras"], 1.3),
+        ("c", "phase-1 epoch: frozen backbone s / cached s", p1["head_epoch_frozen_backbone_seconds"],
+         p1["head_epoch_cached_seconds"], 20),
+        ("c", "one forward pass s / whole cached phase 1 s", p1["forward_pass_seconds"],
+         p1["phase1_cached_seconds"], 1 / 1.5),
+        ("e", "pipeline img/s (from disk) / training img/s", p1["pipeline_images_per_s"],
+         p1["fine_tune_train_images_per_s"], 3),
+        ("e", "pipeline img/s (cached) / training img/s", p1["pipeline_cached_images_per_s"],
+         p1["fine_tune_train_images_per_s"], 3),
+    ]
+    if not args.skip_end_to_end:
+        print("(d, f) end to end ...", flush=True)
+        results["end_to_end"] = e2e = bench_end_to_end(
+            args.data, args.image_size, args.batch_size, args.head_epochs, args.fine_tune_epochs)
+        rows += [
+            ("d", "wall time: Keras guide s / transfer s", e2e["keras_guide_seconds"],
+             e2e["transfer_seconds"], 2),
+            ("d", "val accuracy: transfer - Keras guide", e2e["transfer_val_accuracy"],
+             e2e["keras_guide_val_accuracy"], None),
+            ("f", "peak RSS MB: transfer / Keras guide", e2e["transfer_peak_rss_mb"],
+             e2e["keras_guide_peak_rss_mb"], None),
+        ]
+    results["comparisons"] = []
+    print(f"\n{'':3}{'comparison':52}{'value':>10}{'vs':>10}{'ratio':>8}{'target':>8}  met")
+    for key, label, value, other, target in rows:
+        ratio = value - other if label.startswith("val accuracy") else value / other
+        met = "" if target is None else ("yes" if ratio >= target else "no")
+        if label.startswith("val accuracy"):
+            met = "yes" if ratio >= 0 else "no"
+        shown_target = "" if target is None else f"{target:g}"
+        print(f"{key:3}{label:52}{value:10.2f}{other:10.2f}{ratio:8.2f}{shown_target:>8}  {met}")
+        results["comparisons"].append({"key": key, "comparison": label, "value": value,
+                                       "other": other, "ratio": ratio, "target": target,
+                                       "met": met})
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Messy folders and failing outputs: a corpus of bad images made on the fly, through
+finetune, evaluate, predict and embed; unwritable and full output locations."""
+
+import json
+import os
+import subprocess
+import uuid
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.conftest import write_image
+from transfer.cli import cli
+
+
+def run_cli(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def make_corpus(root):
+    """Class folders with every kind of good and bad file. Returns (good, bad) paths."""
+    shirts, coats = root / "shirt täglich", root / "coat 2"
+    shirts.mkdir(parents=True)
+    coats.mkdir()
+    good, bad = [], []
+    for folder, tint in ((shirts, (200, 60, 60)), (coats, (60, 60, 200))):
+        for i in range(5):
+            good.append(write_image(folder / f"plain {i}.png", tint=tint, seed=i))
+        good.append(write_image(folder / "фото 1.jpg", tint=tint))
+        good.append(write_image(folder / "really a png.jpg", tint=tint))
+        (folder / "really a png.jpg").write_bytes(
+            _png_bytes(tint))  # PNG content under a .jpg name
+        pixels = (np.random.default_rng(1).random((20, 30)) * 65535).astype(np.uint16)
+        Image.fromarray(pixels).save(folder / "sixteen-bit.png")
+        good.append(folder / "sixteen-bit.png")
+        Image.new("CMYK", (30, 20), (10, 200, 30, 0)).save(folder / "cmyk.jpg")
+        good.append(folder / "cmyk.jpg")
+        Image.new("RGB", (1, 1), tint).save(folder / "one-pixel.png")
+        good.append(folder / "one-pixel.png")
+        frames = [Image.new("RGB", (24, 24), c) for c in (tint, (0, 255, 0))]
+        frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:],
+                       duration=100, loop=0)
+        good.append(folder / "animated.gif")
+    Image.new("RGB", (4000, 3000), (200, 60, 60)).save(shirts / "huge.jpg", quality=50)
+    good.append(shirts / "huge.jpg")
+    # Bad files, each reported by path.
+    jpeg = (shirts / "plain 0.png").read_bytes()
+    (shirts / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
+    write_image(coats / "truncated.jpg", size=(64, 64))
+    data = (coats / "truncated.jpg").read_bytes()
+    (coats / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (coats / "empty.png").write_bytes(b"")
+    (coats / "notes.png").write_text("this is text, not a picture\n")
+    (coats / "dangling.jpg").symlink_to(root / f"missing-{uuid.uuid4().hex}.jpg")
+    bad += [shirts / "corrupt.jpg", coats / "truncated.jpg", coats / "empty.png",
+            coats / "notes.png", coats / "dangling.jpg"]
+    # Hidden files and folders are not images: ignored, not reported.
+    (shirts / ".DS_Store").write_bytes(b"\0\1")
+    (coats / "._plain 0.png").write_bytes(jpeg[:10])
+    (root / ".thumbnails").mkdir()
+    write_image(root / ".thumbnails" / "t.png")
+    return [str(p) for p in good], [str(p) for p in bad]
+
+
+def _png_bytes(tint):
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20), tint).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus") / "clothes"
+    good, bad = make_corpus(root)
+    return root, good, bad
+
+
+@pytest.fixture(scope="module")
+def corpus_run(corpus, tmp_path_factory):
+    root, good, bad = corpus
+    out = tmp_path_factory.mktemp("runs") / "run"
+    result = run_cli("finetune", "--data", root, "--weights", "none", "--out", out,
+                     "--image-size", "32", "--batch-size", "8", "--head-epochs", "1",
+                     "--fine-tune-from", "conv5", "--fine-tune-epochs", "1",
+                     "--early-stopping", "0")
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_finetune_uses_every_good_image_and_reports_every_bad_one(corpus, corpus_run):
+    root, good, bad = corpus
+    out, output = corpus_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["classes"] == ["coat 2", "shirt täglich"]
+    assert sum(config["dataset"]["splits"].values()) == len(good)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(s["path"] for s in metrics["skipped_files"]) == sorted(bad)
+    for path in bad:
+        assert f"Warning: Skipped {path}:" in output
+    assert ".DS_Store" not in output and ".thumbnails" not in output
+
+
+def test_evaluate_predict_and_embed_survive_the_corpus(corpus, corpus_run, tmp_path):
+    root, good, bad = corpus
+    out, _ = corpus_run
+    result = run_cli("evaluate", out, "--data", root, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == len(good)
+    assert sorted(s["path"] for s in metrics["skipped_files"]) == sorted(bad)
+
+    result = run_cli("predict", out, root, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = {r["path"]: r for r in json.loads(result.stdout)}
+    assert {p for p, r in rows.items() if r["error"] is None} == set(good)
+    assert {p for p, r in rows.items() if r["error"]} == set(bad)
+
+    result = run_cli("embed", "--data", root, "--model", out, "--out", tmp_path / "e.npz")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "e.npz") as f:
+        assert sorted(f["paths"].tolist()) == sorted(good)
+
+
+def test_unwritable_output_is_one_error_line(tmp_path, image_folder):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("finetune", "--data", image_folder, "--weights", "none",
+                     "--out", blocker / "run", "--image-size", "32")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: Cannot write {blocker / 'run'}: Not a directory.")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MB filesystem: big enough for the small files of a run, not for the model."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_disk_never_leaves_a_model_that_looks_complete(full_disk, image_folder):
+    out = full_disk / "run"
+    result = run_cli("finetune", "--data", image_folder, "--weights", "none", "--out", out,
+                     "--image-size", "32", "--head-epochs", "1", "--fine-tune-from", "none")
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: Cannot write ") and "No space left on device" in last, last
+    assert not (out / "model.keras").exists()
+    assert not [p for p in out.iterdir() if ".partial" in p.name]
+    config = json.loads((out / "config.json").read_text())
+    assert config["status"] == "running"  # never marked complete

@@ -1,0 +1,54 @@
+"""Distribution with tf.distribute: one device, MirroredStrategy across the devices
+of one machine, MultiWorkerMirroredStrategy across machines (configured by the
+TF_CONFIG environment variable). --batch-size is always the global batch."""
+
+import json
+import os
+
+from transfer.errors import InvalidArgumentError
+
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+
+
+def _cluster_size():
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def make_strategy(name="auto"):
+    """The tf.distribute strategy `name` stands for on this machine.
+
+    auto: multiworker when TF_CONFIG names several workers, else mirrored across
+    several GPUs, else one device. mirrored uses every GPU, or every logical CPU
+    device when there is no GPU (how the tests run it).
+    """
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise InvalidArgumentError(
+            f"Unknown strategy: {name!r}. Expected one of {', '.join(STRATEGIES)}.")
+    workers = _cluster_size()
+    if name == "multiworker" or (name == "auto" and workers > 1):
+        if workers < 1:
+            raise InvalidArgumentError(
+                "--strategy multiworker needs TF_CONFIG describing the cluster, e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}.')
+        # Created before any other TensorFlow work, as MultiWorkerMirroredStrategy needs.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()  # the default: one device, no overhead
+
+
+def is_chief(strategy):
+    """Whether this process writes results: always, except on non-chief workers."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
