@@ -381,7 +381,7 @@ def identify_architecture(layer_names):
         conv_bias = len(layer_names["conv1_conv"]) == 2
     else:
         padded = any(_PADDED_3X3.match(name) for name in names)
-        conv_bias = is_preact or not padded  # only v1.5's post-activation blocks pad
+        conv_bias = is_preact or not padded  # v1 blocks have no pad, v1.5 blocks do
     version = next((v.name for v in VERSIONS.values()
                     if v.preact == is_preact and v.conv_bias == conv_bias), None)
     return None if version is None else (depth, version)
@@ -417,9 +417,11 @@ def load_weights(model, weights, architecture=None, weights_dir=None):
     """Load `weights` ("imagenet" or a file path) into a ResNet built by `transfer`.
 
     Layers are matched by name, so the file may come from keras.applications,
-    tf-keras, Keras 3 or a `transfer` classifier. A classifier (`predictions`) with
-    a different number of classes is skipped with a warning; any other mismatch
-    raises `WeightsError` naming the architecture expected and the one found.
+    tf-keras, Keras 3 or a `transfer` classifier; a torchvision/timm checkpoint (v1.5)
+    is mapped to those names first. A classifier (`predictions`) with a different
+    number of classes is skipped with a warning, and a whole model's (`.keras`,
+    PyTorch) is left out of a model without a top; any other mismatch raises
+    `WeightsError` naming the architecture expected and the one found.
     """
     from transfer.models.groups import architecture_of, find_backbone
 
