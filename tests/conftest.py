@@ -157,3 +157,78 @@ def feature_cache_dir(tmp_path, monkeypatch):
     """Every test gets its own feature cache: nothing leaks between tests."""
     monkeypatch.setenv("TRANSFER_CACHE_DIR", str(tmp_path / "feature-cache"))
     return tmp_path / "feature-cache"
+
+
+# torchvision's ResNet constructors: blocks per stage, and block kind.
+TORCHVISION_RESNETS = {
+    18: ((2, 2, 2, 2), "basic"), 34: ((3, 4, 6, 3), "basic"),
+    50: ((3, 4, 6, 3), "bottleneck"), 101: ((3, 4, 23, 3), "bottleneck"),
+    152: ((3, 8, 36, 3), "bottleneck"),
+}
+
+
+def torchvision_state_dict(depth=50, seed=0, classes=1000, zeros=False):
+    """The state_dict of torchvision's resnet{depth}, keys and shapes as
+    `torchvision.models.resnet{depth}().state_dict()` has them, as NumPy arrays with
+    random values (BN statistics included), written out from torchvision's
+    `ResNet._make_layer` rather than from `transfer`'s mapping."""
+    rng = np.random.default_rng(seed)
+    state = {}
+
+    def conv(key, out_channels, in_channels, size):
+        shape = (out_channels, in_channels, size, size)
+        scale = np.sqrt(1.0 / (in_channels * size * size))
+        state[key] = np.zeros(shape, "float32") if zeros else \
+            rng.normal(0, scale, shape).astype("float32")
+
+    def bn(prefix, channels):
+        values = {"weight": (0.2, 0.6), "bias": 0.1, "running_mean": 0.1,
+                  "running_var": (0.5, 1.5)}
+        for name, spec in values.items():
+            if zeros:
+                value = np.zeros(channels, "float32")
+            elif isinstance(spec, tuple):
+                value = rng.uniform(*spec, channels).astype("float32")
+            else:
+                value = rng.normal(0, spec, channels).astype("float32")
+            state[f"{prefix}.{name}"] = value
+        state[f"{prefix}.num_batches_tracked"] = np.array(0, dtype="int64")
+
+    blocks, kind = TORCHVISION_RESNETS[depth]
+    expansion = 4 if kind == "bottleneck" else 1
+    conv("conv1.weight", 64, 3, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for stage, count in enumerate(blocks):
+        planes = 64 * 2**stage
+        for i in range(count):
+            prefix = f"layer{stage + 1}.{i}"
+            if kind == "bottleneck":
+                conv(f"{prefix}.conv1.weight", planes, inplanes, 1)
+                bn(f"{prefix}.bn1", planes)
+                conv(f"{prefix}.conv2.weight", planes, planes, 3)
+                bn(f"{prefix}.bn2", planes)
+                conv(f"{prefix}.conv3.weight", planes * expansion, planes, 1)
+                bn(f"{prefix}.bn3", planes * expansion)
+            else:
+                conv(f"{prefix}.conv1.weight", planes, inplanes, 3)
+                bn(f"{prefix}.bn1", planes)
+                conv(f"{prefix}.conv2.weight", planes, planes, 3)
+                bn(f"{prefix}.bn2", planes)
+            stride = 1 if stage == 0 else 2
+            if i == 0 and (stride != 1 or inplanes != planes * expansion):
+                conv(f"{prefix}.downsample.0.weight", planes * expansion, inplanes, 1)
+                bn(f"{prefix}.downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    scale = np.sqrt(1.0 / inplanes)
+    state["fc.weight"] = rng.normal(0, scale, (classes, inplanes)).astype("float32")
+    state["fc.bias"] = rng.normal(0, 0.1, classes).astype("float32")
+    return state
+
+
+def save_safetensors(state, path):
+    """Write a state_dict of NumPy arrays as timm/Hugging Face do: `.safetensors`."""
+    from safetensors.numpy import save_file
+
+    save_file(state, str(path))
+    return path

@@ -12,7 +12,7 @@ from transfer.cli import cli
     "kwargs,message",
     [
         (dict(depth=34), r"Unsupported ResNet depth: 34\. Expected one of 50, 101, 152"),
-        (dict(version="v3"), r"Unknown ResNet version: 'v3'\. Expected one of v1, v2"),
+        (dict(version="v3"), r"Unknown ResNet version: 'v3'\. Expected one of v1, v1\.5, v2"),
         (dict(include_top=False, input_shape=(31, 64, 3)),
          r"at least 32x32\. Received: input_shape=\(31, 64, 3\)"),
         (dict(weights="imagenet", input_shape=(200, 200, 3)),
@@ -36,7 +36,7 @@ def test_python_errors_name_the_bad_value(kwargs, message):
     "args,message",
     [
         (["info", "--depth", "34"], "Error: Unsupported ResNet depth: 34. Expected one of 50, 101, 152."),
-        (["info", "--version", "v3"], "Error: Unknown ResNet version: 'v3'. Expected one of v1, v2."),
+        (["info", "--version", "v3"], "Error: Unknown ResNet version: 'v3'. Expected one of v1, v1.5, v2."),
         (["info", "--image-size", "16"], "Error: Input size must be at least 32x32."),
         (["info", "--depth"], "Error: Option '--depth' requires an argument."),
         (["nope"], "Error: No such command 'nope'."),

@@ -63,7 +63,7 @@ def test_groups_of_a_classifier_include_preprocessing_and_head():
     assert [l.name for l in found["head"]] == ["head_pool", "predictions"]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v1.5", "v2"])
 def test_freeze_until_conv4_trains_only_conv5_and_head(version):
     model = _classifier(version)
     transfer.freeze(model, until="conv4")

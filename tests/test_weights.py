@@ -198,7 +198,8 @@ def test_not_hdf5(tmp_path):
     path = tmp_path / "weights.h5"
     path.write_text("these are not weights\n")
     with pytest.raises(transfer.WeightsError,
-                       match="is not a weights file: expected HDF5 .* or a .keras archive"):
+                       match="is not a weights file: expected HDF5 .*, a .keras archive, "
+                             "or a PyTorch checkpoint"):
         transfer.ResNet50(weights=str(path), include_top=False)
 
 

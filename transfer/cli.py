@@ -54,7 +54,8 @@ def architecture_options(command):
     """--depth and --version, shared by every command that builds a ResNet."""
     command = click.option(
         "--version", "version", default="v1", show_default=True,
-        help="ResNet version: v1 (keras.applications.ResNet50) or v2 (ResNet50V2).",
+        help="ResNet version: v1 (keras.applications.ResNet50), v1.5 (torchvision's "
+             "resnet50: stride on the 3x3 convolution) or v2 (ResNet50V2).",
     )(command)
     return click.option(
         "--depth", default="50", show_default=True, help="ResNet depth: 50, 101 or 152.",
@@ -108,11 +109,18 @@ def info(depth, version, image_size, as_json):
     click.echo(f"trainable {summary['trainable_params']:,}, "
                f"non-trainable {summary['non_trainable_params']:,} (BatchNormalization statistics)")
     click.echo("")
-    click.echo("ImageNet weights (keras.applications):")
-    for entry in summary["weights"]:
-        kind = "with top" if entry["include_top"] else "notop   "
-        click.echo(f"  {kind}  {entry['file']}  md5 {entry['md5']}")
-    click.echo(f"  from {summary['weights'][0]['url'].rsplit('/', 1)[0]}/")
+    if summary["weights"]:
+        click.echo("ImageNet weights (keras.applications):")
+        for entry in summary["weights"]:
+            kind = "with top" if entry["include_top"] else "notop   "
+            click.echo(f"  {kind}  {entry['file']}  md5 {entry['md5']}")
+        click.echo(f"  from {summary['weights'][0]['url'].rsplit('/', 1)[0]}/")
+    else:
+        click.echo(f"ImageNet weights: no keras.applications file exists for "
+                   f"{arch.version.name}; use torchvision/timm checkpoints (--weights FILE):")
+        for entry in summary["torch_weights"]:
+            top1 = f"top-1 {entry['top1']:.1f}%" if entry["top1"] else ""
+            click.echo(f"  {entry['source']:<11}  {entry['name']:<17} {top1:<12}  {entry['url']}")
 
 
 def weights_dir_option(command):
@@ -172,8 +180,9 @@ def _setup_logging():
               help="Image folder (one sub-folder per class, or train/ val/ test/), or tfds:NAME.")
 @architecture_options
 @click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet, none (random initialisation), or a weights file "
-                   "(.h5, .weights.h5, .keras).")
+              help="imagenet (v1, v2), none (random initialisation), or a weights file "
+                   "(.h5, .weights.h5, .keras; for v1.5 a torchvision .pth or timm "
+                   ".safetensors checkpoint).")
 @weights_dir_option
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run directory [default: runs/<timestamp>-<data name>].")
@@ -244,6 +253,7 @@ def finetune(data, out, overwrite, resume, **options):
       transfer finetune --data ./flowers --depth 50
       transfer finetune --data ./flowers --weights none --image-size 64 --fine-tune-from stem
       transfer finetune --data tfds:tf_flowers --version v2 --out runs/flowers
+      transfer finetune --data ./flowers --version v1.5 --weights resnet50-11ad3fa6.pth
     """
     from transfer.train.finetune import finetune as run_finetune
 
@@ -494,6 +504,7 @@ def _summary_as_dict(summary):
         "trainable_params": summary["trainable_params"],
         "non_trainable_params": summary["non_trainable_params"],
         "weights": summary["weights"],
+        "torch_weights": summary["torch_weights"],
     }
 
 

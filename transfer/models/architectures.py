@@ -20,6 +20,7 @@ BLOCKS_PER_STAGE = {
 MIN_INPUT_SIZE = 32
 DEFAULT_INPUT_SIZE = 224
 BN_EPSILON = 1.001e-5  # keras.applications' value, part of the weights' contract
+TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default, part of torchvision's weights
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,27 @@ class Version:
     block: str  # key of the block builder in `transfer.models.resnet`
     preact: bool  # pre-activation (BN-ReLU before conv): no conv1_bn, adds post_bn
     stage_strides: tuple  # stride of conv2..conv5
+    stride_on: str  # the convolution of a strided block that carries the stride: "1x1", "3x3"
+    conv_bias: bool  # the stem's and post-activation blocks' convolutions have a bias
+    bn_epsilon: float
     preprocessing: str  # mode of `transfer.models.preprocessing`
+    pretrained: str  # who publishes its ImageNet weights: "keras.applications", "torchvision"
 
 
 VERSIONS = {
-    # He et al. 2015, as in keras.applications.ResNet50: stride on the first block.
-    "v1": Version("v1", "", "bottleneck_v1", False, (1, 2, 2, 2), "caffe"),
+    # He et al. 2015, as in keras.applications.ResNet50: stride on the first block,
+    # on its first 1x1 convolution.
+    "v1": Version("v1", "", "bottleneck_v1", False, (1, 2, 2, 2), "1x1", True, BN_EPSILON,
+                  "caffe", "keras.applications"),
+    # v1 with the stride on the 3x3 convolution, as in torchvision's and timm's resnet50:
+    # PyTorch's arithmetic (symmetric padding, no conv biases, its BN epsilon), so that
+    # their checkpoints reproduce their outputs.
+    "v1.5": Version("v1.5", "v1.5", "bottleneck_v1", False, (1, 2, 2, 2), "3x3", False,
+                    TORCH_BN_EPSILON, "torch", "torchvision"),
     # He et al. 2016 (identity mappings), as in keras.applications.ResNet50V2:
     # stride on the last block of a stage.
-    "v2": Version("v2", "v2", "bottleneck_v2", True, (2, 2, 2, 1), "tf"),
+    "v2": Version("v2", "v2", "bottleneck_v2", True, (2, 2, 2, 1), "3x3", True, BN_EPSILON,
+                  "tf", "keras.applications"),
 }
 
 
@@ -56,7 +69,8 @@ class Architecture:
 
     @property
     def name(self):
-        """Model name and weights key, as keras.applications spells it: resnet50v2."""
+        """Model name and weights key, as keras.applications spells it: resnet50v2
+        (resnet50v1.5 for v1.5, which keras.applications does not have)."""
         return f"resnet{self.depth}{self.version.model_suffix}"
 
     @property

@@ -40,7 +40,7 @@ def _resolve_mode(mode_or_version):
 def preprocess_input(x, mode="v1"):
     """Preprocess a batch of RGB images (0-255) the way the given version expects.
 
-    `mode` is a version ("v1", "v2") or a mode ("caffe", "tf", "torch"). NumPy input
+    `mode` is a version ("v1", "v1.5", "v2") or a mode ("caffe", "tf", "torch"). NumPy input
     gives NumPy output (integers become float32, floats keep their precision, as in
     keras.applications); tensors give tensors.
     """

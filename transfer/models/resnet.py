@@ -1,4 +1,5 @@
-"""ResNet50/101/152, v1 and v2, layer-for-layer compatible with keras.applications.
+"""ResNet50/101/152, v1, v1.5 and v2; v1 and v2 layer-for-layer compatible with
+keras.applications, v1.5 with torchvision's resnet50/101/152.
 
 Three levels, as in keras.applications: a block, a stack of blocks (one stage), and
 one generic builder driven by `transfer.models.architectures`. Layer names are built
@@ -11,7 +12,6 @@ from keras import layers
 
 from transfer.errors import InvalidArgumentError
 from transfer.models.architectures import (
-    BN_EPSILON,
     DEFAULT_INPUT_SIZE,
     MIN_INPUT_SIZE,
     STAGE_FILTERS,
@@ -22,39 +22,53 @@ from transfer.models.architectures import (
 POOLING_MODES = (None, "avg", "max")
 
 
-def _bn(name):
-    return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, name=name)
+def _bn(name, version):
+    return layers.BatchNormalization(axis=-1, epsilon=version.bn_epsilon, name=name)
 
 
-def bottleneck_v1(x, filters, stride=1, conv_shortcut=True, name=None):
-    """Post-activation bottleneck; the stride sits on the first 1x1 convolution."""
+def bottleneck_v1(x, filters, version, stride=1, conv_shortcut=True, name=None):
+    """Post-activation bottleneck; the stride sits where `version.stride_on` says.
+
+    v1 (keras.applications) strides the first 1x1 convolution. v1.5 (torchvision)
+    strides the 3x3 one, padded by 1 on each side as PyTorch does: TF's "same" pads
+    a stride-2 convolution of an even size by 0 before and 1 after, which shifts
+    every window. Padding takes its own layer, `_2_pad`, as in keras.applications' v2.
+    """
+    stride_1x1, stride_3x3 = (stride, 1) if version.stride_on == "1x1" else (1, stride)
+    bias = version.conv_bias
     if conv_shortcut:
-        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
-        shortcut = _bn(f"{name}_0_bn")(shortcut)
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, use_bias=bias,
+                                 name=f"{name}_0_conv")(x)
+        shortcut = _bn(f"{name}_0_bn", version)(shortcut)
     else:
         shortcut = x
-    x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
-    x = _bn(f"{name}_1_bn")(x)
+    x = layers.Conv2D(filters, 1, strides=stride_1x1, use_bias=bias, name=f"{name}_1_conv")(x)
+    x = _bn(f"{name}_1_bn", version)(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
-    x = _bn(f"{name}_2_bn")(x)
+    if version.stride_on == "3x3":
+        x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name=f"{name}_2_pad")(x)
+        x = layers.Conv2D(filters, 3, strides=stride_3x3, use_bias=bias,
+                          name=f"{name}_2_conv")(x)
+    else:
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=bias, name=f"{name}_2_conv")(x)
+    x = _bn(f"{name}_2_bn", version)(x)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
-    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
-    x = _bn(f"{name}_3_bn")(x)
+    x = layers.Conv2D(4 * filters, 1, use_bias=bias, name=f"{name}_3_conv")(x)
+    x = _bn(f"{name}_3_bn", version)(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def stack_v1(x, filters, blocks, stride, name):
-    x = bottleneck_v1(x, filters, stride=stride, name=f"{name}_block1")
+def stack_v1(x, filters, blocks, stride, name, version):
+    x = bottleneck_v1(x, filters, version, stride=stride, name=f"{name}_block1")
     for i in range(2, blocks + 1):
-        x = bottleneck_v1(x, filters, conv_shortcut=False, name=f"{name}_block{i}")
+        x = bottleneck_v1(x, filters, version, conv_shortcut=False, name=f"{name}_block{i}")
     return x
 
 
-def bottleneck_v2(x, filters, stride=1, conv_shortcut=False, name=None):
+def bottleneck_v2(x, filters, version, stride=1, conv_shortcut=False, name=None):
     """Pre-activation bottleneck; the stride sits on the 3x3 convolution."""
-    preact = _bn(f"{name}_preact_bn")(x)
+    preact = _bn(f"{name}_preact_bn", version)(x)
     preact = layers.Activation("relu", name=f"{name}_preact_relu")(preact)
     if conv_shortcut:
         shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(preact)
@@ -65,21 +79,21 @@ def bottleneck_v2(x, filters, stride=1, conv_shortcut=False, name=None):
     else:
         shortcut = x
     x = layers.Conv2D(filters, 1, strides=1, use_bias=False, name=f"{name}_1_conv")(preact)
-    x = _bn(f"{name}_1_bn")(x)
+    x = _bn(f"{name}_1_bn", version)(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name=f"{name}_2_pad")(x)
     x = layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_2_conv")(x)
-    x = _bn(f"{name}_2_bn")(x)
+    x = _bn(f"{name}_2_bn", version)(x)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
     return layers.Add(name=f"{name}_out")([shortcut, x])
 
 
-def stack_v2(x, filters, blocks, stride, name):
-    x = bottleneck_v2(x, filters, conv_shortcut=True, name=f"{name}_block1")
+def stack_v2(x, filters, blocks, stride, name, version):
+    x = bottleneck_v2(x, filters, version, conv_shortcut=True, name=f"{name}_block1")
     for i in range(2, blocks):
-        x = bottleneck_v2(x, filters, name=f"{name}_block{i}")
-    return bottleneck_v2(x, filters, stride=stride, name=f"{name}_block{blocks}")
+        x = bottleneck_v2(x, filters, version, name=f"{name}_block{i}")
+    return bottleneck_v2(x, filters, version, stride=stride, name=f"{name}_block{blocks}")
 
 
 # Version.block -> the function that builds one stage of that block kind.
@@ -119,10 +133,12 @@ def _resolve_input_shape(input_shape, include_top, pretrained):
     return input_shape
 
 
-def _check_weights_argument(weights, include_top, classes, classifier_activation):
-    from transfer.models.weights import check_weights_argument
+def _check_weights_argument(weights, include_top, classes, classifier_activation, arch):
+    from transfer.models.weights import check_imagenet_available, check_weights_argument
 
     check_weights_argument(weights)
+    if weights == "imagenet":
+        check_imagenet_available(arch)
     if weights == "imagenet" and include_top and classes != 1000:
         raise InvalidArgumentError(
             "With weights='imagenet' and include_top=True, classes must be 1000. "
@@ -153,18 +169,19 @@ def ResNet(
     """Build any ResNet of the architecture table; the six named builders call this.
 
     Arguments are those of `keras.applications.ResNet50`, plus `depth` (50, 101, 152)
-    and `version` ("v1", "v2"). `weights` is None, "imagenet", or a path to a weights
-    file (see `transfer.load_weights` for the formats); "imagenet" files are looked for
-    in `weights_dir` (or $TRANSFER_WEIGHTS_DIR), then Keras' cache, then downloaded.
-    Returns a `keras.Model` whose
-    layer names, order and weight shapes are those of keras.applications.
+    and `version` ("v1", "v1.5", "v2"). `weights` is None, "imagenet" (v1 and v2), or a
+    path to a weights file: any Keras format, or a torchvision/timm checkpoint for v1.5
+    (see `transfer.load_weights`); "imagenet" files are looked for in `weights_dir` (or
+    $TRANSFER_WEIGHTS_DIR), then Keras' cache, then downloaded.
+    Returns a `keras.Model` whose layer names, order and weight shapes are those of
+    keras.applications (v1, v2), or those of v1 plus a `_2_pad` layer per block (v1.5).
     """
     arch = get_architecture(depth, version)
     if pooling not in POOLING_MODES:
         raise InvalidArgumentError(
             f"Unknown pooling: {pooling!r}. Expected one of None, 'avg', 'max'."
         )
-    _check_weights_argument(weights, include_top, classes, classifier_activation)
+    _check_weights_argument(weights, include_top, classes, classifier_activation, arch)
     if weights == "imagenet" and include_top and input_shape is not None:
         if tuple(input_shape) != (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE, 3):
             raise InvalidArgumentError(
@@ -182,11 +199,13 @@ def ResNet(
         img_input = input_tensor
 
     version = arch.version
+    # Explicit symmetric padding, as PyTorch pads its 7x7/2 convolution and 3x3/2 pool.
     x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(img_input)
-    x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
+    x = layers.Conv2D(64, 7, strides=2, use_bias=version.conv_bias, name="conv1_conv")(x)
     if not version.preact:
-        x = _bn("conv1_bn")(x)
+        x = _bn("conv1_bn", version)(x)
         x = layers.Activation("relu", name="conv1_relu")(x)
+    # PyTorch pads its max-pooling with -inf; zeros are the same after a ReLU (v1, v1.5).
     x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
 
@@ -194,10 +213,10 @@ def ResNet(
     for stage, filters, blocks, stride in zip(
         STAGES, STAGE_FILTERS, arch.blocks, version.stage_strides
     ):
-        x = stack(x, filters, blocks, stride, name=stage)
+        x = stack(x, filters, blocks, stride, stage, version)
 
     if version.preact:
-        x = _bn("post_bn")(x)
+        x = _bn("post_bn", version)(x)
         x = layers.Activation("relu", name="post_relu")(x)
 
     if include_top:

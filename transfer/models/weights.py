@@ -5,7 +5,9 @@ Formats read (detected from the file's content, not its suffix):
 - legacy Keras H5 (`layer_names`/`weight_names` attributes): the official ImageNet
   files, tf-keras' `save_weights("x.h5")`, and whole-model `.h5` saves;
 - Keras 3 `.weights.h5`, whose groups are named by layer class and position;
-- Keras 3 `.keras` archives, whose `config.json` gives the layer names.
+- Keras 3 `.keras` archives, whose `config.json` gives the layer names;
+- PyTorch checkpoints of ResNet v1.5, torchvision's `.pth` and timm's `.safetensors`
+  (see `transfer.models.torch_weights`).
 """
 
 import contextlib
@@ -25,6 +27,7 @@ import keras
 import numpy as np
 
 from transfer.errors import InvalidArgumentError, WeightsError
+from transfer.models import torch_weights
 from transfer.models.architectures import (
     BLOCKS_PER_STAGE,
     STAGES,
@@ -48,12 +51,31 @@ IMAGENET_MD5 = {
 WEIGHTS_DIR_ENV = "TRANSFER_WEIGHTS_DIR"
 DOWNLOAD_TIMEOUT_S = 15  # per socket operation: an offline machine fails fast
 CLASSIFIER_LAYER = "predictions"
+WEIGHTS_SUFFIXES = ".h5, .weights.h5, .keras, .pth or .safetensors"  # for messages
+KERAS_APPLICATIONS = "keras.applications"  # Version.pretrained of the versions it publishes
+# Formats that hold a whole trained model: a model without a top takes the backbone
+# and leaves the classifier (keras.applications' H5 files come as top and notop).
+WHOLE_MODEL_FORMATS = ("keras", torch_weights.TORCH_FORMAT, torch_weights.SAFETENSORS_FORMAT)
 
 
 # ---------------------------------------------------------------- ImageNet files
 
 
+def check_imagenet_available(architecture):
+    """Raise unless keras.applications publishes ImageNet files for `architecture`."""
+    version = architecture.version
+    if version.pretrained != KERAS_APPLICATIONS:
+        raise WeightsError(
+            f"No keras.applications ImageNet file exists for {version.name} "
+            f"({architecture.display_name}); use {version.pretrained}/timm weights: "
+            f"weights=PATH (--weights PATH) to a .pth or .safetensors checkpoint, e.g. "
+            f"{torch_weights.pretrained_files(architecture.depth)[1]['url']}, "
+            "or weights=None for random initialisation."
+        )
+
+
 def imagenet_file_name(architecture, include_top=True):
+    check_imagenet_available(architecture)
     suffix = "" if include_top else "_notop"
     return f"{architecture.name}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
 
@@ -63,6 +85,7 @@ def imagenet_url(architecture, include_top=True):
 
 
 def imagenet_md5(architecture, include_top=True):
+    check_imagenet_available(architecture)
     return IMAGENET_MD5[architecture.name][0 if include_top else 1]
 
 
@@ -155,11 +178,11 @@ def check_weights_argument(weights):
         if Path(weights).exists():
             raise InvalidArgumentError(
                 f"weights={str(weights)!r} is a folder, not a weights file. Expected None, "
-                "'imagenet', or a path to a .h5, .weights.h5 or .keras file."
+                f"'imagenet', or a path to a {WEIGHTS_SUFFIXES} file."
             )
     raise InvalidArgumentError(
         f"Unknown weights: {weights!r}. Expected None (random initialisation), 'imagenet', "
-        "or a path to an existing .h5, .weights.h5 or .keras file."
+        f"or a path to an existing {WEIGHTS_SUFFIXES} file."
     )
 
 
@@ -173,10 +196,11 @@ class WeightsFile:
     path: Path
     format: str
     layers: dict = field(default_factory=dict)  # layer name -> [np.ndarray, ...]
+    found: tuple = None  # (depth, version), where the reader knows it from the file
 
     def architecture(self):
         """The (depth, version) these layer names describe, or None if unknown."""
-        return identify_architecture(self.layers)
+        return self.found or identify_architecture(self.layers)
 
 
 def read_weights_file(path, like=None):
@@ -189,12 +213,16 @@ def read_weights_file(path, like=None):
     if not path.is_file():
         raise WeightsError(f"Weights file not found: {path}")
     try:
+        torch_format = torch_weights.detect_format(path)
+        if torch_format:
+            layers, depth = torch_weights.read_checkpoint(path, torch_format)
+            return WeightsFile(path, torch_format, layers, (depth, torch_weights.VERSION))
         if zipfile.is_zipfile(path):
             return _read_keras_archive(path)
         if not h5py.is_hdf5(path):
             raise WeightsError(
-                f"{path} is not a weights file: expected HDF5 (.h5, .weights.h5) or a "
-                ".keras archive."
+                f"{path} is not a weights file: expected HDF5 (.h5, .weights.h5), a "
+                ".keras archive, or a PyTorch checkpoint (.pth, .safetensors)."
             )
         with h5py.File(path, "r") as f:
             root = f["model_weights"] if "model_weights" in f else f
@@ -306,6 +334,8 @@ def _read_keras3_by_model(f, like):
     layers["__counts__"] = {
         "conv": conv_count(best),
         "bn": sum(1 for key in f[best] if key.startswith("batch_normalization")),
+        # The first convolution (conv1_conv) has a bias in v1 and v2, not in v1.5.
+        "conv_bias": len(_read_vars(f[best]["conv2d"])) == 2 if "conv2d" in f[best] else None,
     }
     return layers
 
@@ -314,17 +344,26 @@ def _read_keras3_by_model(f, like):
 
 
 _BLOCK_NAME = re.compile(r"^(conv[2-5])_block(\d+)_")
+_PADDED_3X3 = re.compile(r"^conv[2-5]_block\d+_2_pad$")
 
 
 def identify_architecture(layer_names):
-    """Guess (depth, version name) from layer names or Keras 3 layer counts."""
+    """Guess (depth, version name) from layer names or Keras 3 layer counts.
+
+    `layer_names` is a model's list of layer names, or a file's {layer name: arrays}.
+    v1 and v1.5 share their weighted layers' names: a model tells them apart by v1.5's
+    `_2_pad` layers, a file (which lists only layers with weights) by v1.5's
+    convolutions having no bias.
+    """
     names = list(layer_names)
     if "__counts__" in layer_names:
         counts = layer_names["__counts__"]
         for depth in BLOCKS_PER_STAGE:
             for version in VERSIONS.values():
                 conv, bn = _layer_counts(get_architecture(depth, version.name))
-                if (conv, bn) == (counts["conv"], counts["bn"]):
+                if (conv, bn) == (counts["conv"], counts["bn"]) and counts["conv_bias"] in (
+                    None, version.conv_bias
+                ):
                     return depth, version.name
         return None
     last_block = {}
@@ -338,8 +377,14 @@ def identify_architecture(layer_names):
     if depth is None:
         return None
     is_preact = any(name.endswith("_preact_bn") for name in names)
-    version = next(v.name for v in VERSIONS.values() if v.preact == is_preact)
-    return depth, version
+    if isinstance(layer_names, dict) and "conv1_conv" in layer_names:
+        conv_bias = len(layer_names["conv1_conv"]) == 2
+    else:
+        padded = any(_PADDED_3X3.match(name) for name in names)
+        conv_bias = is_preact or not padded  # v1 blocks have no pad, v1.5 blocks do
+    version = next((v.name for v in VERSIONS.values()
+                    if v.preact == is_preact and v.conv_bias == conv_bias), None)
+    return None if version is None else (depth, version)
 
 
 def _layer_counts(architecture):
@@ -372,9 +417,11 @@ def load_weights(model, weights, architecture=None, weights_dir=None):
     """Load `weights` ("imagenet" or a file path) into a ResNet built by `transfer`.
 
     Layers are matched by name, so the file may come from keras.applications,
-    tf-keras, Keras 3 or a `transfer` classifier. A classifier (`predictions`) with
-    a different number of classes is skipped with a warning; any other mismatch
-    raises `WeightsError` naming the architecture expected and the one found.
+    tf-keras, Keras 3 or a `transfer` classifier; a torchvision/timm checkpoint (v1.5)
+    is mapped to those names first. A classifier (`predictions`) with a different
+    number of classes is skipped with a warning, and a whole model's (`.keras`,
+    PyTorch) is left out of a model without a top; any other mismatch raises
+    `WeightsError` naming the architecture expected and the one found.
     """
     from transfer.models.groups import architecture_of, find_backbone
 
@@ -398,7 +445,7 @@ def load_weights(model, weights, architecture=None, weights_dir=None):
         )
     file_layers = {k: v for k, v in source.layers.items() if not k.startswith("__")}
     file_has_top = CLASSIFIER_LAYER in file_layers
-    if file_has_top and not has_top and source.format != "keras":
+    if file_has_top and not has_top and source.format not in WHOLE_MODEL_FORMATS:
         raise WeightsError(
             f"{path.name} holds {architecture.display_name} with its classifier (a top "
             f"with {file_layers[CLASSIFIER_LAYER][-1].shape[-1]} classes), but the model "

@@ -76,6 +76,10 @@ class FinetuneOptions:
                 f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
+        if self.weights == "imagenet":  # fail before the data is read, not after
+            from transfer.models.weights import check_imagenet_available
+
+            check_imagenet_available(architecture)
         if str(self.fine_tune_from).lower() == "none":
             self.fine_tune_from = "none"
         return self
