@@ -35,13 +35,15 @@ def main():
                                        input_shape=(*size, 3))
     base.trainable = False
     inputs = keras.Input((*size, 3))
-    x = keras.applications.resnet.preprocess_input(inputs)
+    # keras.applications.resnet.preprocess_input (caffe mode), written with ops: the
+    # function itself rejects symbolic inputs in Keras 3.15.
+    x = keras.ops.flip(inputs, axis=-1) - keras.ops.convert_to_tensor([103.939, 116.779, 123.68])
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
     outputs = keras.layers.Dense(classes, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", ["accuracy"])
+    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=args.head_epochs, verbose=2)
     base.trainable = True
     for layer in base.layers:
@@ -50,7 +52,7 @@ def main():
     augment = keras.Sequential([keras.layers.RandomFlip("horizontal"),
                                 keras.layers.RandomRotation(0.05), keras.layers.RandomZoom(0.1),
                                 keras.layers.RandomContrast(0.1)])
-    model.compile(keras.optimizers.Adam(1e-4), "categorical_crossentropy", ["accuracy"])
+    model.compile(keras.optimizers.Adam(1e-4), "categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(train.map(lambda a, b: (augment(a, training=True), b)),
                         validation_data=val, epochs=args.fine_tune_epochs, verbose=2)
     _, accuracy = model.evaluate(val, verbose=0)
