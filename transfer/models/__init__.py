@@ -1,6 +1,6 @@
 """ResNet architectures, preprocessing, weights and layer groups."""
 
-from transfer.models.architectures import Architecture, all_architectures, get_architecture
+from transfer.models.architectures import Architecture, get_architecture
 from transfer.models.groups import GROUPS, architecture_of, find_backbone, freeze, groups, unfreeze
 from transfer.models.heads import attach_head, build_classifier, feature_extractor
 from transfer.models.preprocessing import preprocess_input, preprocessing_layer

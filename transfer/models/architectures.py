@@ -99,8 +99,3 @@ def get_architecture(depth=50, version="v1"):
             f"Unknown ResNet version: {version!r}. Expected one of {', '.join(VERSIONS)}."
         )
     return Architecture(depth, VERSIONS[key])
-
-
-def all_architectures():
-    """Every (depth, version) the tables define, in table order."""
-    return [Architecture(d, v) for v in VERSIONS.values() for d in BLOCKS_PER_STAGE]

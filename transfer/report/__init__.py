@@ -1,6 +1,6 @@
 """Reports of a run: scikit-learn metrics, plots and the run directory's files."""
 
-from transfer.report.metrics import compute_metrics, write_metrics, write_reports
+from transfer.report.metrics import compute_metrics, write_reports
 from transfer.report.plots import plot_confusion_matrix, plot_training_curves
 from transfer.report.rundir import (
     atomic_path,

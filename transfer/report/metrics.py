@@ -3,7 +3,7 @@
 import numpy as np
 from sklearn import metrics as skm
 
-from transfer.report.rundir import write_csv, write_json, write_text
+from transfer.report.rundir import write_csv, write_text
 
 
 def top_k_accuracy(y_true, probabilities, k):
@@ -60,7 +60,3 @@ def write_reports(out_dir, y_true, probabilities, class_names, paths, prefix="")
          for path, t, p, probs in zip(paths, y_true, y_pred, probabilities)],
     )
     return report
-
-
-def write_metrics(path, metrics):
-    return write_json(path, metrics)

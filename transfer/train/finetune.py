@@ -225,7 +225,7 @@ class _LocalValidation(keras.callbacks.Callback):
 
     def __init__(self, model, val, num_classes):
         super().__init__()
-        self.local = local_copy(model, _TWO_REPLICAS)
+        self.local = plain_copy(model)
         self.images = val.map(lambda x, y: x)
         self.labels = np.concatenate([np.asarray(y) for _, y in val]).argmax(axis=1)
         self.num_classes = num_classes
@@ -239,10 +239,6 @@ class _LocalValidation(keras.callbacks.Callback):
         logs["val_loss"] = float(-np.mean(np.log(probabilities[np.arange(len(self.labels)),
                                                                self.labels])))
         logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.labels))
-
-
-class _TWO_REPLICAS:  # noqa: N801 - a stand-in strategy that makes local_copy copy
-    num_replicas_in_sync = 2
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -282,15 +278,18 @@ def _labelled(x, labels, num_classes):
     return tf.data.Dataset.from_tensor_slices((x, tf.one_hot(labels, num_classes)))
 
 
-def local_copy(model, strategy):
-    """`model` itself, or under a multi-replica strategy a plain copy with the same
-    weights: inference on distributed variables outside `fit` splits and sums the
-    batch across replicas, and every worker needs all of the outputs."""
-    if strategy.num_replicas_in_sync == 1:
-        return model
+def plain_copy(model):
+    """A copy of `model` with the same weights, outside any tf.distribute strategy."""
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def local_copy(model, strategy):
+    """`model` itself, or under a multi-replica strategy a plain copy: inference on
+    distributed variables outside `fit` splits and sums the batch across replicas,
+    and every worker needs all of the outputs."""
+    return model if strategy.num_replicas_in_sync == 1 else plain_copy(model)
 
 
 def train_head_on_cached_features(model, dataset, options, phase):
