@@ -100,6 +100,17 @@ def drop_unreadable(dataset, strict=False, progress=True):
     return dataset
 
 
+def available_memory_bytes():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30  # unknown: assume a modest machine
+
+
 def decoded_images(split, image_size, cache=None):
     """Unbatched (float32 pixels 0-255, label) of a split, decoded and resized in
     parallel (AUTOTUNE). `cache=None` keeps the decoded images in memory when they
@@ -113,8 +124,6 @@ def decoded_images(split, image_size, cache=None):
         ds = ds.map(lambda path, label: (decode_image(tf.io.read_file(path), size), label),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache is None:
-        from transfer.train.feature_cache import available_memory_bytes
-
         cache = len(split) * size[0] * size[1] * 3 * 4 < 0.25 * available_memory_bytes()
     return ds.cache() if cache else ds
 

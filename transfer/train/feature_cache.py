@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.data.pipeline import available_memory_bytes
 from transfer.report.rundir import atomic_path
 
 logger = logging.getLogger("transfer")
@@ -29,17 +30,6 @@ def default_cache_dir():
         os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")),
         "transfer", "features")
     return Path(base)
-
-
-def available_memory_bytes():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30  # unknown: assume a modest machine
 
 
 def weights_identity(weights, seed):
