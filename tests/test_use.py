@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import transfer
 from tests.conftest import make_image_folder, write_image
 from transfer.cli import cli
 
@@ -144,6 +145,20 @@ print(json.dumps(out))
     np.testing.assert_allclose(np.array(got["features"]), expected_features, rtol=1e-4, atol=1e-4)
     assert got["conv4_shape"] == [4, 2, 2, 1024]
     assert backbone is not None
+
+
+def test_backbone_weights_export_starts_another_model(trained, tmp_path):
+    run, _, _ = trained
+    out = tmp_path / "source_notop.h5"
+    result = run_cli("export", run, "--format", "h5", "--out", out)
+    assert result.exit_code == 0, result.output
+    trained_backbone = keras.models.load_model(run / "model.keras").get_layer("resnet50")
+    started = transfer.ResNet50(weights=str(out), include_top=False, input_shape=(32, 32, 3))
+    for ours, theirs in zip(started.weights, trained_backbone.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    for bad_out, message in ((tmp_path / "w.weights.h5", "legacy .h5"), (out, "exists")):
+        result = run_cli("export", run, "--format", "h5", "--out", bad_out)
+        assert result.exit_code == 2 and message in last_line(result), result.output
 
 
 def test_embed_and_probe(trained, tmp_path):

@@ -7,6 +7,7 @@ official keras.applications files; Keras 3 files by Keras 3 itself.
 import logging
 import time
 
+import keras
 import numpy as np
 import pytest
 import tf_keras
@@ -238,3 +239,34 @@ def test_cli_weights_finds_the_file_or_explains(tmp_path, keras_home, no_network
     result = CliRunner().invoke(cli, ["weights", "--depth", "50", "--weights-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(path)
+
+
+@pytest.mark.parametrize("builder,ref_name", [(transfer.ResNet50, "ResNet50"),
+                                              (transfer.ResNet50V2, "ResNet50V2")])
+def test_written_notop_file_loads_like_the_official_one(tmp_path, builder, ref_name):
+    """Our H5 writer's file is read by tf-keras, keras.applications and transfer alike."""
+    shape = (32, 32, 3)
+    ours = randomize(build_fresh(builder, weights=None, include_top=False, input_shape=shape,
+                                 pooling="avg"), seed=5)
+    path = weights_module.write_legacy_h5(ours, tmp_path / "source_notop.h5")
+    assert weights_module.read_weights_file(path).format == "legacy-h5"
+    x = random_images((2, *shape), seed=1).astype("float32") - 127.0
+    expected = np.asarray(ours(x, training=False))
+    readers = [
+        getattr(tf_keras.applications, ref_name)(weights=str(path), include_top=False,
+                                                 input_shape=shape, pooling="avg"),
+        getattr(keras.applications, ref_name)(
+            weights=str(path), include_top=False, input_shape=shape, pooling="avg"),
+        build_fresh(builder, weights=str(path), include_top=False, input_shape=shape,
+                    pooling="avg"),
+    ]
+    for reader in readers:
+        got = np.asarray(reader(x, training=False))
+        assert np.abs(got - expected).max() <= TF_KERAS_TOLERANCE * max(1.0, np.abs(expected).max())
+
+
+def test_written_top_file_needs_a_classifier(tmp_path):
+    backbone = build_fresh(transfer.ResNet50, weights=None, include_top=False,
+                           input_shape=(32, 32, 3))
+    with pytest.raises(transfer.InvalidArgumentError, match="without the top"):
+        weights_module.write_legacy_h5(backbone, tmp_path / "top.h5", include_top=True)

@@ -387,7 +387,9 @@ def predict(run_or_model, paths, top_k, output_format, batch_size, image_size):
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
 @click.option("--format", "export_format", default="keras", show_default=True,
-              help="keras (.keras file), savedmodel (folder, for TF Serving) or tflite.")
+              help="keras (.keras file), savedmodel (folder, for TF Serving), tflite, or h5 "
+                   "(the backbone's weights as a keras.applications notop file, for "
+                   "--weights of another run).")
 @click.option("--out", required=True, type=click.Path(), help="File or folder to write.")
 @click.option("--feature-extractor", is_flag=True,
               help="Export the backbone with its preprocessing and pooling, not the classifier.")
@@ -398,7 +400,7 @@ def predict(run_or_model, paths, top_k, output_format, batch_size, image_size):
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def export(run_or_model, export_format, out, feature_extractor, group, pooling, image_size,
            overwrite):
-    """Export a trained model as Keras, SavedModel or TFLite.
+    """Export a trained model as Keras, SavedModel or TFLite, or its backbone's weights.
 
     Every export takes raw RGB pixels (the SavedModel's serving signature and the
     TFLite model take uint8 images); a classifier export has labels.txt beside it.
@@ -408,6 +410,7 @@ def export(run_or_model, export_format, out, feature_extractor, group, pooling, 
       transfer export runs/flowers --format savedmodel --out exports/flowers
       transfer export runs/flowers --format tflite --out exports/flowers.tflite
       transfer export runs/flowers --feature-extractor --group conv4 --out conv4.keras
+      transfer export runs/source --format h5 --out source_notop.h5
     """
     from transfer.export import export as run_export
 

@@ -1,8 +1,9 @@
 """Exports for deployment: Keras (.keras), TensorFlow SavedModel (TF Serving) and
-TFLite, of a classifier or of its backbone as a feature extractor.
+TFLite, of a classifier or of its backbone as a feature extractor; and the backbone's
+weights as a keras.applications notop file (h5), to start other runs from.
 
-Every export takes raw RGB pixels; the SavedModel and TFLite exports take uint8
-images directly. A classifier export has labels.txt beside it.
+Every model export takes raw RGB pixels; the SavedModel and TFLite exports take
+uint8 images directly. A classifier export has labels.txt beside it.
 """
 
 import logging
@@ -16,11 +17,12 @@ import tensorflow as tf
 from transfer.errors import InvalidArgumentError, RunFailedError
 from transfer.inference import LABELS_FILE, load_model
 from transfer.models.heads import feature_extractor as feature_extractor_of
+from transfer.models.weights import write_legacy_h5
 from transfer.report import atomic_path, save_model, write_text
 
 logger = logging.getLogger("transfer")
 
-FORMATS = ("keras", "savedmodel", "tflite")
+FORMATS = ("keras", "savedmodel", "tflite", "h5")
 SERVING_INPUT = "images"
 
 
@@ -70,10 +72,15 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
 
     Returns the path written. `group` (stem, conv2..conv5, post) exports that
     group's feature map instead of the last one; `pooling` None keeps it spatial.
+    `format="h5"` writes the backbone's weights in the layout of keras.applications'
+    `_notop.h5` files: `--weights FILE` of another run, or keras.applications and
+    tf-keras, load it as they load the ImageNet file.
     """
     if format not in FORMATS:
         raise InvalidArgumentError(
             f"Unknown export format: {format!r}. Expected one of {', '.join(FORMATS)}.")
+    if format == "h5":
+        return _export_backbone_weights(run_or_model, Path(out), group, overwrite)
     if not feature_extractor and group is not None:
         raise InvalidArgumentError("--group applies to --feature-extractor exports only.")
     loaded = load_model(run_or_model, need_classifier=not feature_extractor,
@@ -98,6 +105,22 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
         write_text(labels_dir / LABELS_FILE, "\n".join(loaded.class_names) + "\n")
     logger.info("Exported %s to %s (%s).",
                 "feature extractor" if feature_extractor else "classifier", out, format)
+    return out
+
+
+def _export_backbone_weights(run_or_model, out, group, overwrite):
+    if group is not None:
+        raise InvalidArgumentError("--format h5 writes the whole backbone; drop --group.")
+    if out.suffix != ".h5" or out.name.endswith(".weights.h5"):
+        raise InvalidArgumentError(
+            f"--out {out}: the backbone's weights are written as a legacy .h5 file "
+            "(e.g. source_notop.h5).")
+    if out.exists() and not overwrite:
+        raise InvalidArgumentError(f"--out {out} exists. Choose another path or pass --overwrite.")
+    loaded = load_model(run_or_model, need_classifier=False)
+    with atomic_path(out) as tmp_path:
+        write_legacy_h5(loaded.model, tmp_path)
+    logger.info("Exported the backbone's weights to %s (keras.applications notop H5).", out)
     return out
 
 

@@ -254,6 +254,34 @@ def _read_legacy_h5(root):
     return layers
 
 
+def write_legacy_h5(model, path, include_top=False):
+    """Write a ResNet's weights as keras.applications' official files are written.
+
+    The layout is tf-keras' legacy H5 (`layer_names`, per-layer `weight_names` such as
+    `conv1_conv/kernel:0`), so the file loads with `--weights FILE`, with
+    `keras.applications.ResNet50(weights=FILE)` and with tf-keras. Without
+    `include_top` only the backbone is written, like the `_notop` files.
+    """
+    backbone_layers = _backbone_layers(model)
+    layers = [layer for layer in backbone_layers
+              if include_top or layer.name != CLASSIFIER_LAYER]
+    if include_top and all(layer.name != CLASSIFIER_LAYER for layer in layers):
+        raise InvalidArgumentError(
+            "The model has no `predictions` layer of keras.applications: write it "
+            "without the top.")
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = keras.__version__
+        f.attrs["layer_names"] = np.array([layer.name.encode("utf8") for layer in layers])
+        for layer in layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{weight.name}:0" for weight in layer.weights]
+            group.attrs["weight_names"] = np.array([n.encode("utf8") for n in names])
+            for name, weight in zip(names, layer.weights):
+                group.create_dataset(name, data=np.asarray(weight.numpy(), dtype=np.float32))
+    return Path(path)
+
+
 def _keras3_child_paths(layer_classes):
     """Keras 3 names a model's children by snake_case class name plus a counter."""
     used, paths = {}, []
