@@ -220,3 +220,23 @@ def test_imagenet_is_never_silently_replaced(tmp_path, image_folder, keras_home,
     assert result.output.strip().splitlines()[-1].startswith(
         "Error: ImageNet weights file resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 "
         "is not available")
+
+
+@pytest.mark.parametrize("seed", [0, 42])
+def test_epoch_batches_shuffle_per_epoch_for_every_seed(seed):
+    import tensorflow as tf
+
+    from transfer.train.finetune import epoch_batches
+
+    keras.utils.set_random_seed(seed)  # as finetune does; seed 0 once broke tf.data's seeding
+    base = tf.data.Dataset.range(10)
+
+    def epochs(first_epoch=0):
+        batches = epoch_batches(base, 10, 4, seed, epochs=3, first_epoch=first_epoch)
+        values = np.concatenate([b.numpy() for b in batches])
+        return values.reshape(-1, 10)
+
+    order = epochs()
+    assert all(sorted(row) == list(range(10)) for row in order)
+    assert len({tuple(row) for row in order}) == 3  # a new order each epoch
+    np.testing.assert_array_equal(epochs(first_epoch=1), order[1:])  # resume replays

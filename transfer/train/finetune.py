@@ -159,7 +159,11 @@ def epoch_batches(base, count, batch_size, seed, epochs, first_epoch=0, augment=
         return base.shuffle(buffer, seed=seed * 7919 + epoch,
                             reshuffle_each_iteration=False).batch(batch_size, drop_remainder)
 
-    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
+    # Python-int seeds per epoch: a tensor seed (flat_map over a range) breaks TF's
+    # seed check when the global seed is 0, i.e. `--seed 0`.
+    ds = one_epoch(first_epoch).take(0)
+    for epoch in range(first_epoch, epochs):
+        ds = ds.concatenate(one_epoch(epoch))
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
