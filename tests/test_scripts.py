@@ -1,0 +1,119 @@
+"""The data-preparation scripts: Fashion-MNIST IDX files to class folders, and the
+label budgets of scripts/benchmark_transfer.py, on IDX files written from the real
+Fashion-MNIST images in data/."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SAMPLE_DATA
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import benchmark_transfer  # noqa: E402
+import fashion_mnist_to_folders as fashion  # noqa: E402
+
+
+def write_idx(path, array):
+    """An unsigned-byte IDX file, gzipped like the official ones."""
+    header = bytes([0, 0, fashion.IDX_UBYTE, array.ndim])
+    header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    """IDX files of the 300 sample images: 20 per class for train, 10 for test."""
+    root = tmp_path_factory.mktemp("idx")
+    splits = {"train": ([], []), "test": ([], [])}
+    for label, name in enumerate(fashion.CLASS_NAMES):
+        files = sorted(Path(SAMPLE_DATA, name).glob("*.png"))
+        for i, path in enumerate(files):
+            images, labels = splits["train" if i < 20 else "test"]
+            images.append(np.asarray(Image.open(path)))
+            labels.append(label)
+    for split, (images, labels) in splits.items():
+        prefix = fashion.SPLIT_PREFIX[split]
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack(images))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.array(labels))
+    return root
+
+
+def pngs(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+
+
+def test_converter_writes_class_folders_traceable_to_the_idx_records(idx_dir, tmp_path):
+    out = tmp_path / "fm"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "fashion_mnist_to_folders.py"), "--idx-dir", str(idx_dir),
+         "--out", str(out), "--classes", "bag,Sandal", "--per-class", "3"],
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 12 PNGs (train 6, test 6)" in done.stdout
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["Bag", "Sandal"]
+    images, labels = fashion.load_split(idx_dir, "train")
+    first_bag = np.flatnonzero(labels == fashion.CLASS_NAMES.index("Bag"))[0]
+    written = out / "train" / "Bag" / f"train_{first_bag:05d}.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(written)), images[first_bag])
+
+    again = subprocess.run(  # a smaller re-run removes what it no longer writes
+        [sys.executable, str(SCRIPTS / "fashion_mnist_to_folders.py"), "--idx-dir", str(idx_dir),
+         "--out", str(out), "--classes", "Bag,Sandal", "--per-class", "1", "--splits", "train"],
+        capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert len(pngs(out / "train")) == 2 and len(pngs(out / "test")) == 6
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda b: b[:2] + bytes([0x09]) + b[3:], "bad IDX magic number"),
+    (lambda b: b[:-5], "bytes, expected"),
+])
+def test_converter_refuses_damaged_idx_files(idx_dir, tmp_path, mutate, message):
+    broken = tmp_path / "idx"
+    broken.mkdir()
+    for path in idx_dir.iterdir():
+        data = gzip.decompress(path.read_bytes())
+        if path.name.startswith("train-images"):
+            data = mutate(data)
+        (broken / path.name).write_bytes(gzip.compress(data))
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "fashion_mnist_to_folders.py"), "--idx-dir", str(broken),
+         "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert message in done.stderr and "error:" in done.stderr
+
+
+def test_label_budgets_are_nested_seeded_and_share_the_test_set(idx_dir, tmp_path):
+    target = tmp_path / "target"
+    fashion.convert(idx_dir, target, ["train", "test"], "split",
+                    benchmark_transfer.TARGET_CLASSES, None)
+    folders = benchmark_transfer.budget_folders(target, [2, 5], tmp_path / "budgets", seed=3)
+    small, large = (pngs(folders[b] / "train") for b in (2, 5))
+    assert len(small) == 2 * 5 and len(large) == 5 * 5
+    assert set(small) <= set(large)
+    for folder in folders.values():  # every test image, under its class
+        assert pngs(folder / "test") and len(pngs(folder / "test")) == 5 * 10
+        link = next((folder / "test").rglob("*.png"))
+        assert os.path.realpath(link).startswith(str(target / "test"))
+    again = benchmark_transfer.budget_folders(target, [2], tmp_path / "again", seed=3)
+    other = benchmark_transfer.budget_folders(target, [2], tmp_path / "other", seed=4)
+    assert pngs(again[2] / "train") == small
+    assert pngs(other[2] / "train") != small
+    # The budget draws only from the train split, never from images held out for test.
+    train_sources = {os.path.realpath(p) for p in (folders[5] / "train").rglob("*.png")}
+    assert all(str(target / "train") in p for p in train_sources)
+
+
+def test_small_budgets_get_more_epochs():
+    plan = benchmark_transfer.PLANS["scratch"]
+    assert benchmark_transfer.epochs_for(plan, 8 * 5, 32) == 30  # 2 steps/epoch: 60 steps
+    assert benchmark_transfer.epochs_for(plan, 800 * 5, 32) == plan["fine_tune_epochs"]
+    assert benchmark_transfer.epochs_for(benchmark_transfer.PLANS["head"], 40, 32) == 0
