@@ -84,10 +84,6 @@ def _free_ports(count):
     return ports
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Known gap: under MultiWorkerMirroredStrategy, Keras 3.15's fit on TF 2.21 fails in "
-    "phase 1 with 'Attempt to convert a value (PerReplica...) to a Tensor'; strict, so "
-    "this test reports when it starts to pass."))
 def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
     workers = [f"localhost:{port}" for port in _free_ports(2)]
     out = tmp_path / "run"

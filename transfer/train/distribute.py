@@ -2,6 +2,7 @@
 of one machine, MultiWorkerMirroredStrategy across machines (configured by the
 TF_CONFIG environment variable). --batch-size is always the global batch."""
 
+import contextlib
 import json
 import os
 
@@ -52,3 +53,51 @@ def is_chief(strategy):
     if "chief" in cluster:
         return resolver.task_type == "chief"
     return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def is_multi_worker(strategy):
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+@contextlib.contextmanager
+def keras_multi_worker_fit(model, strategy, dataset):
+    """Work around two bugs of Keras 3.15's `fit` under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585; TensorFlow's own multi-worker tutorial fails the same way):
+
+    - before the first step, fit reduces a distributed batch to build the model, and
+      the collective reduce cannot convert it ("Attempt to convert a value
+      (PerReplica...) to a Tensor"): the model is built from a local batch of
+      `dataset` instead;
+    - each step averages its scalar logs across workers along axis 0, which a scalar
+      does not have: they are averaged with axis=None.
+
+    Does nothing under other strategies.
+    """
+    if not is_multi_worker(strategy):
+        yield
+        return
+    import keras
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
+    sample_batch = next(iter(dataset))
+    original_reduce = keras_tf_trainer.reduce_per_replica
+    model_class_build = type(model)._maybe_symbolic_build
+
+    def reduce_per_replica(values, distribution, reduction):
+        if reduction in ("auto", "mean") and is_multi_worker(distribution):
+            return keras.tree.map_structure(
+                lambda v: distribution.reduce("MEAN", v, axis=None), values)
+        return original_reduce(values, distribution, reduction)
+
+    def build_from_local_batch(iterator=None, data_batch=None):
+        return model_class_build(model, data_batch=sample_batch)
+
+    keras_tf_trainer.reduce_per_replica = reduce_per_replica
+    model._maybe_symbolic_build = build_from_local_batch
+    try:
+        yield
+    finally:
+        keras_tf_trainer.reduce_per_replica = original_reduce
+        del model._maybe_symbolic_build

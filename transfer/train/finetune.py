@@ -44,6 +44,7 @@ from transfer.report import (
     write_reports,
     write_text,
 )
+from transfer.train.distribute import keras_multi_worker_fit
 from transfer.train.options import resolve_options
 
 logger = logging.getLogger("transfer")
@@ -216,7 +217,7 @@ class Phase:
                 restore_best_weights=True, verbose=1))
         # shuffle=False: epoch_batches has shuffled already (Keras warns otherwise).
         # In scope: the optimizer makes its variables on the first step.
-        with self.strategy.scope():
+        with self.strategy.scope(), keras_multi_worker_fit(model, self.strategy, train):
             model.fit(train, validation_data=val, epochs=epochs, initial_epoch=first,
                       steps_per_epoch=steps,
                       class_weight=self.class_weight, callbacks=callbacks, shuffle=False,
