@@ -10,7 +10,9 @@
     transfer-learning guide (scripts/keras_guide_baseline.py), same folder,
     image size, epochs and phases: wall time and validation accuracy;
 (e) the input pipeline's images/s against the model's training images/s;
-(f) peak memory (RSS) of both runs in (d).
+(f) peak memory (RSS) of both runs in (d);
+(g) training images/s with XLA-compiled steps against without (Keras' "auto"
+    turns XLA off on machines without a GPU).
 Prints a table and writes JSON.  Example:
 
     .venv/bin/python scripts/benchmark.py --data data/fashion-mnist --out benchmark.json
@@ -70,6 +72,15 @@ def bench_models(size, batch, steps):
         model.compile(keras.optimizers.SGD(1e-3), "categorical_crossentropy")
         result[f"train_{name}"] = images_per_second(
             lambda m=model: m.fit(x, y, batch_size=batch, epochs=1, verbose=0), n, repeats=2)
+    # (g) XLA for training steps: Keras' "auto" leaves it off on CPU-only machines.
+    xla = transfer.ResNet50(weights=None, input_shape=(size, size, 3), classes=10)
+    xla.set_weights(ours.get_weights())
+    xla.compile(keras.optimizers.SGD(1e-3), "categorical_crossentropy", jit_compile=True)
+    start = time.perf_counter()
+    xla.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)
+    result["train_xla_first_step_seconds"] = time.perf_counter() - start
+    result["train_ours_xla"] = images_per_second(
+        lambda: xla.fit(x, y, batch_size=batch, epochs=1, verbose=0), n, repeats=2)
     for jit in (True, False):
         result[f"inference_path_jit_{'on' if jit else 'off'}"] = images_per_second(
             lambda j=jit: run_inference(ours, batches, jit_compile=j), n)
@@ -225,6 +236,8 @@ def main():
          models["train_keras"], 0.98),
         ("b", "our inference path / keras predict() defaults", models["inference_path"],
          models["predict_keras"], 1.3),
+        ("g", "training img/s, XLA on / off (ours)", models["train_ours_xla"],
+         models["train_ours"], None),
         ("c", "phase-1 epoch: frozen backbone s / cached s", p1["head_epoch_frozen_backbone_seconds"],
          p1["head_epoch_cached_seconds"], 20),
         ("c", "one forward pass s / whole cached phase 1 s", p1["forward_pass_seconds"],
