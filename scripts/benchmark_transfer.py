@@ -68,29 +68,34 @@ PUBLISHED = (
     ("Human, no fashion expertise", 0.835),
 )
 
-# How each finetune method trains: FinetuneOptions fields. `min_steps` raises the
-# epochs of a phase so that small label budgets still get that many optimizer steps.
+# How each finetune method trains: FinetuneOptions fields, plus the fewest optimizer
+# steps of each phase (`min_steps`, `head_min_steps`): small label budgets get more
+# epochs rather than a handful of steps. Epochs on cached features cost milliseconds,
+# so the head gets many, with more patience on the tiny validation sets.
 FROM_SCRATCH = dict(weights=None, head_epochs=0, fine_tune_from="stem", train_bn=True,
                     fine_tune_learning_rate=1e-3, fine_tune_epochs=4, min_steps=60)
+HEAD = dict(head_epochs=30, head_min_steps=300, early_stopping_patience=5)
 PLANS = {
     "scratch": FROM_SCRATCH,
-    "head": dict(head_epochs=30, fine_tune_from="none"),
-    "two-phase": dict(head_epochs=30, fine_tune_from="conv4", fine_tune_epochs=3, min_steps=30),
+    "head": dict(HEAD, fine_tune_from="none"),
+    "two-phase": dict(HEAD, fine_tune_from="conv4", fine_tune_epochs=3, min_steps=30),
 }
+STEP_FLOORS = {"fine_tune_epochs": "min_steps", "head_epochs": "head_min_steps"}
 
 
-def epochs_for(plan, train_images, batch_size):
-    """The plan's fine-tune epochs, raised to reach its `min_steps` optimizer steps."""
-    epochs = plan.get("fine_tune_epochs", 0)
+def epochs_for(plan, train_images, batch_size, phase="fine_tune_epochs"):
+    """The plan's epochs for a phase, raised to reach that phase's fewest steps."""
+    epochs = plan.get(phase, 0)
     if not epochs:
         return 0
     steps_per_epoch = max(1, math.ceil(train_images / batch_size))
-    return max(epochs, math.ceil(plan.get("min_steps", 0) / steps_per_epoch))
+    return max(epochs, math.ceil(plan.get(STEP_FLOORS[phase], 0) / steps_per_epoch))
 
 
 def finetune_options(plan, train_images, args):
-    options = {k: v for k, v in plan.items() if k != "min_steps"}
-    options["fine_tune_epochs"] = epochs_for(plan, train_images, args.batch_size)
+    options = {k: v for k, v in plan.items() if k not in STEP_FLOORS.values()}
+    for phase in STEP_FLOORS:
+        options[phase] = epochs_for(plan, train_images, args.batch_size, phase)
     return dict(options, depth=args.depth, version=args.version, image_size=args.image_size,
                 batch_size=args.batch_size, seed=args.seed, jit_compile=args.jit_compile,
                 cache_dir=str(args.out / "feature-cache"), weights_dir=args.weights_dir)

@@ -116,4 +116,7 @@ def test_small_budgets_get_more_epochs():
     plan = benchmark_transfer.PLANS["scratch"]
     assert benchmark_transfer.epochs_for(plan, 8 * 5, 32) == 30  # 2 steps/epoch: 60 steps
     assert benchmark_transfer.epochs_for(plan, 800 * 5, 32) == plan["fine_tune_epochs"]
-    assert benchmark_transfer.epochs_for(benchmark_transfer.PLANS["head"], 40, 32) == 0
+    head = benchmark_transfer.PLANS["head"]
+    assert benchmark_transfer.epochs_for(head, 40, 32) == 0  # no fine-tuning phase
+    assert benchmark_transfer.epochs_for(head, 40, 32, "head_epochs") == 150
+    assert benchmark_transfer.epochs_for(head, 4000, 32, "head_epochs") == head["head_epochs"]
