@@ -74,7 +74,7 @@ PUBLISHED = (
 # so the head gets many, with more patience on the tiny validation sets.
 FROM_SCRATCH = dict(weights=None, head_epochs=0, fine_tune_from="stem", train_bn=True,
                     fine_tune_learning_rate=1e-3, fine_tune_epochs=4, min_steps=60)
-HEAD = dict(head_epochs=30, head_min_steps=300, early_stopping_patience=5)
+HEAD = dict(head_epochs=100, head_min_steps=300, early_stopping_patience=5)
 PLANS = {
     "scratch": FROM_SCRATCH,
     "head": dict(HEAD, fine_tune_from="none"),
