@@ -100,12 +100,13 @@ def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, output in zip(processes, outputs):
         assert p.returncode == 0, output[-3000:]
-    assert "Training on 2 replicas (MultiWorkerMirroredStrategy)" in outputs[0]
+    assert "Training on 2 replicas" in outputs[0], outputs[0][-3000:]
     assert f"run directory: {out}" in outputs[0]
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "complete" and config["replicas"] == 2
     assert (out / "model.keras").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no stray worker output
+    # No stray worker output beside the run (the images and the feature cache are the test's).
+    assert {p.name for p in tmp_path.iterdir()} - {"images", "feature-cache"} == {"run"}
 
 
 def _finetune_command(folder, out, backbone_file, *extra):

@@ -213,7 +213,7 @@ def test_bad_model_inputs(trained, tmp_path):
     result = run_cli("export", run, "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert result.exit_code == 2
     assert last_line(result) == ("Error: Unknown export format: 'onnx'. Expected one of keras, "
-                                 "savedmodel, tflite.")
+                                 "savedmodel, tflite, h5.")
     result = run_cli("export", run, "--format", "tflite", "--out", tmp_path / "m.keras")
     assert last_line(result) == (f"Error: --out {tmp_path / 'm.keras'}: a TFLite export needs a "
                                  "name ending in .tflite.")
