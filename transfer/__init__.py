@@ -4,7 +4,15 @@ A from-scratch ResNet50/101/152 (v1 and v2) that is layer-for-layer compatible w
 `keras.applications`, and the tools around it: weights, groups, heads, fine-tuning.
 """
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# TensorFlow turns its oneDNN CPU kernels on only for CPUs with AVX-512-class
+# features. On the AVX2 machines this project runs on, turning them on trained
+# ResNet50 3-5x faster and ran inference up to 1.4x faster (README, "Speed").
+# TensorFlow reads this once, when it loads, so it takes effect when `transfer` is
+# imported before TensorFlow. TF_ENABLE_ONEDNN_OPTS=0 turns it off.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 try:
     __version__ = version("transfer")

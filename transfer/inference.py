@@ -103,9 +103,10 @@ def load_model(run_or_model, need_classifier=True, image_size=None):
     return loaded
 
 
-# How inference runs on each kind of device; chosen by scripts/benchmark.py's
-# measurements (README, "Speed"): on CPU, a direct call compiled with XLA.
-INFERENCE_JIT = {"CPU": True, "GPU": True}
+# Whether inference is XLA-compiled, per kind of device. On CPU, scripts/benchmark.py
+# measured XLA at par at 128-224 px and 5-8x slower at 32-64 px, with a longer
+# compile for every new batch shape (README, "Speed"); GPUs keep Keras' choice, XLA.
+INFERENCE_JIT = {"CPU": False, "GPU": True}
 
 
 def _device_kind():

@@ -108,7 +108,7 @@ def _compile(model, options, learning_rate, num_classes, replicas=1):
         optimizer=_optimizer(options.optimizer, learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
         metrics=_metrics(num_classes),
-        jit_compile=jit_compile,
+        jit_compile=jit_compile,  # Keras' "auto": XLA on GPUs, not on CPUs
     )
 
 
@@ -178,6 +178,7 @@ class Phase:
         self.name, self.options, self.run_dir = name, options, run_dir
         self.strategy, self.class_weight, self.num_classes = strategy, class_weight, num_classes
         self.backup_dir = run_dir / "checkpoints" / f"backup-{name}"
+        self.jit_compile = None  # XLA or not, decided in fit()
 
     def first_epoch(self):
         """The epoch a backup of an interrupted run resumes from (0 without one)."""
@@ -187,18 +188,21 @@ class Phase:
         return 0
 
     def fit(self, model, train_base, train_count, val, epochs, learning_rate, augment=None):
+        replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
-            _compile(model, self.options, learning_rate, self.num_classes,
-                     self.strategy.num_replicas_in_sync)
+            _compile(model, self.options, learning_rate, self.num_classes, replicas)
+        self.jit_compile = xla = bool(model.jit_compile)
         first = self.first_epoch()
         if first:
             logger.info("Resuming %s from epoch %d of %d.", self.name, first + 1, epochs)
         batch = self.options.batch_size
-        # Several replicas need equal shares of every batch: drop the last partial one.
-        replicas = self.strategy.num_replicas_in_sync
+        # Several replicas need equal shares of every batch, and XLA compiles again for
+        # every new batch shape: drop the last partial batch (a reshuffle each epoch
+        # drops other images).
+        drop_remainder = (replicas > 1 or xla) and train_count >= batch
         train = epoch_batches(train_base, train_count, batch, self.options.seed, epochs,
-                              first, augment, drop_remainder=replicas > 1)
-        steps = train_count // batch if replicas > 1 else math.ceil(train_count / batch)
+                              first, augment, drop_remainder=drop_remainder)
+        steps = train_count // batch if drop_remainder else math.ceil(train_count / batch)
         log_path = self.run_dir / "checkpoints" / f"history-{self.name}.json"
         rows = json.loads(log_path.read_text())[:first] if first and log_path.exists() else []
         # The epoch log is written before the backup, so a backup never runs ahead of it.
@@ -340,8 +344,10 @@ def train_on_images(model, dataset, options, phase, epochs, learning_rate, augme
 
 def predict_split(model, split, options, num_classes):
     """(labels, probabilities) of a split, in the split's order."""
+    from transfer.inference import run_inference
+
     ds = image_dataset(split, options.image_size, options.batch_size, num_classes, one_hot=False)
-    return split.labels, model.predict(ds.map(lambda x, y: x), verbose=0)
+    return split.labels, run_inference(model, ds.map(lambda x, y: x))
 
 
 def _versions():
@@ -453,6 +459,7 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
             result = train_on_images(model, dataset, options, phase, options.head_epochs,
                                      options.head_learning_rate, augment=options.augment == "both")
         history += result
+        timings["head_xla"] = phase.jit_compile
         if options.fine_tunes:  # what --resume needs to skip phase 1 next time
             checkpoints.mkdir(parents=True, exist_ok=True)
             save_weights(model, head_done)
@@ -468,11 +475,13 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
         logger.info("Phase 2: fine-tuning from %s (learning rate %g)...",
                     options.fine_tune_from, options.fine_tune_learning_rate)
         phase_start = time.monotonic()
-        result = train_on_images(model, dataset, options, Phase("fine-tune", *phase_args),
+        phase = Phase("fine-tune", *phase_args)
+        result = train_on_images(model, dataset, options, phase,
                                  options.fine_tune_epochs, options.fine_tune_learning_rate,
                                  augment=options.augment != "none")
         history += result
         timings["fine_tune_seconds"] = round(time.monotonic() - phase_start, 2)
+        timings["fine_tune_xla"] = phase.jit_compile
 
     # Reports on the validation split (and the test split, if any).
     metrics = {"classes": dataset.class_names}
