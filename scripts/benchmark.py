@@ -12,8 +12,12 @@
 (e) the input pipeline's images/s against the model's training images/s;
 (f) peak memory (RSS) of both runs in (d);
 (g) training images/s with XLA-compiled steps against without (Keras' "auto"
-    turns XLA off on machines without a GPU).
-Prints a table and writes JSON.  Example:
+    turns XLA off on machines without a GPU);
+(h) keras.applications.ResNet50's training images/s with the oneDNN CPU kernels
+    that `transfer` turns on against a plain Keras process with TensorFlow's
+    defaults (scripts/keras_speed_baseline.py).
+Plain-Keras baselines run in their own processes without `transfer`, so they see
+TensorFlow's own settings. Prints a table and writes JSON.  Example:
 
     .venv/bin/python scripts/benchmark.py --data data/fashion-mnist --out benchmark.json
 """
@@ -32,26 +36,35 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import transfer  # noqa: E402  (first: it sets TensorFlow's CPU options before TF loads)
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import transfer  # noqa: E402
 from transfer.data import drop_unreadable, image_dataset, load_dataset  # noqa: E402
 from transfer.data.pipeline import augmentation  # noqa: E402
 from transfer.inference import run_inference  # noqa: E402
 from transfer.train.finetune import head_model, pooled_features  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from keras_speed_baseline import images_per_second  # noqa: E402
 
-def images_per_second(fn, count, repeats=3):
-    """Best of `repeats` timed calls after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+
+def tensorflow_defaults():
+    """The environment of a plain Keras user: TensorFlow's own CPU settings."""
+    env = dict(os.environ)
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    return env
+
+
+def plain_keras_speed(size, batch, steps):
+    """(b), (h): keras.applications' predict and fit in a process without `transfer`."""
+    output = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "keras_speed_baseline.py"), "--size", str(size),
+         "--batch-size", str(batch), "--steps", str(steps)],
+        env=tensorflow_defaults(), capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def bench_models(size, batch, steps):
@@ -67,7 +80,7 @@ def bench_models(size, batch, steps):
     result = {}
     for name, model in (("ours", ours), ("keras", ref)):
         result[f"predict_{name}"] = images_per_second(
-            lambda m=model: m.predict(x, batch_size=batch, verbose=0), n)
+            lambda m=model: m.predict(x, batch_size=batch, verbose=0), n, 3)
     for name, model in (("ours", ours), ("keras", ref)):
         model.compile(keras.optimizers.SGD(1e-3), "categorical_crossentropy")
         result[f"train_{name}"] = images_per_second(
@@ -83,8 +96,11 @@ def bench_models(size, batch, steps):
         lambda: xla.fit(x, y, batch_size=batch, epochs=1, verbose=0), n, repeats=2)
     for jit in (True, False):
         result[f"inference_path_jit_{'on' if jit else 'off'}"] = images_per_second(
-            lambda j=jit: run_inference(ours, batches, jit_compile=j), n)
-    result["inference_path"] = images_per_second(lambda: run_inference(ours, batches), n)
+            lambda j=jit: run_inference(ours, batches, jit_compile=j), n, 3)
+    result["inference_path"] = images_per_second(lambda: run_inference(ours, batches), n, 3)
+    plain = plain_keras_speed(size, batch, steps)
+    result["plain_keras_predict"], result["plain_keras_train"] = plain["predict"], plain["train"]
+    result["plain_keras_onednn"] = plain["onednn"]
     return result
 
 
@@ -151,7 +167,7 @@ def bench_phase1(dataset, size, batch, head_epochs):
     }
 
 
-def run_measured(command):
+def run_measured(command, env=None):
     """Run a command; return (wall seconds, peak RSS in MB of it and its children, stdout).
 
     RSS is sampled every 0.1 s with psutil (installed with TensorFlow)."""
@@ -160,7 +176,7 @@ def run_measured(command):
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as stdout:
         process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL,
-                                   text=True, cwd=ROOT)
+                                   text=True, cwd=ROOT, env=env)
         watched, peak = psutil.Process(process.pid), 0
         while process.poll() is None:
             try:
@@ -177,20 +193,23 @@ def run_measured(command):
         return seconds, peak / 2**20, stdout.read()
 
 
-def bench_end_to_end(data, size, batch, head_epochs, fine_tune_epochs):
-    """(d) and (f): both in fresh processes, one after the other."""
+def bench_end_to_end(data, size, batch, head_epochs, fine_tune_epochs, weights=None):
+    """(d) and (f): both in fresh processes, one after the other, from the same
+    weights (a notop .h5 file, or random initialisation)."""
     python = sys.executable
     common = ["--image-size", str(size), "--batch-size", str(batch),
               "--head-epochs", str(head_epochs), "--fine-tune-epochs", str(fine_tune_epochs)]
     with tempfile.TemporaryDirectory() as tmp:
         ours_seconds, ours_rss, _ = run_measured(
-            [python, "-m", "transfer", "finetune", "--data", str(data), "--weights", "none",
+            [python, "-m", "transfer", "finetune", "--data", str(data),
+             "--weights", str(weights or "none"),
              "--out", f"{tmp}/run", "--fine-tune-from", "conv5", "--early-stopping", "0",
              "--cache-dir", f"{tmp}/cache", *common])
         metrics = json.loads(Path(f"{tmp}/run/metrics.json").read_text())
     base_seconds, base_rss, stdout = run_measured(
         [python, str(ROOT / "scripts" / "keras_guide_baseline.py"), "--data", str(data),
-         *common])
+         *common, *(["--weights", str(weights)] if weights else [])],
+        env=tensorflow_defaults())
     baseline = json.loads(stdout.strip().splitlines()[-1])
     return {
         "transfer_seconds": ours_seconds, "transfer_val_accuracy": metrics["val"]["accuracy"],
@@ -212,12 +231,18 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="Batches per timing in (a), (b).")
     parser.add_argument("--head-epochs", type=int, default=10)
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
+    parser.add_argument("--weights", default=None,
+                        help="A notop .h5 weights file for (d), given to both runs "
+                             "(default: random initialisation, so (d)'s accuracies are noise).")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--skip-end-to-end", action="store_true")
     args = parser.parse_args()
 
+    from tensorflow.python.util import _pywrap_util_port
+
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
                "gpus": len(tf.config.list_physical_devices("GPU")),
+               "onednn": bool(_pywrap_util_port.IsMklEnabled()),
                "tensorflow": tf.__version__, "keras": keras.__version__}
     print(f"machine: {machine}", flush=True)
     results = {"machine": machine, "arguments": vars(args)}
@@ -234,10 +259,14 @@ def main():
          models["predict_keras"], 0.98),
         ("a", "training img/s, ours / keras.applications", models["train_ours"],
          models["train_keras"], 0.98),
-        ("b", "our inference path / keras predict() defaults", models["inference_path"],
-         models["predict_keras"], 1.3),
+        ("b", "our inference path / plain keras predict()", models["inference_path"],
+         models["plain_keras_predict"], 1.3),
+        ("b", "our inference path / keras predict(), same process", models["inference_path"],
+         models["predict_keras"], None),
         ("g", "training img/s, XLA on / off (ours)", models["train_ours_xla"],
          models["train_ours"], None),
+        ("h", "keras training img/s, with oneDNN / plain keras", models["train_keras"],
+         models["plain_keras_train"], None),
         ("c", "phase-1 epoch: frozen backbone s / cached s", p1["head_epoch_frozen_backbone_seconds"],
          p1["head_epoch_cached_seconds"], 20),
         ("c", "one forward pass s / whole cached phase 1 s", p1["forward_pass_seconds"],
@@ -250,7 +279,8 @@ def main():
     if not args.skip_end_to_end:
         print("(d, f) end to end ...", flush=True)
         results["end_to_end"] = e2e = bench_end_to_end(
-            args.data, args.image_size, args.batch_size, args.head_epochs, args.fine_tune_epochs)
+            args.data, args.image_size, args.batch_size, args.head_epochs, args.fine_tune_epochs,
+            args.weights)
         rows += [
             ("d", "wall time: Keras guide s / transfer s", e2e["keras_guide_seconds"],
              e2e["transfer_seconds"], 2),

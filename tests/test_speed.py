@@ -98,3 +98,23 @@ def test_mixed_precision_on_cpu_says_what_it_does_and_jit_off_trains(image_folde
     assert bad.exit_code == 2
     assert bad.output.strip().splitlines()[-1] == (
         "Error: Unknown jit_compile: 'maybe'. Expected one of auto, on, off.")
+
+
+@pytest.mark.parametrize("setting, enabled", [(None, True), ("0", False)])
+def test_importing_transfer_turns_on_onednn_unless_told_not_to(setting, enabled):
+    """TensorFlow leaves its oneDNN CPU kernels off on CPUs without AVX-512-class
+    features; `transfer` turns them on before TensorFlow loads, and
+    TF_ENABLE_ONEDNN_OPTS=0 keeps them off."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = ("import transfer\n"
+            "from tensorflow.python.util import _pywrap_util_port\n"
+            "print(_pywrap_util_port.IsMklEnabled())\n")
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=True).stdout
+    assert output.strip().splitlines()[-1] == str(enabled)
