@@ -172,10 +172,13 @@ def timed(fn, *args, **kwargs):
 def run_finetune(data, out, plan, args, **extra):
     import keras
 
+    from transfer.data import load_dataset
     from transfer.train.finetune import finetune
+    from transfer.train.options import FinetuneOptions
 
-    train_images = sum(1 for p in (Path(data) / "train").rglob("*") if p.is_file())
-    options = finetune_options(plan, int(train_images * 0.8), args)
+    # The images finetune trains on, after its validation hold-out: they set the epochs.
+    train_images = len(load_dataset(data, val_split=FinetuneOptions.val_split).splits["train"])
+    options = finetune_options(plan, train_images, args)
     options.update(extra)
     keras.backend.clear_session()
     result, seconds = timed(finetune, data, out=out, overwrite=True, **options)
