@@ -48,7 +48,7 @@ from transfer.inference import run_inference  # noqa: E402
 from transfer.train.finetune import head_model, pooled_features  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from keras_speed_baseline import images_per_second  # noqa: E402
+from keras_speed_baseline import interleaved_rates  # noqa: E402
 
 
 def tensorflow_defaults():
@@ -65,20 +65,6 @@ def plain_keras_speed(size, batch, steps):
          "--batch-size", str(batch), "--steps", str(steps)],
         env=tensorflow_defaults(), capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
-
-
-def interleaved_rates(candidates, count, rounds):
-    """Images/s of each candidate: its best of `rounds`, timed in turns (A, B, A, B...)
-    after one warm-up call each, so a slow spell of a shared machine hits all alike."""
-    for fn in candidates.values():
-        fn()
-    best = dict.fromkeys(candidates, float("inf"))
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: count / seconds for name, seconds in best.items()}
 
 
 def bench_models(size, batch, steps):
@@ -163,8 +149,8 @@ def bench_phase1(dataset, size, batch, head_epochs):
     model.compile(keras.optimizers.Adam(1e-4), "categorical_crossentropy")
     x = np.stack([b.numpy() for b in pixels.unbatch().take(batch * 2)])
     y = labels[: len(x)]
-    train_rate = images_per_second(
-        lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0), len(x), repeats=2)
+    train_rate = interleaved_rates(
+        {"fit": lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)}, len(x), 2)["fit"]
     return {
         "train_images": n,
         "forward_pass_seconds": forward_seconds,

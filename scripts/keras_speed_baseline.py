@@ -15,15 +15,18 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def images_per_second(fn, count, repeats):
-    """Best of `repeats` timed calls of `fn` after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_rates(candidates, count, rounds):
+    """Images/s of each candidate: its best of `rounds`, timed in turns (A, B, A, B...)
+    after one warm-up call each, so a slow spell of a shared machine hits all alike."""
+    for fn in candidates.values():
         fn()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: count / seconds for name, seconds in best.items()}
 
 
 def main():
@@ -37,10 +40,11 @@ def main():
     model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3), classes=10)
     x = np.random.default_rng(0).uniform(-120, 130, (n, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(n) % 10, 10)
-    predict = images_per_second(lambda: model.predict(x, batch_size=batch, verbose=0), n, 3)
+    predict = interleaved_rates(
+        {"predict": lambda: model.predict(x, batch_size=batch, verbose=0)}, n, 3)["predict"]
     model.compile(keras.optimizers.SGD(1e-3), "categorical_crossentropy")
-    train = images_per_second(
-        lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0), n, 2)
+    train = interleaved_rates(
+        {"train": lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)}, n, 2)["train"]
     from tensorflow.python.util import _pywrap_util_port
 
     print(json.dumps({"predict": predict, "train": train,

@@ -100,6 +100,21 @@ def test_mixed_precision_on_cpu_says_what_it_does_and_jit_off_trains(image_folde
         "Error: Unknown jit_compile: 'maybe'. Expected one of auto, on, off.")
 
 
+def test_jit_compile_on_trains_with_xla_and_auto_does_not_on_cpu(image_folder, tmp_path):
+    """`on` trains with XLA-compiled steps (batch 7 leaves a partial batch, which
+    XLA training drops); `auto` is Keras' choice, no XLA on a CPU. The run records which."""
+    runs = {mode: finetune(image_folder, out=tmp_path / mode, weights=None, image_size=32,
+                           batch_size=7, head_epochs=1, fine_tune_from="none",
+                           early_stopping_patience=0, jit_compile=mode,
+                           cache_dir=str(tmp_path / "cache"))
+            for mode in ("on", "auto")}
+    assert runs["on"].timings["head_xla"] is True
+    assert runs["auto"].timings["head_xla"] is False
+    for result in runs.values():
+        assert [row["epoch"] for row in result.history] == [1]
+        assert np.isfinite(result.history[0]["loss"])
+
+
 @pytest.mark.parametrize("setting, enabled", [(None, True), ("0", False)])
 def test_importing_transfer_turns_on_onednn_unless_told_not_to(setting, enabled):
     """TensorFlow leaves its oneDNN CPU kernels off on CPUs without AVX-512-class
