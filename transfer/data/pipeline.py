@@ -167,7 +167,10 @@ DEFAULT_AUGMENTATION = {"flip": None, "rotation": 0.05, "zoom": 0.1, "contrast":
 def augmentation(seed=None, spec=None):
     """A Keras Sequential of random augmentation layers, applied to 0-255 pixels."""
     spec = DEFAULT_AUGMENTATION if spec is None else spec
+    # One seed per layer: layers given the same seed draw the same random numbers,
+    # so every flip would come with the same rotation, zoom and contrast.
     return keras.Sequential(
-        [AUGMENTATIONS[name](factor, seed) for name, factor in spec.items()],
+        [AUGMENTATIONS[name](factor, None if seed is None else seed + i)
+         for i, (name, factor) in enumerate(spec.items())],
         name="augmentation",
     )
