@@ -145,3 +145,19 @@ def test_tfds_source_with_mock_data(tmp_path):
 def test_tfds_unknown_dataset():
     with pytest.raises(DataError, match="Unknown TFDS dataset 'no_such_dataset_xyz'"):
         load_dataset("tfds:no_such_dataset_xyz")
+
+
+def test_augmentation_seeds_each_layer_apart_and_repeats_with_the_seed(image_folder):
+    """Layers sharing one seed draw the same numbers (every flip with the same zoom):
+    each layer gets its own. The same seed gives the same augmented images."""
+    from transfer.data.pipeline import augmentation
+
+    seeds = [layer.seed for layer in augmentation(seed=7).layers]
+    assert len(set(seeds)) == len(seeds) == 4
+    assert all(layer.seed is None for layer in augmentation(seed=None).layers)
+    dataset = load_dataset(image_folder, val_split=0.0)
+    images = next(iter(image_dataset(dataset.splits["train"], 32, 8, dataset.num_classes)))[0]
+    first = augmentation(seed=7)(images, training=True)
+    again = augmentation(seed=7)(images, training=True)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
+    assert not np.array_equal(np.asarray(first), np.asarray(images))
