@@ -44,8 +44,8 @@ import tensorflow as tf  # noqa: E402
 
 from transfer.data import drop_unreadable, image_dataset, load_dataset  # noqa: E402
 from transfer.data.pipeline import augmentation  # noqa: E402
-from transfer.inference import run_inference  # noqa: E402
-from transfer.train.finetune import head_model, pooled_features  # noqa: E402
+from transfer.runtime import run_inference  # noqa: E402
+from transfer.models.heads import head_model, pooled_features  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from keras_speed_baseline import interleaved_rates  # noqa: E402

@@ -173,7 +173,7 @@ def run_finetune(data, out, plan, args, **extra):
     import keras
 
     from transfer.data import load_dataset
-    from transfer.train.finetune import finetune
+    from transfer.commands.finetune import finetune
     from transfer.train.options import FinetuneOptions
 
     # The images finetune trains on, after its validation hold-out: they set the epochs.
@@ -196,7 +196,8 @@ def run_finetune(data, out, plan, args, **extra):
 def run_probe(data, out, weights, args):
     import keras
 
-    from transfer.embed import embed, probe
+    from transfer.commands.embed import embed
+    from transfer.commands.probe import probe
 
     def both():
         embeddings = embed(data, depth=args.depth, version=args.version, weights=weights,
@@ -213,7 +214,7 @@ def run_probe(data, out, weights, args):
 
 def train_source(args):
     """Train on the source classes from scratch; export the backbone as notop H5."""
-    from transfer.export import export
+    from transfer.commands.export import export
 
     data = write_fashion_folders(args, args.out / "data" / "source", SOURCE_CLASSES,
                                  args.source_per_class, args.test_per_class)

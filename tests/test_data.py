@@ -104,7 +104,7 @@ def test_unreadable_images_reported_by_path_and_dropped(image_folder):
 
 def test_strict_turns_bad_files_into_an_error(image_folder):
     (image_folder / "dog" / "zero.png").write_bytes(b"")
-    with pytest.raises(DataError, match=r"1 unusable files \(--strict\): .*zero.png: empty file"):
+    with pytest.raises(DataError, match=r"1 unusable files \(strict=True\): .*zero.png: empty file"):
         drop_unreadable(load_folder(image_folder), strict=True, progress=False)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 import transfer
 from tests.conftest import SAMPLE_DATA, make_image_folder, mock_tfds_metadata, randomize
 from transfer.cli import cli
-from transfer.train import finetune
+from transfer.commands.finetune import finetune
 
 FAST = ["--image-size", "32", "--batch-size", "16", "--head-epochs", "2",
         "--fine-tune-epochs", "1", "--early-stopping", "0"]
@@ -226,7 +226,7 @@ def test_imagenet_is_never_silently_replaced(tmp_path, image_folder, keras_home,
 def test_epoch_batches_shuffle_per_epoch_for_every_seed(seed):
     import tensorflow as tf
 
-    from transfer.train.finetune import epoch_batches
+    from transfer.data.pipeline import epoch_batches
 
     keras.utils.set_random_seed(seed)  # as finetune does; seed 0 once broke tf.data's seeding
     base = tf.data.Dataset.range(10)

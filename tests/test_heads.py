@@ -85,13 +85,11 @@ def test_pooled_backbone_is_refused():
 
 def test_readme_example_runs(tmp_path, keras_home, no_network, monkeypatch):
     """The README's ten lines, with a local file standing in for the ImageNet download."""
+    from tests.conftest import trust_notop_file
     from tests.test_weights import _official_notop_file
-    from transfer.models import weights as weights_module
 
     arch, path = _official_notop_file(keras_home / "models")
-    monkeypatch.setitem(weights_module.IMAGENET_MD5, arch.name,
-                        (weights_module.IMAGENET_MD5[arch.name][0],
-                         weights_module.file_md5(path)))
+    trust_notop_file(monkeypatch, arch, path)
     images = random_images((8, 32, 32, 3))
     labels = np.arange(8) % 5
     # --- README example starts

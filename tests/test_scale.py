@@ -52,7 +52,7 @@ logging.basicConfig(level=logging.INFO)
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from transfer.train import finetune
+from transfer.commands.finetune import finetune
 for strategy in ("one", "mirrored"):
     result = finetune({str(image_folder)!r}, out={str(tmp_path)!r} + "/" + strategy,
                       weights={str(backbone_file)!r}, image_size=32, batch_size=8,

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 import transfer
 from tests.conftest import randomize
 from transfer.cli import cli
-from transfer.inference import run_inference
-from transfer.train import finetune
+from transfer.runtime import run_inference
+from transfer.commands.finetune import finetune
 from transfer.train.feature_cache import compute_features
 
 

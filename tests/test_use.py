@@ -181,7 +181,7 @@ def test_embed_and_probe(trained, tmp_path):
 
 
 def test_embed_fresh_backbone_in_python(trained):
-    from transfer.embed import embed
+    from transfer.commands.embed import embed
 
     _, data, _ = trained
     result = embed(data, depth=50, version="v2", weights=None, image_size=32, pooling="max")

@@ -17,11 +17,12 @@ from tests.conftest import (
     VARIANT_IDS,
     VARIANTS,
     build_fresh,
-    md5_of,
+    trust_notop_file,
     random_images,
     randomize,
 )
-from transfer.models import weights as weights_module
+from transfer.models import pretrained
+from transfer.models.weights import formats
 
 # tf-keras runs other kernels (fused BN) than Keras 3; the difference seen is ~2e-7.
 TF_KERAS_TOLERANCE = 1e-5
@@ -83,7 +84,7 @@ def test_none_gives_fresh_initialisation():
 
 def _official_notop_file(directory, ref_name="ResNet50"):
     arch = transfer.get_architecture(50, "v1" if ref_name == "ResNet50" else "v2")
-    name = weights_module.imagenet_file_name(arch, include_top=False)
+    name = pretrained.imagenet_checkpoint(arch, include_top=False).file
     path, _ = tf_keras_file(directory / name, ref_name, False, (32, 32, 3), seed=4)
     return arch, path
 
@@ -91,8 +92,7 @@ def _official_notop_file(directory, ref_name="ResNet50"):
 def test_imagenet_taken_from_keras_cache_without_network(keras_home, monkeypatch, no_network):
     arch, path = _official_notop_file(keras_home / "models")
     # The real file's MD5 cannot match a locally made one: point the table at ours.
-    monkeypatch.setitem(weights_module.IMAGENET_MD5, arch.name,
-                        (weights_module.IMAGENET_MD5[arch.name][0], md5_of(path)))
+    trust_notop_file(monkeypatch, arch, path)
     model = transfer.ResNet50(weights="imagenet", include_top=False, input_shape=(32, 32, 3))
     expected = tf_keras.applications.ResNet50(weights=None, include_top=False,
                                               input_shape=(32, 32, 3))
@@ -104,8 +104,7 @@ def test_imagenet_taken_from_keras_cache_without_network(keras_home, monkeypatch
 @pytest.mark.parametrize("via", ["argument", "environment"])
 def test_imagenet_taken_from_weights_dir(tmp_path, keras_home, monkeypatch, no_network, via):
     arch, path = _official_notop_file(tmp_path)
-    monkeypatch.setitem(weights_module.IMAGENET_MD5, arch.name,
-                        (weights_module.IMAGENET_MD5[arch.name][0], md5_of(path)))
+    trust_notop_file(monkeypatch, arch, path)
     kwargs = {}
     if via == "argument":
         kwargs["weights_dir"] = str(tmp_path)
@@ -128,7 +127,7 @@ def test_imagenet_offline_fails_fast_and_says_what_to_do(keras_home, no_network)
     message = str(info.value)
     assert "resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5 is not available" in message
     assert str(keras_home / "models") in message
-    assert "--weights-dir" in message and "TRANSFER_WEIGHTS_DIR" in message
+    assert "weights_dir=DIR" in message and "TRANSFER_WEIGHTS_DIR" in message
     assert "weights=PATH" in message
 
 
@@ -234,8 +233,7 @@ def test_cli_weights_finds_the_file_or_explains(tmp_path, keras_home, no_network
         "Error: ImageNet weights file resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 "
         "is not available")
     arch, path = _official_notop_file(tmp_path)
-    monkeypatch.setitem(weights_module.IMAGENET_MD5, arch.name,
-                        (weights_module.IMAGENET_MD5[arch.name][0], md5_of(path)))
+    trust_notop_file(monkeypatch, arch, path)
     result = CliRunner().invoke(cli, ["weights", "--depth", "50", "--weights-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(path)
@@ -248,8 +246,8 @@ def test_written_notop_file_loads_like_the_official_one(tmp_path, builder, ref_n
     shape = (32, 32, 3)
     ours = randomize(build_fresh(builder, weights=None, include_top=False, input_shape=shape,
                                  pooling="avg"), seed=5)
-    path = weights_module.write_legacy_h5(ours, tmp_path / "source_notop.h5")
-    assert weights_module.read_weights_file(path).format == "legacy-h5"
+    path = formats.write_legacy_h5(ours, tmp_path / "source_notop.h5")
+    assert formats.read_weights_file(path).format == "legacy-h5"
     x = random_images((2, *shape), seed=1).astype("float32") - 127.0
     expected = np.asarray(ours(x, training=False))
     readers = [
@@ -269,4 +267,4 @@ def test_written_top_file_needs_a_classifier(tmp_path):
     backbone = build_fresh(transfer.ResNet50, weights=None, include_top=False,
                            input_shape=(32, 32, 3))
     with pytest.raises(transfer.InvalidArgumentError, match="without the top"):
-        weights_module.write_legacy_h5(backbone, tmp_path / "top.h5", include_top=True)
+        formats.write_legacy_h5(backbone, tmp_path / "top.h5", include_top=True)

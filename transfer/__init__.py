@@ -2,10 +2,10 @@
 
 A from-scratch ResNet50/101/152 (v1 and v2) that is layer-for-layer compatible with
 `keras.applications`, and the tools around it: weights, groups, heads, fine-tuning.
+TensorFlow loads on first use (`transfer.lazy`), so `import transfer` is quick.
 """
 
 import os
-from importlib.metadata import PackageNotFoundError, version
 
 # TensorFlow turns its oneDNN CPU kernels on only for CPUs with AVX-512-class
 # features. On the AVX2 machines this project runs on, turning them on trained
@@ -14,21 +14,16 @@ from importlib.metadata import PackageNotFoundError, version
 # imported before TensorFlow. TF_ENABLE_ONEDNN_OPTS=0 turns it off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-try:
-    __version__ = version("transfer")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
-from transfer.errors import (
+from transfer.commands.finetune import RunResult, finetune  # noqa: E402
+from transfer.errors import (  # noqa: E402
     DataError,
     InvalidArgumentError,
     RunFailedError,
     TransferError,
     WeightsError,
 )
-from transfer.models import (
+from transfer.models import (  # noqa: E402
     GROUPS,
-    preprocessing_layer,
     ResNet,
     ResNet50,
     ResNet50V2,
@@ -47,5 +42,8 @@ from transfer.models import (
     imagenet_weights_path,
     load_weights,
     preprocess_input,
+    preprocessing_layer,
     unfreeze,
 )
+from transfer.train.options import FinetuneOptions  # noqa: E402
+from transfer.version import __version__  # noqa: E402

@@ -1,4 +1,13 @@
-"""The exception types `transfer` raises, and the exit code the CLI gives each."""
+"""The exception types `transfer` raises, the exit code the CLI gives each, and the
+small helpers that keep messages alike.
+
+Messages speak the library's terms: they name an argument as `name=value`
+(`out=runs/a is not empty`, `pass overwrite=True`). The CLI turns those into its
+flags (`--out runs/a`, `--overwrite`) at its boundary, so a Python caller never
+gets advice about flags it did not pass.
+"""
+
+SHOWN_ITEMS = 5  # items named in a message before "and N more"
 
 
 class TransferError(Exception):
@@ -29,3 +38,22 @@ class RunFailedError(TransferError, RuntimeError):
     """Something failed while running: an unwritable output, an interrupted download."""
 
     exit_code = 1
+
+
+def first_line(exc, limit=200):
+    """The first line of an exception's message (its type name if it has none)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def listing(items, limit=SHOWN_ITEMS, separator=", "):
+    """The first `limit` items joined, then "and N more"."""
+    items = [str(item) for item in items]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return separator.join(items[:limit]) + more
+
+
+def unknown_choice(name, value, accepted):
+    """The error for a value outside a fixed set of choices."""
+    return InvalidArgumentError(
+        f"Unknown {name}: {value!r}. Expected one of {', '.join(map(str, accepted))}.")

@@ -1,4 +1,5 @@
 """Data: image folders and TFDS datasets, splits, and tf.data pipelines."""
 
+from transfer.data.dataset import Dataset, Split
 from transfer.data.pipeline import augmentation, drop_unreadable, find_unreadable, image_dataset
-from transfer.data.sources import Dataset, Split, load_dataset, load_folder, split_fraction
+from transfer.data.sources import load_dataset, load_folder, split_fraction

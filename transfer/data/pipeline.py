@@ -4,15 +4,16 @@ check that finds unreadable images before training so that none can stop an epoc
 import logging
 import re
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from transfer.errors import DataError
+from transfer.errors import DataError, listing
+from transfer.lazy import keras, tf
+from transfer.models.architectures import image_size_pair
+from transfer.progress import Progress
 
 logger = logging.getLogger("transfer")
-AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 50_000  # elements; phase 1's feature batches shuffle the same way
+RESIZE_METHOD = "bilinear"  # as keras.utils.image_dataset_from_directory resizes
 
 
 def decode_image(contents, image_size):
@@ -23,11 +24,7 @@ def decode_image(contents, image_size):
     """
     image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
-    return tf.image.resize(image, image_size, method="bilinear")
-
-
-def _as_size(image_size):
-    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    return tf.image.resize(image, image_size, method=RESIZE_METHOD)
 
 
 def find_unreadable(paths, progress=True):
@@ -42,9 +39,9 @@ def find_unreadable(paths, progress=True):
         tf.debugging.assert_positive(tf.size(image), message="empty image")
         return index
 
-    readable = indices.map(check, num_parallel_calls=AUTOTUNE, deterministic=False)
+    readable = indices.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     readable = readable.ignore_errors().batch(256)
-    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
+    bar = Progress("Checked", len(paths), unit="image") if progress else None
     good = np.zeros(len(paths), dtype=bool)
     seen = 0
     for batch in readable:
@@ -53,7 +50,8 @@ def find_unreadable(paths, progress=True):
         if bar:
             bar.update(seen)
     if bar:
-        bar.update(len(paths), finalize=True)
+        bar.update(len(paths))
+        bar.done()
     return [(paths[i], _decode_error(paths[i])) for i in np.flatnonzero(~good)]
 
 
@@ -85,9 +83,8 @@ def drop_unreadable(dataset, strict=False, progress=True):
     for path, reason in bad.items():
         dataset.skipped.append({"path": path, "reason": reason})
     if dataset.skipped and strict:
-        lines = "; ".join(f"{s['path']}: {s['reason']}" for s in dataset.skipped[:5])
-        more = f" and {len(dataset.skipped) - 5} more" if len(dataset.skipped) > 5 else ""
-        raise DataError(f"{len(dataset.skipped)} unusable files (--strict): {lines}{more}.")
+        lines = listing((f"{s['path']}: {s['reason']}" for s in dataset.skipped), separator="; ")
+        raise DataError(f"{len(dataset.skipped)} unusable files (strict=True): {lines}.")
     for entry in dataset.skipped:
         logger.warning("Skipped %s: %s", entry["path"], entry["reason"])
     for split in dataset.splits.values():
@@ -115,14 +112,15 @@ def decoded_images(split, image_size, cache=None):
     """Unbatched (float32 pixels 0-255, label) of a split, decoded and resized in
     parallel (AUTOTUNE). `cache=None` keeps the decoded images in memory when they
     take under a quarter of the available RAM; True or False forces it."""
-    size = _as_size(image_size)
+    size = image_size_pair(image_size)
     if split.tfds is not None:
         ds = split.tfds.map(lambda image, label: (tf.image.resize(
-            _to_rgb(image), size, method="bilinear"), label), num_parallel_calls=AUTOTUNE)
+            _to_rgb(image), size, method=RESIZE_METHOD), label),
+            num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
         ds = ds.map(lambda path, label: (decode_image(tf.io.read_file(path), size), label),
-                    num_parallel_calls=AUTOTUNE, deterministic=True)
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache is None:
         cache = len(split) * size[0] * size[1] * 3 * 4 < 0.25 * available_memory_bytes()
     return ds.cache() if cache else ds
@@ -136,10 +134,53 @@ def image_dataset(split, image_size, batch_size, num_classes, shuffle=False, see
         ds = ds.shuffle(min(len(split), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, y: (augment(x, training=True), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     if one_hot:
-        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def images_only(split, image_size, batch_size):
+    """Batches of pixels of a split, in its order, without labels: for inference."""
+    return image_dataset(split, image_size, batch_size, num_classes=1,
+                         one_hot=False).map(lambda x, y: x)
+
+
+def one_hot_images(split, image_size, num_classes):
+    """Unbatched decoded images (cached in memory when they fit) with one-hot labels."""
+    return decoded_images(split, image_size).map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+
+
+def labelled(x, labels, num_classes):
+    """Unbatched (x, one-hot label) pairs, e.g. of cached features."""
+    return tf.data.Dataset.from_tensor_slices((x, tf.one_hot(labels, num_classes)))
+
+
+def epoch_batches(base, count, batch_size, seed, epochs, first_epoch=0, augment=None,
+                  drop_remainder=False):
+    """Batches of epochs `first_epoch`..`epochs`-1 as one dataset.
+
+    Epoch e's order depends on (seed, e) only, so a resumed run sees the same
+    batches as an uninterrupted one, and cached features are shuffled exactly as
+    the images they came from.
+    """
+    buffer = min(count, SHUFFLE_BUFFER)
+
+    def one_epoch(epoch):
+        return base.shuffle(buffer, seed=seed * 7919 + epoch,
+                            reshuffle_each_iteration=False).batch(batch_size, drop_remainder)
+
+    # Python-int seeds per epoch: a tensor seed (flat_map over a range) breaks TF's
+    # seed check when the global seed is 0, i.e. `seed=0`.
+    ds = one_epoch(first_epoch).take(0)
+    for epoch in range(first_epoch, epochs):
+        ds = ds.concatenate(one_epoch(epoch))
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x, training=True), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _to_rgb(image):

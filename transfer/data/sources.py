@@ -9,48 +9,18 @@ stratified by class, and stable when images are added later.
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from transfer.data.dataset import TFDS_PREFIX, Dataset, Split
+from transfer.data.tfds import load_tfds
 from transfer.errors import DataError, InvalidArgumentError
 
 logger = logging.getLogger("transfer")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-TFDS_PREFIX = "tfds:"
-
-
-@dataclass
-class Split:
-    """One split of a dataset: files and integer labels (or a TFDS split)."""
-
-    paths: list
-    labels: np.ndarray
-    tfds: object = None  # a tf.data.Dataset of (image, label) for TFDS sources
-
-    def __len__(self):
-        return len(self.labels)
-
-
-@dataclass
-class Dataset:
-    name: str
-    source: str  # "folder", "split-folders" or "tfds"
-    class_names: list
-    splits: dict  # "train", "val", optionally "test" -> Split
-    skipped: list = field(default_factory=list)  # [{"path": ..., "reason": ...}]
-    fingerprint: str = ""
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
-
-    def describe(self):
-        sizes = ", ".join(f"{name} {len(split)}" for name, split in self.splits.items())
-        return f"{self.name}: {self.num_classes} classes, {sizes} images"
 
 
 def split_fraction(relative_path, salt="transfer-split-v1"):
@@ -144,9 +114,9 @@ def load_folder(root, val_split=0.2, test_split=0.0, min_classes=2):
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(f"--data {root} does not exist.")
+        raise DataError(f"data={root} does not exist.")
     if not root.is_dir():
-        raise DataError(f"--data {root} is not a folder.")
+        raise DataError(f"data={root} is not a folder.")
     if not 0.0 <= val_split < 1.0 or not 0.0 <= test_split < 1.0 or val_split + test_split >= 1:
         raise InvalidArgumentError(
             f"val_split and test_split must be in [0, 1) and leave images for training. "
@@ -220,7 +190,7 @@ def _warn_small_validation(dataset):
     if val is not None and len(val) < dataset.num_classes:
         logger.warning(
             "Only %d validation images for %d classes: validation metrics will be noisy. "
-            "Add images or raise --val-split.", len(val), dataset.num_classes,
+            "Add images or raise val_split.", len(val), dataset.num_classes,
         )
 
 
@@ -228,8 +198,6 @@ def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_cl
     """A `Dataset` from a folder path or `tfds:NAME`."""
     data = str(data)
     if data.startswith(TFDS_PREFIX):
-        from transfer.data.tfds_source import load_tfds
-
         return load_tfds(data[len(TFDS_PREFIX):], val_split=val_split, data_dir=tfds_data_dir)
     return load_folder(data, val_split=val_split, test_split=test_split, min_classes=min_classes)
 

@@ -1,8 +1,15 @@
-"""ResNet architectures, preprocessing, weights and layer groups."""
+"""ResNet architectures, preprocessing, pretrained weights, layer groups and heads."""
 
-from transfer.models.architectures import Architecture, get_architecture
-from transfer.models.groups import GROUPS, architecture_of, find_backbone, freeze, groups, unfreeze
-from transfer.models.heads import attach_head, build_classifier, feature_extractor
+from transfer.models.architectures import GROUPS, Architecture, get_architecture
+from transfer.models.groups import freeze, groups, unfreeze
+from transfer.models.heads import (
+    attach_head,
+    build_classifier,
+    feature_extractor,
+    head_model,
+    pooled_features,
+)
+from transfer.models.identify import architecture_of, find_backbone
 from transfer.models.preprocessing import preprocess_input, preprocessing_layer
 from transfer.models.resnet import (
     ResNet,
@@ -13,8 +20,6 @@ from transfer.models.resnet import (
     ResNet152,
     ResNet152V2,
 )
-from transfer.models.weights import (
-    imagenet_weights_path,
-    load_weights,
-    read_weights_file,
-)
+from transfer.models.weights.download import imagenet_weights_path
+from transfer.models.weights.formats import read_weights_file
+from transfer.models.weights.load import load_weights

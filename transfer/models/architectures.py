@@ -17,6 +17,9 @@ BLOCKS_PER_STAGE = {
     152: (3, 8, 36, 3),
 }
 
+# The groups of every ResNet, in order; `post` exists in v2 only, `head` on a classifier.
+GROUPS = ("stem", *STAGES, "post", "head")
+
 MIN_INPUT_SIZE = 32
 DEFAULT_INPUT_SIZE = 224
 BN_EPSILON = 1.001e-5  # keras.applications' value, part of the weights' contract
@@ -35,24 +38,26 @@ class Version:
     stride_on: str  # the convolution of a strided block that carries the stride: "1x1", "3x3"
     conv_bias: bool  # the stem's and post-activation blocks' convolutions have a bias
     bn_epsilon: float
-    preprocessing: str  # mode of `transfer.models.preprocessing`
-    pretrained: str  # who publishes its ImageNet weights: "keras.applications", "torchvision"
+    preprocessing: str  # mode of `transfer.models.preprocessing` its weights expect
 
 
 VERSIONS = {
     # He et al. 2015, as in keras.applications.ResNet50: stride on the first block,
     # on its first 1x1 convolution.
-    "v1": Version("v1", "", "bottleneck_v1", False, (1, 2, 2, 2), "1x1", True, BN_EPSILON,
-                  "caffe", "keras.applications"),
+    "v1": Version(name="v1", model_suffix="", block="bottleneck_v1", preact=False,
+                  stage_strides=(1, 2, 2, 2), stride_on="1x1", conv_bias=True,
+                  bn_epsilon=BN_EPSILON, preprocessing="caffe"),
     # v1 with the stride on the 3x3 convolution, as in torchvision's and timm's resnet50:
     # PyTorch's arithmetic (symmetric padding, no conv biases, its BN epsilon), so that
     # their checkpoints reproduce their outputs.
-    "v1.5": Version("v1.5", "v1.5", "bottleneck_v1", False, (1, 2, 2, 2), "3x3", False,
-                    TORCH_BN_EPSILON, "torch", "torchvision"),
+    "v1.5": Version(name="v1.5", model_suffix="v1.5", block="bottleneck_v1", preact=False,
+                    stage_strides=(1, 2, 2, 2), stride_on="3x3", conv_bias=False,
+                    bn_epsilon=TORCH_BN_EPSILON, preprocessing="torch"),
     # He et al. 2016 (identity mappings), as in keras.applications.ResNet50V2:
     # stride on the last block of a stage.
-    "v2": Version("v2", "v2", "bottleneck_v2", True, (2, 2, 2, 1), "3x3", True, BN_EPSILON,
-                  "tf", "keras.applications"),
+    "v2": Version(name="v2", model_suffix="v2", block="bottleneck_v2", preact=True,
+                  stage_strides=(2, 2, 2, 1), stride_on="3x3", conv_bias=True,
+                  bn_epsilon=BN_EPSILON, preprocessing="tf"),
 }
 
 
@@ -77,10 +82,6 @@ class Architecture:
     def display_name(self):
         return f"ResNet{self.depth}{self.version.model_suffix.upper()}"
 
-    @property
-    def feature_channels(self):
-        return 4 * STAGE_FILTERS[-1]
-
 
 def get_architecture(depth=50, version="v1"):
     """Return the `Architecture` for `depth` and `version`, or raise naming both."""
@@ -99,3 +100,10 @@ def get_architecture(depth=50, version="v1"):
             f"Unknown ResNet version: {version!r}. Expected one of {', '.join(VERSIONS)}."
         )
     return Architecture(depth, VERSIONS[key])
+
+
+def image_size_pair(image_size):
+    """(height, width) from an int or a pair."""
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    return tuple(int(d) for d in image_size)

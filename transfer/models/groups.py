@@ -8,49 +8,15 @@ inference mode in Keras 3, so its moving statistics stay as they are.
 
 from collections import OrderedDict
 
-import keras
-
 from transfer.errors import InvalidArgumentError
-from transfer.models.architectures import STAGES, get_architecture
+from transfer.lazy import keras
+from transfer.models import names
+from transfer.models.architectures import GROUPS, STAGES
+from transfer.models.identify import find_backbone
 
-GROUPS = ("stem", *STAGES, "post", "head")
 _PREFIX_GROUPS = {"conv1": "stem", "pool1": "stem", "post": "post",
                   **{stage: stage for stage in STAGES}}
-_HEAD_NAMES = {"avg_pool", "max_pool", "predictions"}
-BACKBONE_MARKER = "conv1_conv"  # the first convolution: present in every variant
-
-
-def is_backbone(model):
-    return isinstance(model, keras.Model) and any(
-        layer.name == BACKBONE_MARKER for layer in model.layers
-    )
-
-
-def find_backbone(model):
-    """The model holding the ResNet layers: `model` itself or one nested in it."""
-    if is_backbone(model):
-        return model
-    for layer in getattr(model, "layers", []):
-        if is_backbone(layer):
-            return layer
-    raise InvalidArgumentError(
-        f"Model {getattr(model, 'name', model)!r} is not a ResNet built by transfer: "
-        f"it has no layer named {BACKBONE_MARKER!r}."
-    )
-
-
-def architecture_of(model):
-    """The `Architecture` of a transfer/keras.applications ResNet, from its layer names."""
-    from transfer.models.weights import identify_architecture
-
-    backbone = find_backbone(model)
-    found = identify_architecture([layer.name for layer in backbone.layers])
-    if found is None:
-        raise InvalidArgumentError(
-            f"Model {backbone.name!r} has ResNet layer names but not the block counts "
-            "of ResNet50, 101 or 152."
-        )
-    return get_architecture(*found)
+_HEAD_NAMES = {*names.TOP_POOLINGS, names.CLASSIFIER}
 
 
 def _backbone_group(layer_name, previous_group):

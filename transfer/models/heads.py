@@ -7,17 +7,22 @@ head owns pooling, dropout and the output layer; the backbone knows nothing abou
 classes.
 """
 
-import keras
-from keras import layers
-
-from transfer.errors import InvalidArgumentError
-from transfer.models.groups import architecture_of, find_backbone
+from transfer.errors import InvalidArgumentError, unknown_choice
+from transfer.lazy import keras
+from transfer.models import names
+from transfer.models.architectures import image_size_pair
+from transfer.models.groups import groups
+from transfer.models.identify import architecture_of, find_backbone
 from transfer.models.preprocessing import preprocessing_layer
+from transfer.models.resnet import ResNet
 
-HEAD_POOLING = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
-HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_hidden", "head_hidden_dropout",
-                    "predictions")
-PREPROCESSING_LAYER = "preprocess"
+# pooling -> the Keras layer that pools the last feature map
+HEAD_POOLING = {"avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
+POOLINGS = tuple(HEAD_POOLING)
+
+
+def _pooling_layer(pooling):
+    return getattr(keras.layers, HEAD_POOLING[pooling])(name=names.HEAD_POOL)
 
 
 def attach_head(
@@ -51,9 +56,7 @@ def attach_head(
             "include_top=False and pooling=None."
         )
     if pooling not in HEAD_POOLING:
-        raise InvalidArgumentError(
-            f"Unknown head pooling: {pooling!r}. Expected one of {', '.join(HEAD_POOLING)}."
-        )
+        raise unknown_choice("head pooling", pooling, POOLINGS)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise InvalidArgumentError(
             f"num_classes must be a positive integer. Received: num_classes={num_classes!r}"
@@ -65,20 +68,22 @@ def attach_head(
             f"hidden_units must be a positive integer or None. Received: hidden_units={hidden_units!r}"
         )
 
-    inputs = keras.Input(shape=backbone.input.shape[1:], name="pixels")
-    x = preprocessing_layer(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
+    layers = keras.layers
+    inputs = keras.Input(shape=backbone.input.shape[1:], name=names.INPUT)
+    x = preprocessing_layer(architecture.version.preprocessing, name=names.PREPROCESSING)(inputs)
     x = backbone(x)
-    x = HEAD_POOLING[pooling](name="head_pool")(x)
+    x = _pooling_layer(pooling)(x)
     if hidden_units:
         if dropout:
-            x = layers.Dropout(dropout, name="head_dropout")(x)
-        x = layers.Dense(hidden_units, activation="relu", name="head_hidden")(x)
+            x = layers.Dropout(dropout, name=names.HEAD_DROPOUT)(x)
+        x = layers.Dense(hidden_units, activation="relu", name=names.HEAD_HIDDEN)(x)
     if dropout:
-        x = layers.Dropout(dropout, name="head_hidden_dropout" if hidden_units else "head_dropout")(x)
+        x = layers.Dropout(
+            dropout, name=names.HEAD_HIDDEN_DROPOUT if hidden_units else names.HEAD_DROPOUT)(x)
     activation = "sigmoid" if multi_label else "softmax"
     # float32 output: softmax and the loss stay stable under mixed precision.
     outputs = layers.Dense(num_classes, activation=activation, dtype="float32",
-                           name="predictions")(x)
+                           name=names.CLASSIFIER)(x)
     return keras.Model(inputs, outputs, name=name or f"{backbone.name}_classifier")
 
 
@@ -96,14 +101,7 @@ def build_classifier(
     `image_size` may be an int, a (height, width) pair, or None for any size.
     `head_options` are those of `attach_head`.
     """
-    from transfer.models.resnet import ResNet
-
-    if image_size is None:
-        shape = (None, None, 3)
-    elif isinstance(image_size, int):
-        shape = (image_size, image_size, 3)
-    else:
-        shape = (*image_size, 3)
+    shape = (None, None, 3) if image_size is None else (*image_size_pair(image_size), 3)
     backbone = ResNet(depth, version, include_top=False, weights=weights,
                       input_shape=shape, weights_dir=weights_dir)
     return attach_head(backbone, num_classes, **head_options)
@@ -115,13 +113,11 @@ def feature_extractor(model, pooling="avg", group=None):
     `group` (stem, conv2..conv5, post) ends at that group's last layer instead of the
     backbone's; `pooling` "avg" or "max" pools the feature map, None keeps it.
     """
-    from transfer.models.groups import groups
-
     backbone = find_backbone(model)
     architecture = architecture_of(backbone)
     if pooling is not None and pooling not in HEAD_POOLING:
         raise InvalidArgumentError(
-            f"Unknown pooling: {pooling!r}. Expected one of {', '.join(HEAD_POOLING)} or none.")
+            f"Unknown pooling: {pooling!r}. Expected one of {', '.join(POOLINGS)} or none.")
     if group is not None:
         found = groups(backbone)
         choices = [g for g in found if g != "head"]
@@ -130,9 +126,35 @@ def feature_extractor(model, pooling="avg", group=None):
                 f"Unknown group: {group!r}. Expected one of {', '.join(choices)}.")
         backbone = keras.Model(backbone.input, found[group][-1].output,
                                name=f"{backbone.name}_{group}")
-    inputs = keras.Input(shape=backbone.input.shape[1:], name="pixels")
-    x = preprocessing_layer(architecture.version.preprocessing, name=PREPROCESSING_LAYER)(inputs)
+    inputs = keras.Input(shape=backbone.input.shape[1:], name=names.INPUT)
+    x = preprocessing_layer(architecture.version.preprocessing, name=names.PREPROCESSING)(inputs)
     x = backbone(x)
     if pooling is not None:
-        x = HEAD_POOLING[pooling](name="head_pool")(x)
+        x = _pooling_layer(pooling)(x)
     return keras.Model(inputs, x, name=f"{backbone.name}_features")
+
+
+def head_model(classifier):
+    """The layers after pooling, as a model from pooled features to probabilities.
+
+    It shares its layers (and so its weights) with `classifier`.
+    """
+    head_layers = groups(classifier)["head"]
+    pool_index = [layer.name for layer in head_layers].index(names.HEAD_POOL)
+    features = keras.Input(shape=head_layers[pool_index].output.shape[1:], name="features")
+    x = features
+    for layer in head_layers[pool_index + 1:]:
+        x = layer(x)
+    return keras.Model(features, x, name="head")
+
+
+def pooled_features(classifier):
+    """Model: raw pixels -> pooled backbone features, sharing layers with `classifier`."""
+    return keras.Model(classifier.input, classifier.get_layer(names.HEAD_POOL).output,
+                       name="pooled_features")
+
+
+def is_classifier(model):
+    """Whether `model` ends in our (or keras.applications') classifier layer."""
+    return (any(layer.name == names.CLASSIFIER for layer in model.layers)
+            and len(model.output.shape) == 2)

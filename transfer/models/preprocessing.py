@@ -6,11 +6,12 @@ pixels and nobody downstream has to remember the mode. The function follows
 results are bitwise equal, not merely close; the layer is built to round the same way.
 """
 
-import keras
 import numpy as np
-from keras import ops
 
-from transfer.errors import InvalidArgumentError
+from transfer.errors import unknown_choice
+from transfer.lazy import keras, ops
+from transfer.models import names
+from transfer.models.architectures import VERSIONS
 
 # mode -> (reverse RGB to BGR, divisor, mean, std); divisor and std may be None.
 MODES = {
@@ -22,15 +23,11 @@ MODES = {
 
 def _check_mode(mode):
     if mode not in MODES:
-        raise InvalidArgumentError(
-            f"Unknown preprocessing mode: {mode!r}. Expected one of {', '.join(MODES)}."
-        )
+        raise unknown_choice("preprocessing mode", mode, MODES)
 
 
 def _resolve_mode(mode_or_version):
     """Accept a mode ("caffe") or a version name ("v2") and return the mode."""
-    from transfer.models.architectures import VERSIONS
-
     if mode_or_version in VERSIONS:
         return VERSIONS[mode_or_version].preprocessing
     _check_mode(mode_or_version)
@@ -76,7 +73,7 @@ def _constant(values, like, xp):
     return ops.convert_to_tensor(values, dtype=like.dtype)
 
 
-def preprocessing_layer(mode="caffe", name="preprocess"):
+def preprocessing_layer(mode="caffe", name=names.PREPROCESSING):
     """Keras layer: raw RGB pixels (any numeric dtype, 0-255) in, model input out.
 
     Made of built-in Keras layers only, so a model holding it loads with plain

@@ -7,10 +7,9 @@ from a prefix (`conv3_block2_1_conv`); they are the keys of the official weight 
 so they are a public contract and must not change.
 """
 
-import keras
-from keras import layers
-
 from transfer.errors import InvalidArgumentError
+from transfer.lazy import keras, layers
+from transfer.models import names
 from transfer.models.architectures import (
     DEFAULT_INPUT_SIZE,
     MIN_INPUT_SIZE,
@@ -18,8 +17,10 @@ from transfer.models.architectures import (
     STAGES,
     get_architecture,
 )
+from transfer.models.weights.load import check_weights_argument, load_weights
 
 POOLING_MODES = (None, "avg", "max")
+AVG_POOL, MAX_POOL = names.TOP_POOLINGS
 
 
 def _bn(name, version):
@@ -134,11 +135,7 @@ def _resolve_input_shape(input_shape, include_top, pretrained):
 
 
 def _check_weights_argument(weights, include_top, classes, classifier_activation, arch):
-    from transfer.models.weights import check_imagenet_available, check_weights_argument
-
-    check_weights_argument(weights)
-    if weights == "imagenet":
-        check_imagenet_available(arch)
+    check_weights_argument(weights, arch)
     if weights == "imagenet" and include_top and classes != 1000:
         raise InvalidArgumentError(
             "With weights='imagenet' and include_top=True, classes must be 1000. "
@@ -201,7 +198,7 @@ def ResNet(
     version = arch.version
     # Explicit symmetric padding, as PyTorch pads its 7x7/2 convolution and 3x3/2 pool.
     x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(img_input)
-    x = layers.Conv2D(64, 7, strides=2, use_bias=version.conv_bias, name="conv1_conv")(x)
+    x = layers.Conv2D(64, 7, strides=2, use_bias=version.conv_bias, name=names.STEM_CONV)(x)
     if not version.preact:
         x = _bn("conv1_bn", version)(x)
         x = layers.Activation("relu", name="conv1_relu")(x)
@@ -220,19 +217,17 @@ def ResNet(
         x = layers.Activation("relu", name="post_relu")(x)
 
     if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+        x = layers.GlobalAveragePooling2D(name=AVG_POOL)(x)
+        x = layers.Dense(classes, activation=classifier_activation, name=names.CLASSIFIER)(x)
     elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.GlobalAveragePooling2D(name=AVG_POOL)(x)
     elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+        x = layers.GlobalMaxPooling2D(name=MAX_POOL)(x)
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     model = keras.Model(inputs, x, name=name or arch.name)
 
     if weights is not None:
-        from transfer.models.weights import load_weights
-
         load_weights(model, weights, architecture=arch, weights_dir=weights_dir)
     return model
 

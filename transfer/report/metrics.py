@@ -1,9 +1,12 @@
 """Classification metrics and reports with scikit-learn, and the files they go to."""
 
-import numpy as np
-from sklearn import metrics as skm
+from pathlib import Path
 
-from transfer.report.rundir import write_csv, write_text
+import numpy as np
+
+from transfer.io import write_csv, write_text
+from transfer.report.plots import plot_confusion_matrix
+from transfer.runs import report_file
 
 
 def top_k_accuracy(y_true, probabilities, k):
@@ -13,6 +16,8 @@ def top_k_accuracy(y_true, probabilities, k):
 
 def compute_metrics(y_true, probabilities, class_names):
     """Accuracy, top-5 (with at least 5 classes), macro F1, log loss, per class."""
+    from sklearn import metrics as skm
+
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     # float32 softmax sums to 1 only within rounding; scikit-learn checks it strictly.
@@ -41,21 +46,23 @@ def compute_metrics(y_true, probabilities, class_names):
 
 def write_reports(out_dir, y_true, probabilities, class_names, paths, prefix=""):
     """classification_report.txt, confusion_matrix.csv/.png and predictions.csv."""
-    from transfer.report.plots import plot_confusion_matrix
+    from sklearn import metrics as skm
 
+    out_dir = Path(out_dir)
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities)
     y_pred = probabilities.argmax(axis=1)
     labels = list(range(len(class_names)))
     report = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
                                        digits=4, zero_division=0)
-    write_text(out_dir / f"{prefix}classification_report.txt", report)
+    write_text(out_dir / report_file("classification_report.txt", prefix), report)
     matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
-    write_csv(out_dir / f"{prefix}confusion_matrix.csv", ["true \\ predicted", *class_names],
+    write_csv(out_dir / report_file("confusion_matrix.csv", prefix),
+              ["true \\ predicted", *class_names],
               [[name, *row] for name, row in zip(class_names, matrix.tolist())])
-    plot_confusion_matrix(matrix, class_names, out_dir / f"{prefix}confusion_matrix.png")
+    plot_confusion_matrix(matrix, class_names, out_dir / report_file("confusion_matrix.png", prefix))
     write_csv(
-        out_dir / f"{prefix}predictions.csv", ["path", "true_label", "predicted_label", "confidence"],
+        out_dir / report_file("predictions.csv", prefix), ["path", "true_label", "predicted_label", "confidence"],
         [[path, class_names[t], class_names[p], f"{probs[p]:.6f}"]
          for path, t, p, probs in zip(paths, y_true, y_pred, probabilities)],
     )

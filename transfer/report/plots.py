@@ -1,19 +1,24 @@
 """Plots for a run: confusion matrix and training curves, drawn with matplotlib."""
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display needed
+from transfer.io import atomic_path
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from transfer.report.rundir import atomic_path  # noqa: E402
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_confusion_matrix(matrix, class_names, path):
@@ -21,7 +26,7 @@ def plot_confusion_matrix(matrix, class_names, path):
     matrix = np.asarray(matrix)
     n = len(class_names)
     size = max(4.0, 0.55 * n + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = _pyplot().subplots(figsize=(size + 1, size))
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
@@ -41,7 +46,7 @@ def plot_confusion_matrix(matrix, class_names, path):
 
 def plot_training_curves(history_rows, path):
     """Loss and accuracy per epoch for both phases, with the phase boundary marked."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (loss_ax, acc_ax) = _pyplot().subplots(1, 2, figsize=(11, 4))
     epochs = np.arange(1, len(history_rows) + 1)
     for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):

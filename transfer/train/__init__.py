@@ -1,4 +1,4 @@
-"""Fine-tuning: the options of a run and the two-phase plan."""
+"""Training: the options of a run, its two phases, callbacks, the feature cache and
+distribution. `transfer.commands.finetune` puts them together."""
 
-from transfer.train.finetune import RunResult, finetune, head_model, pooled_features
 from transfer.train.options import FinetuneOptions, resolve_options

@@ -1,12 +1,13 @@
 """Distribution with tf.distribute: one device, MirroredStrategy across the devices
 of one machine, MultiWorkerMirroredStrategy across machines (configured by the
-TF_CONFIG environment variable). --batch-size is always the global batch."""
+TF_CONFIG environment variable). The batch size is always the global batch."""
 
 import contextlib
 import json
 import os
 
-from transfer.errors import InvalidArgumentError
+from transfer.errors import InvalidArgumentError, unknown_choice
+from transfer.lazy import keras, tf
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 
@@ -23,16 +24,13 @@ def make_strategy(name="auto"):
     several GPUs, else one device. mirrored uses every GPU, or every logical CPU
     device when there is no GPU (how the tests run it).
     """
-    import tensorflow as tf
-
     if name not in STRATEGIES:
-        raise InvalidArgumentError(
-            f"Unknown strategy: {name!r}. Expected one of {', '.join(STRATEGIES)}.")
+        raise unknown_choice("strategy", name, STRATEGIES)
     workers = _cluster_size()
     if name == "multiworker" or (name == "auto" and workers > 1):
         if workers < 1:
             raise InvalidArgumentError(
-                "--strategy multiworker needs TF_CONFIG describing the cluster, e.g. "
+                "strategy='multiworker' needs TF_CONFIG describing the cluster, e.g. "
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}}.')
         # Created before any other TensorFlow work, as MultiWorkerMirroredStrategy needs.
@@ -56,8 +54,6 @@ def is_chief(strategy):
 
 
 def is_multi_worker(strategy):
-    import tensorflow as tf
-
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -78,7 +74,6 @@ def keras_multi_worker_fit(model, strategy, dataset):
     if not is_multi_worker(strategy):
         yield
         return
-    import keras
     from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
     sample_batch = next(iter(dataset))
@@ -101,3 +96,17 @@ def keras_multi_worker_fit(model, strategy, dataset):
     finally:
         keras_tf_trainer.reduce_per_replica = original_reduce
         del model._maybe_symbolic_build
+
+
+def plain_copy(model):
+    """A copy of `model` with the same weights, outside any tf.distribute strategy."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def local_copy(model, strategy):
+    """`model` itself, or under a multi-replica strategy a plain copy: inference on
+    distributed variables outside `fit` splits and sums the batch across replicas,
+    and every worker needs all of the outputs."""
+    return model if strategy.num_replicas_in_sync == 1 else plain_copy(model)

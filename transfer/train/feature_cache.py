@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.pipeline import available_memory_bytes
-from transfer.report.rundir import atomic_path
+from transfer.io import atomic_path, write_npy
+from transfer.models.weights.download import file_md5
+from transfer.runtime import predict_batch, run_inference
 
 logger = logging.getLogger("transfer")
 
@@ -38,8 +40,6 @@ def weights_identity(weights, seed):
         return f"random-init-seed-{seed}"
     if weights == "imagenet":
         return "imagenet"  # the official files are fixed by their MD5 hash
-    from transfer.models.weights import file_md5
-
     return f"file-md5-{file_md5(weights)}"
 
 
@@ -63,8 +63,6 @@ def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
 
     Returns a float32 array of shape (count, dim), possibly memory-mapped.
     """
-    from transfer.inference import predict_batch, run_inference
-
     cached = Path(cache_dir) / f"{key}.npy" if cache_dir and key else None
     if cached is not None and cached.exists():
         features = np.load(cached, mmap_mode="r")
@@ -73,7 +71,8 @@ def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
             return features
     size = count * dim * 4
     if size <= memory_fraction * available_memory_bytes():
-        features = run_inference(extractor, batches, verbose=verbose).astype(np.float32)
+        features = run_inference(extractor, batches, verbose=verbose,
+                                 description="Features").astype(np.float32)
         if cached is not None:
             _save(cached, features)
         return features
@@ -94,8 +93,6 @@ def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
 
 def _save(path, features):
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, features)
+        write_npy(path, features)
     except Exception as exc:  # a cache that cannot be written only costs time later
         logger.warning("Could not write the feature cache %s (%s).", path, exc)

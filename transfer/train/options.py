@@ -4,13 +4,23 @@ the Python API, the CLI and config.json all read."""
 import dataclasses
 from dataclasses import dataclass
 
-from transfer.errors import InvalidArgumentError
+from transfer.errors import InvalidArgumentError, unknown_choice
+from transfer.models.architectures import get_architecture
+from transfer.models.heads import POOLINGS
+from transfer.models.pretrained import check_imagenet_available
 from transfer.train.distribute import STRATEGIES
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# optimizer -> (class in keras.optimizers, its arguments besides the learning rate)
+OPTIMIZERS = {
+    "adam": ("Adam", {}),
+    "adamw": ("AdamW", {}),
+    "sgd": ("SGD", {"momentum": 0.9}),
+    "rmsprop": ("RMSprop", {}),
+}
 AUGMENT_MODES = ("none", "fine-tune", "both")  # which phases see augmented images
 CLASS_WEIGHT_MODES = ("none", "auto")
-JIT_MODES = ("auto", "on", "off")
+# jit_compile -> model.compile's value; "auto" is Keras' choice: XLA on GPUs, not on CPUs
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 
 
 @dataclass
@@ -47,23 +57,19 @@ class FinetuneOptions:
     tfds_data_dir: str = None
 
     def validate(self):
-        from transfer.models.architectures import get_architecture
-
         architecture = get_architecture(self.depth, self.version)
         self.depth, self.version = architecture.depth, architecture.version.name
         checks = [
-            (self.optimizer in OPTIMIZERS, "optimizer", OPTIMIZERS),
+            (self.optimizer in OPTIMIZERS, "optimizer", tuple(OPTIMIZERS)),
             (self.augment in AUGMENT_MODES, "augment", AUGMENT_MODES),
             (self.class_weight in CLASS_WEIGHT_MODES, "class_weight", CLASS_WEIGHT_MODES),
-            (self.pooling in ("avg", "max"), "pooling", ("avg", "max")),
-            (self.jit_compile in JIT_MODES, "jit_compile", JIT_MODES),
+            (self.pooling in POOLINGS, "pooling", POOLINGS),
+            (self.jit_compile in JIT_COMPILE, "jit_compile", tuple(JIT_COMPILE)),
             (self.strategy in STRATEGIES, "strategy", STRATEGIES),
         ]
         for ok, name, accepted in checks:
             if not ok:
-                raise InvalidArgumentError(
-                    f"Unknown {name}: {getattr(self, name)!r}. Expected one of {', '.join(accepted)}."
-                )
+                raise unknown_choice(name, getattr(self, name), accepted)
         positive = ("image_size", "batch_size")
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -77,8 +83,6 @@ class FinetuneOptions:
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
         if self.weights == "imagenet":  # fail before the data is read, not after
-            from transfer.models.weights import check_imagenet_available
-
             check_imagenet_available(architecture)
         if str(self.fine_tune_from).lower() == "none":
             self.fine_tune_from = "none"

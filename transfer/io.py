@@ -1,28 +1,22 @@
-"""The run directory: every file is written to a temporary name and renamed into
-place, so an interrupted run never leaves a half-written file that looks complete."""
+"""Atomic writes: every file goes to a temporary name beside its target and is
+renamed into place, so an interrupted run never leaves a half-written file that
+looks complete. Imports neither scikit-learn nor matplotlib."""
 
 import contextlib
 import csv
 import io
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from transfer.errors import InvalidArgumentError, RunFailedError
+import numpy as np
 
-# The files and folders a run writes; --overwrite removes exactly these.
-RUN_FILES = (
-    "config.json", "labels.txt", "model.keras", "history.csv", "metrics.json",
-    "classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
-    "training_curves.png", "predictions.csv", "test_predictions.csv",
-    "test_classification_report.txt", "test_confusion_matrix.csv", "test_confusion_matrix.png",
-)
-RUN_FOLDERS = ("logs", "checkpoints")
+from transfer.errors import RunFailedError
 
 
-def _failure(path, exc):
+def write_failure(path, exc):
+    """The error for a file or folder that cannot be written."""
     reason = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
     return RunFailedError(f"Cannot write {path}: {reason}.")
 
@@ -39,12 +33,12 @@ def atomic_path(path):
                                    suffix=f".partial{suffixes}", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise _failure(path, exc) from exc
+        raise write_failure(path, exc) from exc
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise _failure(path, exc) from exc
+        raise write_failure(path, exc) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -53,6 +47,12 @@ def atomic_path(path):
 def write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf8")
+    return Path(path)
+
+
+def write_bytes(path, data):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 
@@ -66,6 +66,21 @@ def write_csv(path, header, rows):
     writer.writerow(header)
     writer.writerows(rows)
     return write_text(path, buffer.getvalue())
+
+
+def write_npz(path, arrays):
+    """NumPy arrays as one compressed .npz file."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return Path(path)
+
+
+def write_npy(path, array):
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    return Path(path)
 
 
 def save_model(model, path):
@@ -82,28 +97,14 @@ def save_weights(model, path):
     return Path(path)
 
 
-def prepare_run_dir(path, overwrite=False, keep=False):
-    """Create the run directory; refuse a non-empty one unless `overwrite` (which
-    removes the files of the earlier run) or `keep` (resuming it)."""
+def make_writable_dir(path):
+    """Create `path` (and parents) and check that files can be written in it."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InvalidArgumentError(f"--out {path} is a file, not a folder.")
-    if path.exists() and any(path.iterdir()) and not keep:
-        if not overwrite:
-            raise InvalidArgumentError(
-                f"--out {path} is not empty. Choose another folder or pass --overwrite "
-                "to replace the run in it."
-            )
-        for name in RUN_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                (path / name).unlink()
-        for name in RUN_FOLDERS:
-            shutil.rmtree(path / name, ignore_errors=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise _failure(path, exc) from exc
+        raise write_failure(path, exc) from exc
     return path

@@ -14,26 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.errors import WeightsError
+from transfer.errors import WeightsError, first_line, listing
+from transfer.models import names
 from transfer.models.architectures import BLOCKS_PER_STAGE, STAGE_FILTERS, STAGES
 
-VERSION = "v1.5"  # the layout of every checkpoint read here
 TORCH_FORMAT = "torch"
 SAFETENSORS_FORMAT = "safetensors"
 
-TORCHVISION_URL = "https://download.pytorch.org/models/"
-# depth -> (torchvision weights name, file, ImageNet top-1 % that torchvision reports)
-TORCHVISION_WEIGHTS = {
-    50: (("IMAGENET1K_V1", "resnet50-0676ba61.pth", 76.130),
-         ("IMAGENET1K_V2", "resnet50-11ad3fa6.pth", 80.858)),
-    101: (("IMAGENET1K_V1", "resnet101-63fe2227.pth", 77.374),
-          ("IMAGENET1K_V2", "resnet101-cd907fc2.pth", 81.886)),
-    152: (("IMAGENET1K_V1", "resnet152-394f9c45.pth", 78.312),
-          ("IMAGENET1K_V2", "resnet152-f82ba261.pth", 82.284)),
-}
-# depth -> a timm checkpoint on the Hugging Face hub (model.safetensors, same key names)
-TIMM_WEIGHTS = {50: "timm/resnet50.a1_in1k", 101: "timm/resnet101.a1h_in1k",
-                152: "timm/resnet152.a1h_in1k"}
 # Basic-block ResNets (two 3x3 convolutions per block), named only to refuse them.
 BASIC_BLOCK_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}
 
@@ -45,24 +32,8 @@ PARAMETERS = {
 }
 OPTIONAL_PARAMETERS = {"bn": ("num_batches_tracked",)}  # a training counter, not weights
 CLASSIFIER_MODULE = "fc"
-SHOWN_KEYS = 5  # keys named in a message before "and N more"
 
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
-
-
-def pretrained_files(depth):
-    """The published ImageNet checkpoints of resnet{depth} v1.5: torchvision's, then
-    timm's (top-1 None: timm's model cards report it at their own test size)."""
-    files = [
-        {"source": "torchvision", "name": name, "file": file, "url": TORCHVISION_URL + file,
-         "top1": top1}
-        for name, file, top1 in TORCHVISION_WEIGHTS[depth]
-    ]
-    repo = TIMM_WEIGHTS[depth]
-    files.append({"source": "timm", "name": repo.split("/")[-1], "file": "model.safetensors",
-                  "url": f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
-                  "top1": None})
-    return files
 
 
 # ---------------------------------------------------------------- formats
@@ -102,7 +73,7 @@ def _read_torch(path):
     except Exception as exc:  # UnpicklingError for pickled objects; RuntimeError if damaged
         raise WeightsError(
             f"{path.name} could not be loaded as a PyTorch state_dict with weights_only=True "
-            f"({_short(exc)}). Save model.state_dict() rather than the whole model."
+            f"({first_line(exc)}). Save model.state_dict() rather than the whole model."
         ) from exc
     if isinstance(data, dict):
         for wrapper in ("state_dict", "model"):  # training checkpoints nest the weights
@@ -127,13 +98,8 @@ def _read_safetensors(path):
         return load_file(str(path))
     except Exception as exc:  # SafetensorError, or a dtype NumPy lacks (bfloat16)
         raise WeightsError(
-            f"{path.name} could not be read as a safetensors file ({_short(exc)})."
+            f"{path.name} could not be read as a safetensors file ({first_line(exc)})."
         ) from exc
-
-
-def _short(exc):
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 # ---------------------------------------------------------------- names
@@ -141,22 +107,22 @@ def _short(exc):
 
 def layer_names(depth):
     """{torch module name: our layer name} for torchvision's resnet{depth}."""
-    names = {"conv1": "conv1_conv", "bn1": "conv1_bn"}
+    layers = {"conv1": names.STEM_CONV, "bn1": "conv1_bn"}
     for stage_number, (stage, blocks) in enumerate(zip(STAGES, BLOCKS_PER_STAGE[depth]), 1):
         for i in range(blocks):
             theirs, ours = f"layer{stage_number}.{i}", f"{stage}_block{i + 1}"
             for j in (1, 2, 3):
-                names[f"{theirs}.conv{j}"] = f"{ours}_{j}_conv"
-                names[f"{theirs}.bn{j}"] = f"{ours}_{j}_bn"
+                layers[f"{theirs}.conv{j}"] = f"{ours}_{j}_conv"
+                layers[f"{theirs}.bn{j}"] = f"{ours}_{j}_bn"
             if i == 0:  # the projection shortcut: a strided 1x1 convolution and its BN
-                names[f"{theirs}.downsample.0"] = f"{ours}_0_conv"
-                names[f"{theirs}.downsample.1"] = f"{ours}_0_bn"
-    names[CLASSIFIER_MODULE] = "predictions"
-    return names
+                layers[f"{theirs}.downsample.0"] = f"{ours}_0_conv"
+                layers[f"{theirs}.downsample.1"] = f"{ours}_0_bn"
+    layers[CLASSIFIER_MODULE] = names.CLASSIFIER
+    return layers
 
 
 def _kind(layer_name):
-    if layer_name == "predictions":
+    if layer_name == names.CLASSIFIER:
         return "dense"
     return "conv" if layer_name.endswith("_conv") else "bn"
 
@@ -171,9 +137,7 @@ def _convert(kind, arrays):
 
 
 def _shown(keys):
-    keys = sorted(keys)
-    more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
-    return ", ".join(keys[:SHOWN_KEYS]) + more
+    return listing(sorted(keys))
 
 
 def identify(state, path):

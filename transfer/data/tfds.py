@@ -4,8 +4,8 @@ import logging
 
 import numpy as np
 
-from transfer.data.sources import Dataset, Split
-from transfer.errors import DataError
+from transfer.data.dataset import Dataset, Split
+from transfer.errors import DataError, first_line
 
 logger = logging.getLogger("transfer")
 
@@ -23,14 +23,14 @@ def load_tfds(name, val_split=0.2, data_dir=None):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as exc:  # tfds raises its own DatasetNotFoundError and others
-        raise DataError(f"Unknown TFDS dataset {name!r}: {str(exc).splitlines()[0]}") from exc
+        raise DataError(f"Unknown TFDS dataset {name!r}: {first_line(exc)}") from exc
     try:
         builder.download_and_prepare()
     except Exception as exc:
         raise DataError(
             f"TFDS dataset {name!r} could not be prepared in {builder.data_dir} "
-            f"({str(exc).splitlines()[0][:200]}). Download it on a connected machine and pass "
-            "--tfds-data-dir, or use a folder of images."
+            f"({first_line(exc)}). Download it on a connected machine and pass "
+            "tfds_data_dir=DIR, or use a folder of images."
         ) from exc
     info = builder.info
     keys = info.supervised_keys

@@ -1,0 +1,92 @@
+"""`transfer embed`: pooled backbone features of every image of a dataset, with
+labels, paths and splits, saved as .npz for a linear probe or other tools."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from transfer.data.pipeline import drop_unreadable, images_only
+from transfer.data.sources import load_dataset
+from transfer.errors import InvalidArgumentError
+from transfer.io import write_npz
+from transfer.models.architectures import image_size_pair
+from transfer.models.heads import feature_extractor
+from transfer.models.resnet import ResNet
+from transfer.runs import load_model
+from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
+from transfer.train.options import FinetuneOptions
+
+logger = logging.getLogger("transfer")
+
+FINETUNE = FinetuneOptions()  # embeddings are split and pooled as a run would be
+EMBEDDING_KEYS = ("features", "labels", "paths", "splits", "class_names")  # in every .npz
+
+
+def embed(data, out=None, model=None, depth=FINETUNE.depth, version=FINETUNE.version,
+          weights=FINETUNE.weights, weights_dir=None, image_size=FINETUNE.image_size,
+          batch_size=INFERENCE_BATCH_SIZE, pooling=FINETUNE.pooling,
+          val_split=FINETUNE.val_split, test_split=FINETUNE.test_split, tfds_data_dir=None,
+          strict=False):
+    """Pooled backbone features for every image of `data`, with labels and splits.
+
+    The backbone is a trained model's (`model`: run directory or .keras file) or a
+    fresh ResNet (`depth`, `version`, `weights`). Returns a dict of arrays: features,
+    labels, paths, splits, class_names; with `out`, also writes them to a .npz file.
+    """
+    if out is not None and Path(out).suffix != ".npz":
+        raise InvalidArgumentError(f"out={out}: embeddings are written as .npz.")
+    extractor, image_size, source = _extractor(model, depth, version, weights, weights_dir,
+                                               image_size, pooling)
+    dataset = load_dataset(data, val_split=val_split, test_split=test_split,
+                           tfds_data_dir=tfds_data_dir, min_classes=1)
+    drop_unreadable(dataset, strict=strict)
+    features, labels, paths, splits = [], [], [], []
+    for name, split in dataset.splits.items():
+        if not len(split):
+            continue
+        logger.info("Embedding the %s split (%d images)...", name, len(split))
+        features.append(run_inference(extractor, images_only(split, image_size, batch_size),
+                                      verbose=1, description=f"Embedded {name}"))
+        labels.append(split.labels)
+        paths += list(split.paths)
+        splits += [name] * len(split)
+    result = {
+        "features": np.concatenate(features).astype(np.float32),
+        "labels": np.concatenate(labels).astype(np.int64),
+        "paths": np.array(paths, dtype=str),
+        "splits": np.array(splits, dtype=str),
+        "class_names": np.array(dataset.class_names, dtype=str),
+        "source": np.array(source),
+    }
+    if out is not None:
+        write_npz(out, result)
+    return result
+
+
+def _extractor(model, depth, version, weights, weights_dir, image_size, pooling):
+    """(feature extractor, image size, description) of a trained model or a fresh ResNet."""
+    if model is not None:
+        loaded = load_model(model, need_classifier=False)
+        return (feature_extractor(loaded.model, pooling=pooling), loaded.image_size,
+                str(loaded.path))
+    weights = None if str(weights).lower() == "none" else weights
+    size = image_size_pair(image_size)
+    backbone = ResNet(depth, version, include_top=False, weights=weights,
+                      input_shape=(*size, 3), weights_dir=weights_dir)
+    return feature_extractor(backbone, pooling=pooling), size, f"{backbone.name} weights={weights}"
+
+
+def load_embeddings(path):
+    """The arrays of an .npz written by `embed`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            loaded = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"{path} is not an .npz file of `transfer embed`.") from exc
+    missing = set(EMBEDDING_KEYS) - set(loaded)
+    if missing:
+        raise InvalidArgumentError(
+            f"{path} lacks {', '.join(sorted(missing))}: expected an .npz of `transfer embed`.")
+    return loaded

@@ -1,0 +1,71 @@
+"""`transfer evaluate`: a trained classifier on labelled images, with the same
+reports as a run."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from transfer.data.dataset import Split
+from transfer.data.pipeline import drop_unreadable, images_only
+from transfer.data.sources import evaluation_split, load_dataset
+from transfer.errors import DataError
+from transfer.io import write_json
+from transfer.report.metrics import compute_metrics, write_reports
+from transfer.runs import METRICS_FILE, load_model, prepare_run_dir
+from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
+
+logger = logging.getLogger("transfer")
+
+def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
+             tfds_data_dir=None, overwrite=False, strict=False):
+    """Evaluate a classifier on labelled images; write the same reports as finetune.
+
+    Class folders are matched to the model's labels by name. Images of classes the
+    model never saw are counted and reported in metrics.json, not silently dropped.
+    """
+    loaded = load_model(run_or_model, image_size=image_size)
+    out = prepare_run_dir(out, overwrite=overwrite)
+    dataset = load_dataset(data, val_split=0.0, tfds_data_dir=tfds_data_dir, min_classes=1)
+    drop_unreadable(dataset, strict=strict)
+    split_name, split = evaluation_split(dataset)
+    known, labels, unknown = _match_classes(dataset, split, loaded.class_names, data)
+    paths = [p for p, k in zip(split.paths, known) if k]
+    # TFDS images come with their labels: predict all, keep the known.
+    subset = split if split.tfds is not None else Split(paths, labels)
+    logger.info("Evaluating %s on %d images (%s split of %s)...", loaded.path, len(subset),
+                split_name, dataset.name)
+    probabilities = run_inference(loaded.model,
+                                  images_only(subset, loaded.image_size, batch_size),
+                                  verbose=1, description="Evaluated")
+    if split.tfds is not None:
+        probabilities = probabilities[known]
+    metrics = compute_metrics(labels, probabilities, loaded.class_names)
+    metrics.update({
+        "model": str(loaded.path), "data": str(data), "split": split_name,
+        "unknown_classes": unknown, "unknown_class_images": int(sum(unknown.values())),
+        "skipped_files": dataset.skipped,
+    })
+    write_reports(out, labels, probabilities, loaded.class_names, paths)
+    write_json(Path(out) / METRICS_FILE, metrics)
+    return metrics
+
+
+def _match_classes(dataset, split, class_names, data):
+    """(which images are of a class the model knows, their labels in the model's
+    order, {unknown class: image count})."""
+    index = {name: i for i, name in enumerate(class_names)}
+    data_names = np.array(dataset.class_names)[split.labels] if len(split) else np.array([])
+    known = np.array([name in index for name in data_names], dtype=bool)
+    unknown = {}
+    for name in data_names[~known]:
+        unknown[str(name)] = unknown.get(str(name), 0) + 1
+    for name, count in sorted(unknown.items()):
+        logger.warning("%d images of class %r, which the model does not know, are counted "
+                       "apart and left out of the metrics.", count, name)
+    if not known.any():
+        raise DataError(
+            f"None of the classes in {data} ({', '.join(dataset.class_names)}) is one the model "
+            f"knows ({', '.join(class_names)}).")
+    labels = np.array([index[name] for name in data_names[known]], dtype=np.int64)
+    return known, labels, unknown

@@ -1,0 +1,217 @@
+"""`transfer finetune`: two-phase fine-tuning of a ResNet on a folder of images (or a
+TFDS dataset), leaving a run directory (see `transfer.runs`)."""
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transfer.data.pipeline import drop_unreadable, images_only
+from transfer.data.sources import load_dataset
+from transfer.errors import DataError, InvalidArgumentError
+from transfer.io import save_model, save_weights, write_csv, write_json
+from transfer.lazy import keras
+from transfer.models.groups import freeze, groups, unfreeze
+from transfer.models.heads import build_classifier
+from transfer.report.metrics import compute_metrics, write_reports
+from transfer.report.plots import plot_training_curves
+from transfer.runs import (
+    COMPLETE,
+    RUNNING,
+    TEST_PREFIX,
+    RunPaths,
+    check_resume,
+    default_run_dir,
+    prepare_run_dir,
+    run_config,
+    write_labels,
+)
+from transfer.runtime import precision_policy, run_inference
+from transfer.train.distribute import is_chief, local_copy, make_strategy
+from transfer.train.options import resolve_options
+from transfer.train.phases import (
+    FINE_TUNE,
+    HEAD,
+    Phase,
+    class_weights,
+    train_head_on_cached_features,
+    train_on_images,
+)
+
+logger = logging.getLogger("transfer")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    class_names: list
+    history: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    model: object = None
+
+
+def finetune(data, out=None, overwrite=False, resume=False, options=None, **overrides):
+    """Fine-tune a ResNet on `data` (a folder or `tfds:NAME`) and write a run directory.
+
+    Options are the fields of `FinetuneOptions`, given as an object or as keywords.
+    `resume=True` continues an interrupted run in `out` from its last completed epoch.
+    Returns a `RunResult` with the run directory, the metrics and the model.
+    """
+    options = resolve_options(options, **overrides)
+    strategy = make_strategy(options.strategy)  # first: multi-worker needs it before any op
+    out = Path(out or default_run_dir(data))
+    chief = is_chief(strategy)
+    paths = RunPaths(_claim_run_dir(out, options, chief, overwrite, resume))
+    started = time.monotonic()
+    keras.utils.set_random_seed(options.seed)
+
+    dataset = _load_data(data, options)
+    _log_replicas(strategy, options)
+    model = _build_model(dataset, options, strategy)
+    config = run_config(data, out, options, dataset, strategy.num_replicas_in_sync)
+    if not resume:
+        write_json(paths.config, {**config, "status": RUNNING})
+    write_labels(paths.labels, dataset.class_names)
+
+    weights = class_weights(options, dataset.splits["train"].labels, dataset.num_classes)
+    phase_args = (options, paths, strategy, weights, dataset.num_classes)
+    timings = {}
+    history = _train_head(model, dataset, options, phase_args, resume, timings)
+    history += _fine_tune(model, dataset, options, phase_args, timings)
+
+    metrics = _report_splits(local_copy(model, strategy), dataset, options, paths.root)
+    timings["total_seconds"] = round(time.monotonic() - started, 2)
+    metrics.update(timings=timings, skipped_files=dataset.skipped)
+    _write_results(paths, model, history, metrics)
+    write_json(paths.config, {
+        **config, "status": COMPLETE, "timings": timings, "resumed": bool(resume),
+        "weights_used": "random initialisation" if options.weights is None else options.weights})
+    shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    if not chief:
+        shutil.rmtree(paths.root, ignore_errors=True)
+    return RunResult(out if not chief else paths.root, metrics, dataset.class_names, history,
+                     timings, model)
+
+
+def _claim_run_dir(out, options, chief, overwrite, resume):
+    """The folder this process writes to: `out`, checked and created, on the chief; a
+    temporary one on other workers, which compute alongside it and keep nothing."""
+    if resume:
+        check_resume(out, options)
+    if not chief:
+        return Path(tempfile.mkdtemp(prefix="transfer-worker-"))
+    return prepare_run_dir(out, overwrite=overwrite, keep=resume)
+
+
+def _load_data(data, options):
+    dataset = load_dataset(data, val_split=options.val_split, test_split=options.test_split,
+                           tfds_data_dir=options.tfds_data_dir)
+    drop_unreadable(dataset, strict=options.strict)
+    if not len(dataset.splits["val"]):
+        raise DataError(f"{data} gives no validation images. Raise val_split or add a val/ "
+                        "folder.")
+    logger.info("Data: %s.", dataset.describe())
+    return dataset
+
+
+def _log_replicas(strategy, options):
+    if strategy.num_replicas_in_sync > 1:
+        logger.info("Training on %d replicas (%s); batch_size=%d is the global batch.",
+                    strategy.num_replicas_in_sync, type(strategy).__name__, options.batch_size)
+
+
+def _build_model(dataset, options, strategy):
+    """The classifier, built in the strategy's scope under the run's precision policy."""
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision_policy(options.mixed_precision))
+    try:
+        with strategy.scope():
+            model = build_classifier(
+                dataset.num_classes, depth=options.depth, version=options.version,
+                weights=options.weights, image_size=options.image_size,
+                weights_dir=options.weights_dir, pooling=options.pooling,
+                dropout=options.dropout, hidden_units=options.hidden_units)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    if options.fine_tunes and options.fine_tune_from not in groups(model):
+        raise InvalidArgumentError(
+            f"Unknown group: fine_tune_from={options.fine_tune_from!r}. Expected one of "
+            f"{', '.join(g for g in groups(model) if g != 'head')} or none.")
+    return model
+
+
+def _train_head(model, dataset, options, phase_args, resume, timings):
+    """Phase 1: the head, on a frozen backbone (skipped when a resumed run did it)."""
+    paths = phase_args[1]
+    freeze(model, train_bn=False)
+    phase_start = time.monotonic()
+    history = []
+    if resume and paths.head_weights.exists():
+        logger.info("Phase 1 finished before the interruption: loading its result.")
+        model.load_weights(paths.head_weights)
+        history = json.loads(paths.head_history.read_text())
+    elif options.head_epochs:
+        phase = Phase(HEAD, *phase_args)
+        if options.cache_features and options.augment != "both":
+            history = train_head_on_cached_features(model, dataset, options, phase)
+        else:
+            logger.info("Phase 1: training the head through the frozen backbone...")
+            history = train_on_images(model, dataset, options, phase, options.head_epochs,
+                                      options.head_learning_rate,
+                                      augment=options.augment == "both")
+        timings["head_xla"] = phase.jit_compile
+        if options.fine_tunes:  # what resuming needs to skip phase 1 next time
+            paths.checkpoints.mkdir(parents=True, exist_ok=True)
+            save_weights(model, paths.head_weights)
+            write_json(paths.head_history, history)
+    timings["head_seconds"] = round(time.monotonic() - phase_start, 2)
+    return history
+
+
+def _fine_tune(model, dataset, options, phase_args, timings):
+    """Phase 2: the groups from fine_tune_from on, with a lower learning rate."""
+    if not options.fine_tunes:
+        return []
+    if options.weights is None and not options.train_bn:
+        logger.warning("The backbone is randomly initialised but its BatchNormalization stays "
+                       "in inference mode; pass train_bn=True to let it learn statistics.")
+    unfreeze(model, options.fine_tune_from, train_bn=options.train_bn)
+    logger.info("Phase 2: fine-tuning from %s (learning rate %g)...",
+                options.fine_tune_from, options.fine_tune_learning_rate)
+    phase_start = time.monotonic()
+    phase = Phase(FINE_TUNE, *phase_args)
+    history = train_on_images(model, dataset, options, phase, options.fine_tune_epochs,
+                              options.fine_tune_learning_rate, augment=options.augment != "none")
+    timings["fine_tune_seconds"] = round(time.monotonic() - phase_start, 2)
+    timings["fine_tune_xla"] = phase.jit_compile
+    return history
+
+
+def _report_splits(model, dataset, options, out_dir):
+    """Metrics and report files of the validation split (and the test split, if any)."""
+    metrics = {"classes": dataset.class_names}
+    for split_name, prefix in (("val", ""), ("test", TEST_PREFIX)):
+        split = dataset.splits.get(split_name)
+        if split is None or not len(split):
+            continue
+        probabilities = run_inference(
+            model, images_only(split, options.image_size, options.batch_size))
+        metrics[split_name] = compute_metrics(split.labels, probabilities, dataset.class_names)
+        write_reports(out_dir, split.labels, probabilities, dataset.class_names, split.paths,
+                      prefix=prefix)
+    return metrics
+
+
+def _write_results(paths, model, history, metrics):
+    if history:
+        columns = sorted({k for row in history for k in row} - {"phase", "epoch"})
+        write_csv(paths.history, ["phase", "epoch", *columns],
+                  [[row["phase"], row["epoch"], *[row.get(c, "") for c in columns]]
+                   for row in history])
+        plot_training_curves(history, paths.curves)
+    save_model(model, paths.model)
+    write_json(paths.metrics, metrics)

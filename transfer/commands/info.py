@@ -1,0 +1,34 @@
+"""`transfer info`: an architecture's groups, shapes, parameters and published
+ImageNet checkpoints."""
+
+from transfer.models.pretrained import KERAS_APPLICATIONS
+from transfer.models.summary import describe
+
+IMAGE_SIZE = 224
+
+
+def info(depth, version, image_size=IMAGE_SIZE):
+    """The summary of `transfer.models.summary.describe` as plain data (JSON-ready)."""
+    summary = describe(depth, version, input_size=image_size)
+    arch = summary["architecture"]
+    keras_files = [row for row in summary["checkpoints"] if row.source == KERAS_APPLICATIONS]
+    torch_files = [row for row in summary["checkpoints"] if row.source != KERAS_APPLICATIONS]
+    return {
+        "name": arch.display_name,
+        "depth": arch.depth,
+        "version": arch.version.name,
+        "preprocessing": arch.version.preprocessing,
+        "groups": [
+            {"name": r.name, "layers": r.layers, "output_shape": list(r.output_shape[1:]),
+             "params": r.params}
+            for r in summary["groups"]
+        ],
+        "layers": summary["layers"],
+        "params": summary["params"],
+        "trainable_params": summary["trainable_params"],
+        "non_trainable_params": summary["non_trainable_params"],
+        "weights": [{"include_top": row.include_top, "file": row.file, "url": row.url,
+                     "md5": row.md5} for row in keras_files],
+        "torch_weights": [{"source": row.source, "name": row.name, "file": row.file,
+                           "url": row.url, "top1": row.top1} for row in torch_files],
+    }

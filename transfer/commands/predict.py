@@ -1,0 +1,70 @@
+"""`transfer predict`: top-k labels and probabilities for image files and folders."""
+
+from pathlib import Path
+
+import numpy as np
+
+from transfer.data.dataset import Split
+from transfer.data.pipeline import find_unreadable, images_only
+from transfer.data.sources import IMAGE_EXTENSIONS
+from transfer.errors import DataError
+from transfer.runs import load_model
+from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
+
+TOP_K = 3
+OUTPUT_FORMATS = ("table", "csv", "json")  # how the command line prints the rows
+
+
+def list_image_files(paths):
+    """Files named directly (any extension) and image files found in folders, in order.
+
+    Returns (files, missing) where `missing` lists paths that do not exist.
+    """
+    files, missing = [], []
+    for path in map(Path, paths):
+        if path.is_dir():
+            for found in sorted(path.rglob("*")):
+                # Broken links are listed too: they get an error row, not silence.
+                if ((found.is_file() or found.is_symlink())
+                        and found.suffix.lower() in IMAGE_EXTENSIONS
+                        and not any(part.startswith(".") for part in found.relative_to(path).parts)):
+                    files.append(str(found))
+        elif path.exists():
+            files.append(str(path))
+        else:
+            missing.append(str(path))
+    return files, missing
+
+
+def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
+            progress=None):
+    """Top-k labels for image files and folders: one row per image, in order.
+
+    A row is {"path", "predictions": [(label, probability), ...], "error": None}; an
+    unreadable or missing file gets its error in its row and the others go on.
+    """
+    loaded = load_model(run_or_model, image_size=image_size)
+    files, missing = list_image_files(paths)
+    if not files and not missing:
+        raise DataError(f"No images found in {', '.join(map(str, paths))}.")
+    bad = dict(find_unreadable(files, progress=False))
+    good = [f for f in files if f not in bad]
+    top_k = max(1, min(top_k, len(loaded.class_names)))
+    probabilities = np.zeros((0, len(loaded.class_names)))
+    if good:
+        progress = len(good) > 2 * batch_size if progress is None else progress
+        probabilities = run_inference(
+            loaded.model,
+            images_only(Split(good, np.zeros(len(good), np.int64)), loaded.image_size, batch_size),
+            verbose=1 if progress else 0, description="Predicted")
+    results = {f: p for f, p in zip(good, probabilities)}
+    rows = []
+    for path in files + missing:
+        if path in results:
+            order = np.argsort(-results[path])[:top_k]
+            rows.append({"path": path, "error": None, "predictions": [
+                (loaded.class_names[i], float(results[path][i])) for i in order]})
+        else:
+            rows.append({"path": path, "predictions": [],
+                         "error": bad.get(path, "file not found")})
+    return rows

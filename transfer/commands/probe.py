@@ -1,0 +1,70 @@
+"""`transfer probe`: a linear probe, scikit-learn's logistic regression on embeddings
+from `transfer embed`, the fast baseline to run before fine-tuning."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from transfer.commands.embed import load_embeddings
+from transfer.errors import DataError
+from transfer.io import write_json
+from transfer.report.metrics import compute_metrics, write_reports
+from transfer.runs import METRICS_FILE, TEST_PREFIX, prepare_run_dir
+
+logger = logging.getLogger("transfer")
+
+FOLDS = 5
+SEED = 0
+
+
+def probe(embeddings, out, folds=FOLDS, seed=SEED, overwrite=False):
+    """Logistic regression on standardised embeddings, C chosen by cross-validation.
+
+    Trains on the train split; reports on val (and test) like `evaluate`.
+    """
+    data = load_embeddings(embeddings) if not isinstance(embeddings, dict) else embeddings
+    class_names = [str(c) for c in data["class_names"]]
+    train = data["splits"] == "train"
+    evaluated = [s for s in ("val", "test") if (data["splits"] == s).any()]
+    if not train.any() or not evaluated:
+        raise DataError("The embeddings need a train split and a val or test split; embed "
+                        "with val_split above 0.")
+    classifier = _fit(data["features"][train], data["labels"][train], len(class_names), folds,
+                      seed)
+    out = prepare_run_dir(out, overwrite=overwrite)
+    fitted = classifier[-1]
+    metrics = {"classes": class_names, "C": float(np.atleast_1d(fitted.C_)[0]),
+               "train_images": int(train.sum())}
+    for split in evaluated:
+        rows = data["splits"] == split
+        probabilities = np.zeros((int(rows.sum()), len(class_names)))
+        probabilities[:, fitted.classes_] = classifier.predict_proba(data["features"][rows])
+        metrics[split] = compute_metrics(data["labels"][rows], probabilities, class_names)
+        write_reports(out, data["labels"][rows], probabilities, class_names,
+                      [str(p) for p in data["paths"][rows]],
+                      prefix="" if split == evaluated[0] else TEST_PREFIX)
+    write_json(Path(out) / METRICS_FILE, metrics)
+    return metrics
+
+
+def _fit(features, labels, num_classes, folds, seed):
+    """StandardScaler + LogisticRegressionCV, with as many folds as the rarest class allows."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    if len(present) < 2:
+        raise DataError("The train split holds a single class: a probe needs at least two.")
+    cv = StratifiedKFold(n_splits=max(2, min(folds, int(present.min()))), shuffle=True,
+                         random_state=seed)
+    classifier = make_pipeline(
+        StandardScaler(),
+        LogisticRegressionCV(Cs=10, cv=cv, max_iter=2000, random_state=seed))
+    logger.info("Fitting the probe on %d embeddings (%d features)...", len(labels),
+                features.shape[1])
+    classifier.fit(features, labels)
+    return classifier

@@ -1,0 +1,73 @@
+"""The compiled inference path and the kind of device it runs on: the one place a
+model runs on images outside `fit`, for training's reports and the feature cache,
+and for predict, evaluate, embed and probe."""
+
+import logging
+
+import numpy as np
+
+from transfer.lazy import tf
+from transfer.progress import Progress
+
+logger = logging.getLogger("transfer")
+
+# Whether inference is XLA-compiled, per kind of device. On CPU, scripts/benchmark.py
+# measured XLA at par at 128-224 px and 5-8x slower at 32-64 px, with a longer
+# compile for every new batch shape (README, "Speed"); GPUs keep Keras' choice, XLA.
+INFERENCE_JIT = {"CPU": False, "GPU": True}
+INFERENCE_BATCH_SIZE = 32  # of evaluate, predict and embed
+
+
+def device_kind():
+    """"GPU" when TensorFlow sees one, else "CPU"."""
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+
+
+def precision_policy(mixed_precision):
+    """float16 compute on a GPU; on a CPU float16 is emulated and slower, so no."""
+    if not mixed_precision:
+        return "float32"
+    if device_kind() == "GPU":
+        logger.info("Mixed precision: float16 compute, float32 weights and outputs.")
+        return "mixed_float16"
+    logger.warning("mixed_precision=True: no GPU here, and a CPU emulates float16 more slowly "
+                   "than it computes float32, so this run stays in float32.")
+    return "float32"
+
+
+def _compiled_call(model, jit_compile=None):
+    """A tf.function calling `model` in inference mode, made once per model."""
+    if jit_compile is None:
+        jit_compile = INFERENCE_JIT[device_kind()]
+    cache = model.__dict__.setdefault("_transfer_inference", {})
+    if jit_compile not in cache:
+        cache[jit_compile] = tf.function(lambda x: model(x, training=False),
+                                         jit_compile=jit_compile, reduce_retracing=True)
+    return cache[jit_compile]
+
+
+def predict_batch(model, batch, jit_compile=None):
+    """Outputs of `model` for one batch, as NumPy."""
+    return np.asarray(_compiled_call(model, jit_compile)(batch))
+
+
+def run_inference(model, images, verbose=0, jit_compile=None, description="Inference"):
+    """Outputs of `model` for a tf.data.Dataset of image batches, as one array.
+
+    The one place inference runs for predict, evaluate, embed and the feature
+    cache, so that every command gets the fastest path.
+    """
+    call = _compiled_call(model, jit_compile)
+    cardinality = int(images.cardinality()) if hasattr(images, "cardinality") else -1
+    progress = Progress(description, cardinality if cardinality > 0 else None,
+                        unit="batch") if verbose else None
+    outputs = []
+    for step, batch in enumerate(images, start=1):
+        outputs.append(np.asarray(call(batch)))
+        if progress:
+            progress.update(step)
+    if progress:
+        progress.done()
+    if not outputs:
+        return np.zeros((0, *model.output.shape[1:]), dtype=np.float32)
+    return np.concatenate(outputs)
