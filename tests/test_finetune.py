@@ -34,6 +34,14 @@ def sample_run(tmp_path_factory):
     return out, result.output
 
 
+def test_output_to_a_file_has_one_plain_line_per_epoch(sample_run):
+    _, output = sample_run  # CliRunner's output is not a terminal, like a log file
+    assert "\r" not in output and "\x1b[" not in output
+    epochs = [line for line in output.splitlines() if line.startswith("Epoch ")]
+    assert epochs == ["Epoch 1/2", "Epoch 2/2", "Epoch 1/1"]
+    assert max(len(line) for line in output.splitlines()) < 300
+
+
 def test_run_directory_has_every_file(sample_run):
     out, output = sample_run
     expected = {"config.json", "labels.txt", "model.keras", "history.csv", "metrics.json",

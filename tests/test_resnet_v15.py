@@ -126,9 +126,9 @@ def test_weights_command_for_v15_explains():
     assert result.exit_code == 2
     assert result.output.strip() == (
         "Error: No keras.applications ImageNet file exists for v1.5 (ResNet50V1.5); use "
-        "torchvision/timm weights: weights=PATH (--weights PATH) to a .pth or .safetensors "
+        "torchvision/timm weights: --weights PATH to a .pth or .safetensors "
         "checkpoint, e.g. https://download.pytorch.org/models/resnet50-11ad3fa6.pth, or "
-        "weights=None for random initialisation.")
+        "--weights none for random initialisation.")
 
 
 def test_finetune_from_a_pytorch_checkpoint(tmp_path):

@@ -113,8 +113,8 @@ def test_resnet101_checkpoint_into_resnet50(tmp_path):
     path = save_safetensors(torchvision_state_dict(101, zeros=True), tmp_path / "r101.safetensors")
     with pytest.raises(transfer.WeightsError,
                        match=r"r101\.safetensors holds weights for ResNet101V1\.5, but the model "
-                             r"is ResNet50V1\.5\. Build a ResNet101V1\.5 \(--depth 101 "
-                             r"--version v1\.5\)"):
+                             r"is ResNet50V1\.5\. Build a ResNet101V1\.5 \(depth=101, "
+                             r"version=v1\.5\)"):
         transfer.ResNet(50, "v1.5", weights=str(path), include_top=False, input_shape=SHAPE)
 
 

@@ -45,12 +45,17 @@ FINETUNE = finetune_options.FinetuneOptions()  # the library's defaults
 
 
 def flag_names(message, params):
-    """`message` with the library's `name=value` turned into the command's flags.
+    """`message` with the library's `name=value` turned into command-line flags.
 
     `out=runs/a` becomes `--out runs/a`, `overwrite=True` `--overwrite`, and
-    `cache_features=False` `--no-cache`; names the command has no option for stay.
+    `cache_features=False` `--no-cache`. `params` are the running command's first,
+    then other commands' (a name the running command lacks still reads as a flag of
+    the tool); names no command has stay as they are.
     """
-    options = {p.name: p for p in params if isinstance(p, click.Option)}
+    options = {}
+    for param in params:
+        if isinstance(param, click.Option):
+            options.setdefault(param.name, param)
     if not options:
         return message
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, options)) + r")="
@@ -58,13 +63,15 @@ def flag_names(message, params):
 
     def replace(match):
         option, value = options[match.group(1)], match.group(2)
-        if option.is_flag and value in ("True", "False"):
+        if option.is_bool_flag and value in ("True", "False"):
             wanted = value == "True"
-            if option.secondary_opts and not wanted:
-                return option.secondary_opts[0]
-            if option.flag_value == wanted or (option.flag_value is None and wanted):
+            # A flag sets True unless declared with flag_value=False (--no-cache).
+            sets = option.flag_value if isinstance(option.flag_value, bool) else True
+            if wanted == sets:
                 return option.opts[0]
-            return f"{option.opts[0]}={value}"
+            if option.secondary_opts:
+                return option.secondary_opts[0]
+            return f"no {option.opts[0]}"
         if value == "None":
             value = "none"
         return f"{option.opts[0]} {value}"
@@ -72,17 +79,28 @@ def flag_names(message, params):
     return pattern.sub(replace, message)
 
 
+def _params_in_scope(ctx):
+    """The running command's parameters, then those of the tool's other commands."""
+    params = list(ctx.command.params)
+    root = ctx.find_root().command
+    for command in getattr(root, "commands", {}).values():
+        if command is not ctx.command:
+            params += command.params
+    return params
+
+
 class TransferCommand(click.Command):
     """A command whose library errors and warnings name its own flags."""
 
     def invoke(self, ctx):
-        _setup_logging(self.params)
+        params = _params_in_scope(ctx)
+        _setup_logging(params)
         try:
             return super().invoke(ctx)
         except TransferError as exc:
             if ctx.find_root().params.get("debug") or os.environ.get(DEBUG_ENV) == "1":
                 raise
-            error = click.ClickException(flag_names(str(exc), self.params))
+            error = click.ClickException(flag_names(str(exc), params))
             error.exit_code = exc.exit_code
             raise error from exc
 

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from transfer.errors import WeightsError, first_line, listing
 from transfer.models import names
@@ -92,8 +93,6 @@ def _read_torch(path):
 
 
 def _read_safetensors(path):
-    from safetensors.numpy import load_file
-
     try:
         return load_file(str(path))
     except Exception as exc:  # SafetensorError, or a dtype NumPy lacks (bfloat16)
