@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from transfer.data import drop_unreadable, image_dataset, load_dataset  # noqa: E402
-from transfer.data.pipeline import augmentation  # noqa: E402
+from transfer.data.augment import augmentation  # noqa: E402
 from transfer.runtime import run_inference  # noqa: E402
 from transfer.models.heads import head_model, pooled_features  # noqa: E402
 

@@ -11,7 +11,8 @@ target     Sandal, Shirt, Sneaker, Bag and Ankle boot, with 10, 100 and 1000 lab
              scratch     finetune from random initialisation, every group trained;
              probe       embed with the source backbone + logistic regression (probe);
              head        finetune, head only on the frozen source backbone;
-             two-phase   finetune, head, then the groups from conv4 on unfrozen.
+             two-phase   plain `transfer finetune --weights SOURCE`: its defaults, no
+                         per-budget plan.
 reference  all ten classes from random initialisation with `transfer finetune`, set
            beside the published Fashion-MNIST benchmark table.
 
@@ -78,7 +79,7 @@ HEAD = dict(head_epochs=100, head_min_steps=300, early_stopping_patience=5)
 PLANS = {
     "scratch": FROM_SCRATCH,
     "head": dict(HEAD, fine_tune_from="none"),
-    "two-phase": dict(HEAD, fine_tune_from="conv4", fine_tune_epochs=3, min_steps=30),
+    "two-phase": {},  # the defaults a user gets
 }
 STEP_FLOORS = {"fine_tune_epochs": "min_steps", "head_epochs": "head_min_steps"}
 
@@ -95,7 +96,8 @@ def epochs_for(plan, train_images, batch_size, phase="fine_tune_epochs"):
 def finetune_options(plan, train_images, args):
     options = {k: v for k, v in plan.items() if k not in STEP_FLOORS.values()}
     for phase in STEP_FLOORS:
-        options[phase] = epochs_for(plan, train_images, args.batch_size, phase)
+        if phase in plan:  # else finetune's default
+            options[phase] = epochs_for(plan, train_images, args.batch_size, phase)
     return dict(options, depth=args.depth, version=args.version, image_size=args.image_size,
                 batch_size=args.batch_size, seed=args.seed, jit_compile=args.jit_compile,
                 cache_dir=str(args.out / "feature-cache"), weights_dir=args.weights_dir)
@@ -188,7 +190,8 @@ def run_finetune(data, out, plan, args, **extra):
     return {"accuracy": metrics[split]["accuracy"], "evaluated_on": split,
             "test_images": sizes[split], "train_images": sizes["train"],
             "val_images": sizes["val"], "seconds": seconds,
-            "epochs": {"head": options["head_epochs"], "fine_tune": options["fine_tune_epochs"],
+            "epochs": {"head": options.get("head_epochs", "default"),
+                       "fine_tune": options.get("fine_tune_epochs", "default"),
                        "run": sum(1 for row in result.history)},
             "run": str(out), "val_accuracy": metrics["val"]["accuracy"]}
 

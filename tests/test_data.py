@@ -150,7 +150,7 @@ def test_tfds_unknown_dataset():
 def test_augmentation_seeds_each_layer_apart_and_repeats_with_the_seed(image_folder):
     """Layers sharing one seed draw the same numbers (every flip with the same zoom):
     each layer gets its own. The same seed gives the same augmented images."""
-    from transfer.data.pipeline import augmentation
+    from transfer.data.augment import augmentation
 
     seeds = [layer.seed for layer in augmentation(seed=7).layers]
     assert len(set(seeds)) == len(seeds) == 4

@@ -138,7 +138,8 @@ def test_phases_change_only_what_they_train(tmp_path, image_folder, fine_tune_fr
     path, before = _weights_file(tmp_path)
     result = finetune(image_folder, out=tmp_path / "run", weights=str(path), image_size=32,
                       batch_size=8, head_epochs=2, fine_tune_epochs=1,
-                      fine_tune_from=fine_tune_from, early_stopping_patience=0)
+                      fine_tune_from=fine_tune_from, early_stopping_patience=0,
+                      keep="last")  # phase 2's model even if phase 1 validated better
     after, owner = _backbone_after(result.run_dir)
     assert after.keys() == before.keys()
     changed = {p for p in before if not np.array_equal(before[p], after[p])}

@@ -153,6 +153,20 @@ class Choice(click.Choice):
             f"{', '.join(self.choices)}.", ctx)
 
 
+class IntOrAuto(click.ParamType):
+    """A whole number, or `auto` for the library to plan it."""
+
+    name = "INTEGER|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() == finetune_options.AUTO:
+            return value if isinstance(value, int) else finetune_options.AUTO
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number or 'auto'.", param, ctx)
+
+
 def _setup_logging(params):
     """The library's log lines on stderr: warnings prefixed, arguments as flags."""
 
@@ -307,13 +321,22 @@ def weights(depth, version, include_top, weights_dir):
                   help="Fraction of each class held out for validation (by a hash of its path).")
 @_finetune_option("--test-split", type=float,
                   help="Fraction of each class held out for a final test.")
-@_finetune_option("--head-epochs", type=int,
-                  help="Phase 1: epochs for the new head on the frozen backbone.")
+@_finetune_option("--head-epochs", type=IntOrAuto(),
+                  help="Phase 1: epochs for the new head on the frozen backbone; auto plans "
+                       "enough steps to converge on cached features (at least 10 epochs).")
 @_finetune_option("--head-lr", "head_learning_rate", type=float)
 @_finetune_option("--fine-tune-from",
                   help="Phase 2: first group to unfreeze (stem, conv2..conv5, post), or none.")
 @_finetune_option("--fine-tune-epochs", type=int)
 @_finetune_option("--fine-tune-lr", "fine_tune_learning_rate", type=float)
+@_finetune_option("--lr-schedule", type=Choice(finetune_options.LR_SCHEDULES),
+                  help="Phase 2: cosine warms up over the first epoch, then decays to 0.")
+@_finetune_option("--layer-decay", type=float,
+                  help="Phase 2: each group below the head learns this much slower "
+                       "(1: one learning rate for all).")
+@_finetune_option("--keep", type=Choice(finetune_options.KEEP_MODES),
+                  help="best: phase 1's model when phase 2 does not beat it on validation; "
+                       "last: phase 2's model regardless.")
 @click.option("--train-bn", is_flag=True,
               help="Let BatchNormalization of unfrozen groups train (default: inference mode).")
 @_finetune_option("--optimizer", type=Choice(tuple(finetune_options.OPTIMIZERS)),
@@ -322,10 +345,15 @@ def weights(depth, version, include_top, weights_dir):
 @_finetune_option("--dropout", type=float)
 @_finetune_option("--pooling", type=Choice(POOLINGS))
 @click.option("--hidden-units", type=int, default=None, help="Add a hidden ReLU layer to the head.")
+@click.option("--standardize/--no-standardize", default=FINETUNE.standardize, show_default=True,
+              help="Standardise the pooled features inside the head (training statistics).")
 @_finetune_option("--class-weight", type=Choice(finetune_options.CLASS_WEIGHT_MODES),
                   help="auto: balanced weights for imbalanced classes.")
-@_finetune_option("--augment", type=Choice(finetune_options.AUGMENT_MODES),
-                  help="Which phases see flip/rotation/zoom/contrast.")
+@_finetune_option("--augment", type=Choice(finetune_options.AUGMENT_PRESETS),
+                  help="Phase 2's augmentation: light (flip, shift), default (flip, rotation, "
+                       "zoom, contrast), strong (flip, RandAugment, random erasing).")
+@click.option("--flip/--no-flip", default=FINETUNE.flip, show_default=True,
+              help="Horizontal flips in the augmentation (--no-flip for digits and text).")
 @_finetune_option("--early-stopping", "early_stopping_patience", type=int,
                   help="Stop a phase after this many epochs without a better val_loss, and "
                        "restore the best weights (0: off).")
@@ -371,6 +399,12 @@ def finetune(data, out, overwrite, resume, **options):
     for split, name in (("val", "validation"), ("test", "test")):
         if split in result.metrics:
             _echo_metrics(name, result.metrics[split], log_loss=False)
+    kept = result.metrics["kept"]
+    if "validation" in kept:
+        scores = kept["validation"]
+        click.echo(f"kept: {'phase 1 (head)' if kept['phase'] == 'head' else 'phase 2 (fine-tune)'}"
+                   f" - {kept['reason']} (validation accuracy: phase 1 "
+                   f"{scores['head']['accuracy']:.4f}, phase 2 {scores['fine-tune']['accuracy']:.4f})")
     timings = result.timings
     phases = [f"head {timings.get('head_seconds', 0):.0f}s"]
     if "fine_tune_seconds" in timings:

@@ -35,6 +35,7 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
+AUGMENTATION_PREVIEW_FILE = "augmentation_preview.png"
 REPORT_FILES = ("classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
                 "predictions.csv")
 TEST_PREFIX = "test_"  # the test split's reports: test_predictions.csv, ...
@@ -43,6 +44,7 @@ CHECKPOINTS_DIR = "checkpoints"
 
 # The files and folders a run writes; overwrite=True removes exactly these.
 RUN_FILES = (CONFIG_FILE, LABELS_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE,
+             AUGMENTATION_PREVIEW_FILE,
              *REPORT_FILES, *(TEST_PREFIX + name for name in REPORT_FILES))
 RUN_FOLDERS = (LOGS_DIR, CHECKPOINTS_DIR)
 
@@ -67,6 +69,7 @@ class RunPaths:
     history = property(lambda self: self.root / HISTORY_FILE)
     metrics = property(lambda self: self.root / METRICS_FILE)
     curves = property(lambda self: self.root / CURVES_FILE)
+    augmentation_preview = property(lambda self: self.root / AUGMENTATION_PREVIEW_FILE)
     checkpoints = property(lambda self: self.root / CHECKPOINTS_DIR)
     # Phase 1's result, kept so that a resumed run skips it.
     head_weights = property(lambda self: self.checkpoints / "after-head.weights.h5")

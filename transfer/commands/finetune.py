@@ -6,9 +6,13 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from transfer.data.augment import augmentation
 from transfer.data.pipeline import drop_unreadable, images_only
 from transfer.data.sources import load_dataset
 from transfer.errors import DataError, InvalidArgumentError
@@ -17,7 +21,7 @@ from transfer.lazy import keras
 from transfer.models.groups import freeze, groups, unfreeze
 from transfer.models.heads import build_classifier
 from transfer.report.metrics import compute_metrics, write_reports
-from transfer.report.plots import plot_training_curves
+from transfer.report.plots import plot_image_grid, plot_training_curves
 from transfer.runs import (
     COMPLETE,
     RUNNING,
@@ -36,9 +40,12 @@ from transfer.train.phases import (
     FINE_TUNE,
     HEAD,
     Phase,
+    better,
     class_weights,
+    fine_tune_on_images,
     train_head_on_cached_features,
-    train_on_images,
+    train_head_on_images,
+    validation_score,
 )
 
 logger = logging.getLogger("transfer")
@@ -81,14 +88,19 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     phase_args = (options, paths, strategy, weights, dataset.num_classes)
     timings = {}
     history = _train_head(model, dataset, options, phase_args, resume, timings)
+    head_score = _score(model, strategy, dataset, options) if options.fine_tunes else None
+    _save_phase_one(model, options, paths, resume, history)
+    _preview_augmentation(dataset, options, paths)
     history += _fine_tune(model, dataset, options, phase_args, timings)
+    kept = _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
 
     metrics = _report_splits(local_copy(model, strategy), dataset, options, paths.root)
     timings["total_seconds"] = round(time.monotonic() - started, 2)
-    metrics.update(timings=timings, skipped_files=dataset.skipped)
+    metrics.update(kept=kept, timings=timings, skipped_files=dataset.skipped)
     _write_results(paths, model, history, metrics)
     write_json(paths.config, {
-        **config, "status": COMPLETE, "timings": timings, "resumed": bool(resume),
+        **config, "status": COMPLETE, "kept": kept["phase"], "timings": timings,
+        "resumed": bool(resume),
         "weights_used": "random initialisation" if options.weights is None else options.weights})
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
     if not chief:
@@ -134,7 +146,8 @@ def _build_model(dataset, options, strategy):
                 dataset.num_classes, depth=options.depth, version=options.version,
                 weights=options.weights, image_size=options.image_size,
                 weights_dir=options.weights_dir, pooling=options.pooling,
-                dropout=options.dropout, hidden_units=options.hidden_units)
+                dropout=options.dropout, hidden_units=options.hidden_units,
+                standardize=options.standardize)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     if options.fine_tunes and options.fine_tune_from not in groups(model):
@@ -152,24 +165,30 @@ def _train_head(model, dataset, options, phase_args, resume, timings):
     history = []
     if resume and paths.head_weights.exists():
         logger.info("Phase 1 finished before the interruption: loading its result.")
-        model.load_weights(paths.head_weights)
+        _load_phase_one(model, paths)
         history = json.loads(paths.head_history.read_text())
     elif options.head_epochs:
         phase = Phase(HEAD, *phase_args)
-        if options.cache_features and options.augment != "both":
-            history = train_head_on_cached_features(model, dataset, options, phase)
-        else:
-            logger.info("Phase 1: training the head through the frozen backbone...")
-            history = train_on_images(model, dataset, options, phase, options.head_epochs,
-                                      options.head_learning_rate,
-                                      augment=options.augment == "both")
+        train = train_head_on_cached_features if options.cache_features else train_head_on_images
+        history = train(model, dataset, options, phase)
         timings["head_xla"] = phase.jit_compile
-        if options.fine_tunes:  # what resuming needs to skip phase 1 next time
-            paths.checkpoints.mkdir(parents=True, exist_ok=True)
-            save_weights(model, paths.head_weights)
-            write_json(paths.head_history, history)
     timings["head_seconds"] = round(time.monotonic() - phase_start, 2)
     return history
+
+
+def _load_phase_one(model, paths):
+    with warnings.catch_warnings():
+        # The file holds no optimizer state, and the model's optimizer needs none from it.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(paths.head_weights)
+
+
+def _save_phase_one(model, options, paths, resume, history):
+    """Phase 1's weights and history: to return to when phase 2 does not beat it, and
+    for a resumed run to skip phase 1. The weights are written last: they mark it done."""
+    if options.fine_tunes and not (resume and paths.head_weights.exists()):
+        write_json(paths.head_history, history)
+        save_weights(model, paths.head_weights)
 
 
 def _fine_tune(model, dataset, options, phase_args, timings):
@@ -184,11 +203,52 @@ def _fine_tune(model, dataset, options, phase_args, timings):
                 options.fine_tune_from, options.fine_tune_learning_rate)
     phase_start = time.monotonic()
     phase = Phase(FINE_TUNE, *phase_args)
-    history = train_on_images(model, dataset, options, phase, options.fine_tune_epochs,
-                              options.fine_tune_learning_rate, augment=options.augment != "none")
+    history = fine_tune_on_images(model, dataset, options, phase)
     timings["fine_tune_seconds"] = round(time.monotonic() - phase_start, 2)
     timings["fine_tune_xla"] = phase.jit_compile
     return history
+
+
+PREVIEW_IMAGES, PREVIEW_DRAWS = 8, 3
+
+
+def _preview_augmentation(dataset, options, paths):
+    """augmentation_preview.png: training images as they are, then as phase 2 sees them."""
+    augment = augmentation(options.seed, options.augment, options.flip)
+    if augment is None or not options.fine_tunes:
+        return
+    images = next(iter(images_only(dataset.splits["train"], options.image_size,
+                                   PREVIEW_IMAGES)))
+    rows = [np.asarray(images)] + [np.asarray(augment(images, training=True))
+                                   for _ in range(PREVIEW_DRAWS)]
+    plot_image_grid(np.concatenate(rows), paths.augmentation_preview, columns=len(images),
+                    title=f"first row: training images; below: augment='{options.augment}', "
+                          f"flip={options.flip}")
+
+
+def _score(model, strategy, dataset, options):
+    return validation_score(local_copy(model, strategy), dataset, options)
+
+
+def _keep_the_better_phase(model, strategy, dataset, options, paths, head_score):
+    """Fine-tuning never hands back a worse model than its own phase 1: when phase 2
+    ends below phase 1 on validation (accuracy, then loss), phase 1's weights return.
+    Returns what was kept and why, for metrics.json and the summary."""
+    if head_score is None:
+        return {"phase": HEAD, "reason": "no fine-tuning phase"}
+    fine_tune_score = _score(model, strategy, dataset, options)
+    scores = {HEAD: head_score, FINE_TUNE: fine_tune_score}
+    if options.keep == "last":
+        return {"phase": FINE_TUNE, "reason": "keep='last'", "validation": scores}
+    if not better(fine_tune_score, head_score):
+        _load_phase_one(model, paths)
+        logger.warning(
+            "Fine-tuning did not beat phase 1 on validation (accuracy %.4f against %.4f): "
+            "keeping phase 1's model (keep=last keeps phase 2's).", fine_tune_score["accuracy"], head_score["accuracy"])
+        return {"phase": HEAD, "reason": "phase 2 did not beat phase 1 on validation",
+                "validation": scores}
+    return {"phase": FINE_TUNE, "reason": "phase 2 beat phase 1 on validation",
+            "validation": scores}
 
 
 def _report_splits(model, dataset, options, out_dir):
@@ -212,6 +272,6 @@ def _write_results(paths, model, history, metrics):
         write_csv(paths.history, ["phase", "epoch", *columns],
                   [[row["phase"], row["epoch"], *[row.get(c, "") for c in columns]]
                    for row in history])
-        plot_training_curves(history, paths.curves)
+        plot_training_curves(history, paths.curves, kept=metrics["kept"]["phase"])
     save_model(model, paths.model)
     write_json(paths.metrics, metrics)

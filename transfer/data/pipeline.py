@@ -193,25 +193,3 @@ def _to_rgb(image):
     elif channels == 4:
         image = image[..., :3]
     return tf.cast(image, tf.float32)
-
-
-# Augmentation: name -> a Keras preprocessing layer factory (factor).
-AUGMENTATIONS = {
-    "flip": lambda factor, seed: keras.layers.RandomFlip("horizontal", seed=seed),
-    "rotation": lambda factor, seed: keras.layers.RandomRotation(factor, seed=seed),
-    "zoom": lambda factor, seed: keras.layers.RandomZoom(factor, seed=seed),
-    "contrast": lambda factor, seed: keras.layers.RandomContrast(factor, seed=seed),
-}
-DEFAULT_AUGMENTATION = {"flip": None, "rotation": 0.05, "zoom": 0.1, "contrast": 0.1}
-
-
-def augmentation(seed=None, spec=None):
-    """A Keras Sequential of random augmentation layers, applied to 0-255 pixels."""
-    spec = DEFAULT_AUGMENTATION if spec is None else spec
-    # One seed per layer: layers given the same seed draw the same random numbers,
-    # so every flip would come with the same rotation, zoom and contrast.
-    return keras.Sequential(
-        [AUGMENTATIONS[name](factor, None if seed is None else seed + i)
-         for i, (name, factor) in enumerate(spec.items())],
-        name="augmentation",
-    )

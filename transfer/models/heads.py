@@ -7,6 +7,8 @@ head owns pooling, dropout and the output layer; the backbone knows nothing abou
 classes.
 """
 
+import numpy as np
+
 from transfer.errors import InvalidArgumentError, unknown_choice
 from transfer.lazy import keras
 from transfer.models import names
@@ -32,6 +34,7 @@ def attach_head(
     dropout=0.0,
     hidden_units=None,
     multi_label=False,
+    standardize=False,
     name=None,
 ):
     """Put a new classifier on a feature-map backbone (`include_top=False, pooling=None`).
@@ -43,6 +46,8 @@ def attach_head(
         dropout: dropout rate before the output layer (and after the hidden layer).
         hidden_units: optional width of a hidden ReLU layer between pooling and output.
         multi_label: sigmoid outputs (independent labels) instead of softmax.
+        standardize: standardise the pooled features (a Normalization layer, identity
+            until `set_standardization` gives it the training features' statistics).
 
     Returns a `keras.Model` taking raw RGB pixels (0-255, any numeric dtype) and
     giving probabilities; it saves to `.keras` and reloads with safe mode on.
@@ -73,6 +78,9 @@ def attach_head(
     x = preprocessing_layer(architecture.version.preprocessing, name=names.PREPROCESSING)(inputs)
     x = backbone(x)
     x = _pooling_layer(pooling)(x)
+    if standardize:
+        # float32: the features' statistics do not fit float16 under mixed precision.
+        x = layers.Normalization(axis=-1, name=names.HEAD_STANDARDIZE, dtype="float32")(x)
     if hidden_units:
         if dropout:
             x = layers.Dropout(dropout, name=names.HEAD_DROPOUT)(x)
@@ -152,6 +160,19 @@ def pooled_features(classifier):
     """Model: raw pixels -> pooled backbone features, sharing layers with `classifier`."""
     return keras.Model(classifier.input, classifier.get_layer(names.HEAD_POOL).output,
                        name="pooled_features")
+
+
+def set_standardization(model, mean, variance):
+    """Give a head's standardisation layer the statistics of the training features."""
+    layer = model.get_layer(names.HEAD_STANDARDIZE)
+    count = np.asarray(layer.weights[2]) if len(layer.weights) > 2 else None
+    values = [np.asarray(mean, "float32"), np.asarray(variance, "float32")]
+    layer.set_weights(values + ([count] if count is not None else []))
+    layer.finalize_state()
+
+
+def has_standardization(model):
+    return any(layer.name == names.HEAD_STANDARDIZE for layer in model.layers)
 
 
 def is_classifier(model):

@@ -11,6 +11,7 @@ PREPROCESSING = "preprocess"  # the layer that turns raw pixels into the backbon
 INPUT = "pixels"  # the input of classifiers and feature extractors
 
 HEAD_POOL = "head_pool"  # pooled features: where phase 1's feature cache cuts the model
+HEAD_STANDARDIZE = "head_standardize"  # pooled features minus their mean, over their std
 HEAD_DROPOUT = "head_dropout"
 HEAD_HIDDEN = "head_hidden"
 HEAD_HIDDEN_DROPOUT = "head_hidden_dropout"

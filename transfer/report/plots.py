@@ -44,8 +44,9 @@ def plot_confusion_matrix(matrix, class_names, path):
     _save(fig, path)
 
 
-def plot_training_curves(history_rows, path):
-    """Loss and accuracy per epoch for both phases, with the phase boundary marked."""
+def plot_training_curves(history_rows, path, kept=None):
+    """Loss and accuracy per epoch for both phases, with the phase boundary marked and,
+    when phase 2 did not beat phase 1, a note that phase 1's model was kept."""
     fig, (loss_ax, acc_ax) = _pyplot().subplots(1, 2, figsize=(11, 4))
     epochs = np.arange(1, len(history_rows) + 1)
     for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
@@ -60,7 +61,25 @@ def plot_training_curves(history_rows, path):
                 ax.axvline(i + 0.5, color="gray", linestyle=":", linewidth=1)
                 ax.text(i + 0.6, ax.get_ylim()[1], " fine-tune", va="top", fontsize=8, color="gray")
         ax.set_xlabel("epoch")
+        if kept == "head" and len(set(phases)) > 1:
+            ax.text(0.02, 0.02, "kept: phase 1 (phase 2 did not beat it)",
+                    transform=ax.transAxes, fontsize=8, color="firebrick")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
+    _save(fig, path)
+
+
+def plot_image_grid(images, path, columns=8, title=None):
+    """A grid of images (0-255 pixels), e.g. augmented training images."""
+    images = np.clip(np.asarray(images), 0, 255).astype("uint8")
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = _pyplot().subplots(rows, columns, figsize=(1.4 * columns, 1.4 * rows + 0.4),
+                                   squeeze=False)
+    for ax, image in zip(axes.flat, images):
+        ax.imshow(image)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
     _save(fig, path)

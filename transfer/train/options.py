@@ -17,8 +17,11 @@ OPTIMIZERS = {
     "sgd": ("SGD", {"momentum": 0.9}),
     "rmsprop": ("RMSprop", {}),
 }
-AUGMENT_MODES = ("none", "fine-tune", "both")  # which phases see augmented images
+AUGMENT_PRESETS = ("none", "light", "default", "strong")  # transfer.data.augment.PRESETS
 CLASS_WEIGHT_MODES = ("none", "auto")
+LR_SCHEDULES = ("cosine", "constant")
+KEEP_MODES = ("best", "last")  # best: phase 1's model when phase 2 does not beat it  # of phase 2: warmup then cosine decay, or constant
+AUTO = "auto"  # head_epochs: planned from the number of training images
 # jit_compile -> model.compile's value; "auto" is Keras' choice: XLA on GPUs, not on CPUs
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 
@@ -33,19 +36,24 @@ class FinetuneOptions:
     batch_size: int = 32  # global batch size
     val_split: float = 0.2
     test_split: float = 0.0
-    head_epochs: int = 10
+    head_epochs: int = AUTO  # or a number of epochs; see transfer.train.phases.head_epochs
     head_learning_rate: float = 1e-3
     fine_tune_from: str = "conv5"  # a group name, or "none" to skip phase 2
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float = 1e-4
+    lr_schedule: str = "cosine"  # phase 2's learning rate over its steps
+    layer_decay: float = 1.0  # phase 2: each group below the top learns this much slower
     train_bn: bool = False
     optimizer: str = "adam"
     label_smoothing: float = 0.0
     dropout: float = 0.2
     pooling: str = "avg"
     hidden_units: int = None
+    standardize: bool = True  # the head sees features standardised with training statistics
     class_weight: str = "none"
-    augment: str = "fine-tune"
+    augment: str = "default"  # phase 2's augmentation preset
+    flip: bool = True  # horizontal flips in the augmentation (wrong for digits and text)
+    keep: str = "best"  # which model the run keeps: the best validated phase, or the last
     early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 turns it off
     seed: int = 42
     strict: bool = False
@@ -61,7 +69,9 @@ class FinetuneOptions:
         self.depth, self.version = architecture.depth, architecture.version.name
         checks = [
             (self.optimizer in OPTIMIZERS, "optimizer", tuple(OPTIMIZERS)),
-            (self.augment in AUGMENT_MODES, "augment", AUGMENT_MODES),
+            (self.augment in AUGMENT_PRESETS, "augment", AUGMENT_PRESETS),
+            (self.lr_schedule in LR_SCHEDULES, "lr_schedule", LR_SCHEDULES),
+            (self.keep in KEEP_MODES, "keep", KEEP_MODES),
             (self.class_weight in CLASS_WEIGHT_MODES, "class_weight", CLASS_WEIGHT_MODES),
             (self.pooling in POOLINGS, "pooling", POOLINGS),
             (self.jit_compile in JIT_COMPILE, "jit_compile", tuple(JIT_COMPILE)),
@@ -74,7 +84,21 @@ class FinetuneOptions:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InvalidArgumentError(f"{name} must be positive. Received: {getattr(self, name)}")
-        for name in ("head_epochs", "fine_tune_epochs", "early_stopping_patience"):
+        if str(self.head_epochs).lower() == AUTO:
+            self.head_epochs = AUTO
+        else:
+            try:
+                self.head_epochs = int(self.head_epochs)
+            except (TypeError, ValueError):
+                raise InvalidArgumentError(
+                    f"head_epochs must be a number or 'auto'. Received: {self.head_epochs!r}"
+                ) from None
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise InvalidArgumentError(
+                f"layer_decay must be in (0, 1]. Received: {self.layer_decay}")
+        if self.head_epochs != AUTO and self.head_epochs < 0:
+            raise InvalidArgumentError(f"head_epochs must be 0 or more. Received: {self.head_epochs}")
+        for name in ("fine_tune_epochs", "early_stopping_patience"):
             if int(getattr(self, name)) < 0:
                 raise InvalidArgumentError(f"{name} must be 0 or more. Received: {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
+from transfer.data.augment import augmentation
 from transfer.data.pipeline import (
-    augmentation,
     epoch_batches,
     image_dataset,
     images_only,
@@ -23,9 +23,16 @@ from transfer.data.pipeline import (
     one_hot_images,
 )
 from transfer.lazy import keras
-from transfer.models.heads import head_model, pooled_features
+from transfer.models.groups import groups
+from transfer.models.heads import (
+    has_standardization,
+    head_model,
+    pooled_features,
+    set_standardization,
+)
 from transfer.models.identify import architecture_of
 from transfer.progress import fit_verbosity
+from transfer.runtime import run_inference
 from transfer.train.callbacks import epoch_log, local_validation
 from transfer.train.distribute import keras_multi_worker_fit, local_copy
 from transfer.train.feature_cache import (
@@ -34,16 +41,84 @@ from transfer.train.feature_cache import (
     default_cache_dir,
     weights_identity,
 )
-from transfer.train.options import JIT_COMPILE, OPTIMIZERS
+from transfer.train.options import AUTO, JIT_COMPILE, OPTIMIZERS
 
 logger = logging.getLogger("transfer")
 
 HEAD, FINE_TUNE = "head", "fine-tune"  # the phases' names in history.csv and logs/
 
+# Phase 1 with head_epochs="auto": on cached features a step costs next to nothing,
+# so the head gets enough optimizer steps to converge like a linear probe
+# (HEAD_STEPS), in at least HEAD_MIN_EPOCHS and at most HEAD_MAX_EPOCHS epochs;
+# early stopping ends it sooner. Through the backbone an epoch costs a pass over
+# the images, so it gets HEAD_EPOCHS_ON_IMAGES.
+HEAD_STEPS = 600
+HEAD_MIN_EPOCHS, HEAD_MAX_EPOCHS = 10, 200
+HEAD_EPOCHS_ON_IMAGES = 10
+WARMUP_FRACTION = 0.1  # of phase 2's steps, at most one epoch: the learning rate ramps up
 
-def make_optimizer(name, learning_rate):
+
+def head_epochs(options, train_count, on_cached_features):
+    """Phase 1's epochs: the option's number, or planned from the data for "auto"."""
+    if options.head_epochs != AUTO:
+        return options.head_epochs
+    if not on_cached_features:
+        return HEAD_EPOCHS_ON_IMAGES
+    steps_per_epoch = math.ceil(train_count / options.batch_size)
+    return int(min(HEAD_MAX_EPOCHS, max(HEAD_MIN_EPOCHS, math.ceil(HEAD_STEPS / steps_per_epoch))))
+
+
+def warmup_cosine(learning_rate, total_steps, steps_per_epoch):
+    """Linear warmup from 0 over min(one epoch, 10% of the steps), then cosine decay to 0
+    (Loshchilov & Hutter 2017; Goyal et al. 2017's warmup), as timm and fastai do."""
+    warmup = max(1, min(steps_per_epoch, int(WARMUP_FRACTION * total_steps)))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup), alpha=0.0,
+        warmup_target=learning_rate, warmup_steps=warmup)
+
+
+def group_rate_multipliers(model, layer_decay):
+    """{id(variable): learning-rate multiplier}: 1 for the head, `layer_decay` for the
+    group below it, its square for the next (layer-wise decay, as timm's --layer-decay
+    and fastai's discriminative learning rates)."""
+    multipliers = {}
+    for distance, layers in enumerate(reversed(list(groups(model).values()))):
+        for layer in layers:
+            for variable in layer.trainable_weights:
+                multipliers[id(variable)] = layer_decay ** distance
+    return multipliers
+
+
+_LAYERWISE = {}  # optimizer class -> its subclass with a learning rate per variable
+
+
+def _layerwise_class(base):
+    """`base` with per-variable learning-rate multipliers: Keras 3 applies one learning
+    rate to every variable, but passes it to `update_step` one variable at a time."""
+    if base not in _LAYERWISE:
+        def build(self, variables):
+            base.build(self, variables)
+            self.rate_multipliers = [self.multipliers_by_id.get(id(v), 1.0) for v in variables]
+
+        def update_step(self, gradient, variable, learning_rate):
+            multiplier = self.rate_multipliers[self._get_variable_index(variable)]
+            return base.update_step(self, gradient, variable, learning_rate * multiplier)
+
+        _LAYERWISE[base] = type(f"Layerwise{base.__name__}", (base,),
+                                {"build": build, "update_step": update_step})
+    return _LAYERWISE[base]
+
+
+def make_optimizer(name, learning_rate, rate_multipliers=None):
+    """The optimizer `name`; with `rate_multipliers` ({id(variable): factor}) each
+    variable learns at `learning_rate` times its factor."""
     class_name, arguments = OPTIMIZERS[name]
-    return getattr(keras.optimizers, class_name)(learning_rate=learning_rate, **arguments)
+    optimizer_class = getattr(keras.optimizers, class_name)
+    if rate_multipliers is None or all(m == 1.0 for m in rate_multipliers.values()):
+        return optimizer_class(learning_rate=learning_rate, **arguments)
+    optimizer = _layerwise_class(optimizer_class)(learning_rate=learning_rate, **arguments)
+    optimizer.multipliers_by_id = rate_multipliers
+    return optimizer
 
 
 def _metrics(num_classes):
@@ -53,14 +128,14 @@ def _metrics(num_classes):
     return found
 
 
-def compile_model(model, options, learning_rate, num_classes, replicas=1):
+def compile_model(model, options, learning_rate, num_classes, replicas=1, rate_multipliers=None):
     jit_compile = JIT_COMPILE[options.jit_compile]
     if replicas > 1 and jit_compile == "auto":
         # XLA-compiled steps fail under tf.distribute's cross-replica code in TF 2.21
         # ("You must feed a value for placeholder tensor ... cond/Placeholder").
         jit_compile = False
     model.compile(
-        optimizer=make_optimizer(options.optimizer, learning_rate),
+        optimizer=make_optimizer(options.optimizer, learning_rate, rate_multipliers),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
         metrics=_metrics(num_classes),
         jit_compile=jit_compile,  # Keras' "auto": XLA on GPUs, not on CPUs
@@ -96,7 +171,10 @@ class Phase:
             return int(json.loads(metadata.read_text()).get("epoch", 0))
         return 0
 
-    def fit(self, model, train_base, train_count, val, epochs, learning_rate, augment=None):
+    def fit(self, model, train_base, train_count, val, epochs, learning_rate, augment=None,
+            schedule=False, layer_decay=1.0):
+        """Train `model`; `schedule` warms the learning rate up and decays it (cosine),
+        `layer_decay` below 1 lets each group below the head learn that much slower."""
         replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
             compile_model(model, self.options, learning_rate, self.num_classes, replicas)
@@ -112,6 +190,11 @@ class Phase:
         train = epoch_batches(train_base, train_count, batch, self.options.seed, epochs,
                               first, augment, drop_remainder=drop_remainder)
         steps = train_count // batch if drop_remainder else math.ceil(train_count / batch)
+        if schedule or layer_decay != 1.0:  # both need what the first compile decided
+            rate = warmup_cosine(learning_rate, steps * epochs, steps) if schedule else learning_rate
+            multipliers = group_rate_multipliers(model, layer_decay) if layer_decay != 1.0 else None
+            with self.strategy.scope():
+                compile_model(model, self.options, rate, self.num_classes, replicas, multipliers)
         log_path = self.paths.phase_history(self.name)
         rows = json.loads(log_path.read_text())[:first] if first and log_path.exists() else []
         # The epoch log is written before the backup, so a backup never runs ahead of it.
@@ -146,6 +229,34 @@ def _cached_features(extractor, split, options, architecture_name):
                             cache_dir=options.cache_dir or default_cache_dir(), key=key)
 
 
+def feature_statistics(features, chunk=4096):
+    """Per-feature mean and variance, in float64 and in chunks (features may be a
+    memory-mapped file larger than memory)."""
+    total = np.zeros(features.shape[1])
+    squares = np.zeros(features.shape[1])
+    for start in range(0, len(features), chunk):
+        part = np.asarray(features[start:start + chunk], dtype=np.float64)
+        total += part.sum(axis=0)
+        squares += np.square(part).sum(axis=0)
+    mean = total / max(1, len(features))
+    return mean, np.maximum(squares / max(1, len(features)) - np.square(mean), 0.0)
+
+
+# Floor of a feature's variance, relative to the mean variance of all features: a
+# feature (a ReLU channel) nearly constant on the training images would otherwise be
+# divided by almost 0 and blow up on an image where it is not.
+VARIANCE_FLOOR = 0.01
+
+
+def standardize_head(model, train_features):
+    """Set the head's standardisation to the training features' statistics: a
+    softmax on raw pooled features learns slowly, a linear probe standardises."""
+    if has_standardization(model):
+        mean, variance = feature_statistics(train_features)
+        floor = VARIANCE_FLOOR * float(np.mean(variance)) if variance.size else 0.0
+        set_standardization(model, mean, np.maximum(variance, floor))
+
+
 def train_head_on_cached_features(model, dataset, options, phase):
     """Phase 1 with the frozen backbone's features computed once.
 
@@ -160,18 +271,65 @@ def train_head_on_cached_features(model, dataset, options, phase):
                 "(train %d, validation %d images)...", len(train), len(val))
     train_x = _cached_features(extractor, train, options, name)
     val_x = _cached_features(extractor, val, options, name)
+    standardize_head(model, train_x)
     with phase.strategy.scope():  # a model made outside the scope fails to train in it
         head = head_model(model)
-    logger.info("Phase 1: training the head on cached features...")
+    epochs = head_epochs(options, len(train), on_cached_features=True)
+    logger.info("Phase 1: training the head on cached features (%d epochs at most)...", epochs)
     return phase.fit(head, labelled(train_x, train.labels, dataset.num_classes), len(train),
                      labelled(val_x, val.labels, dataset.num_classes).batch(options.batch_size),
-                     options.head_epochs, options.head_learning_rate)
+                     epochs, options.head_learning_rate)
 
 
-def train_on_images(model, dataset, options, phase, epochs, learning_rate, augment):
+def train_head_on_images(model, dataset, options, phase):
+    """Phase 1 through the frozen backbone (no feature cache)."""
+    train = dataset.splits["train"]
+    if has_standardization(model):
+        extractor = pooled_features(local_copy(model, phase.strategy))
+        standardize_head(model, run_inference(
+            extractor, images_only(train, options.image_size, options.batch_size)))
+    logger.info("Phase 1: training the head through the frozen backbone...")
+    return train_on_images(model, dataset, options, phase,
+                           head_epochs(options, len(train), on_cached_features=False),
+                           options.head_learning_rate)
+
+
+def fine_tune_on_images(model, dataset, options, phase):
+    """Phase 2: augmented images, warmup and cosine decay, rates falling with depth."""
+    return train_on_images(model, dataset, options, phase, options.fine_tune_epochs,
+                           options.fine_tune_learning_rate,
+                           augment=augmentation(options.seed, options.augment, options.flip),
+                           schedule=options.lr_schedule == "cosine",
+                           layer_decay=options.layer_decay)
+
+
+def train_on_images(model, dataset, options, phase, epochs, learning_rate, augment=None,
+                    schedule=False, layer_decay=1.0):
     train, val = dataset.splits["train"], dataset.splits["val"]
     num_classes = dataset.num_classes
     val_ds = image_dataset(val, options.image_size, options.batch_size, num_classes)
     return phase.fit(model, one_hot_images(train, options.image_size, num_classes), len(train),
-                     val_ds, epochs, learning_rate,
-                     augment=augmentation(options.seed) if augment else None)
+                     val_ds, epochs, learning_rate, augment=augment, schedule=schedule,
+                     layer_decay=layer_decay)
+
+
+def validation_score(model, dataset, options):
+    """{"accuracy", "loss"} of `model` on the validation images."""
+    val = dataset.splits["val"]
+    probabilities = run_inference(model, images_only(val, options.image_size, options.batch_size))
+    return score(val.labels, probabilities)
+
+
+def score(labels, probabilities):
+    """Accuracy and log loss; an image with non-finite outputs (a diverged model)
+    counts as wrong, with the largest loss."""
+    finite = np.isfinite(probabilities).all(axis=1)
+    probabilities = np.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    correct = (probabilities.argmax(axis=1) == labels) & finite
+    return {"accuracy": float(np.mean(correct)), "loss": float(-np.mean(np.log(picked)))}
+
+
+def better(first, second):
+    """Whether score `first` beats `second`: higher accuracy, then lower loss."""
+    return (first["accuracy"], -first["loss"]) > (second["accuracy"], -second["loss"])

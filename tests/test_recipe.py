@@ -1,0 +1,141 @@
+"""The fine-tuning recipe's mechanisms: standardised features inside the head, the
+planned phase 1, phase 2's schedule and per-group learning rates, the guard that
+keeps phase 1 when phase 2 does not beat it, and the augmentation presets."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import transfer
+from tests.conftest import random_images
+from tests.test_finetune import _backbone_after, _weights_file
+from transfer.data.augment import PRESETS, augmentation
+from transfer.models.heads import set_standardization
+from transfer.models.names import HEAD_STANDARDIZE
+from transfer.train import phases
+from transfer.train.options import FinetuneOptions
+
+
+def test_standardization_lives_in_the_model_and_reloads_in_safe_mode(tmp_path):
+    model = transfer.build_classifier(3, weights=None, image_size=32, standardize=True)
+    rng = np.random.default_rng(0)
+    mean, variance = rng.normal(5, 2, 2048), rng.uniform(1, 9, 2048)
+    images = random_images((4, 32, 32, 3))
+    before = np.asarray(model(images))
+    set_standardization(model, mean, variance)
+    after = np.asarray(model(images))
+    assert not np.allclose(before, after)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded(images)), after, rtol=1e-6, atol=1e-6)
+    layer = loaded.get_layer(HEAD_STANDARDIZE)
+    np.testing.assert_allclose(np.asarray(layer.mean).ravel(), mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(layer.variance).ravel(), variance, rtol=1e-6)
+
+
+def test_feature_statistics_match_numpy_in_chunks():
+    features = np.random.default_rng(1).normal(3, 4, (1000, 7)).astype("float32")
+    mean, variance = phases.feature_statistics(features, chunk=128)
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(variance, features.var(axis=0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("images,cached,expected", [
+    (240, True, 75),      # 8 steps an epoch: 600 steps take 75 epochs
+    (100_000, True, 10),  # 3125 steps an epoch: the floor of 10 epochs
+    (16, True, 200),      # 1 step an epoch: capped at 200 (early stopping ends it sooner)
+    (240, False, 10),     # through the backbone an epoch costs a pass over the images
+])
+def test_head_epochs_auto_plans_from_the_data(images, cached, expected):
+    options = FinetuneOptions(batch_size=32)
+    assert options.head_epochs == "auto"
+    planned = phases.head_epochs(options, images, cached)
+    assert planned == expected
+    if cached and expected not in (phases.HEAD_MIN_EPOCHS, phases.HEAD_MAX_EPOCHS):
+        assert planned * math.ceil(images / options.batch_size) >= phases.HEAD_STEPS
+    options.head_epochs = 3
+    assert phases.head_epochs(options, images, cached) == 3
+
+
+def test_warmup_then_cosine_decay():
+    schedule = phases.warmup_cosine(1e-3, total_steps=100, steps_per_epoch=20)
+    rates = [float(schedule(step)) for step in range(101)]
+    warmup = 10  # 10% of the steps, below one epoch's 20
+    assert rates[0] == 0.0
+    assert rates[warmup // 2] == pytest.approx(5e-4, rel=1e-5)
+    assert rates[warmup] == pytest.approx(1e-3, rel=1e-5)
+    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))
+    assert rates[warmup + 45] == pytest.approx(5e-4, rel=1e-3)  # half way down the cosine
+    assert rates[100] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_layer_decay_scales_each_groups_step():
+    model = transfer.build_classifier(2, weights=None, image_size=32)
+    transfer.unfreeze(model, "conv4")
+    variables = model.trainable_variables
+    multipliers = phases.group_rate_multipliers(model, 0.5)
+    optimizer = phases.make_optimizer("sgd", 0.1, multipliers)
+    optimizer.build(variables)
+    before = [np.asarray(v) for v in variables]
+    optimizer.apply([keras.ops.ones_like(v) for v in variables], variables)
+    found = transfer.groups(model)
+    expected = {}
+    for distance, name in enumerate(("head", "conv5", "conv4")):
+        for layer in found[name]:
+            for variable in layer.trainable_weights:
+                expected[id(variable)] = 0.1 * 0.5 ** distance
+    assert len(expected) == len(variables)
+    for variable, old in zip(variables, before):
+        step = old - np.asarray(variable)  # SGD's first step with momentum: lr * gradient
+        np.testing.assert_allclose(step, expected[id(variable)], rtol=1e-5)
+
+
+def test_no_layer_decay_builds_the_plain_optimizer():
+    assert type(phases.make_optimizer("adam", 1e-3, {1: 1.0})) is keras.optimizers.Adam
+    assert type(phases.make_optimizer("adam", 1e-3)) is keras.optimizers.Adam
+
+
+def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folder, caplog,
+                                                           monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("transfer"), "propagate", True)
+    path, before = _weights_file(tmp_path)
+    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=str(path),
+                               image_size=32, batch_size=8, head_epochs=2, fine_tune_epochs=1,
+                               fine_tune_from="conv5", fine_tune_learning_rate=1e4,
+                               early_stopping_patience=0, augment="none")
+    kept = result.metrics["kept"]
+    assert kept["phase"] == "head", kept
+    assert kept["validation"]["head"]["accuracy"] >= kept["validation"]["fine-tune"]["accuracy"]
+    assert "keeping phase 1's model" in caplog.text
+    after, _ = _backbone_after(result.run_dir)
+    for name in before:  # phase 1 never touches the backbone: the file's weights are back
+        np.testing.assert_array_equal(after[name], before[name])
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["kept"]["phase"] == "head"
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["kept"] == "head"
+    assert (result.run_dir / "augmentation_preview.png").exists() is False  # augment none
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
+def test_presets_repeat_with_their_seed_and_leave_out_the_flip(preset):
+    images = random_images((4, 32, 32, 3)).astype("float32")
+    first = np.asarray(augmentation(seed=3, preset=preset)(images, training=True))
+    again = np.asarray(augmentation(seed=3, preset=preset)(images, training=True))
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == images.shape
+    names = [type(layer).__name__ for layer in augmentation(3, preset, flip=False).layers]
+    assert "RandomFlip" not in names and names
+    assert augmentation(3, "none") is None
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(transfer.InvalidArgumentError,
+                       match="Unknown augment: 'wild'. Expected one of none, light, default, "
+                             "strong."):
+        augmentation(0, "wild")
