@@ -32,6 +32,7 @@ VARIANTS = {
     "constant learning rate": {"lr_schedule": "constant"},
     "layer decay 0.5": {"layer_decay": 0.5},
     "keep last (no guard)": {"keep": "last"},
+    "EMA of weights": {"ema": True},
     "augment none": {"augment": "none"},
     "augment strong": {"augment": "strong"},
     "fine-tune from conv4": {"fine_tune_from": "conv4"},

@@ -139,3 +139,43 @@ def test_unknown_preset_names_the_choices():
                        match="Unknown augment: 'wild'. Expected one of none, light, default, "
                              "strong."):
         augmentation(0, "wild")
+
+
+def test_tta_averages_each_image_with_its_mirror():
+    import tensorflow as tf
+
+    from transfer.runtime import run_inference
+
+    model = transfer.build_classifier(3, weights=None, image_size=32)
+    images = random_images((6, 32, 32, 3)).astype("float32")
+    batches = tf.data.Dataset.from_tensor_slices(images).batch(4)
+    plain = np.asarray(model(images))
+    mirrored = np.asarray(model(images[:, :, ::-1]))
+    np.testing.assert_allclose(run_inference(model, batches, tta=True), (plain + mirrored) / 2,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_inference(model, batches), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_optimizer_ends_with_the_average():
+    optimizer = phases.make_optimizer("adam", 1e-3, ema=True)
+    assert optimizer.use_ema and optimizer.ema_momentum == phases.EMA_MOMENTUM
+    assert not phases.make_optimizer("adam", 1e-3).use_ema
+
+
+def test_lr_find_writes_its_curve_and_suggests_a_rate(tmp_path, image_folder):
+    from click.testing import CliRunner
+
+    from transfer.cli import cli
+
+    result = CliRunner().invoke(cli, [
+        "lr-find", "--data", str(image_folder), "--out", str(tmp_path / "lr"), "--weights",
+        "none", "--image-size", "32", "--batch-size", "8", "--head-epochs", "1",
+        "--steps", "12", "--start-lr", "1e-6", "--end-lr", "10"])
+    assert result.exit_code == 0, result.output
+    suggested = float(result.output.strip().splitlines()[-1].split()[2])
+    assert 1e-7 <= suggested <= 1.0
+    rows = (tmp_path / "lr" / "lr_find.csv").read_text().strip().splitlines()
+    assert rows[0] == "learning_rate,smoothed_loss" and 7 <= len(rows) - 1 <= 12
+    rates = [float(row.split(",")[0]) for row in rows[1:]]
+    assert rates[0] == pytest.approx(1e-6) and all(b > a for a, b in zip(rates, rates[1:]))
+    assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 1000

@@ -55,6 +55,21 @@ def test_evaluate_reports_and_unknown_classes(trained, tmp_path):
     assert "images of unknown classes: 3 (zebra)" in result.output
 
 
+def test_evaluate_and_predict_with_flip_tta(trained, tmp_path):
+    run, data, _ = trained
+    plain = run_cli("evaluate", run, "--data", data, "--out", tmp_path / "plain")
+    tta = run_cli("evaluate", run, "--data", data, "--out", tmp_path / "tta", "--tta")
+    assert plain.exit_code == 0 and tta.exit_code == 0, tta.output
+    plain_metrics = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    tta_metrics = json.loads((tmp_path / "tta" / "metrics.json").read_text())
+    assert (plain_metrics["tta"], tta_metrics["tta"]) == (False, True)
+    assert plain_metrics["log_loss"] != tta_metrics["log_loss"]  # other probabilities
+    image = str(next((data / "cat").iterdir()))
+    rows = {flag: json.loads(run_cli("predict", run, image, "--format", "json", *flag).output)
+            for flag in [(), ("--tta",)]}
+    assert rows[()][0]["predictions"] != rows[("--tta",)][0]["predictions"]
+
+
 @pytest.mark.parametrize("fmt", ["table", "csv", "json"])
 def test_predict_rows_for_files_folders_and_bad_files(trained, tmp_path, fmt):
     run, data, _ = trained

@@ -24,6 +24,7 @@ from transfer.commands import evaluate as evaluate_command  # noqa: E402
 from transfer.commands import export as export_command  # noqa: E402
 from transfer.commands import finetune as finetune_command  # noqa: E402
 from transfer.commands import info as info_command  # noqa: E402
+from transfer.commands import lr_find as lr_find_command  # noqa: E402
 from transfer.commands import predict as predict_command  # noqa: E402
 from transfer.commands import probe as probe_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
@@ -303,80 +304,88 @@ def weights(depth, version, include_top, weights_dir):
                                        weights_dir=weights_dir))
 
 
+# The options of a fine-tuning recipe, shared by finetune and lr-find.
+recipe_options = _options(
+    architecture_options,
+    click.option("--weights", default=FINETUNE.weights, show_default=True,
+                 help="imagenet (v1, v2), none (random initialisation), or a weights file "
+                      "(.h5, .weights.h5, .keras; for v1.5 a torchvision .pth or timm "
+                      ".safetensors checkpoint)."),
+    weights_dir_option,
+    _finetune_option("--image-size", type=int),
+    _finetune_option("--batch-size", type=int, help="Global batch size."),
+    _finetune_option("--val-split", type=float,
+                     help="Fraction of each class held out for validation (by a hash of its path)."),
+    _finetune_option("--test-split", type=float,
+                     help="Fraction of each class held out for a final test."),
+    _finetune_option("--head-epochs", type=IntOrAuto(),
+                     help="Phase 1: epochs for the new head on the frozen backbone; auto plans "
+                          "enough steps to converge on cached features (at least 10 epochs)."),
+    _finetune_option("--head-lr", "head_learning_rate", type=float),
+    _finetune_option("--fine-tune-from",
+                     help="Phase 2: first group to unfreeze (stem, conv2..conv5, post), or none."),
+    _finetune_option("--fine-tune-epochs", type=int),
+    _finetune_option("--fine-tune-lr", "fine_tune_learning_rate", type=float),
+    _finetune_option("--lr-schedule", type=Choice(finetune_options.LR_SCHEDULES),
+                     help="Phase 2: cosine warms up over the first epoch, then decays to 0."),
+    _finetune_option("--layer-decay", type=float,
+                     help="Phase 2: each group below the head learns this much slower "
+                          "(1: one learning rate for all)."),
+    click.option("--ema", is_flag=True,
+                 help="Phase 2 ends with the exponential moving average of its weights."),
+    _finetune_option("--keep", type=Choice(finetune_options.KEEP_MODES),
+                     help="best: phase 1's model when phase 2 does not beat it on validation; "
+                          "last: phase 2's model regardless."),
+    click.option("--train-bn", is_flag=True,
+                 help="Let BatchNormalization of unfrozen groups train (default: inference mode)."),
+    _finetune_option("--optimizer", type=Choice(tuple(finetune_options.OPTIMIZERS)),
+                     help="sgd uses momentum 0.9."),
+    _finetune_option("--label-smoothing", type=float),
+    _finetune_option("--dropout", type=float),
+    _finetune_option("--pooling", type=Choice(POOLINGS)),
+    click.option("--hidden-units", type=int, default=None, help="Add a hidden ReLU layer to the head."),
+    click.option("--standardize/--no-standardize", default=FINETUNE.standardize, show_default=True,
+                 help="Standardise the pooled features inside the head (training statistics)."),
+    _finetune_option("--class-weight", type=Choice(finetune_options.CLASS_WEIGHT_MODES),
+                     help="auto: balanced weights for imbalanced classes."),
+    _finetune_option("--augment", type=Choice(finetune_options.AUGMENT_PRESETS),
+                     help="Phase 2's augmentation: light (flip, shift), default (flip, rotation, "
+                          "zoom, contrast), strong (flip, RandAugment, random erasing)."),
+    click.option("--flip/--no-flip", default=FINETUNE.flip, show_default=True,
+                 help="Horizontal flips in the augmentation (--no-flip for digits and text)."),
+    _finetune_option("--early-stopping", "early_stopping_patience", type=int,
+                     help="Stop a phase after this many epochs without a better val_loss, and "
+                          "restore the best weights (0: off)."),
+    _finetune_option("--seed", type=int),
+    strict_option,
+    click.option("--no-cache", "cache_features", flag_value=False, default=True,
+                 help="Train phase 1 through the frozen backbone instead of on cached features."),
+    click.option("--cache-dir", type=click.Path(file_okay=False),
+                 help="Where phase-1 features are kept for reuse "
+                      f"[default: ${CACHE_DIR_ENV} or ~/.cache/transfer/features]."),
+    click.option("--mixed-precision", is_flag=True,
+                 help="float16 compute on a GPU (on a CPU: accepted, and the run stays float32, "
+                      "which is faster there)."),
+    _finetune_option("--jit-compile", type=Choice(tuple(finetune_options.JIT_COMPILE)),
+                     help="XLA-compile the training steps: auto is Keras' choice, on for GPUs, "
+                          "off for CPUs, where oneDNN's kernels were faster."),
+    _finetune_option("--strategy", type=Choice(STRATEGIES),
+                     help="tf.distribute: auto, one (device), mirrored (all GPUs of this machine) "
+                          "or multiworker (machines listed in TF_CONFIG)."),
+    tfds_data_dir_option,
+)
+
+
 @cli.command()
 @click.option("--data", required=True,
               help="Image folder (one sub-folder per class, or train/ val/ test/), or tfds:NAME.")
-@architecture_options
-@click.option("--weights", default=FINETUNE.weights, show_default=True,
-              help="imagenet (v1, v2), none (random initialisation), or a weights file "
-                   "(.h5, .weights.h5, .keras; for v1.5 a torchvision .pth or timm "
-                   ".safetensors checkpoint).")
-@weights_dir_option
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run directory [default: runs/<timestamp>-<data name>].")
 @click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
-@_finetune_option("--image-size", type=int)
-@_finetune_option("--batch-size", type=int, help="Global batch size.")
-@_finetune_option("--val-split", type=float,
-                  help="Fraction of each class held out for validation (by a hash of its path).")
-@_finetune_option("--test-split", type=float,
-                  help="Fraction of each class held out for a final test.")
-@_finetune_option("--head-epochs", type=IntOrAuto(),
-                  help="Phase 1: epochs for the new head on the frozen backbone; auto plans "
-                       "enough steps to converge on cached features (at least 10 epochs).")
-@_finetune_option("--head-lr", "head_learning_rate", type=float)
-@_finetune_option("--fine-tune-from",
-                  help="Phase 2: first group to unfreeze (stem, conv2..conv5, post), or none.")
-@_finetune_option("--fine-tune-epochs", type=int)
-@_finetune_option("--fine-tune-lr", "fine_tune_learning_rate", type=float)
-@_finetune_option("--lr-schedule", type=Choice(finetune_options.LR_SCHEDULES),
-                  help="Phase 2: cosine warms up over the first epoch, then decays to 0.")
-@_finetune_option("--layer-decay", type=float,
-                  help="Phase 2: each group below the head learns this much slower "
-                       "(1: one learning rate for all).")
-@_finetune_option("--keep", type=Choice(finetune_options.KEEP_MODES),
-                  help="best: phase 1's model when phase 2 does not beat it on validation; "
-                       "last: phase 2's model regardless.")
-@click.option("--train-bn", is_flag=True,
-              help="Let BatchNormalization of unfrozen groups train (default: inference mode).")
-@_finetune_option("--optimizer", type=Choice(tuple(finetune_options.OPTIMIZERS)),
-                  help="sgd uses momentum 0.9.")
-@_finetune_option("--label-smoothing", type=float)
-@_finetune_option("--dropout", type=float)
-@_finetune_option("--pooling", type=Choice(POOLINGS))
-@click.option("--hidden-units", type=int, default=None, help="Add a hidden ReLU layer to the head.")
-@click.option("--standardize/--no-standardize", default=FINETUNE.standardize, show_default=True,
-              help="Standardise the pooled features inside the head (training statistics).")
-@_finetune_option("--class-weight", type=Choice(finetune_options.CLASS_WEIGHT_MODES),
-                  help="auto: balanced weights for imbalanced classes.")
-@_finetune_option("--augment", type=Choice(finetune_options.AUGMENT_PRESETS),
-                  help="Phase 2's augmentation: light (flip, shift), default (flip, rotation, "
-                       "zoom, contrast), strong (flip, RandAugment, random erasing).")
-@click.option("--flip/--no-flip", default=FINETUNE.flip, show_default=True,
-              help="Horizontal flips in the augmentation (--no-flip for digits and text).")
-@_finetune_option("--early-stopping", "early_stopping_patience", type=int,
-                  help="Stop a phase after this many epochs without a better val_loss, and "
-                       "restore the best weights (0: off).")
-@_finetune_option("--seed", type=int)
-@strict_option
-@click.option("--no-cache", "cache_features", flag_value=False, default=True,
-              help="Train phase 1 through the frozen backbone instead of on cached features.")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Where phase-1 features are kept for reuse "
-                   f"[default: ${CACHE_DIR_ENV} or ~/.cache/transfer/features].")
-@click.option("--mixed-precision", is_flag=True,
-              help="float16 compute on a GPU (on a CPU: accepted, and the run stays float32, "
-                   "which is faster there).")
-@_finetune_option("--jit-compile", type=Choice(tuple(finetune_options.JIT_COMPILE)),
-                  help="XLA-compile the training steps: auto is Keras' choice, on for GPUs, "
-                       "off for CPUs, where oneDNN's kernels were faster.")
-@_finetune_option("--strategy", type=Choice(STRATEGIES),
-                  help="tf.distribute: auto, one (device), mirrored (all GPUs of this machine) "
-                       "or multiworker (machines listed in TF_CONFIG).")
+@recipe_options
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in --out from its last completed epoch "
                    "(same command otherwise).")
-@tfds_data_dir_option
 def finetune(data, out, overwrite, resume, **options):
     """Fine-tune a ResNet on a folder of images (or a TFDS dataset).
 
@@ -416,6 +425,32 @@ def finetune(data, out, overwrite, resume, **options):
     click.echo(f"run directory: {result.run_dir}")
 
 
+@cli.command("lr-find")
+@click.option("--data", required=True, help="Image folder or tfds:NAME.")
+@reports_out_option
+@click.option("--overwrite", is_flag=True, help="Replace the files in a non-empty --out.")
+@click.option("--start-lr", type=float, default=lr_find_command.START_LR, show_default=True)
+@click.option("--end-lr", type=float, default=lr_find_command.END_LR, show_default=True)
+@click.option("--steps", type=int, default=lr_find_command.STEPS, show_default=True,
+              help="Batches over which the learning rate grows from --start-lr to --end-lr.")
+@recipe_options
+def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
+    """Learning-rate range test for phase 2: suggests --fine-tune-lr.
+
+    Runs phase 1, then trains the groups from --fine-tune-from on while the learning
+    rate grows exponentially, until the loss runs away. Writes lr_find.png and
+    lr_find.csv; the suggestion is a tenth of the rate at the lowest loss (fastai).
+
+    \b
+    Example:
+      transfer lr-find --data ./flowers --out runs/flowers-lr
+    """
+    result = lr_find_command.lr_find(data, out, start_lr=start_lr, end_lr=end_lr, steps=steps,
+                                     overwrite=overwrite, **options)
+    click.echo(f"suggested: --fine-tune-lr {result.suggested:.2g} "
+               f"(plot: {result.out / lr_find_command.PLOT_FILE})")
+
+
 def _echo_metrics(name, m, log_loss=True):
     parts = [f"accuracy {m['accuracy']:.4f}"]
     if "top5_accuracy" in m:
@@ -435,7 +470,10 @@ def _echo_metrics(name, m, log_loss=True):
 @any_size_option
 @tfds_data_dir_option
 @click.option("--strict", is_flag=True, help="Stop on unreadable files instead of skipping.")
-def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_data_dir, strict):
+@click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
+                                          "horizontal mirror's (not for digits or text).")
+def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_data_dir, strict,
+             tta):
     """Evaluate a trained classifier on labelled images.
 
     Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv
@@ -448,7 +486,7 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
     """
     metrics = evaluate_command.evaluate(run_or_model, data, out, batch_size=batch_size,
                                         image_size=image_size, tfds_data_dir=tfds_data_dir,
-                                        overwrite=overwrite, strict=strict)
+                                        overwrite=overwrite, strict=strict, tta=tta)
     click.echo("")
     _echo_metrics(f"{metrics['split']} split", metrics)
     if metrics["unknown_class_images"]:
@@ -465,7 +503,9 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
               show_default=True, type=Choice(predict_command.OUTPUT_FORMATS, name="format"))
 @batch_size_option
 @any_size_option
-def predict(run_or_model, paths, top_k, output_format, batch_size, image_size):
+@click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
+                                          "horizontal mirror's (not for digits or text).")
+def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, tta):
     """Top-k labels and probabilities for image files and folders.
 
     An unreadable file gets its error in its own row; the others go on.
@@ -476,7 +516,7 @@ def predict(run_or_model, paths, top_k, output_format, batch_size, image_size):
       transfer predict runs/flowers ./photos --format csv > predictions.csv
     """
     rows = predict_command.predict(run_or_model, paths, top_k=top_k, batch_size=batch_size,
-                                   image_size=image_size)
+                                   image_size=image_size, tta=tta)
     PREDICTION_PRINTERS[output_format](rows)
     errors = sum(1 for r in rows if r["error"])
     if errors:

@@ -35,15 +35,25 @@ def precision_policy(mixed_precision):
     return "float32"
 
 
-def _compiled_call(model, jit_compile=None):
-    """A tf.function calling `model` in inference mode, made once per model."""
+def _compiled_call(model, jit_compile=None, tta=False):
+    """A tf.function calling `model` in inference mode, made once per model.
+
+    With `tta`, the outputs are the mean of the image's and its mirror image's
+    (flip test-time augmentation, as timm's validate.py and fastai's tta do).
+    """
     if jit_compile is None:
         jit_compile = INFERENCE_JIT[device_kind()]
     cache = model.__dict__.setdefault("_transfer_inference", {})
-    if jit_compile not in cache:
-        cache[jit_compile] = tf.function(lambda x: model(x, training=False),
-                                         jit_compile=jit_compile, reduce_retracing=True)
-    return cache[jit_compile]
+    if (jit_compile, tta) not in cache:
+        def call(x):
+            outputs = model(x, training=False)
+            if tta:  # images are (batch, height, width, channels): axis 2 is the width
+                outputs = (outputs + model(tf.reverse(x, axis=[2]), training=False)) / 2
+            return outputs
+
+        cache[jit_compile, tta] = tf.function(call, jit_compile=jit_compile,
+                                              reduce_retracing=True)
+    return cache[jit_compile, tta]
 
 
 def predict_batch(model, batch, jit_compile=None):
@@ -51,13 +61,15 @@ def predict_batch(model, batch, jit_compile=None):
     return np.asarray(_compiled_call(model, jit_compile)(batch))
 
 
-def run_inference(model, images, verbose=0, jit_compile=None, description="Inference"):
+def run_inference(model, images, verbose=0, jit_compile=None, description="Inference",
+                  tta=False):
     """Outputs of `model` for a tf.data.Dataset of image batches, as one array.
 
     The one place inference runs for predict, evaluate, embed and the feature
-    cache, so that every command gets the fastest path.
+    cache, so that every command gets the fastest path. `tta` averages each
+    image's outputs with its horizontal mirror's.
     """
-    call = _compiled_call(model, jit_compile)
+    call = _compiled_call(model, jit_compile, tta)
     cardinality = int(images.cardinality()) if hasattr(images, "cardinality") else -1
     progress = Progress(description, cardinality if cardinality > 0 else None,
                         unit="batch") if verbose else None

@@ -18,11 +18,12 @@ from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
 logger = logging.getLogger("transfer")
 
 def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
-             tfds_data_dir=None, overwrite=False, strict=False):
+             tfds_data_dir=None, overwrite=False, strict=False, tta=False):
     """Evaluate a classifier on labelled images; write the same reports as finetune.
 
     Class folders are matched to the model's labels by name. Images of classes the
     model never saw are counted and reported in metrics.json, not silently dropped.
+    `tta` averages each image's probabilities with its horizontal mirror's.
     """
     loaded = load_model(run_or_model, image_size=image_size)
     out = prepare_run_dir(out, overwrite=overwrite)
@@ -37,12 +38,12 @@ def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_siz
                 split_name, dataset.name)
     probabilities = run_inference(loaded.model,
                                   images_only(subset, loaded.image_size, batch_size),
-                                  verbose=1, description="Evaluated")
+                                  verbose=1, description="Evaluated", tta=tta)
     if split.tfds is not None:
         probabilities = probabilities[known]
     metrics = compute_metrics(labels, probabilities, loaded.class_names)
     metrics.update({
-        "model": str(loaded.path), "data": str(data), "split": split_name,
+        "model": str(loaded.path), "data": str(data), "split": split_name, "tta": bool(tta),
         "unknown_classes": unknown, "unknown_class_images": int(sum(unknown.values())),
         "skipped_files": dataset.skipped,
     })

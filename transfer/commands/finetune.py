@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.augment import augmentation
+from transfer.data.dataset import Split
 from transfer.data.pipeline import drop_unreadable, images_only
 from transfer.data.sources import load_dataset
 from transfer.errors import DataError, InvalidArgumentError
@@ -76,9 +77,9 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     started = time.monotonic()
     keras.utils.set_random_seed(options.seed)
 
-    dataset = _load_data(data, options)
+    dataset = load_data(data, options)
     _log_replicas(strategy, options)
-    model = _build_model(dataset, options, strategy)
+    model = build_model(dataset, options, strategy)
     config = run_config(data, out, options, dataset, strategy.num_replicas_in_sync)
     if not resume:
         write_json(paths.config, {**config, "status": RUNNING})
@@ -87,7 +88,7 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     weights = class_weights(options, dataset.splits["train"].labels, dataset.num_classes)
     phase_args = (options, paths, strategy, weights, dataset.num_classes)
     timings = {}
-    history = _train_head(model, dataset, options, phase_args, resume, timings)
+    history = train_head(model, dataset, options, phase_args, resume, timings)
     head_score = _score(model, strategy, dataset, options) if options.fine_tunes else None
     _save_phase_one(model, options, paths, resume, history)
     _preview_augmentation(dataset, options, paths)
@@ -119,7 +120,7 @@ def _claim_run_dir(out, options, chief, overwrite, resume):
     return prepare_run_dir(out, overwrite=overwrite, keep=resume)
 
 
-def _load_data(data, options):
+def load_data(data, options):
     dataset = load_dataset(data, val_split=options.val_split, test_split=options.test_split,
                            tfds_data_dir=options.tfds_data_dir)
     drop_unreadable(dataset, strict=options.strict)
@@ -136,7 +137,7 @@ def _log_replicas(strategy, options):
                     strategy.num_replicas_in_sync, type(strategy).__name__, options.batch_size)
 
 
-def _build_model(dataset, options, strategy):
+def build_model(dataset, options, strategy):
     """The classifier, built in the strategy's scope under the run's precision policy."""
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision_policy(options.mixed_precision))
@@ -157,7 +158,7 @@ def _build_model(dataset, options, strategy):
     return model
 
 
-def _train_head(model, dataset, options, phase_args, resume, timings):
+def train_head(model, dataset, options, phase_args, resume, timings):
     """Phase 1: the head, on a frozen backbone (skipped when a resumed run did it)."""
     paths = phase_args[1]
     freeze(model, train_bn=False)
@@ -217,8 +218,11 @@ def _preview_augmentation(dataset, options, paths):
     augment = augmentation(options.seed, options.augment, options.flip)
     if augment is None or not options.fine_tunes:
         return
-    images = next(iter(images_only(dataset.splits["train"], options.image_size,
-                                   PREVIEW_IMAGES)))
+    train = dataset.splits["train"]
+    if train.tfds is None:  # images from across the (class-sorted) split
+        picked = np.linspace(0, len(train) - 1, min(PREVIEW_IMAGES, len(train))).astype(int)
+        train = Split([train.paths[i] for i in picked], train.labels[picked])
+    images = next(iter(images_only(train, options.image_size, PREVIEW_IMAGES)))
     rows = [np.asarray(images)] + [np.asarray(augment(images, training=True))
                                    for _ in range(PREVIEW_DRAWS)]
     plot_image_grid(np.concatenate(rows), paths.augmentation_preview, columns=len(images),

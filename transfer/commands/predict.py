@@ -37,11 +37,12 @@ def list_image_files(paths):
 
 
 def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
-            progress=None):
+            progress=None, tta=False):
     """Top-k labels for image files and folders: one row per image, in order.
 
     A row is {"path", "predictions": [(label, probability), ...], "error": None}; an
     unreadable or missing file gets its error in its row and the others go on.
+    `tta` averages each image's probabilities with its horizontal mirror's.
     """
     loaded = load_model(run_or_model, image_size=image_size)
     files, missing = list_image_files(paths)
@@ -56,7 +57,7 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
         probabilities = run_inference(
             loaded.model,
             images_only(Split(good, np.zeros(len(good), np.int64)), loaded.image_size, batch_size),
-            verbose=1 if progress else 0, description="Predicted")
+            verbose=1 if progress else 0, description="Predicted", tta=tta)
     results = {f: p for f, p in zip(good, probabilities)}
     rows = []
     for path in files + missing:

@@ -83,3 +83,20 @@ def plot_image_grid(images, path, columns=8, title=None):
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+def plot_lr_find(learning_rates, losses, suggested, path):
+    """The range test's smoothed loss against the learning rate (log scale)."""
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    ax.plot(learning_rates, losses)
+    ax.set_xscale("log")
+    ax.axvline(suggested, color="firebrick", linestyle="--", linewidth=1)
+    ax.text(suggested, ax.get_ylim()[1], f" suggested {suggested:.2g}", va="top", fontsize=8,
+            color="firebrick")
+    finite = [loss for loss in losses if np.isfinite(loss)]
+    if finite:  # the run-away end would hide the valley
+        ax.set_ylim(min(finite) * 0.95, min(max(finite), 4 * min(finite)) * 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -43,6 +43,7 @@ class FinetuneOptions:
     fine_tune_learning_rate: float = 1e-4
     lr_schedule: str = "cosine"  # phase 2's learning rate over its steps
     layer_decay: float = 1.0  # phase 2: each group below the top learns this much slower
+    ema: bool = False  # phase 2 ends with an exponential moving average of its weights
     train_bn: bool = False
     optimizer: str = "adam"
     label_smoothing: float = 0.0

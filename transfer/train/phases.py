@@ -109,10 +109,16 @@ def _layerwise_class(base):
     return _LAYERWISE[base]
 
 
-def make_optimizer(name, learning_rate, rate_multipliers=None):
+EMA_MOMENTUM = 0.99  # Keras' default: the average spans about the last 100 steps
+
+
+def make_optimizer(name, learning_rate, rate_multipliers=None, ema=False):
     """The optimizer `name`; with `rate_multipliers` ({id(variable): factor}) each
-    variable learns at `learning_rate` times its factor."""
+    variable learns at `learning_rate` times its factor; with `ema` the weights end
+    as their exponential moving average (Keras' `use_ema`)."""
     class_name, arguments = OPTIMIZERS[name]
+    if ema:
+        arguments = dict(arguments, use_ema=True, ema_momentum=EMA_MOMENTUM)
     optimizer_class = getattr(keras.optimizers, class_name)
     if rate_multipliers is None or all(m == 1.0 for m in rate_multipliers.values()):
         return optimizer_class(learning_rate=learning_rate, **arguments)
@@ -128,14 +134,15 @@ def _metrics(num_classes):
     return found
 
 
-def compile_model(model, options, learning_rate, num_classes, replicas=1, rate_multipliers=None):
+def compile_model(model, options, learning_rate, num_classes, replicas=1, rate_multipliers=None,
+                  ema=False):
     jit_compile = JIT_COMPILE[options.jit_compile]
     if replicas > 1 and jit_compile == "auto":
         # XLA-compiled steps fail under tf.distribute's cross-replica code in TF 2.21
         # ("You must feed a value for placeholder tensor ... cond/Placeholder").
         jit_compile = False
     model.compile(
-        optimizer=make_optimizer(options.optimizer, learning_rate, rate_multipliers),
+        optimizer=make_optimizer(options.optimizer, learning_rate, rate_multipliers, ema),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
         metrics=_metrics(num_classes),
         jit_compile=jit_compile,  # Keras' "auto": XLA on GPUs, not on CPUs
@@ -172,9 +179,10 @@ class Phase:
         return 0
 
     def fit(self, model, train_base, train_count, val, epochs, learning_rate, augment=None,
-            schedule=False, layer_decay=1.0):
+            schedule=False, layer_decay=1.0, ema=False):
         """Train `model`; `schedule` warms the learning rate up and decays it (cosine),
-        `layer_decay` below 1 lets each group below the head learn that much slower."""
+        `layer_decay` below 1 lets each group below the head learn that much slower,
+        `ema` ends with the moving average of the weights."""
         replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
             compile_model(model, self.options, learning_rate, self.num_classes, replicas)
@@ -190,11 +198,12 @@ class Phase:
         train = epoch_batches(train_base, train_count, batch, self.options.seed, epochs,
                               first, augment, drop_remainder=drop_remainder)
         steps = train_count // batch if drop_remainder else math.ceil(train_count / batch)
-        if schedule or layer_decay != 1.0:  # both need what the first compile decided
+        if schedule or layer_decay != 1.0 or ema:  # they need what the first compile decided
             rate = warmup_cosine(learning_rate, steps * epochs, steps) if schedule else learning_rate
             multipliers = group_rate_multipliers(model, layer_decay) if layer_decay != 1.0 else None
             with self.strategy.scope():
-                compile_model(model, self.options, rate, self.num_classes, replicas, multipliers)
+                compile_model(model, self.options, rate, self.num_classes, replicas, multipliers,
+                              ema)
         log_path = self.paths.phase_history(self.name)
         rows = json.loads(log_path.read_text())[:first] if first and log_path.exists() else []
         # The epoch log is written before the backup, so a backup never runs ahead of it.
@@ -300,17 +309,17 @@ def fine_tune_on_images(model, dataset, options, phase):
                            options.fine_tune_learning_rate,
                            augment=augmentation(options.seed, options.augment, options.flip),
                            schedule=options.lr_schedule == "cosine",
-                           layer_decay=options.layer_decay)
+                           layer_decay=options.layer_decay, ema=options.ema)
 
 
 def train_on_images(model, dataset, options, phase, epochs, learning_rate, augment=None,
-                    schedule=False, layer_decay=1.0):
+                    schedule=False, layer_decay=1.0, ema=False):
     train, val = dataset.splits["train"], dataset.splits["val"]
     num_classes = dataset.num_classes
     val_ds = image_dataset(val, options.image_size, options.batch_size, num_classes)
     return phase.fit(model, one_hot_images(train, options.image_size, num_classes), len(train),
                      val_ds, epochs, learning_rate, augment=augment, schedule=schedule,
-                     layer_decay=layer_decay)
+                     layer_decay=layer_decay, ema=ema)
 
 
 def validation_score(model, dataset, options):
