@@ -234,6 +234,8 @@ def main():
                              "(default: random initialisation, so (d)'s accuracies are noise).")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--end-to-end-only", action="store_true",
+                        help="Only (d) and (f): the Keras-guide script against transfer finetune.")
     args = parser.parse_args()
 
     from tensorflow.python.util import _pywrap_util_port
@@ -244,6 +246,18 @@ def main():
                "tensorflow": tf.__version__, "keras": keras.__version__}
     print(f"machine: {machine}", flush=True)
     results = {"machine": machine, "arguments": vars(args)}
+    if args.end_to_end_only:
+        results["end_to_end"] = e2e = bench_end_to_end(
+            args.data, args.image_size, args.batch_size, args.head_epochs, args.fine_tune_epochs,
+            args.weights)
+        print(json.dumps(e2e, indent=2))
+        print(f"(d) wall time: Keras guide {e2e['keras_guide_seconds']:.0f} s, transfer "
+              f"{e2e['transfer_seconds']:.0f} s (ratio "
+              f"{e2e['keras_guide_seconds'] / e2e['transfer_seconds']:.2f}); validation accuracy: "
+              f"transfer {e2e['transfer_val_accuracy']:.3f}, Keras guide "
+              f"{e2e['keras_guide_val_accuracy']:.3f}")
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        return
     print(f"(a, b) models at {args.model_size}px ...", flush=True)
     results["models"] = models = bench_models(args.model_size, args.batch_size, args.steps)
     dataset = load_dataset(args.data, val_split=0.2)

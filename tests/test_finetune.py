@@ -47,6 +47,21 @@ def test_output_to_a_file_has_one_plain_line_per_epoch(sample_run):
     assert max(len(line) for line in output.splitlines()) < 300
 
 
+def test_the_run_says_which_phase_it_kept(sample_run):
+    out, output = sample_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    kept = metrics["kept"]
+    assert kept["phase"] in ("head", "fine-tune")
+    head, fine_tune = kept["validation"]["head"], kept["validation"]["fine-tune"]
+    phase_two_won = (fine_tune["accuracy"], -fine_tune["loss"]) > (head["accuracy"], -head["loss"])
+    assert kept["phase"] == ("fine-tune" if phase_two_won else "head")
+    assert json.loads((out / "config.json").read_text())["kept"] == kept["phase"]
+    assert "kept: phase " in output
+    assert (out / "augmentation_preview.png").stat().st_size > 1000
+    model = keras.models.load_model(out / "model.keras", safe_mode=True)
+    assert np.asarray(model.get_layer("head_standardize").variance).min() > 0
+
+
 def test_run_directory_has_every_file(sample_run):
     out, output = sample_run
     expected = {"config.json", "labels.txt", "model.keras", "history.csv", "metrics.json",
