@@ -318,6 +318,9 @@ recipe_options = _options(
                      help="Fraction of each class held out for validation (by a hash of its path)."),
     _finetune_option("--test-split", type=float,
                      help="Fraction of each class held out for a final test."),
+    _finetune_option("--head-init", type=Choice(finetune_options.HEAD_INITS),
+                     help="Phase 1 on cached features: probe fits a logistic regression (C by "
+                          "cross-validation) as the head; train trains it with the optimizer."),
     _finetune_option("--head-epochs", type=IntOrAuto(),
                      help="Phase 1: epochs for the new head on the frozen backbone; auto plans "
                           "enough steps to converge on cached features (at least 10 epochs)."),

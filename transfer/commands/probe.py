@@ -11,10 +11,10 @@ from transfer.errors import DataError
 from transfer.io import write_json
 from transfer.report.metrics import compute_metrics, write_reports
 from transfer.runs import METRICS_FILE, TEST_PREFIX, prepare_run_dir
+from transfer.train.logistic import FOLDS, fit_logistic_regression
 
 logger = logging.getLogger("transfer")
 
-FOLDS = 5
 SEED = 0
 
 
@@ -30,8 +30,8 @@ def probe(embeddings, out, folds=FOLDS, seed=SEED, overwrite=False):
     if not train.any() or not evaluated:
         raise DataError("The embeddings need a train split and a val or test split; embed "
                         "with val_split above 0.")
-    classifier = _fit(data["features"][train], data["labels"][train], len(class_names), folds,
-                      seed)
+    classifier = fit_logistic_regression(data["features"][train], data["labels"][train],
+                                         len(class_names), folds, seed)
     out = prepare_run_dir(out, overwrite=overwrite)
     fitted = classifier[-1]
     metrics = {"classes": class_names, "C": float(np.atleast_1d(fitted.C_)[0]),
@@ -46,25 +46,3 @@ def probe(embeddings, out, folds=FOLDS, seed=SEED, overwrite=False):
                       prefix="" if split == evaluated[0] else TEST_PREFIX)
     write_json(Path(out) / METRICS_FILE, metrics)
     return metrics
-
-
-def _fit(features, labels, num_classes, folds, seed):
-    """StandardScaler + LogisticRegressionCV, with as many folds as the rarest class allows."""
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    counts = np.bincount(labels, minlength=num_classes)
-    present = counts[counts > 0]
-    if len(present) < 2:
-        raise DataError("The train split holds a single class: a probe needs at least two.")
-    cv = StratifiedKFold(n_splits=max(2, min(folds, int(present.min()))), shuffle=True,
-                         random_state=seed)
-    classifier = make_pipeline(
-        StandardScaler(),
-        LogisticRegressionCV(Cs=10, cv=cv, max_iter=2000, random_state=seed))
-    logger.info("Fitting the probe on %d embeddings (%d features)...", len(labels),
-                features.shape[1])
-    classifier.fit(features, labels)
-    return classifier

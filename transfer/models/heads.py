@@ -171,6 +171,10 @@ def set_standardization(model, mean, variance):
     layer.finalize_state()
 
 
+def has_hidden_layer(model):
+    return any(layer.name == names.HEAD_HIDDEN for layer in model.layers)
+
+
 def has_standardization(model):
     return any(layer.name == names.HEAD_STANDARDIZE for layer in model.layers)
 

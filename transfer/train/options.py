@@ -20,7 +20,8 @@ OPTIMIZERS = {
 AUGMENT_PRESETS = ("none", "light", "default", "strong")  # transfer.data.augment.PRESETS
 CLASS_WEIGHT_MODES = ("none", "auto")
 LR_SCHEDULES = ("cosine", "constant")
-KEEP_MODES = ("best", "last")  # best: phase 1's model when phase 2 does not beat it  # of phase 2: warmup then cosine decay, or constant
+KEEP_MODES = ("best", "last")
+HEAD_INITS = ("probe", "train")  # phase 1: fit a logistic regression, or train the head  # best: phase 1's model when phase 2 does not beat it  # of phase 2: warmup then cosine decay, or constant
 AUTO = "auto"  # head_epochs: planned from the number of training images
 # jit_compile -> model.compile's value; "auto" is Keras' choice: XLA on GPUs, not on CPUs
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
@@ -36,6 +37,7 @@ class FinetuneOptions:
     batch_size: int = 32  # global batch size
     val_split: float = 0.2
     test_split: float = 0.0
+    head_init: str = "probe"  # phase 1 on cached features: the probe's solution, or Adam
     head_epochs: int = AUTO  # or a number of epochs; see transfer.train.phases.head_epochs
     head_learning_rate: float = 1e-3
     fine_tune_from: str = "conv5"  # a group name, or "none" to skip phase 2
@@ -73,6 +75,7 @@ class FinetuneOptions:
             (self.augment in AUGMENT_PRESETS, "augment", AUGMENT_PRESETS),
             (self.lr_schedule in LR_SCHEDULES, "lr_schedule", LR_SCHEDULES),
             (self.keep in KEEP_MODES, "keep", KEEP_MODES),
+            (self.head_init in HEAD_INITS, "head_init", HEAD_INITS),
             (self.class_weight in CLASS_WEIGHT_MODES, "class_weight", CLASS_WEIGHT_MODES),
             (self.pooling in POOLINGS, "pooling", POOLINGS),
             (self.jit_compile in JIT_COMPILE, "jit_compile", tuple(JIT_COMPILE)),

@@ -22,9 +22,11 @@ from transfer.data.pipeline import (
     labelled,
     one_hot_images,
 )
-from transfer.lazy import keras
+from transfer.lazy import keras, tf
+from transfer.models import names
 from transfer.models.groups import groups
 from transfer.models.heads import (
+    has_hidden_layer,
     has_standardization,
     head_model,
     pooled_features,
@@ -41,6 +43,7 @@ from transfer.train.feature_cache import (
     default_cache_dir,
     weights_identity,
 )
+from transfer.train.logistic import fit_logistic_regression, softmax_weights
 from transfer.train.options import AUTO, JIT_COMPILE, OPTIMIZERS
 
 logger = logging.getLogger("transfer")
@@ -259,11 +262,37 @@ VARIANCE_FLOOR = 0.01
 
 def standardize_head(model, train_features):
     """Set the head's standardisation to the training features' statistics: a
-    softmax on raw pooled features learns slowly, a linear probe standardises."""
-    if has_standardization(model):
-        mean, variance = feature_statistics(train_features)
-        floor = VARIANCE_FLOOR * float(np.mean(variance)) if variance.size else 0.0
-        set_standardization(model, mean, np.maximum(variance, floor))
+    softmax on raw pooled features learns slowly, a linear probe standardises.
+    Returns the function that standardises features as the model now does."""
+    if not has_standardization(model):
+        return lambda features: np.asarray(features, dtype=np.float32)
+    mean, variance = feature_statistics(train_features)
+    floor = VARIANCE_FLOOR * float(np.mean(variance)) if variance.size else 0.0
+    variance = np.maximum(variance, floor)
+    set_standardization(model, mean, variance)
+    scale = np.sqrt(variance)
+    return lambda features: ((np.asarray(features) - mean) / scale).astype(np.float32)
+
+
+def fit_head_as_probe(model, head, standardized, train_x, train_labels, val_x, val_labels,
+                      options, num_classes):
+    """Phase 1 as LP-FT's linear probe: a logistic regression with C chosen by
+    cross-validation on the (standardised) training features becomes the head's
+    output layer. Returns a history row with its training and validation scores."""
+    classifier = fit_logistic_regression(standardized(train_x), train_labels, num_classes,
+                                         seed=options.seed, standardize=False)
+    model.get_layer(names.CLASSIFIER).set_weights(list(softmax_weights(classifier, num_classes)))
+    fitted_c = float(np.atleast_1d(classifier[-1].C_)[0])
+    logger.info("Phase 1: the head is the logistic regression (C = %.4g).", fitted_c)
+    train_score = score(train_labels, run_inference(head, _batches(train_x, options)))
+    val_score = score(val_labels, run_inference(head, _batches(val_x, options)))
+    return [{"phase": HEAD, "epoch": 1, "accuracy": train_score["accuracy"],
+             "loss": train_score["loss"], "val_accuracy": val_score["accuracy"],
+             "val_loss": val_score["loss"], "probe_C": fitted_c}]
+
+
+def _batches(features, options):
+    return tf.data.Dataset.from_tensor_slices(np.asarray(features)).batch(options.batch_size)
 
 
 def train_head_on_cached_features(model, dataset, options, phase):
@@ -280,9 +309,12 @@ def train_head_on_cached_features(model, dataset, options, phase):
                 "(train %d, validation %d images)...", len(train), len(val))
     train_x = _cached_features(extractor, train, options, name)
     val_x = _cached_features(extractor, val, options, name)
-    standardize_head(model, train_x)
+    standardized = standardize_head(model, train_x)
     with phase.strategy.scope():  # a model made outside the scope fails to train in it
         head = head_model(model)
+    if options.head_init == "probe" and not has_hidden_layer(model):
+        return fit_head_as_probe(model, head, standardized, train_x, train.labels, val_x,
+                                 val.labels, options, dataset.num_classes)
     epochs = head_epochs(options, len(train), on_cached_features=True)
     logger.info("Phase 1: training the head on cached features (%d epochs at most)...", epochs)
     return phase.fit(head, labelled(train_x, train.labels, dataset.num_classes), len(train),
