@@ -27,16 +27,16 @@ import benchmark_transfer  # noqa: E402
 # row name -> the finetune options that differ from the defaults
 VARIANTS = {
     "defaults": {},
+    "head trained by Adam (not the probe)": {"head_init": "train"},
     "no standardisation": {"standardize": False},
-    "head: 10 epochs (not auto)": {"head_epochs": 10},
     "constant learning rate": {"lr_schedule": "constant"},
     "layer decay 0.5": {"layer_decay": 0.5},
+    "fine-tune lr 1e-5": {"fine_tune_learning_rate": 1e-5},
     "keep last (no guard)": {"keep": "last"},
-    "EMA of weights": {"ema": True},
     "augment none": {"augment": "none"},
     "augment strong": {"augment": "strong"},
-    "fine-tune from conv4": {"fine_tune_from": "conv4"},
     "BN trains (train_bn)": {"train_bn": True},
+    "EMA of weights": {"ema": True},
 }
 
 

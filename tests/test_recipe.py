@@ -179,3 +179,28 @@ def test_lr_find_writes_its_curve_and_suggests_a_rate(tmp_path, image_folder):
     rates = [float(row.split(",")[0]) for row in rows[1:]]
     assert rates[0] == pytest.approx(1e-6) and all(b > a for a, b in zip(rates, rates[1:]))
     assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_the_probe_becomes_a_dense_softmax_with_the_same_probabilities(classes):
+    from transfer.train.logistic import fit_logistic_regression, softmax_weights
+
+    rng = np.random.default_rng(classes)
+    labels = np.arange(120) % classes
+    features = rng.normal(size=(120, 16)) + labels[:, None] * 0.7
+    classifier = fit_logistic_regression(features, labels, classes, folds=3, standardize=False)
+    kernel, bias = softmax_weights(classifier, classes)
+    dense = keras.layers.Dense(classes, activation="softmax")
+    dense.build((None, 16))
+    dense.set_weights([kernel, bias])
+    np.testing.assert_allclose(np.asarray(dense(features.astype("float32"))),
+                               classifier.predict_proba(features), rtol=1e-4, atol=1e-5)
+
+
+def test_phase_one_from_the_probe_matches_the_probe(tmp_path, image_folder):
+    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
+                               batch_size=8, fine_tune_from="none", seed=1)
+    rows = result.history
+    assert len(rows) == 1 and rows[0]["phase"] == "head" and rows[0]["probe_C"] > 0
+    # The head is the regression: its validation accuracy is the run's.
+    assert rows[0]["val_accuracy"] == pytest.approx(result.metrics["val"]["accuracy"])

@@ -320,10 +320,12 @@ recipe_options = _options(
                      help="Fraction of each class held out for a final test."),
     _finetune_option("--head-init", type=Choice(finetune_options.HEAD_INITS),
                      help="Phase 1 on cached features: probe fits a logistic regression (C by "
-                          "cross-validation) as the head; train trains it with the optimizer."),
+                          "cross-validation) as the head; train (or a number of --head-epochs) "
+                          "trains it with the optimizer."),
     _finetune_option("--head-epochs", type=IntOrAuto(),
-                     help="Phase 1: epochs for the new head on the frozen backbone; auto plans "
-                          "enough steps to converge on cached features (at least 10 epochs)."),
+                     help="Phase 1: epochs for the new head on the frozen backbone; auto: the "
+                          "probe, or (--head-init train) enough steps to converge on cached "
+                          "features (at least 10 epochs)."),
     _finetune_option("--head-lr", "head_learning_rate", type=float),
     _finetune_option("--fine-tune-from",
                      help="Phase 2: first group to unfreeze (stem, conv2..conv5, post), or none."),

@@ -40,6 +40,8 @@ def fit_logistic_regression(features, labels, num_classes, folds=FOLDS, seed=0,
         # scikit-learn 1.8 announces changes of LogisticRegressionCV's defaults and
         # attributes; the ones used here are set explicitly or read both ways.
         warnings.simplefilter("ignore", FutureWarning)
+        # A class with fewer images than folds: the data checks have warned already.
+        warnings.filterwarnings("ignore", message="The least populated class")
         classifier.fit(features, labels)
     return classifier
 

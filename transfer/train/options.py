@@ -37,7 +37,7 @@ class FinetuneOptions:
     batch_size: int = 32  # global batch size
     val_split: float = 0.2
     test_split: float = 0.0
-    head_init: str = "probe"  # phase 1 on cached features: the probe's solution, or Adam
+    head_init: str = "probe"  # phase 1 with head_epochs=auto: the probe's solution, or Adam
     head_epochs: int = AUTO  # or a number of epochs; see transfer.train.phases.head_epochs
     head_learning_rate: float = 1e-3
     fine_tune_from: str = "conv5"  # a group name, or "none" to skip phase 2

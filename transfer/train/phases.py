@@ -312,7 +312,8 @@ def train_head_on_cached_features(model, dataset, options, phase):
     standardized = standardize_head(model, train_x)
     with phase.strategy.scope():  # a model made outside the scope fails to train in it
         head = head_model(model)
-    if options.head_init == "probe" and not has_hidden_layer(model):
+    # The probe is phase 1 unless told otherwise: a number of head epochs asks for training.
+    if options.head_init == "probe" and options.head_epochs == AUTO and not has_hidden_layer(model):
         return fit_head_as_probe(model, head, standardized, train_x, train.labels, val_x,
                                  val.labels, options, dataset.num_classes)
     epochs = head_epochs(options, len(train), on_cached_features=True)
