@@ -371,7 +371,3 @@ def score(labels, probabilities):
     correct = (probabilities.argmax(axis=1) == labels) & finite
     return {"accuracy": float(np.mean(correct)), "loss": float(-np.mean(np.log(picked)))}
 
-
-def better(first, second):
-    """Whether score `first` beats `second`: higher accuracy, then lower loss."""
-    return (first["accuracy"], -first["loss"]) > (second["accuracy"], -second["loss"])
