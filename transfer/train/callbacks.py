@@ -6,7 +6,7 @@ import numpy as np
 
 from transfer.io import write_json
 from transfer.lazy import keras
-from transfer.runtime import run_inference
+from transfer.runtime import run_inference, score
 from transfer.train.distribute import plain_copy
 
 
@@ -34,10 +34,9 @@ def local_validation(model, val):
 
     def on_epoch_end(epoch, logs=None):
         local.set_weights(model.get_weights())
-        probabilities = np.clip(run_inference(local, images), 1e-7, 1.0)
         if logs is None:
             return
-        logs["val_loss"] = float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels])))
-        logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == labels))
+        found = score(labels, run_inference(local, images))
+        logs["val_loss"], logs["val_accuracy"] = found["loss"], found["accuracy"]
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)

@@ -34,7 +34,7 @@ from transfer.models.heads import (
 )
 from transfer.models.identify import architecture_of
 from transfer.progress import fit_verbosity
-from transfer.runtime import run_inference
+from transfer.runtime import run_inference, score
 from transfer.train.callbacks import epoch_log, local_validation
 from transfer.train.distribute import keras_multi_worker_fit, local_copy
 from transfer.train.feature_cache import (
@@ -360,14 +360,3 @@ def validation_score(model, dataset, options):
     val = dataset.splits["val"]
     probabilities = run_inference(model, images_only(val, options.image_size, options.batch_size))
     return score(val.labels, probabilities)
-
-
-def score(labels, probabilities):
-    """Accuracy and log loss; an image with non-finite outputs (a diverged model)
-    counts as wrong, with the largest loss."""
-    finite = np.isfinite(probabilities).all(axis=1)
-    probabilities = np.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
-    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
-    correct = (probabilities.argmax(axis=1) == labels) & finite
-    return {"accuracy": float(np.mean(correct)), "loss": float(-np.mean(np.log(picked)))}
-
