@@ -53,7 +53,8 @@ def test_the_run_says_which_phase_it_kept(sample_run):
     kept = metrics["kept"]
     assert kept["phase"] in ("head", "fine-tune")
     head, fine_tune = kept["validation"]["head"], kept["validation"]["fine-tune"]
-    assert kept["phase"] == ("fine-tune" if fine_tune["accuracy"] > head["accuracy"] else "head")
+    if kept["phase"] == "fine-tune":  # kept only when clearly better (tests/test_recipe.py)
+        assert fine_tune["accuracy"] > head["accuracy"]
     assert json.loads((out / "config.json").read_text())["kept"] == kept["phase"]
     assert "kept: phase " in output
     assert (out / "augmentation_preview.png").stat().st_size > 1000

@@ -204,3 +204,47 @@ def test_phase_one_from_the_probe_matches_the_probe(tmp_path, image_folder):
     assert len(rows) == 1 and rows[0]["phase"] == "head" and rows[0]["probe_C"] > 0
     # The head is the regression: its validation accuracy is the run's.
     assert rows[0]["val_accuracy"] == pytest.approx(result.metrics["val"]["accuracy"])
+
+
+def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image_folder):
+    from transfer.data.pipeline import images_only
+    from transfer.data.sources import load_dataset
+    from transfer.models.heads import pooled_features
+
+    common = dict(weights=None, image_size=32, batch_size=8, fine_tune_from="none", seed=1)
+    refit = transfer.finetune(image_folder, out=tmp_path / "refit", **common)
+    plain = transfer.finetune(image_folder, out=tmp_path / "plain", refit=False, **common)
+    splits = load_dataset(image_folder, val_split=FinetuneOptions.val_split).splits
+    train, val = splits["train"], splits["val"]
+    assert refit.metrics["kept"]["refit"]["images"] == len(train) + len(val)
+    assert "refit" not in plain.metrics["kept"]
+    # Validation judged the model before the refit: the same in both runs.
+    assert refit.metrics["val"] == plain.metrics["val"]
+
+    extractor = pooled_features(plain.model)  # the backbone is the same in both
+    features = {name: np.concatenate([np.asarray(extractor(batch)) for batch in
+                                      images_only(split, 32, 8)])
+                for name, split in (("train", train), ("val", val))}
+    everything = np.concatenate([features["train"], features["val"]])
+    for result, expected in ((plain, features["train"]), (refit, everything)):
+        mean = np.asarray(result.model.get_layer(HEAD_STANDARDIZE).mean).ravel()
+        np.testing.assert_allclose(mean, expected.mean(axis=0), rtol=1e-4, atol=1e-5)
+    reloaded = keras.models.load_model(refit.run_dir / "model.keras", safe_mode=True)
+    images = next(iter(images_only(val, 32, 8)))
+    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(refit.model(images)),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gained,lost,kept", [
+    (0, 0, False),   # the same images right: a tie keeps phase 1
+    (1, 0, False),   # one image more is noise (1 > 1 * sqrt(1) fails)
+    (3, 1, False),   # 2 > sqrt(4) fails
+    (4, 0, True),    # 4 > sqrt(4)
+    (30, 10, True),  # 20 > sqrt(40)
+    (10, 30, False),
+])
+def test_phase_two_is_kept_only_when_clearly_better(gained, lost, kept):
+    both = 50  # images both get right; they do not count
+    fine_tune = np.array([True] * gained + [False] * lost + [True] * both)
+    head = np.array([False] * gained + [True] * lost + [True] * both)
+    assert phases.clearly_better(fine_tune, head) is kept

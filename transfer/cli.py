@@ -339,8 +339,11 @@ recipe_options = _options(
     click.option("--ema", is_flag=True,
                  help="Phase 2 ends with the exponential moving average of its weights."),
     _finetune_option("--keep", type=Choice(finetune_options.KEEP_MODES),
-                     help="best: phase 1's model when phase 2 does not beat it on validation; "
-                          "last: phase 2's model regardless."),
+                     help="best: phase 1's model when phase 2 does not clearly beat it on "
+                          "validation; last: phase 2's model regardless."),
+    click.option("--refit/--no-refit", default=FINETUNE.refit, show_default=True,
+                 help="When phase 1 (the probe) is kept, fit it again on the training and "
+                      "validation images together."),
     click.option("--train-bn", is_flag=True,
                  help="Let BatchNormalization of unfrozen groups train (default: inference mode)."),
     _finetune_option("--optimizer", type=Choice(tuple(finetune_options.OPTIMIZERS)),
@@ -419,6 +422,9 @@ def finetune(data, out, overwrite, resume, **options):
         click.echo(f"kept: {'phase 1 (head)' if kept['phase'] == 'head' else 'phase 2 (fine-tune)'}"
                    f" - {kept['reason']} (validation accuracy: phase 1 "
                    f"{scores['head']['accuracy']:.4f}, phase 2 {scores['fine-tune']['accuracy']:.4f})")
+    if "refit" in kept:
+        click.echo(f"refit: phase 1's probe on {kept['refit']['images']} training and validation "
+                   "images (the validation scores above are from before it)")
     timings = result.timings
     phases = [f"head {timings.get('head_seconds', 0):.0f}s"]
     if "fine_tune_seconds" in timings:

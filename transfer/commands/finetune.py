@@ -42,7 +42,10 @@ from transfer.train.phases import (
     HEAD,
     Phase,
     class_weights,
+    clearly_better,
     fine_tune_on_images,
+    head_is_probe,
+    refit_probe_on_all_labels,
     train_head_on_cached_features,
     train_head_on_images,
     validation_score,
@@ -94,7 +97,12 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     history += _fine_tune(model, dataset, options, phase_args, timings)
     kept = _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
 
-    metrics = _report_splits(local_copy(model, strategy), dataset, options, paths.root)
+    # Validation reports first: they judge the model as chosen, before any refit.
+    metrics = _report_splits(local_copy(model, strategy), dataset, options, paths.root, "val")
+    if kept["phase"] == HEAD and options.refit and head_is_probe(history):
+        kept["refit"] = refit_probe_on_all_labels(model, dataset, options, strategy)
+    metrics.update(_report_splits(local_copy(model, strategy), dataset, options, paths.root,
+                                  "test"))
     timings["total_seconds"] = round(time.monotonic() - started, 2)
     metrics.update(kept=kept, timings=timings, skipped_files=dataset.skipped)
     _write_results(paths, model, history, metrics)
@@ -235,39 +243,39 @@ def _score(model, strategy, dataset, options):
 
 def _keep_the_better_phase(model, strategy, dataset, options, paths, head_score):
     """Fine-tuning never hands back a worse model than its own phase 1: unless phase 2
-    ends with a higher validation accuracy, phase 1's weights return (a tie goes to
-    phase 1: on the 100-label ablation a tie broken by loss kept a phase 2 that
-    tested 0.02 lower). Returns what was kept and why, for metrics.json and the summary."""
+    gets clearly more validation images right (beyond noise, see `clearly_better`),
+    phase 1's weights return. Returns what was kept and why, for metrics.json and the
+    summary."""
     if head_score is None:
         return {"phase": HEAD, "reason": "no fine-tuning phase"}
     fine_tune_score = _score(model, strategy, dataset, options)
+    better = clearly_better(fine_tune_score.pop("correct"), head_score.pop("correct"))
     scores = {HEAD: head_score, FINE_TUNE: fine_tune_score}
     if options.keep == "last":
         return {"phase": FINE_TUNE, "reason": "keep='last'", "validation": scores}
-    if not fine_tune_score["accuracy"] > head_score["accuracy"]:
+    if not better:
         _load_phase_one(model, paths)
         logger.warning(
-            "Fine-tuning did not beat phase 1 on validation (accuracy %.4f against %.4f): "
-            "keeping phase 1's model (keep=last keeps phase 2's).", fine_tune_score["accuracy"], head_score["accuracy"])
-        return {"phase": HEAD, "reason": "phase 2 did not beat phase 1's validation accuracy",
+            "Fine-tuning did not clearly beat phase 1 on validation (accuracy %.4f against "
+            "%.4f): keeping phase 1's model (keep=last keeps phase 2's).",
+            fine_tune_score["accuracy"], head_score["accuracy"])
+        return {"phase": HEAD, "reason": "phase 2 did not clearly beat phase 1 on validation",
                 "validation": scores}
-    return {"phase": FINE_TUNE, "reason": "phase 2 beat phase 1's validation accuracy",
+    return {"phase": FINE_TUNE, "reason": "phase 2 clearly beat phase 1 on validation",
             "validation": scores}
 
 
-def _report_splits(model, dataset, options, out_dir):
-    """Metrics and report files of the validation split (and the test split, if any)."""
-    metrics = {"classes": dataset.class_names}
-    for split_name, prefix in (("val", ""), ("test", TEST_PREFIX)):
-        split = dataset.splits.get(split_name)
-        if split is None or not len(split):
-            continue
-        probabilities = run_inference(
-            model, images_only(split, options.image_size, options.batch_size))
-        metrics[split_name] = compute_metrics(split.labels, probabilities, dataset.class_names)
-        write_reports(out_dir, split.labels, probabilities, dataset.class_names, split.paths,
-                      prefix=prefix)
-    return metrics
+def _report_splits(model, dataset, options, out_dir, split_name):
+    """Metrics and report files of one split ("val", or "test" when there is one)."""
+    split = dataset.splits.get(split_name)
+    if split is None or not len(split):
+        return {"classes": dataset.class_names}
+    probabilities = run_inference(model, images_only(split, options.image_size,
+                                                     options.batch_size))
+    write_reports(out_dir, split.labels, probabilities, dataset.class_names, split.paths,
+                  prefix=TEST_PREFIX if split_name == "test" else "")
+    return {"classes": dataset.class_names,
+            split_name: compute_metrics(split.labels, probabilities, dataset.class_names)}
 
 
 def _write_results(paths, model, history, metrics):

@@ -19,9 +19,9 @@ OPTIMIZERS = {
 }
 AUGMENT_PRESETS = ("none", "light", "default", "strong")  # transfer.data.augment.PRESETS
 CLASS_WEIGHT_MODES = ("none", "auto")
-LR_SCHEDULES = ("cosine", "constant")
-KEEP_MODES = ("best", "last")
-HEAD_INITS = ("probe", "train")  # phase 1: fit a logistic regression, or train the head  # best: phase 1's model when phase 2 does not beat it  # of phase 2: warmup then cosine decay, or constant
+LR_SCHEDULES = ("cosine", "constant")  # of phase 2: warmup then cosine decay, or constant
+KEEP_MODES = ("best", "last")  # best: phase 1's model when phase 2 does not clearly beat it
+HEAD_INITS = ("probe", "train")  # phase 1: fit a logistic regression, or train the head
 AUTO = "auto"  # head_epochs: planned from the number of training images
 # jit_compile -> model.compile's value; "auto" is Keras' choice: XLA on GPUs, not on CPUs
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
@@ -57,6 +57,7 @@ class FinetuneOptions:
     augment: str = "default"  # phase 2's augmentation preset
     flip: bool = True  # horizontal flips in the augmentation (wrong for digits and text)
     keep: str = "best"  # which model the run keeps: the best validated phase, or the last
+    refit: bool = True  # a kept probe head is fitted again on training + validation images
     early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 turns it off
     seed: int = 42
     strict: bool = False
