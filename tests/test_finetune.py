@@ -62,6 +62,21 @@ def test_the_run_says_which_phase_it_kept(sample_run):
     assert np.asarray(model.get_layer("head_standardize").variance).min() > 0
 
 
+def test_model_file_holds_the_weights_without_optimizer_state(sample_run):
+    out, _ = sample_run
+    model = keras.models.load_model(out / "model.keras", safe_mode=True)
+    weight_bytes = sum(np.asarray(w).nbytes for w in model.weights)
+    assert (out / "model.keras").stat().st_size < 1.05 * weight_bytes + 2**20
+    assert not model.compiled
+
+
+def test_history_says_when_each_epoch_ended(sample_run):
+    out, _ = sample_run
+    with open(out / "history.csv") as f:
+        elapsed = [float(row["elapsed_seconds"]) for row in csv.DictReader(f)]
+    assert len(elapsed) == 3 and 0 < elapsed[0] < elapsed[1] < elapsed[2]
+
+
 def test_run_directory_has_every_file(sample_run):
     out, output = sample_run
     expected = {"config.json", "labels.txt", "model.keras", "history.csv", "metrics.json",

@@ -248,3 +248,45 @@ def test_phase_two_is_kept_only_when_clearly_better(gained, lost, kept):
     fine_tune = np.array([True] * gained + [False] * lost + [True] * both)
     head = np.array([False] * gained + [True] * lost + [True] * both)
     assert phases.clearly_better(fine_tune, head) is kept
+
+
+def test_a_backup_restores_what_training_changes_and_a_broken_one_starts_over(tmp_path, caplog,
+                                                                             monkeypatch):
+    import logging
+
+    from transfer.train.callbacks import backup_epoch, restore_backup, resume_backup
+
+    monkeypatch.setattr(logging.getLogger("transfer"), "propagate", True)
+
+    def compiled_model():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        frozen = keras.layers.Dense(3, name="frozen", trainable=False)(inputs)
+        outputs = keras.layers.Dense(2, name="trained")(frozen)
+        model = keras.Model(inputs, outputs)
+        model.compile(keras.optimizers.Adam(1e-2), "mse")
+        return model
+
+    x, y = np.random.default_rng(0).normal(size=(16, 4)), np.zeros((16, 2))
+    trained = compiled_model()
+    backup = resume_backup(trained, tmp_path / "b", interval=0)
+    backup.set_model(trained)
+    trained.fit(x, y, epochs=2, verbose=0)
+    backup.on_epoch_end(1)
+    assert backup_epoch(tmp_path / "b") == 2
+    # Only the trainable layer's weights and the optimizer are kept.
+    with np.load(tmp_path / "b" / "backup.npz") as stored:
+        model_arrays = [k for k in stored if k.startswith("model_")]
+    assert len(model_arrays) == 2
+
+    fresh = compiled_model()
+    assert restore_backup(fresh, tmp_path / "b")
+    for a, b in zip(fresh.weights + fresh.optimizer.variables,
+                    trained.weights + trained.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    (tmp_path / "b" / "backup.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert not restore_backup(compiled_model(), tmp_path / "b")
+    assert "cannot be used" in caplog.text
+    backup.on_train_end()
+    assert backup_epoch(tmp_path / "b") == 0 and not list((tmp_path / "b").iterdir())

@@ -112,7 +112,8 @@ def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
 def _finetune_command(folder, out, backbone_file, *extra):
     return [sys.executable, "-m", "transfer", "finetune", "--data", str(folder),
             "--weights", str(backbone_file), "--out", str(out), "--head-epochs", "2",
-            "--fine-tune-from", "conv5", "--fine-tune-epochs", "5", *SMALL, *extra]
+            "--fine-tune-from", "conv5", "--fine-tune-epochs", "5", "--backup-interval", "0",
+            *SMALL, *extra]
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, image_folder, backbone_file):
@@ -125,7 +126,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, image_folder, backbone_
     out = tmp_path / "interrupted"
     process = subprocess.Popen(_finetune_command(image_folder, out, backbone_file), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = out / "checkpoints" / "backup-fine-tune" / "training_metadata.json"
+    metadata = out / "checkpoints" / "backup-fine-tune" / "backup.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:

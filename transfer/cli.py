@@ -365,6 +365,9 @@ recipe_options = _options(
                      help="Stop a phase after this many epochs without a better val_loss, and "
                           "restore the best weights (0: off)."),
     _finetune_option("--seed", type=int),
+    _finetune_option("--backup-interval", type=float,
+                     help="Seconds between the backups that --resume continues from (written "
+                          "at the end of an epoch; 0: every epoch)."),
     strict_option,
     click.option("--no-cache", "cache_features", flag_value=False, default=True,
                  help="Train phase 1 through the frozen backbone instead of on cached features."),

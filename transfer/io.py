@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import RunFailedError
+from transfer.lazy import keras
 
 
 def write_failure(path, exc):
@@ -84,7 +85,15 @@ def write_npy(path, array):
 
 
 def save_model(model, path):
-    """Save a Keras model atomically (Keras needs the `.keras` suffix on the temp file)."""
+    """Save a Keras model atomically (Keras needs the `.keras` suffix on the temp file),
+    without its optimizer: Adam's state is twice the weights (a ResNet50's model.keras
+    was 215 MB for 102 MB of weights), and a saved model is for inference or a new
+    fine-tuning, which starts its own optimizer."""
+    if getattr(model, "optimizer", None) is not None:
+        # An uncompiled copy (clone_model would compile it again, optimizer and all).
+        copy = type(model).from_config(model.get_config())
+        copy.set_weights(model.get_weights())
+        model = copy
     with atomic_path(path) as tmp:
         model.save(tmp)
     return Path(path)

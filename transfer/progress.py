@@ -3,12 +3,28 @@ pipe, one plain line when a long step ends, with no escape codes or carriage
 returns."""
 
 import logging
+import os
 import sys
 import time
 
 from transfer.lazy import keras
 
 logger = logging.getLogger("transfer")
+
+
+def seconds_since_start():
+    """Wall seconds since this process started (Linux reads it from /proc, so imports
+    count; elsewhere, since transfer was imported)."""
+    try:
+        with open("/proc/self/stat") as f:  # field 22: start time, clock ticks after boot
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return round(float(f.read().split()[0]) - started, 2)
+    except (OSError, ValueError, IndexError):
+        return round(time.monotonic() - _IMPORTED, 2)
+
+
+_IMPORTED = time.monotonic()
 
 
 def interactive():

@@ -28,6 +28,7 @@ from transfer.lazy import keras, tf
 from transfer.models.architectures import image_size_pair
 from transfer.models.heads import is_classifier
 from transfer.models.names import CLASSIFIER
+from transfer.train.options import RESULT_NEUTRAL
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.txt"
@@ -79,7 +80,7 @@ class RunPaths:
         return self.root / LOGS_DIR / phase
 
     def backup(self, phase):
-        """keras.callbacks.BackupAndRestore's folder for a phase."""
+        """A phase's backup for --resume (transfer.train.callbacks.resume_backup)."""
         return self.checkpoints / f"backup-{phase}"
 
     def phase_history(self, phase):
@@ -148,7 +149,8 @@ def check_resume(run_dir, options):
     if config.get("status") == COMPLETE:
         raise InvalidArgumentError(f"resume=True: the run in {run_dir} is already complete.")
     stored = config.get("options", {})
-    differ = sorted(k for k, v in options.as_dict().items() if k in stored and stored[k] != v)
+    differ = sorted(k for k, v in options.as_dict().items()
+                    if k in stored and stored[k] != v and k not in RESULT_NEUTRAL)
     if differ:
         raise InvalidArgumentError(
             f"resume=True: {run_dir} was started with other options ({', '.join(differ)}); "

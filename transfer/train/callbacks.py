@@ -2,12 +2,23 @@
 validation on a local copy of a distributed model. Built from Keras' LambdaCallback,
 so that defining them needs no Keras at import time."""
 
+import json
+import logging
+import time
+import zipfile
+from pathlib import Path
+
 import numpy as np
 
-from transfer.io import write_json
+from transfer.io import write_json, write_npz
 from transfer.lazy import keras
+from transfer.progress import seconds_since_start
 from transfer.runtime import run_inference, score
 from transfer.train.distribute import plain_copy
+
+logger = logging.getLogger("transfer")
+
+ELAPSED = "elapsed_seconds"  # history column: when the epoch ended, from process start
 
 
 def epoch_log(phase, rows, path):
@@ -15,7 +26,8 @@ def epoch_log(phase, rows, path):
 
     def on_epoch_end(epoch, logs=None):
         rows.append({"phase": phase, "epoch": epoch + 1,
-                     **{k: float(v) for k, v in (logs or {}).items()}})
+                     **{k: float(v) for k, v in (logs or {}).items()},
+                     ELAPSED: seconds_since_start()})
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, rows)
 
@@ -40,3 +52,83 @@ def local_validation(model, val):
         logs["val_loss"], logs["val_accuracy"] = found["loss"], found["accuracy"]
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+
+# A phase's backup for --resume: the variables that training changes (those of the
+# trainable layers, BatchNormalization statistics included when they train) and the
+# optimizer's, in one file written atomically, so one copy is enough. Keras'
+# BackupAndRestore wrote the whole model and optimizer twice every epoch.
+BACKUP_FILE, BACKUP_EPOCH_FILE = "backup.npz", "backup.json"
+
+
+def _changing_variables(model):
+    def leaves(layer):
+        children = getattr(layer, "layers", None)
+        if children:
+            for child in children:
+                yield from leaves(child)
+        else:
+            yield layer
+
+    return [v for layer in leaves(model) if layer.trainable for v in layer.weights]
+
+
+def resume_backup(model, directory, interval):
+    """Writes the backup at the end of an epoch when `interval` seconds have passed
+    since the last one (or the phase's start), and removes it when the phase ends."""
+    last = [time.monotonic()]
+    directory = Path(directory)
+
+    def on_epoch_end(epoch, logs=None):
+        if time.monotonic() - last[0] < interval:
+            return
+        variables = _changing_variables(model)
+        arrays = {f"model_{i}": np.asarray(v) for i, v in enumerate(variables)}
+        arrays.update({f"optimizer_{i}": np.asarray(v)
+                       for i, v in enumerate(model.optimizer.variables)})
+        directory.mkdir(parents=True, exist_ok=True)
+        write_npz(directory / BACKUP_FILE, arrays)
+        write_json(directory / BACKUP_EPOCH_FILE, {"epoch": epoch + 1})  # after the weights
+        last[0] = time.monotonic()
+
+    def on_train_end(logs=None):
+        for name in (BACKUP_EPOCH_FILE, BACKUP_FILE):
+            (directory / name).unlink(missing_ok=True)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end, on_train_end=on_train_end)
+
+
+def backup_epoch(directory):
+    """The number of epochs a phase's backup holds (0 without one)."""
+    path = Path(directory) / BACKUP_EPOCH_FILE
+    if not path.exists() or not (Path(directory) / BACKUP_FILE).exists():
+        return 0
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def restore_backup(model, directory):
+    """Load a phase's backup into the compiled `model`; False (with a warning) when
+    the file cannot be read or does not fit the model, and the phase starts over."""
+    variables = _changing_variables(model)
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    try:
+        with np.load(Path(directory) / BACKUP_FILE) as stored:
+            arrays = dict(stored)
+        targets = [(f"model_{i}", v) for i, v in enumerate(variables)] + \
+                  [(f"optimizer_{i}", v) for i, v in enumerate(optimizer.variables)]
+        if len(arrays) != len(targets) or any(
+                name not in arrays or tuple(arrays[name].shape) != tuple(v.shape)
+                for name, v in targets):
+            raise ValueError("its variables do not match the model's")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        logger.warning("The backup in %s cannot be used (%s): the phase starts again.",
+                       directory, error)
+        return False
+    for name, variable in targets:
+        variable.assign(arrays[name])
+    return True

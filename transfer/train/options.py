@@ -22,6 +22,8 @@ CLASS_WEIGHT_MODES = ("none", "auto")
 LR_SCHEDULES = ("cosine", "constant")  # of phase 2: warmup then cosine decay, or constant
 KEEP_MODES = ("best", "last")  # best: phase 1's model when phase 2 does not clearly beat it
 HEAD_INITS = ("probe", "train")  # phase 1: fit a logistic regression, or train the head
+# Options that cannot change a run's result: a resumed run may give others.
+RESULT_NEUTRAL = ("backup_interval", "cache_dir")
 AUTO = "auto"  # head_epochs: planned from the number of training images
 # jit_compile -> model.compile's value; "auto" is Keras' choice: XLA on GPUs, not on CPUs
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
@@ -60,6 +62,7 @@ class FinetuneOptions:
     refit: bool = True  # a kept probe head is fitted again on training + validation images
     early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 turns it off
     seed: int = 42
+    backup_interval: float = 60.0  # seconds between backups for --resume (at epoch ends)
     strict: bool = False
     cache_features: bool = True
     cache_dir: str = None  # default: $TRANSFER_CACHE_DIR or ~/.cache/transfer/features
@@ -103,8 +106,8 @@ class FinetuneOptions:
                 f"layer_decay must be in (0, 1]. Received: {self.layer_decay}")
         if self.head_epochs != AUTO and self.head_epochs < 0:
             raise InvalidArgumentError(f"head_epochs must be 0 or more. Received: {self.head_epochs}")
-        for name in ("fine_tune_epochs", "early_stopping_patience"):
-            if int(getattr(self, name)) < 0:
+        for name in ("fine_tune_epochs", "early_stopping_patience", "backup_interval"):
+            if getattr(self, name) < 0:
                 raise InvalidArgumentError(f"{name} must be 0 or more. Received: {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InvalidArgumentError(

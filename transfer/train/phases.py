@@ -33,9 +33,16 @@ from transfer.models.heads import (
     set_standardization,
 )
 from transfer.models.identify import architecture_of
-from transfer.progress import fit_verbosity
+from transfer.progress import fit_verbosity, seconds_since_start
 from transfer.runtime import run_inference, score
-from transfer.train.callbacks import epoch_log, local_validation
+from transfer.train.callbacks import (
+    ELAPSED,
+    backup_epoch,
+    epoch_log,
+    local_validation,
+    restore_backup,
+    resume_backup,
+)
 from transfer.train.distribute import keras_multi_worker_fit, local_copy
 from transfer.train.feature_cache import (
     cache_key,
@@ -176,10 +183,7 @@ class Phase:
 
     def first_epoch(self):
         """The epoch a backup of an interrupted run resumes from (0 without one)."""
-        metadata = self.backup_dir / "training_metadata.json"
-        if metadata.exists():
-            return int(json.loads(metadata.read_text()).get("epoch", 0))
-        return 0
+        return backup_epoch(self.backup_dir)
 
     def fit(self, model, train_base, train_count, val, epochs, learning_rate, augment=None,
             schedule=False, layer_decay=1.0, ema=False):
@@ -207,6 +211,10 @@ class Phase:
             with self.strategy.scope():
                 compile_model(model, self.options, rate, self.num_classes, replicas, multipliers,
                               ema)
+        if first and not restore_backup(model, self.backup_dir):
+            first = 0
+            train = epoch_batches(train_base, train_count, batch, self.options.seed, epochs,
+                                  first, augment, drop_remainder=drop_remainder)
         log_path = self.paths.phase_history(self.name)
         rows = json.loads(log_path.read_text())[:first] if first and log_path.exists() else []
         # The epoch log is written before the backup, so a backup never runs ahead of it.
@@ -215,9 +223,10 @@ class Phase:
             callbacks.append(local_validation(model, val))
             val = None
         callbacks += [epoch_log(self.name, rows, log_path),
-                      keras.callbacks.BackupAndRestore(str(self.backup_dir),
-                                                       double_checkpoint=True),
-                      keras.callbacks.TensorBoard(log_dir=str(self.paths.logs(self.name)))]
+                      resume_backup(model, self.backup_dir, self.options.backup_interval),
+                      # Scalars only: the graph and histograms cost seconds an epoch.
+                      keras.callbacks.TensorBoard(log_dir=str(self.paths.logs(self.name)),
+                                                  write_graph=False, histogram_freq=0)]
         if self.options.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=self.options.early_stopping_patience,
@@ -285,7 +294,8 @@ def fit_head_as_probe(model, head, standardized, train_x, train_labels, val_x, v
     val_score = score(val_labels, run_inference(head, _batches(val_x, options)))
     return [{"phase": HEAD, "epoch": 1, "accuracy": train_score["accuracy"],
              "loss": train_score["loss"], "val_accuracy": val_score["accuracy"],
-             "val_loss": val_score["loss"], PROBE_C: fitted_c}]
+             "val_loss": val_score["loss"], PROBE_C: fitted_c,
+             ELAPSED: seconds_since_start()}]
 
 
 PROBE_C = "probe_C"  # the history column of a phase 1 that is the probe
