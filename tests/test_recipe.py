@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import transfer
-from tests.conftest import random_images
+from tests.conftest import random_images, randomize
 from tests.test_finetune import _backbone_after, _weights_file
 from transfer.data.augment import PRESETS, augmentation
 from transfer.models.heads import set_standardization
@@ -290,3 +290,41 @@ def test_a_backup_restores_what_training_changes_and_a_broken_one_starts_over(tm
     assert "cannot be used" in caplog.text
     backup.on_train_end()
     assert backup_epoch(tmp_path / "b") == 0 and not list((tmp_path / "b").iterdir())
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_model_splits_at_a_group_into_frozen_prefix_and_trained_suffix(version):
+    from transfer.models.groups import split_at_group
+
+    model = transfer.build_classifier(4, weights=None, image_size=32, version=version)
+    randomize(model)
+    images = random_images((3, 32, 32, 3))
+    for group in ("conv2", "conv4", "conv5"):
+        prefix, suffix = split_at_group(model, group)
+        np.testing.assert_allclose(np.asarray(suffix(prefix(images))), np.asarray(model(images)),
+                                   rtol=1e-5, atol=1e-6)
+        # The suffix shares the model's layers: it follows any change of weights.
+        assert {id(w) for w in suffix.weights} <= {id(w) for w in model.weights}
+        assert not {id(w) for w in prefix.weights} & {id(w) for w in suffix.trainable_weights}
+    assert split_at_group(model, "stem") is None
+
+
+def test_phase_two_validation_from_the_frozen_groups_matches_the_whole_model(tmp_path,
+                                                                           image_folder,
+                                                                           monkeypatch):
+    made = []
+    original = phases.cached_validation
+    monkeypatch.setattr(phases, "cached_validation",
+                        lambda suffix, *args: made.append(suffix.name) or original(suffix, *args))
+    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
+                               batch_size=8, head_epochs=1, fine_tune_epochs=2,
+                               early_stopping_patience=0, keep="last", augment="none")
+    last = result.history[-1]
+    assert last["phase"] == "fine-tune"
+    assert {"val_loss", "val_accuracy", "val_top5_accuracy"} <= set(last)
+    # The last epoch's logged validation is the whole model's on the validation images.
+    whole = phases.validation_score(result.model, transfer.data.load_dataset(
+        image_folder, val_split=0.2), FinetuneOptions(image_size=32, batch_size=8))
+    assert last["val_accuracy"] == pytest.approx(whole["accuracy"])
+    assert last["val_loss"] == pytest.approx(whole["loss"], rel=1e-2)
+    assert made == ["from_conv5"]  # phase 2 validated through conv5 and the head only

@@ -69,11 +69,12 @@ def write_csv(path, header, rows):
     return write_text(path, buffer.getvalue())
 
 
-def write_npz(path, arrays):
-    """NumPy arrays as one compressed .npz file."""
+def write_npz(path, arrays, compress=True):
+    """NumPy arrays as one .npz file (compressed unless told otherwise: compressing
+    weights is slow and saves little)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
     return Path(path)
 
 

@@ -107,3 +107,41 @@ def freeze(model, until=None, train_bn=False):
 def unfreeze(model, start="stem", train_bn=False):
     """Make the groups from `start` on trainable and freeze the ones before it."""
     return set_trainable_from(model, start, train_bn=train_bn)
+
+
+def split_at_group(model, start):
+    """(prefix, suffix): two models sharing `model`'s layers, raw pixels -> the input
+    of group `start` -> the classifier's outputs, so that suffix(prefix(x)) equals
+    model(x). None where the groups before `start` hand on more than one tensor or
+    `start` is the first group (nothing to split off)."""
+    model_groups = groups(model)
+    _check_group(model_groups, start, "start")
+    names_ = list(model_groups)
+    index = names_.index(start)
+    backbone = find_backbone(model)
+    if index == 0 or backbone is model:
+        return None
+    before = {id(layer) for name in names_[:index] for layer in model_groups[name]}
+    after = [layer for name in names_[index:] for layer in model_groups[name]
+             if layer in backbone.layers]
+    # The tensors that layers from `start` on take from the earlier groups, in the
+    # backbone's own graph (a layer's first call; later ones are other models').
+    crossing = {id(tensor): tensor for layer in after
+                for tensor in layer._inbound_nodes[0].input_tensors
+                if id(tensor._keras_history.operation) in before}
+    if len(crossing) != 1 or not after:
+        return None
+    boundary = next(iter(crossing.values()))
+    inner_suffix = keras.Model(boundary, backbone.output, name=f"{backbone.name}_from_{start}")
+    inputs = keras.Input(boundary.shape[1:], dtype=boundary.dtype, name=f"{start}_input")
+    x = inner_suffix(inputs)
+    for layer in model.layers[model.layers.index(backbone) + 1:]:
+        x = layer(x)
+    # The prefix: the classifier up to the backbone, then the backbone up to the boundary.
+    inner_prefix = keras.Model(backbone.input, boundary, name=f"{backbone.name}_to_{start}")
+    pixels = model.input
+    y = pixels
+    for layer in model.layers[1:model.layers.index(backbone)]:
+        y = layer(y)
+    prefix = keras.Model(pixels, inner_prefix(y), name=f"to_{start}")
+    return prefix, keras.Model(inputs, x, name=f"from_{start}")

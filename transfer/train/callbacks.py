@@ -11,25 +11,64 @@ from pathlib import Path
 import numpy as np
 
 from transfer.io import write_json, write_npz
-from transfer.lazy import keras
+from transfer.lazy import keras, tf
 from transfer.progress import seconds_since_start
 from transfer.runtime import run_inference, score
 from transfer.train.distribute import plain_copy
 
 logger = logging.getLogger("transfer")
 
-ELAPSED = "elapsed_seconds"  # history column: when the epoch ended, from process start
+# History columns: when the epoch ended (from process start), its wall time, and the
+# part of it spent in training steps.
+ELAPSED, EPOCH_SECONDS, STEP_SECONDS = "elapsed_seconds", "epoch_seconds", "step_seconds"
 
 
 def epoch_log(phase, rows, path):
-    """Appends each epoch's logs to `rows` and writes them to `path` at once."""
+    """Appends each epoch's logs to `rows` and writes them to `path` at once, with when
+    the epoch ended and how long it took: in all, and in its training steps (the rest
+    is validation and callbacks)."""
+    clock = {"steps": 0.0}
+
+    def on_epoch_begin(epoch, logs=None):
+        clock["epoch"], clock["steps"] = time.perf_counter(), 0.0
+
+    def on_train_batch_begin(batch, logs=None):
+        clock["batch"] = time.perf_counter()
+
+    def on_train_batch_end(batch, logs=None):
+        clock["steps"] += time.perf_counter() - clock["batch"]
 
     def on_epoch_end(epoch, logs=None):
         rows.append({"phase": phase, "epoch": epoch + 1,
                      **{k: float(v) for k, v in (logs or {}).items()},
-                     ELAPSED: seconds_since_start()})
+                     ELAPSED: seconds_since_start(),
+                     EPOCH_SECONDS: round(time.perf_counter() - clock["epoch"], 3),
+                     STEP_SECONDS: round(clock["steps"], 3)})
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, rows)
+
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=on_epoch_begin, on_train_batch_begin=on_train_batch_begin,
+        on_train_batch_end=on_train_batch_end, on_epoch_end=on_epoch_end)
+
+
+def cached_validation(suffix, inputs, labels, batch_size):
+    """val_loss, val_accuracy and val_top5_accuracy of each epoch, from the frozen
+    groups' outputs for the validation images (`inputs`, computed once) through the
+    groups being trained (`suffix`, which shares the model's layers)."""
+    dtype = suffix.input.dtype
+    batches = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size).map(
+        lambda x: tf.cast(x, dtype))
+
+    def on_epoch_end(epoch, logs=None):
+        if logs is None:
+            return
+        probabilities = run_inference(suffix, batches)
+        found = score(labels, probabilities)
+        k = min(5, probabilities.shape[1])
+        top = np.argsort(-np.nan_to_num(probabilities, nan=-1.0), axis=1)[:, :k]
+        logs.update(val_loss=found["loss"], val_accuracy=found["accuracy"],
+                    val_top5_accuracy=float(np.mean((top == labels[:, None]).any(axis=1))))
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
@@ -87,7 +126,7 @@ def resume_backup(model, directory, interval):
         arrays.update({f"optimizer_{i}": np.asarray(v)
                        for i, v in enumerate(model.optimizer.variables)})
         directory.mkdir(parents=True, exist_ok=True)
-        write_npz(directory / BACKUP_FILE, arrays)
+        write_npz(directory / BACKUP_FILE, arrays, compress=False)
         write_json(directory / BACKUP_EPOCH_FILE, {"epoch": epoch + 1})  # after the weights
         last[0] = time.monotonic()
 

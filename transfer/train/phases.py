@@ -24,7 +24,7 @@ from transfer.data.pipeline import (
 )
 from transfer.lazy import keras, tf
 from transfer.models import names
-from transfer.models.groups import groups
+from transfer.models.groups import groups, split_at_group
 from transfer.models.heads import (
     has_hidden_layer,
     has_standardization,
@@ -38,6 +38,7 @@ from transfer.runtime import run_inference, score
 from transfer.train.callbacks import (
     ELAPSED,
     backup_epoch,
+    cached_validation,
     epoch_log,
     local_validation,
     restore_backup,
@@ -186,10 +187,12 @@ class Phase:
         return backup_epoch(self.backup_dir)
 
     def fit(self, model, train_base, train_count, val, epochs, learning_rate, augment=None,
-            schedule=False, layer_decay=1.0, ema=False):
+            schedule=False, layer_decay=1.0, ema=False, validation=None):
         """Train `model`; `schedule` warms the learning rate up and decays it (cosine),
         `layer_decay` below 1 lets each group below the head learn that much slower,
-        `ema` ends with the moving average of the weights."""
+        `ema` ends with the moving average of the weights. `validation`, a callback
+        that puts the validation scores in each epoch's logs, replaces Keras' pass
+        over `val`."""
         replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
             compile_model(model, self.options, learning_rate, self.num_classes, replicas)
@@ -221,6 +224,9 @@ class Phase:
         callbacks = []
         if replicas > 1:
             callbacks.append(local_validation(model, val))
+            val = None
+        elif validation is not None:
+            callbacks.append(validation)
             val = None
         callbacks += [epoch_log(self.name, rows, log_path),
                       resume_backup(model, self.backup_dir, self.options.backup_interval),
@@ -386,17 +392,43 @@ def fine_tune_on_images(model, dataset, options, phase):
                            options.fine_tune_learning_rate,
                            augment=augmentation(options.seed, options.augment, options.flip),
                            schedule=options.lr_schedule == "cosine",
-                           layer_decay=options.layer_decay, ema=options.ema)
+                           layer_decay=options.layer_decay, ema=options.ema,
+                           validation=frozen_prefix_validation(model, dataset, options, phase))
+
+
+# Phase 2 validates through the trained groups only: the frozen groups' outputs for the
+# validation images are computed once and kept (float16) when they fit in this budget.
+VALIDATION_CACHE_BYTES = 2 * 2**30
+
+
+def frozen_prefix_validation(model, dataset, options, phase):
+    """The `cached_validation` callback of phase 2 (training from fine_tune_from on),
+    or None (Keras validates through the whole model) where it does not fit; several
+    replicas validate on a local copy instead (`local_validation`)."""
+    if phase.strategy.num_replicas_in_sync > 1:
+        return None
+    split = split_at_group(model, options.fine_tune_from)
+    val = dataset.splits["val"]
+    if split is None:
+        return None
+    prefix, suffix = split
+    size = len(val) * int(np.prod(prefix.output.shape[1:])) * 2
+    if size > VALIDATION_CACHE_BYTES:
+        logger.info("Validation runs through the whole model: the frozen groups' outputs "
+                    "would take %.1f GB.", size / 2**30)
+        return None
+    outputs = run_inference(prefix, images_only(val, options.image_size, options.batch_size))
+    return cached_validation(suffix, outputs.astype(np.float16), val.labels, options.batch_size)
 
 
 def train_on_images(model, dataset, options, phase, epochs, learning_rate, augment=None,
-                    schedule=False, layer_decay=1.0, ema=False):
+                    schedule=False, layer_decay=1.0, ema=False, validation=None):
     train, val = dataset.splits["train"], dataset.splits["val"]
     num_classes = dataset.num_classes
     val_ds = image_dataset(val, options.image_size, options.batch_size, num_classes)
     return phase.fit(model, one_hot_images(train, options.image_size, num_classes), len(train),
                      val_ds, epochs, learning_rate, augment=augment, schedule=schedule,
-                     layer_decay=layer_decay, ema=ema)
+                     layer_decay=layer_decay, ema=ema, validation=validation)
 
 
 def validation_score(model, dataset, options):
