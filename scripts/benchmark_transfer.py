@@ -73,8 +73,10 @@ PUBLISHED = (
 # steps of each phase (`min_steps`, `head_min_steps`): small label budgets get more
 # epochs rather than a handful of steps. Epochs on cached features cost milliseconds,
 # so the head gets many, with more patience on the tiny validation sets.
+# Training from scratch as the first wave measured it: one constant learning rate.
 FROM_SCRATCH = dict(weights=None, head_epochs=0, fine_tune_from="stem", train_bn=True,
-                    fine_tune_learning_rate=1e-3, fine_tune_epochs=4, min_steps=60)
+                    fine_tune_learning_rate=1e-3, lr_schedule="constant", fine_tune_epochs=4,
+                    min_steps=60)
 HEAD = dict(head_epochs=100, head_min_steps=300, early_stopping_patience=5)
 PLANS = {
     "scratch": FROM_SCRATCH,

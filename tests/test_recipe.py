@@ -328,3 +328,12 @@ def test_phase_two_validation_from_the_frozen_groups_matches_the_whole_model(tmp
     assert last["val_accuracy"] == pytest.approx(whole["accuracy"])
     assert last["val_loss"] == pytest.approx(whole["loss"], rel=1e-2)
     assert made == ["from_conv5"]  # phase 2 validated through conv5 and the head only
+
+
+def test_without_a_phase_one_phase_two_is_kept(tmp_path, image_folder):
+    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
+                               batch_size=8, head_epochs=0, fine_tune_epochs=1,
+                               fine_tune_from="conv5", early_stopping_patience=0)
+    assert result.metrics["kept"] == {"phase": "fine-tune",
+                                      "reason": "phase 1 did not train (head_epochs=0)"}
+    assert [row["phase"] for row in result.history] == ["fine-tune"]

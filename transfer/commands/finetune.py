@@ -91,7 +91,9 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     phase_args = (options, paths, strategy, weights, dataset.num_classes)
     timings = {}
     history = train_head(model, dataset, options, phase_args, resume, timings)
-    head_score = _score(model, strategy, dataset, options) if options.fine_tunes else None
+    # Phase 2 has to beat a phase 1 that trained; with head_epochs=0 there is none.
+    head_score = _score(model, strategy, dataset, options) if options.fine_tunes and history \
+        else None
     _save_phase_one(model, options, paths, resume, history)
     _preview_augmentation(dataset, options, paths)
     history += _fine_tune(model, dataset, options, phase_args, timings)
@@ -246,8 +248,10 @@ def _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
     gets clearly more validation images right (beyond noise, see `clearly_better`),
     phase 1's weights return. Returns what was kept and why, for metrics.json and the
     summary."""
-    if head_score is None:
+    if not options.fine_tunes:
         return {"phase": HEAD, "reason": "no fine-tuning phase"}
+    if head_score is None:
+        return {"phase": FINE_TUNE, "reason": "phase 1 did not train (head_epochs=0)"}
     fine_tune_score = _score(model, strategy, dataset, options)
     better = clearly_better(fine_tune_score.pop("correct"), head_score.pop("correct"))
     scores = {HEAD: head_score, FINE_TUNE: fine_tune_score}
