@@ -15,7 +15,13 @@
     turns XLA off on machines without a GPU);
 (h) keras.applications.ResNet50's training images/s with the oneDNN CPU kernels
     that `transfer` turns on against a plain Keras process with TensorFlow's
-    defaults (scripts/keras_speed_baseline.py).
+    defaults (scripts/keras_speed_baseline.py);
+(i) time to a good model (--time-to-accuracy FOLDER:SIZE,...; each FOLDER holds
+    train/ and test/ class folders): the Keras-guide script with its recipe against
+    `transfer finetune` with its defaults, each in a fresh process, with random
+    initialisation and, given --weights, from those weights: wall time, test
+    accuracy, peak RSS, and when `transfer` first reached the guide's final test
+    accuracy on validation (history.csv's elapsed_seconds, from process start).
 Plain-Keras baselines run in their own processes without `transfer`, so they see
 TensorFlow's own settings. Prints a table and writes JSON.  Example:
 
@@ -23,6 +29,7 @@ TensorFlow's own settings. Prints a table and writes JSON.  Example:
 """
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -216,6 +223,55 @@ def bench_end_to_end(data, size, batch, head_epochs, fine_tune_epochs, weights=N
     }
 
 
+def bench_time_to_accuracy(folder, size, weights=None):
+    """(i): both recipes as a user runs them, on one folder with a held-out test/."""
+    folder = Path(folder)
+    python = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_seconds, ours_rss, _ = run_measured(
+            [python, "-m", "transfer", "finetune", "--data", str(folder), "--image-size",
+             str(size), "--weights", str(weights or "none"), "--out", f"{tmp}/run",
+             "--cache-dir", f"{tmp}/cache"])
+        metrics = json.loads(Path(f"{tmp}/run/metrics.json").read_text())
+        with open(f"{tmp}/run/history.csv") as f:
+            history = list(csv.DictReader(f))
+    guide_seconds, guide_rss, stdout = run_measured(
+        [python, str(ROOT / "scripts" / "keras_guide_baseline.py"), "--data",
+         str(folder / "train"), "--test-data", str(folder / "test"), "--image-size", str(size),
+         *(["--weights", str(weights)] if weights else [])], env=tensorflow_defaults())
+    guide = json.loads(stdout.strip().splitlines()[-1])
+    reached = [float(row["elapsed_seconds"]) for row in history
+               if float(row["val_accuracy"]) >= guide["test_accuracy"]]
+    # Phase 2's epochs after the first (which traces the step): wall time / step time.
+    overhead = [float(row["epoch_seconds"]) / float(row["step_seconds"])
+                for row in history if row["phase"] == "fine-tune" and int(row["epoch"]) > 1]
+    return {"folder": str(folder), "image_size": size, "weights": weights or "none",
+            "guide_seconds": guide_seconds, "guide_test_accuracy": guide["test_accuracy"],
+            "guide_peak_rss_mb": guide_rss,
+            "transfer_seconds": ours_seconds,
+            "transfer_test_accuracy": metrics["test"]["accuracy"],
+            "transfer_peak_rss_mb": ours_rss, "transfer_kept": metrics["kept"]["phase"],
+            "transfer_reached_guide_at_seconds": min(reached) if reached else None,
+            "phase2_epoch_over_steps": max(overhead) if overhead else None}
+
+
+def print_time_to_accuracy(rows):
+    print(f"\n(i) time to a good model{'':28}{'guide':>16}{'transfer':>16}{'ratio':>8}")
+    for row in rows:
+        print(f"{row['folder']} at {row['image_size']} px, weights {row['weights']}")
+        reached = row["transfer_reached_guide_at_seconds"]
+        lines = [("wall time s", row["guide_seconds"], row["transfer_seconds"]),
+                 ("test accuracy", row["guide_test_accuracy"], row["transfer_test_accuracy"]),
+                 ("peak RSS MB", row["guide_peak_rss_mb"], row["transfer_peak_rss_mb"]),
+                 ("s to the guide's accuracy", row["guide_seconds"],
+                  float("nan") if reached is None else reached)]
+        for label, guide, ours in lines:
+            print(f"   {label:49}{guide:16.3f}{ours:16.3f}{ours / guide:8.2f}")
+        if row["phase2_epoch_over_steps"]:
+            print(f"   phase-2 epoch / its steps (worst epoch after the first): "
+                  f"{row['phase2_epoch_over_steps']:.2f}; kept: {row['transfer_kept']}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,6 +292,9 @@ def main():
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--end-to-end-only", action="store_true",
                         help="Only (d) and (f): the Keras-guide script against transfer finetune.")
+    parser.add_argument("--time-to-accuracy", default=None, metavar="FOLDER:SIZE,...",
+                        help="Only (i), on these folders (each with train/ and test/) at "
+                             "these image sizes.")
     args = parser.parse_args()
 
     from tensorflow.python.util import _pywrap_util_port
@@ -246,6 +305,16 @@ def main():
                "tensorflow": tf.__version__, "keras": keras.__version__}
     print(f"machine: {machine}", flush=True)
     results = {"machine": machine, "arguments": vars(args)}
+    if args.time_to_accuracy:
+        results["time_to_accuracy"] = rows = []
+        for item in args.time_to_accuracy.split(","):
+            folder, size = item.rsplit(":", 1)
+            for weights in [None] + ([args.weights] if args.weights else []):
+                print(f"(i) {folder} at {size} px, weights {weights or 'none'} ...", flush=True)
+                rows.append(bench_time_to_accuracy(folder, int(size), weights))
+                Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print_time_to_accuracy(rows)
+        return
     if args.end_to_end_only:
         results["end_to_end"] = e2e = bench_end_to_end(
             args.data, args.image_size, args.batch_size, args.head_epochs, args.fine_tune_epochs,

@@ -23,6 +23,8 @@ def main():
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--test-data", default=None,
+                        help="A held-out folder of class folders to report accuracy on.")
     args = parser.parse_args()
     keras.utils.set_random_seed(args.seed)
     start = time.monotonic()
@@ -56,7 +58,13 @@ def main():
     history = model.fit(train.map(lambda a, b: (augment(a, training=True), b)),
                         validation_data=val, epochs=args.fine_tune_epochs, verbose=2)
     _, accuracy = model.evaluate(val, verbose=0)
-    print(json.dumps({"val_accuracy": float(accuracy), "seconds": time.monotonic() - start,
+    results = {"val_accuracy": float(accuracy)}
+    if args.test_data:
+        test = keras.utils.image_dataset_from_directory(
+            args.test_data, shuffle=False, image_size=size, batch_size=args.batch_size,
+            label_mode="categorical", class_names=train.class_names)
+        results["test_accuracy"] = float(model.evaluate(test, verbose=0)[1])
+    print(json.dumps({**results, "seconds": time.monotonic() - start,
                       "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}))
 
 
