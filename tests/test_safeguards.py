@@ -1,6 +1,9 @@
 """Nothing lost, nothing leaked, nothing silently wrong: output modes, stdout kept for
 results, bounded reports, claimed and protected folders, hostile inputs (issue 17)."""
 
+import csv
+import io
+import json
 import os
 import stat
 
@@ -9,12 +12,25 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import make_image_folder
 from transfer.cli import cli
 from transfer.io import save_model, write_npz, write_text
+from transfer.models.heads import build_classifier
+from transfer.runs import RunPaths, write_labels
 
 
 def run_cli(*args):
-    return CliRunner(mix_stderr=False).invoke(cli, [str(a) for a in args])
+    """The CLI, with standard output and standard error kept apart."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run directory with an untrained 32-pixel classifier of two classes (no training)."""
+    paths = RunPaths(tmp_path_factory.mktemp("tiny-run"))
+    save_model(build_classifier(2, weights=None, image_size=32), paths.model)
+    write_labels(paths.labels, ["cat", "dog"])
+    return paths.root
 
 
 @pytest.fixture
@@ -36,3 +52,19 @@ def test_written_files_follow_the_umask_like_model_save(tmp_path, umask, mask, m
     assert stat.S_IMODE(os.stat(tmp_path / "reference.keras").st_mode) == mode
     for path in written:
         assert stat.S_IMODE(os.stat(path).st_mode) == mode, path
+
+
+@pytest.mark.parametrize("output_format", ["csv", "json"])
+def test_predict_prints_results_alone_on_stdout(tmp_path, tiny_run, monkeypatch, output_format):
+    # As on a terminal, where Keras draws its progress bar on sys.stdout.
+    monkeypatch.setattr("transfer.progress.interactive", lambda: True)
+    folder = make_image_folder(tmp_path / "images", {"cat": 3}, size=(32, 32))
+    result = run_cli("predict", tiny_run, folder, "--format", output_format,
+                     "--batch-size", 1)
+    assert result.exit_code == 0, result.output
+    if output_format == "csv":
+        rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    else:
+        rows = json.loads(result.stdout)
+    assert len(rows) == 3 and all(row["path"].startswith(str(folder)) for row in rows)
+    assert "3/3" in result.stderr  # the progress bar went to stderr
