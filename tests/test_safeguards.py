@@ -68,3 +68,54 @@ def test_predict_prints_results_alone_on_stdout(tmp_path, tiny_run, monkeypatch,
         rows = json.loads(result.stdout)
     assert len(rows) == 3 and all(row["path"].startswith(str(folder)) for row in rows)
     assert "3/3" in result.stderr  # the progress bar went to stderr
+
+
+@pytest.mark.parametrize("classes", [3, 60, 400])
+def test_confusion_matrix_figure_stays_bounded(tmp_path, classes):
+    from PIL import Image
+
+    from transfer.report.plots import DPI, MAX_MATRIX_INCHES, plot_confusion_matrix
+
+    rng = np.random.default_rng(0)
+    true, predicted = rng.integers(0, classes, 5000), rng.integers(0, classes, 5000)
+    matrix = np.zeros((classes, classes), np.int64)
+    np.add.at(matrix, (true, predicted), 1)
+    names = [f"class number {i} with a rather long descriptive name" for i in range(classes)]
+    plot_confusion_matrix(matrix, names, tmp_path / "cm.png")
+    width, height = Image.open(tmp_path / "cm.png").size
+    # the figure (matrix and colour bar) plus room for cut class names
+    assert width <= (MAX_MATRIX_INCHES + 4) * DPI and height <= (MAX_MATRIX_INCHES + 3) * DPI
+
+
+TINY = dict(weights="none", image_size=32, batch_size=8, head_epochs=1, fine_tune_from="none")
+
+
+class DiskTrouble(OSError):
+    pass
+
+
+def _failing_plot(*args, **kwargs):
+    raise DiskTrouble("the report could not be drawn")
+
+
+def test_a_failing_report_loses_neither_model_nor_history(tmp_path, monkeypatch):
+    from transfer.commands.finetune import finetune
+
+    data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
+    monkeypatch.setattr("transfer.report.metrics.plot_confusion_matrix", _failing_plot)
+    run = tmp_path / "run"
+    with pytest.raises(DiskTrouble):
+        finetune(data, out=run, **TINY)
+    paths = RunPaths(run)
+    assert paths.model.is_file() and paths.history.is_file()
+    assert keras.models.load_model(paths.model).output.shape[-1] == 2
+
+
+def test_evaluate_keeps_its_metrics_when_a_report_fails(tmp_path, tiny_run, monkeypatch):
+    from transfer.commands.evaluate import evaluate
+
+    data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
+    monkeypatch.setattr("transfer.report.metrics.plot_confusion_matrix", _failing_plot)
+    with pytest.raises(DiskTrouble):
+        evaluate(tiny_run, data, tmp_path / "reports")
+    assert json.loads((tmp_path / "reports" / "metrics.json").read_text())["images"] == 4

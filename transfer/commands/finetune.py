@@ -97,15 +97,18 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     history += _fine_tune(model, dataset, options, phase_args, timings)
     kept = _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
 
+    # The model and its history first: a report that fails must not lose them.
+    _write_training_results(paths, model, history, kept)
     # Validation reports first: they judge the model as chosen, before any refit.
     metrics = _report_splits(local_copy(model, strategy), dataset, options, paths.root, "val")
     if kept["phase"] == HEAD and options.refit and head_is_probe(history):
         kept["refit"] = refit_probe_on_all_labels(model, dataset, options, strategy)
+        save_model(model, paths.model)
     metrics.update(_report_splits(local_copy(model, strategy), dataset, options, paths.root,
                                   "test"))
     timings["total_seconds"] = round(time.monotonic() - started, 2)
     metrics.update(kept=kept, timings=timings, skipped_files=dataset.skipped)
-    _write_results(paths, model, history, metrics)
+    write_json(paths.metrics, metrics)
     write_json(paths.config, {
         **config, "status": COMPLETE, "kept": kept["phase"], "timings": timings,
         "resumed": bool(resume),
@@ -278,12 +281,12 @@ def _report_splits(model, dataset, options, out_dir, split_name):
             split_name: compute_metrics(split.labels, probabilities, dataset.class_names)}
 
 
-def _write_results(paths, model, history, metrics):
+def _write_training_results(paths, model, history, kept):
+    """model.keras, history.csv and training_curves.png."""
+    save_model(model, paths.model)
     if history:
         columns = sorted({k for row in history for k in row} - {"phase", "epoch"})
         write_csv(paths.history, ["phase", "epoch", *columns],
                   [[row["phase"], row["epoch"], *[row.get(c, "") for c in columns]]
                    for row in history])
-        plot_training_curves(history, paths.curves, kept=metrics["kept"]["phase"])
-    save_model(model, paths.model)
-    write_json(paths.metrics, metrics)
+        plot_training_curves(history, paths.curves, kept=kept["phase"])
