@@ -109,6 +109,7 @@ def test_a_failing_report_loses_neither_model_nor_history(tmp_path, monkeypatch)
     paths = RunPaths(run)
     assert paths.model.is_file() and paths.history.is_file()
     assert keras.models.load_model(paths.model).output.shape[-1] == 2
+    assert json.loads(paths.config.read_text())["status"] == "failed"
 
 
 def test_evaluate_keeps_its_metrics_when_a_report_fails(tmp_path, tiny_run, monkeypatch):
@@ -119,3 +120,109 @@ def test_evaluate_keeps_its_metrics_when_a_report_fails(tmp_path, tiny_run, monk
     with pytest.raises(DiskTrouble):
         evaluate(tiny_run, data, tmp_path / "reports")
     assert json.loads((tmp_path / "reports" / "metrics.json").read_text())["images"] == 4
+
+
+def test_export_keeps_its_labels_with_it_and_respects_overwrite(tmp_path, tiny_run):
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "labels.txt").write_text("someone else's\n")
+    out = exports / "model.keras"
+    assert run_cli("export", tiny_run, "--out", out).exit_code == 0
+    assert (exports / "model.keras.labels.txt").read_text().split() == ["cat", "dog"]
+    assert (exports / "labels.txt").read_text() == "someone else's\n"
+    # the exported file predicts with its own labels
+    image = make_image_folder(tmp_path / "images", {"cat": 1}, size=(32, 32))
+    result = run_cli("predict", out, image, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["predictions"][0]["label"] in ("cat", "dog")
+    # a second export there is refused without --overwrite, even where only the labels remain
+    out.unlink()
+    result = run_cli("export", tiny_run, "--out", out)
+    assert result.exit_code == 2 and "model.keras.labels.txt exists" in result.stderr
+    assert run_cli("export", tiny_run, "--out", out, "--overwrite").exit_code == 0
+
+
+def _foreign_folder(path):
+    """A folder of someone else's that happens to use names a run uses."""
+    (path / "logs").mkdir(parents=True)
+    (path / "logs" / "server.log").write_text("keep me\n")
+    (path / "metrics.json").write_text("{}\n")
+    return path
+
+
+def test_overwrite_refuses_a_folder_transfer_did_not_write(tmp_path, tiny_run):
+    foreign = _foreign_folder(tmp_path / "foreign")
+    data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
+    for args in (["finetune", "--data", data, "--out", foreign, "--overwrite", "--weights", "none"],
+                 ["evaluate", tiny_run, "--data", data, "--out", foreign, "--overwrite"],
+                 ["export", tiny_run, "--format", "savedmodel", "--out", foreign, "--overwrite"]):
+        result = run_cli(*args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"Error: --out {foreign}"), result.stderr
+        assert "not written by transfer" in result.stderr \
+            or "not a SavedModel export of transfer" in result.stderr, result.stderr
+        assert (foreign / "logs" / "server.log").read_text() == "keep me\n"
+        assert (foreign / "metrics.json").exists()
+    # a folder of ours is replaced
+    reports = tmp_path / "reports"
+    assert run_cli("evaluate", tiny_run, "--data", data, "--out", reports).exit_code == 0
+    assert run_cli("evaluate", tiny_run, "--data", data, "--out", reports,
+                   "--overwrite").exit_code == 0
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_run_claims_its_folder_and_releases_it(tmp_path):
+    import subprocess
+    import sys
+
+    from transfer.runs import LOCK_FILE, MARKER_FILE
+
+    data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_FILE).write_text(f"{other.pid}\n")
+        (out / "config.json").write_text('{"status": "running", "options": {}}')
+        for extra in ([], ["--resume"]):
+            result = run_cli("finetune", "--data", data, "--out", out, *extra)
+            assert result.exit_code == 2
+            assert f"--out {out} is in use by another run (process {other.pid})" in \
+                result.stderr, result.stderr
+        assert (out / LOCK_FILE).read_text() == f"{other.pid}\n"  # still the other run's
+    finally:
+        other.kill()
+        other.wait()
+    # A dead run's lock is taken over; the lock goes when the run ends, even on failure.
+    (out / "config.json").unlink()
+    (out / LOCK_FILE).write_text(f"{_dead_pid()}\n")
+    result = run_cli("finetune", "--data", tmp_path / "missing", "--out", out)
+    assert result.exit_code == 2 and "in use" not in result.stderr, result.stderr
+    assert not (out / LOCK_FILE).exists() and (out / MARKER_FILE).exists()
+
+
+@pytest.mark.parametrize("stop, status, code", [
+    (KeyboardInterrupt, "interrupted", 130), (RuntimeError("out of memory"), "failed", 1)])
+def test_a_stopped_run_says_why_in_config_json(tmp_path, monkeypatch, stop, status, code):
+    def train_head(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr("transfer.commands.finetune.train_head", train_head)
+    data = make_image_folder(tmp_path / "images", {"cat": 4, "dog": 4}, size=(32, 32))
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--data", data, "--out", out, "--weights", "none",
+                     "--image-size", 32)
+    assert result.exit_code == code, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["status"] == status and config["reason"]
+    if status == "interrupted":
+        assert result.stderr.strip().splitlines()[-1] == \
+            f"Error: The run was interrupted. --resume --out {out} continues it."

@@ -29,7 +29,7 @@ from transfer.commands import lr_find as lr_find_command  # noqa: E402
 from transfer.commands import predict as predict_command  # noqa: E402
 from transfer.commands import probe as probe_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
-from transfer.errors import TransferError  # noqa: E402
+from transfer.errors import RunInterruptedError, TransferError  # noqa: E402
 from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
 from transfer.models.heads import POOLINGS  # noqa: E402
 from transfer.models.weights.download import WEIGHTS_DIR_ENV  # noqa: E402
@@ -115,7 +115,12 @@ class TransferCommand(click.Command):
         try:
             # Keras and TensorFlow print progress to sys.stdout: send it to stderr.
             with contextlib.redirect_stdout(sys.stderr):
-                return super().invoke(ctx)
+                try:
+                    return super().invoke(ctx)
+                except TransferError:
+                    raise
+                except KeyboardInterrupt as exc:  # else click reports "aborted", exit 1
+                    raise RunInterruptedError("Interrupted.") from exc
         except TransferError as exc:
             if ctx.find_root().params.get("debug") or os.environ.get(DEBUG_ENV) == "1":
                 raise
@@ -604,7 +609,8 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
     """Export a trained model as Keras, SavedModel or TFLite, or its backbone's weights.
 
     Every export takes raw RGB pixels (the SavedModel's serving signature and the
-    TFLite model take uint8 images); a classifier export has labels.txt beside it.
+    TFLite model take uint8 images); a classifier export keeps its labels with it
+    (inside a SavedModel folder, as <file>.labels.txt beside a file).
 
     \b
     Examples:

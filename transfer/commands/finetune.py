@@ -1,6 +1,7 @@
 """`transfer finetune`: two-phase fine-tuning of a ResNet on a folder of images (or a
 TFDS dataset), leaving a run directory (see `transfer.runs`)."""
 
+import contextlib
 import json
 import logging
 import shutil
@@ -16,7 +17,7 @@ from transfer.data.augment import augmentation
 from transfer.data.dataset import Split
 from transfer.data.pipeline import drop_unreadable, images_only
 from transfer.data.sources import load_dataset
-from transfer.errors import DataError, InvalidArgumentError
+from transfer.errors import DataError, InvalidArgumentError, RunInterruptedError, first_line
 from transfer.io import save_model, save_weights, write_csv, write_json
 from transfer.lazy import keras
 from transfer.models.groups import freeze, groups, unfreeze
@@ -25,12 +26,15 @@ from transfer.report.metrics import compute_metrics, write_reports
 from transfer.report.plots import plot_image_grid, plot_training_curves
 from transfer.runs import (
     COMPLETE,
+    FAILED,
+    INTERRUPTED,
     RUNNING,
     TEST_PREFIX,
     RunPaths,
     check_resume,
+    claimed_run_dir,
     default_run_dir,
-    prepare_run_dir,
+    read_config,
     run_config,
     write_labels,
 )
@@ -75,7 +79,20 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     strategy = make_strategy(options.strategy)  # first: multi-worker needs it before any op
     out = Path(out or default_run_dir(data))
     chief = is_chief(strategy)
-    paths = RunPaths(_claim_run_dir(out, options, chief, overwrite, resume))
+    with _claim_run_dir(out, options, chief, overwrite, resume) as root:
+        paths = RunPaths(root)
+        try:
+            return _run(data, out, paths, options, strategy, chief, resume)
+        except BaseException as exc:
+            _record_stop(paths, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                resumable = " resume=True out={} continues it.".format(out) \
+                    if paths.config.exists() else ""
+                raise RunInterruptedError(f"The run was interrupted.{resumable}") from exc
+            raise
+
+
+def _run(data, out, paths, options, strategy, chief, resume):
     started = time.monotonic()
     keras.utils.set_random_seed(options.seed)
 
@@ -83,8 +100,10 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     _log_replicas(strategy, options)
     model = build_model(dataset, options, strategy)
     config = run_config(data, out, options, dataset, strategy.num_replicas_in_sync)
-    if not resume:
-        write_json(paths.config, {**config, "status": RUNNING})
+    if resume:
+        config = {**read_config(paths.root), "status": RUNNING}
+        config.pop("reason", None)
+    write_json(paths.config, {**config, "status": RUNNING})
     write_labels(paths.labels, dataset.class_names)
 
     weights = class_weights(options, dataset.splits["train"].labels, dataset.num_classes)
@@ -121,13 +140,26 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
 
 
 def _claim_run_dir(out, options, chief, overwrite, resume):
-    """The folder this process writes to: `out`, checked and created, on the chief; a
-    temporary one on other workers, which compute alongside it and keep nothing."""
+    """The folder this process writes to: `out`, checked, created and locked, on the
+    chief; a temporary one on other workers, which compute alongside it and keep nothing."""
     if resume:
         check_resume(out, options)
     if not chief:
-        return Path(tempfile.mkdtemp(prefix="transfer-worker-"))
-    return prepare_run_dir(out, overwrite=overwrite, keep=resume)
+        return contextlib.nullcontext(Path(tempfile.mkdtemp(prefix="transfer-worker-")))
+    return claimed_run_dir(out, overwrite=overwrite, keep=resume)
+
+
+def _record_stop(paths, exc):
+    """config.json says why a run stopped early: interrupted, or failed and the error."""
+    with contextlib.suppress(Exception):  # the error that stopped the run matters more
+        config = read_config(paths.root)
+        if config.get("status") == COMPLETE:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            stop = {"status": INTERRUPTED, "reason": "interrupted (Ctrl-C or SIGINT)"}
+        else:
+            stop = {"status": FAILED, "reason": f"{type(exc).__name__}: {first_line(exc)}"}
+        write_json(paths.config, {**config, **stop})
 
 
 def load_data(data, options):
