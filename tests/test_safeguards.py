@@ -226,3 +226,31 @@ def test_a_stopped_run_says_why_in_config_json(tmp_path, monkeypatch, stop, stat
     if status == "interrupted":
         assert result.stderr.strip().splitlines()[-1] == \
             f"Error: The run was interrupted. --resume --out {out} continues it."
+
+
+def _interrupted_run(tmp_path, monkeypatch, data):
+    """A run stopped (as by Ctrl-C) after config.json was written, before training."""
+    def train_head(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("transfer.commands.finetune.train_head", train_head)
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--data", data, "--out", out, *TINY_FLAGS)
+    assert result.exit_code == 130, result.output
+    return out
+
+
+TINY_FLAGS = ["--weights", "none", "--image-size", 32, "--batch-size", 8, "--head-epochs", 1,
+              "--fine-tune-from", "none"]
+
+
+def test_resume_refuses_other_data_but_not_another_cache_dir(tmp_path, monkeypatch):
+    data = make_image_folder(tmp_path / "images", {"cat": 4, "dog": 4}, size=(32, 32))
+    other = make_image_folder(tmp_path / "other", {"cat": 5, "dog": 4}, size=(32, 32))
+    out = _interrupted_run(tmp_path, monkeypatch, data)
+    result = run_cli("finetune", "--data", other, "--out", out, "--resume", *TINY_FLAGS)
+    assert result.exit_code == 2 and "was started on other data" in result.stderr, result.output
+    result = run_cli("finetune", "--data", data, "--out", out, "--resume", *TINY_FLAGS,
+                     "--cache-dir", tmp_path / "elsewhere")
+    assert "other options" not in result.stderr and "other data" not in result.stderr
+    assert result.exit_code == 130  # got as far as training again (still interrupted here)

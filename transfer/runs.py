@@ -54,6 +54,9 @@ RUN_FILES = (CONFIG_FILE, LABELS_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, C
 RUN_FOLDERS = (LOGS_DIR, CHECKPOINTS_DIR)
 
 # config.json's status; a run that stops early records why in "reason"
+# Options that only say where things are kept: a resumed run may change them.
+RESULT_NEUTRAL_OPTIONS = ("cache_dir",)
+
 RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
 
 
@@ -234,7 +237,8 @@ def check_resume(run_dir, options):
     if config.get("status") == COMPLETE:
         raise InvalidArgumentError(f"resume=True: the run in {run_dir} is already complete.")
     stored = config.get("options", {})
-    differ = sorted(k for k, v in options.as_dict().items() if k in stored and stored[k] != v)
+    differ = sorted(k for k, v in options.as_dict().items()
+                    if k in stored and stored[k] != v and k not in RESULT_NEUTRAL_OPTIONS)
     if differ:
         raise InvalidArgumentError(
             f"resume=True: {run_dir} was started with other options ({', '.join(differ)}); "
@@ -252,6 +256,16 @@ def labels_beside(model_file):
     """A model file's class names: its own labels file, else its folder's labels.txt."""
     own = own_labels_path(model_file)
     return own if own.exists() else Path(model_file).parent / LABELS_FILE
+
+
+def check_resume_data(run_dir, dataset, data):
+    """A run resumes on the images it started with: the same files, splits and classes."""
+    stored = read_config(run_dir).get("dataset", {}).get("fingerprint")
+    if stored and stored != dataset.fingerprint:
+        raise InvalidArgumentError(
+            f"resume=True: {run_dir} was started on other data (its images, splits or "
+            f"classes differ from data={data}); resume it with the data it "
+            "started with, or start a new run.")
 
 
 def write_labels(path, class_names):

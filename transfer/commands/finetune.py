@@ -32,6 +32,7 @@ from transfer.runs import (
     TEST_PREFIX,
     RunPaths,
     check_resume,
+    check_resume_data,
     claimed_run_dir,
     default_run_dir,
     read_config,
@@ -97,6 +98,8 @@ def _run(data, out, paths, options, strategy, chief, resume):
     keras.utils.set_random_seed(options.seed)
 
     dataset = load_data(data, options)
+    if resume:
+        check_resume_data(paths.root, dataset, data)
     _log_replicas(strategy, options)
     model = build_model(dataset, options, strategy)
     config = run_config(data, out, options, dataset, strategy.num_replicas_in_sync)
