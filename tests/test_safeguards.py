@@ -4,6 +4,7 @@ results, bounded reports, claimed and protected folders, hostile inputs (issue 1
 import csv
 import io
 import json
+import logging
 import os
 import stat
 
@@ -254,3 +255,35 @@ def test_resume_refuses_other_data_but_not_another_cache_dir(tmp_path, monkeypat
                      "--cache-dir", tmp_path / "elsewhere")
     assert "other options" not in result.stderr and "other data" not in result.stderr
     assert result.exit_code == 130  # got as far as training again (still interrupted here)
+
+
+def test_a_class_without_training_images_is_refused(tmp_path):
+    from tests.conftest import write_image
+
+    data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
+    (data / "bird").mkdir()
+    write_image(data / "bird" / "img_012.png", size=(32, 32))  # hashes into validation
+    result = run_cli("finetune", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "Error: No training images for class 'bird' of images")
+    assert "Warning: Class 'bird'" not in result.stderr
+
+
+def test_classes_with_few_training_images_are_named(tmp_path, monkeypatch):
+    from transfer.commands.finetune import load_data
+    from transfer.train.options import resolve_options
+
+
+    data = make_image_folder(tmp_path / "images", {"cat": 12, "dog": 3}, size=(32, 32))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transfer").addHandler(handler)
+    try:
+        load_data(data, resolve_options(weights="none"))
+    finally:
+        logging.getLogger("transfer").removeHandler(handler)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any(m.startswith("Class 'dog' has only 2 training images") for m in warnings), warnings
+    assert not any("'cat'" in m for m in warnings)

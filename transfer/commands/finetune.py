@@ -16,7 +16,7 @@ import numpy as np
 from transfer.data.augment import augmentation
 from transfer.data.dataset import Split
 from transfer.data.pipeline import drop_unreadable, images_only
-from transfer.data.sources import load_dataset
+from transfer.data.sources import check_training_classes, load_dataset
 from transfer.errors import DataError, InvalidArgumentError, RunInterruptedError, first_line
 from transfer.io import save_model, save_weights, write_csv, write_json
 from transfer.lazy import keras
@@ -169,6 +169,7 @@ def load_data(data, options):
     dataset = load_dataset(data, val_split=options.val_split, test_split=options.test_split,
                            tfds_data_dir=options.tfds_data_dir)
     drop_unreadable(dataset, strict=options.strict)
+    check_training_classes(dataset)
     if not len(dataset.splits["val"]):
         raise DataError(f"{data} gives no validation images. Raise val_split or add a val/ "
                         "folder.")

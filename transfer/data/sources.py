@@ -15,12 +15,13 @@ import numpy as np
 
 from transfer.data.dataset import TFDS_PREFIX, Dataset, Split
 from transfer.data.tfds import load_tfds
-from transfer.errors import DataError, InvalidArgumentError
+from transfer.errors import DataError, InvalidArgumentError, listing
 
 logger = logging.getLogger("transfer")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+FEW_TRAINING_IMAGES = 5  # per class: below this, a warning names the class
 
 
 def split_fraction(relative_path, salt="transfer-split-v1"):
@@ -192,6 +193,26 @@ def _warn_small_validation(dataset):
             "Only %d validation images for %d classes: validation metrics will be noisy. "
             "Add images or raise val_split.", len(val), dataset.num_classes,
         )
+
+
+def check_training_classes(dataset):
+    """Every class needs training images: refuse a class with none (its files all went to
+    validation or test, or were unreadable) and warn about classes with few."""
+    train = dataset.splits["train"]
+    if train.tfds is not None:
+        return
+    counts = np.bincount(train.labels, minlength=dataset.num_classes)
+    empty = [name for name, count in zip(dataset.class_names, counts) if count == 0]
+    if empty:
+        raise DataError(
+            f"No training images for class{'es' if len(empty) > 1 else ''} "
+            f"{listing(repr(name) for name in empty)} of {dataset.name}: their images all went "
+            "to validation or test, or could not be read. Add images or lower val_split "
+            "and test_split.")
+    for name, count in zip(dataset.class_names, counts):
+        if count < FEW_TRAINING_IMAGES:
+            logger.warning("Class %r has only %d training image%s: the model will hardly "
+                           "learn it.", name, count, "" if count == 1 else "s")
 
 
 def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_classes=2):
