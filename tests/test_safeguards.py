@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -287,3 +288,17 @@ def test_classes_with_few_training_images_are_named(tmp_path, monkeypatch):
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert any(m.startswith("Class 'dog' has only 2 training images") for m in warnings), warnings
     assert not any("'cat'" in m for m in warnings)
+
+
+def test_folder_links_are_not_followed_and_loops_never_entered(tmp_path):
+    from transfer.data.sources import load_folder
+
+    data = make_image_folder(tmp_path / "images", {"cat": 4, "dog": 4}, size=(32, 32))
+    elsewhere = make_image_folder(tmp_path / "elsewhere", {"more": 3}, size=(32, 32))
+    (data / "cat" / "loop").symlink_to(data / "cat")  # a folder that holds itself
+    (data / "dog" / "more").symlink_to(elsewhere / "more")
+    (data / "dog" / "linked.png").symlink_to(elsewhere / "more" / "img_000.png")
+    dataset = load_folder(data)
+    assert sum(len(split) for split in dataset.splits.values()) == 4 + 4 + 1
+    assert sorted((Path(s["path"]).name, s["reason"]) for s in dataset.skipped) == [
+        ("loop", "link to a folder, not followed"), ("more", "link to a folder, not followed")]

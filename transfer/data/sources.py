@@ -35,10 +35,18 @@ def _is_hidden(path):
 
 
 def _list_class_files(class_dir, skipped):
-    """Image files of one class folder, recursively, sorted; others reported."""
+    """Image files of one class folder, recursively, sorted; others reported.
+
+    Links to files are followed, links to folders are not (as Keras'
+    image_dataset_from_directory with follow_links=False): a link can make a loop."""
     files = []
-    for root, dirs, names in os.walk(class_dir, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, dirs, names in os.walk(class_dir):
+        for name in sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
+            if not name.startswith("."):
+                skipped.append({"path": os.path.join(root, name),
+                                "reason": "link to a folder, not followed"})
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not os.path.islink(os.path.join(root, d)))
         for name in sorted(names):
             path = Path(root) / name
             if _is_hidden(path):
