@@ -361,3 +361,23 @@ def test_weights_reader_refuses_h5_files_that_reach_outside(tmp_path, make):
     path = _legacy_h5(tmp_path / "crafted.h5", make(tmp_path, secret))
     with pytest.raises(WeightsError, match="Not allowed: H5 file with"):
         read_weights_file(path)
+
+
+def test_torch_checkpoints_need_a_torch_without_cve_2025_32434(tmp_path, monkeypatch):
+    import sys
+    import types
+    import zipfile
+
+    from transfer.errors import WeightsError
+    from transfer.models.weights.formats import read_weights_file
+
+    def load(*args, **kwargs):
+        raise AssertionError("torch.load must not run on a vulnerable PyTorch")
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(
+        __version__="2.5.1+cpu", load=load, is_tensor=lambda value: False))
+    path = tmp_path / "resnet50.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("resnet50/data.pkl", b"\x80\x02}q\x00.")
+    with pytest.raises(WeightsError, match=r"CVE-2025-32434.*torch>=2\.6"):
+        read_weights_file(path)
