@@ -389,6 +389,9 @@ recipe_options = _options(
                           "restore the best weights (0: off)."),
     _finetune_option("--seed", type=int),
     strict_option,
+    _finetune_option("--max-pixels", type=int,
+                     help="Images whose header declares more pixels are skipped unread "
+                          "(Pillow's decompression-bomb limit)."),
     click.option("--no-cache", "cache_features", flag_value=False, default=True,
                  help="Train phase 1 through the frozen backbone instead of on cached features."),
     click.option("--cache-dir", type=click.Path(file_okay=False),

@@ -168,7 +168,7 @@ def _record_stop(paths, exc):
 def load_data(data, options):
     dataset = load_dataset(data, val_split=options.val_split, test_split=options.test_split,
                            tfds_data_dir=options.tfds_data_dir)
-    drop_unreadable(dataset, strict=options.strict)
+    drop_unreadable(dataset, strict=options.strict, max_pixels=options.max_pixels)
     check_training_classes(dataset)
     if not len(dataset.splits["val"]):
         raise DataError(f"{data} gives no validation images. Raise val_split or add a val/ "

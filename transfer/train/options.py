@@ -4,6 +4,7 @@ the Python API, the CLI and config.json all read."""
 import dataclasses
 from dataclasses import dataclass
 
+from transfer.data.pipeline import MAX_PIXELS
 from transfer.errors import InvalidArgumentError, unknown_choice
 from transfer.models.architectures import get_architecture
 from transfer.models.heads import POOLINGS
@@ -61,6 +62,7 @@ class FinetuneOptions:
     early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 turns it off
     seed: int = 42
     strict: bool = False
+    max_pixels: int = MAX_PIXELS  # larger images are skipped unread
     cache_features: bool = True
     cache_dir: str = None  # default: $TRANSFER_CACHE_DIR or ~/.cache/transfer/features
     mixed_precision: bool = False
@@ -85,7 +87,7 @@ class FinetuneOptions:
         for ok, name, accepted in checks:
             if not ok:
                 raise unknown_choice(name, getattr(self, name), accepted)
-        positive = ("image_size", "batch_size")
+        positive = ("image_size", "batch_size", "max_pixels")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InvalidArgumentError(f"{name} must be positive. Received: {getattr(self, name)}")
