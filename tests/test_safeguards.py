@@ -418,3 +418,34 @@ def test_images_too_large_are_skipped_unread(tmp_path, tiny_run):
     dataset = load_data(data, resolve_options(weights="none", max_pixels=32 * 32))
     assert [Path(s["path"]).name for s in dataset.skipped] == ["big.png"]
     assert "max_pixels=1024" in dataset.skipped[0]["reason"]
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(tmp_path, tiny_run):
+    from tests.conftest import write_image
+    from transfer.commands.finetune import load_data
+    from transfer.train.options import resolve_options
+
+    data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
+    odd = os.path.join(os.fsencode(data / "cat"), b"caf\xe9.png")
+    os.rename(write_image(tmp_path / "plain.png", size=(32, 32)), odd)
+    dataset = load_data(data, resolve_options(weights="none"))
+    assert dataset.skipped == [{"path": str(data / "cat") + "/caf\\xe9.png",
+                                "reason": "file name is not valid UTF-8; rename it to use it"}]
+    assert sum(len(split) for split in dataset.splits.values()) == 12
+    result = run_cli("predict", tiny_run, data / "cat", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    odd_rows = [row for row in rows if row["path"].endswith("caf\\xe9.png")]
+    assert len(rows) == 7 and len(odd_rows) == 1 and "not valid UTF-8" in odd_rows[0]["error"]
+
+
+@pytest.mark.parametrize("name", ["two\nlines", b"caf\xe9"])
+def test_class_folders_whose_names_cannot_be_labels_are_refused(tmp_path, name):
+    data = make_image_folder(tmp_path / "images", {"cat": 3}, size=(32, 32))
+    os.rename(data / "cat", os.path.join(os.fsencode(data), name) if isinstance(name, bytes)
+              else data / name)
+    make_image_folder(data, {"dog": 3}, size=(32, 32))
+    result = run_cli("finetune", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: Class folder names that cannot be class names")
+    assert len(result.stderr.strip().splitlines()) == 1

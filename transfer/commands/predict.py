@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data.dataset import Split
+from transfer.data.dataset import Split, printable_path
 from transfer.data.pipeline import find_unreadable, images_only
 from transfer.data.sources import IMAGE_EXTENSIONS
 from transfer.errors import DataError
@@ -63,9 +63,9 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
     for path in files + missing:
         if path in results:
             order = np.argsort(-results[path])[:top_k]
-            rows.append({"path": path, "error": None, "predictions": [
+            rows.append({"path": printable_path(path), "error": None, "predictions": [
                 (loaded.class_names[i], float(results[path][i])) for i in order]})
         else:
-            rows.append({"path": path, "predictions": [],
+            rows.append({"path": printable_path(path), "predictions": [],
                          "error": bad.get(path, "file not found")})
     return rows

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from transfer.data.dataset import printable_path
 from transfer.errors import DataError, listing
 from transfer.lazy import keras, tf
 from transfer.models.architectures import image_size_pair
@@ -36,6 +37,11 @@ def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
     and those whose header declares more than `max_pixels` (never decoded)."""
     if not paths:
         return []
+    undecodable = [p for p in paths if not _is_utf8(p)]
+    if undecodable:  # TensorFlow takes only UTF-8 paths
+        checked = [p for p in paths if _is_utf8(p)]
+        return [(p, "file name is not valid UTF-8; rename it to use it") for p in undecodable] \
+            + find_unreadable(checked, progress, max_pixels)
     too_large = _too_large(paths, max_pixels)
     if too_large:
         checked = [p for p in paths if p not in too_large]
@@ -62,6 +68,14 @@ def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
         bar.update(len(paths))
         bar.done()
     return [(paths[i], _decode_error(paths[i])) for i in np.flatnonzero(~good)]
+
+
+def _is_utf8(path):
+    try:
+        str(path).encode("utf8")
+    except UnicodeEncodeError:  # a byte Python could not decode, kept as a surrogate
+        return False
+    return True
 
 
 def _too_large(paths, max_pixels):
@@ -115,7 +129,7 @@ def drop_unreadable(dataset, strict=False, progress=True, max_pixels=MAX_PIXELS)
     logger.info("Checking %d images...", len(all_paths))
     bad = dict(find_unreadable(all_paths, progress=progress, max_pixels=max_pixels))
     for path, reason in bad.items():
-        dataset.skipped.append({"path": path, "reason": reason})
+        dataset.skipped.append({"path": printable_path(path), "reason": reason})
     if dataset.skipped and strict:
         lines = listing((f"{s['path']}: {s['reason']}" for s in dataset.skipped), separator="; ")
         raise DataError(f"{len(dataset.skipped)} unusable files (strict=True): {lines}.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data.dataset import TFDS_PREFIX, Dataset, Split
+from transfer.data.dataset import TFDS_PREFIX, Dataset, Split, printable_path
 from transfer.data.tfds import load_tfds
 from transfer.errors import DataError, InvalidArgumentError, listing
 
@@ -26,7 +26,8 @@ FEW_TRAINING_IMAGES = 5  # per class: below this, a warning names the class
 
 def split_fraction(relative_path, salt="transfer-split-v1"):
     """A number in [0, 1) fixed by a file's path inside its class folder."""
-    digest = hashlib.sha1(f"{salt}:{relative_path}".encode("utf8")).digest()
+    # surrogateescape: a name that is not UTF-8 hashes as its bytes
+    digest = hashlib.sha1(f"{salt}:{relative_path}".encode("utf8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -43,7 +44,7 @@ def _list_class_files(class_dir, skipped):
     for root, dirs, names in os.walk(class_dir):
         for name in sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
             if not name.startswith("."):
-                skipped.append({"path": os.path.join(root, name),
+                skipped.append({"path": printable_path(os.path.join(root, name)),
                                 "reason": "link to a folder, not followed"})
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and not os.path.islink(os.path.join(root, d)))
@@ -52,11 +53,12 @@ def _list_class_files(class_dir, skipped):
             if _is_hidden(path):
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append({"path": str(path), "reason": "not an image file "
+                skipped.append({"path": printable_path(path), "reason": "not an image file "
                                 f"(expected {', '.join(IMAGE_EXTENSIONS)})"})
                 continue
             if not path.is_file():
-                skipped.append({"path": str(path), "reason": "broken link or not a file"})
+                skipped.append({"path": printable_path(path),
+                                "reason": "broken link or not a file"})
                 continue
             files.append(path)
     return files
@@ -66,9 +68,24 @@ def _class_dirs(root):
     return sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
 
 
+def _check_class_names(dirs):
+    """A class name is one line of labels.txt, written as UTF-8: refuse folder names
+    that cannot be one."""
+    bad = []
+    for d in dirs:
+        if any(c in d.name for c in "\n\r"):
+            bad.append(f"{printable_path(d)!r} (holds a line break)")
+        elif printable_path(d.name) != d.name:
+            bad.append(f"{printable_path(d)!r} (not valid UTF-8)")
+    if bad:
+        raise DataError(f"Class folder names that cannot be class names: {listing(bad)}. "
+                        "Rename the folders.")
+
+
 def _scan_class_folders(root, skipped, class_names=None):
     """{class name: [files]} of a folder with one sub-folder per class."""
     dirs = _class_dirs(root)
+    _check_class_names(dirs)
     if class_names is None:
         if not dirs:
             stray = [p for p in root.iterdir() if p.is_file() and not _is_hidden(p)]
