@@ -449,3 +449,29 @@ def test_class_folders_whose_names_cannot_be_labels_are_refused(tmp_path, name):
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("Error: Class folder names that cannot be class names")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--head-lr", "nan"), ("--fine-tune-lr", "inf"),
+                                         ("--head-lr", "0"), ("--dropout", "nan"),
+                                         ("--val-split", "nan")])
+def test_numeric_options_must_be_finite(tmp_path, flag, value):
+    data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
+    result = run_cli("finetune", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS,
+                     flag, value)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: {flag} {float(value)} must be"), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_that_diverges_stops_and_marks_the_run_failed(tmp_path):
+    data = make_image_folder(tmp_path / "images", {"cat": 8, "dog": 8}, size=(32, 32))
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--data", data, "--out", out, "--weights", "none",
+                     "--image-size", 32, "--batch-size", 4, "--head-init", "train",
+                     "--head-epochs", 2, "--head-lr", "1e38", "--fine-tune-from", "none")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "Error: Training diverged in phase head: the loss became nan")
+    config = json.loads((out / "config.json").read_text())
+    assert config["status"] == "failed" and "Training diverged" in config["reason"]
+    assert not (out / "model.keras").exists()

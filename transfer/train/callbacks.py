@@ -4,6 +4,7 @@ so that defining them needs no Keras at import time."""
 
 import numpy as np
 
+from transfer.errors import RunFailedError
 from transfer.io import write_json
 from transfer.lazy import keras
 from transfer.runtime import run_inference, score
@@ -20,6 +21,21 @@ def epoch_log(phase, rows, path):
         write_json(path, rows)
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+
+def stop_on_nan(phase):
+    """Stop at the first batch whose loss is not finite (keras.callbacks.TerminateOnNaN
+    would end training quietly and leave a broken model to report on)."""
+
+    def on_train_batch_end(batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise RunFailedError(
+                f"Training diverged in phase {phase}: the loss became {float(loss)} at batch "
+                f"{batch + 1}. Lower the learning rate (head_learning_rate, "
+                "fine_tune_learning_rate) or check the images.")
+
+    return keras.callbacks.LambdaCallback(on_train_batch_end=on_train_batch_end)
 
 
 def local_validation(model, val):

@@ -2,6 +2,7 @@
 the Python API, the CLI and config.json all read."""
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from transfer.data.pipeline import MAX_PIXELS
@@ -87,6 +88,15 @@ class FinetuneOptions:
         for ok, name, accepted in checks:
             if not ok:
                 raise unknown_choice(name, getattr(self, name), accepted)
+        for name in ("head_learning_rate", "fine_tune_learning_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise InvalidArgumentError(f"{name}={value} must be a finite number above 0.")
+        if not (math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise InvalidArgumentError(f"dropout={self.dropout} must be in [0, 1).")
+        for name in ("val_split", "test_split"):
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidArgumentError(f"{name}={getattr(self, name)} must be in [0, 1).")
         positive = ("image_size", "batch_size", "max_pixels")
         for name in positive:
             if int(getattr(self, name)) < 1:

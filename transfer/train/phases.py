@@ -35,7 +35,7 @@ from transfer.models.heads import (
 from transfer.models.identify import architecture_of
 from transfer.progress import fit_verbosity
 from transfer.runtime import run_inference, score
-from transfer.train.callbacks import epoch_log, local_validation
+from transfer.train.callbacks import epoch_log, local_validation, stop_on_nan
 from transfer.train.distribute import keras_multi_worker_fit, local_copy
 from transfer.train.feature_cache import (
     cache_key,
@@ -210,7 +210,7 @@ class Phase:
         log_path = self.paths.phase_history(self.name)
         rows = json.loads(log_path.read_text())[:first] if first and log_path.exists() else []
         # The epoch log is written before the backup, so a backup never runs ahead of it.
-        callbacks = []
+        callbacks = [stop_on_nan(self.name)]
         if replicas > 1:
             callbacks.append(local_validation(model, val))
             val = None
