@@ -475,3 +475,33 @@ def test_training_that_diverges_stops_and_marks_the_run_failed(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "failed" and "Training diverged" in config["reason"]
     assert not (out / "model.keras").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other shape"])
+def test_a_damaged_feature_cache_is_recomputed_and_stale_partials_removed(tmp_path, damage):
+    import tensorflow as tf
+
+    from transfer.train.feature_cache import STALE_PARTIAL_SECONDS, compute_features
+
+    extractor = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    batches = tf.data.Dataset.from_tensor_slices(np.ones((5, 4), "float32")).batch(2)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / "key.npy"
+    if damage == "garbage":
+        entry.write_bytes(b"not numpy at all")
+    else:
+        np.save(entry, np.zeros((5, 3) if damage == "truncated" else (4, 3), "float32"))
+        if damage == "truncated":
+            entry.write_bytes(entry.read_bytes()[:-7])
+    stale, fresh = cache / ".key.abc.partial.npy", cache / ".other.def.partial.npy"
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y")
+    old = stale.stat().st_mtime - STALE_PARTIAL_SECONDS - 60
+    os.utime(stale, (old, old))
+
+    features = compute_features(extractor, batches, 5, 3, cache_dir=cache, key="key", verbose=0)
+    expected = np.asarray(extractor(np.ones((5, 4), "float32")))
+    np.testing.assert_allclose(features, expected, rtol=1e-6)
+    np.testing.assert_allclose(np.load(entry), expected, rtol=1e-6)  # the entry is good again
+    assert not stale.exists() and fresh.exists()
