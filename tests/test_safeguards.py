@@ -505,3 +505,68 @@ def test_a_damaged_feature_cache_is_recomputed_and_stale_partials_removed(tmp_pa
     np.testing.assert_allclose(features, expected, rtol=1e-6)
     np.testing.assert_allclose(np.load(entry), expected, rtol=1e-6)  # the entry is good again
     assert not stale.exists() and fresh.exists()
+
+
+def _embeddings(path, **changes):
+    """A small .npz in the layout of `transfer embed` (3 classes, train and val)."""
+    rng = np.random.default_rng(0)
+    arrays = dict(features=rng.normal(size=(60, 8)).astype("float32"),
+                  labels=np.arange(60) % 3, paths=np.array([f"p{i}.png" for i in range(60)]),
+                  splits=np.array(["train"] * 40 + ["val"] * 20),
+                  class_names=np.array(["a", "b", "c"]), source=np.array("test"))
+    np.savez(path, **{**arrays, **changes})
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"labels": np.arange(60) % 4}, "labels must be in [0, 3), one of its 3 class_names. "
+                                    "Received labels from 0 to 3."),
+    ({"labels": np.arange(59) % 3}, "features, labels, paths and splits must have one entry "
+                                    "per image"),
+])
+def test_probe_refuses_embeddings_that_disagree(tmp_path, changes, message):
+    path = _embeddings(tmp_path / "e.npz", **changes)
+    result = run_cli("probe", path, "--out", tmp_path / "probe")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: {path}: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_probe_prints_no_scikit_learn_warnings(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_cli("probe", _embeddings(tmp_path / "e.npz"), "--out", tmp_path / "probe")
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, UserWarning))]
+    assert "Warning" not in result.stderr
+
+
+def test_embed_refuses_an_existing_out_without_overwrite(tmp_path):
+    data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
+    out = tmp_path / "e.npz"
+    out.write_bytes(b"precious")
+    args = ["embed", "--data", data, "--out", out, "--weights", "none", "--image-size", 32,
+            "--depth", 50]
+    result = run_cli(*args)
+    assert result.exit_code == 2 and result.stderr == \
+        f"Error: --out {out} exists. Choose another path or pass --overwrite.\n"
+    assert out.read_bytes() == b"precious"
+    assert run_cli(*args, "--overwrite").exit_code == 0
+    assert len(np.load(out)["labels"]) == 4
+
+
+def test_predict_reports_files_in_folders_that_are_not_images(tmp_path, tiny_run):
+    from PIL import Image
+
+    folder = make_image_folder(tmp_path / "photos", {"cat": 1}, size=(32, 32))
+    Image.new("RGB", (32, 32)).save(folder / "cat" / "photo.webp")
+    Image.new("RGB", (32, 32)).save(folder / "cat" / "scan.tiff")
+    result = run_cli("predict", tiny_run, folder, "--format", "json")
+    assert result.exit_code == 0, result.output
+    errors = {Path(r["path"]).name: r["error"] for r in json.loads(result.stdout)}
+    assert errors["img_000.png"] is None
+    assert errors["photo.webp"] == errors["scan.tiff"] == \
+        "not an image file (expected .jpg, .jpeg, .png, .bmp, .gif)"
+    assert "2 of 3 files could not be read." in result.stderr

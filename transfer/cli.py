@@ -646,8 +646,9 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 @_finetune_option("--test-split", type=float)
 @tfds_data_dir_option
 @strict_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def embed(data, out, model, depth, version, weights, weights_dir, image_size, pooling,
-          batch_size, val_split, test_split, tfds_data_dir, strict):
+          batch_size, val_split, test_split, tfds_data_dir, strict, overwrite):
     """Backbone features of every image, with labels, paths and splits, as .npz.
 
     \b
@@ -658,7 +659,8 @@ def embed(data, out, model, depth, version, weights, weights_dir, image_size, po
     result = embed_command.embed(
         data, out=out, model=model, depth=depth, version=version, weights=weights,
         weights_dir=weights_dir, image_size=image_size, batch_size=batch_size, pooling=pooling,
-        val_split=val_split, test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict)
+        val_split=val_split, test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict,
+        overwrite=overwrite)
     n, d = result["features"].shape
     echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) "
                f"to {out}")

@@ -21,6 +21,7 @@ logger = logging.getLogger("transfer")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+NOT_AN_IMAGE = f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})"
 FEW_TRAINING_IMAGES = 5  # per class: below this, a warning names the class
 
 
@@ -53,8 +54,7 @@ def _list_class_files(class_dir, skipped):
             if _is_hidden(path):
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append({"path": printable_path(path), "reason": "not an image file "
-                                f"(expected {', '.join(IMAGE_EXTENSIONS)})"})
+                skipped.append({"path": printable_path(path), "reason": NOT_AN_IMAGE})
                 continue
             if not path.is_file():
                 skipped.append({"path": printable_path(path),
