@@ -6,6 +6,7 @@ import re
 import warnings
 
 import numpy as np
+from PIL import Image
 
 from transfer.data.dataset import printable_path
 from transfer.errors import DataError, listing
@@ -82,8 +83,6 @@ def _too_large(paths, max_pixels):
     """{path: reason} for images whose header declares more than `max_pixels`."""
     if max_pixels is None:
         return {}
-    from PIL import Image
-
     found = {}
     for path in paths:
         try:
