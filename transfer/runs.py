@@ -179,8 +179,12 @@ def _take_lock(folder):
             continue
         except OSError as exc:
             raise write_failure(lock, exc) from exc
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            lock.unlink(missing_ok=True)
+            raise write_failure(lock, exc) from exc
         return lock
     raise InvalidArgumentError(f"out={folder} is being claimed by another run; try again.")
 
