@@ -82,33 +82,36 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     chief = is_chief(strategy)
     with _claim_run_dir(out, options, chief, overwrite, resume) as root:
         paths = RunPaths(root)
+        started = time.monotonic()
+        keras.utils.set_random_seed(options.seed)
+        dataset, model, config = _start(data, out, paths, options, strategy, resume)
         try:
-            return _run(data, out, paths, options, strategy, chief, resume)
+            return _train_and_report(out, paths, model, dataset, config, options, strategy,
+                                     chief, resume, started)
         except BaseException as exc:
             _record_stop(paths, exc)
             if isinstance(exc, KeyboardInterrupt):
-                resumable = " resume=True out={} continues it.".format(out) \
-                    if paths.config.exists() else ""
-                raise RunInterruptedError(f"The run was interrupted.{resumable}") from exc
+                raise RunInterruptedError(
+                    f"The run was interrupted. resume=True out={out} continues it.") from exc
             raise
 
 
-def _run(data, out, paths, options, strategy, chief, resume):
-    started = time.monotonic()
-    keras.utils.set_random_seed(options.seed)
-
+def _start(data, out, paths, options, strategy, resume):
+    """The data, the model, and config.json saying the run is running."""
     dataset = load_data(data, options)
     if resume:
         check_resume_data(paths.root, dataset, data)
     _log_replicas(strategy, options)
     model = build_model(dataset, options, strategy)
     config = run_config(data, out, options, dataset, strategy.num_replicas_in_sync)
-    if resume:
-        config = {**read_config(paths.root), "status": RUNNING}
-        config.pop("reason", None)
     write_json(paths.config, {**config, "status": RUNNING})
     write_labels(paths.labels, dataset.class_names)
+    return dataset, model, config
 
+
+def _train_and_report(out, paths, model, dataset, config, options, strategy, chief, resume,
+                      started):
+    """Both phases, the model kept, its reports, and config.json saying it is complete."""
     weights = class_weights(options, dataset.splits["train"].labels, dataset.num_classes)
     phase_args = (options, paths, strategy, weights, dataset.num_classes)
     timings = {}
