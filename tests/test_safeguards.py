@@ -252,6 +252,7 @@ def test_resume_refuses_other_data_but_not_another_cache_dir(tmp_path, monkeypat
     out = _interrupted_run(tmp_path, monkeypatch, data)
     result = run_cli("finetune", "--data", other, "--out", out, "--resume", *TINY_FLAGS)
     assert result.exit_code == 2 and "was started on other data" in result.stderr, result.output
+    assert json.loads((out / "config.json").read_text())["status"] == "interrupted"  # as it was
     result = run_cli("finetune", "--data", data, "--out", out, "--resume", *TINY_FLAGS,
                      "--cache-dir", tmp_path / "elsewhere")
     assert "other options" not in result.stderr and "other data" not in result.stderr
