@@ -571,3 +571,13 @@ def test_predict_reports_files_in_folders_that_are_not_images(tmp_path, tiny_run
     assert errors["photo.webp"] == errors["scan.tiff"] == \
         "not an image file (expected .jpg, .jpeg, .png, .bmp, .gif)"
     assert "2 of 3 files could not be read." in result.stderr
+
+
+def test_ctrl_c_in_any_command_exits_130(tmp_path, tiny_run, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("transfer.commands.predict.run_inference", interrupted)
+    folder = make_image_folder(tmp_path / "images", {"cat": 1}, size=(32, 32))
+    result = run_cli("predict", tiny_run, folder)
+    assert result.exit_code == 130 and result.stderr == "Error: Interrupted.\n"
