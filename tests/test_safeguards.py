@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import keras
@@ -581,3 +582,19 @@ def test_ctrl_c_in_any_command_exits_130(tmp_path, tiny_run, monkeypatch):
     folder = make_image_folder(tmp_path / "images", {"cat": 1}, size=(32, 32))
     result = run_cli("predict", tiny_run, folder)
     assert result.exit_code == 130 and result.stderr == "Error: Interrupted.\n"
+
+
+def test_a_lock_still_being_written_is_respected_an_old_empty_one_is_not(tmp_path):
+    from transfer.runs import LOCK_FILE, LOCK_WRITE_SECONDS, claimed_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("")  # created by a run that has not written its pid yet
+    with pytest.raises(ValueError, match="is being claimed by another run"):
+        with claimed_run_dir(out):
+            pass
+    old = time.time() - LOCK_WRITE_SECONDS - 1
+    os.utime(out / LOCK_FILE, (old, old))
+    with claimed_run_dir(out):
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert not (out / LOCK_FILE).exists()

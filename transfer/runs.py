@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ CHECKPOINTS_DIR = "checkpoints"
 # only a folder that holds it (or an earlier version's config.json), never another's.
 MARKER_FILE = ".transfer"
 LOCK_FILE = ".transfer.lock"  # the pid of the run that holds the folder now
+LOCK_WRITE_SECONDS = 10  # a lock without a pid yet is being written for this long at most
 
 # The files and folders a run writes; overwrite=True removes exactly these.
 RUN_FILES = (CONFIG_FILE, LABELS_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE,
@@ -174,6 +176,8 @@ def _take_lock(folder):
                 raise InvalidArgumentError(
                     f"out={folder} is in use by another run (process {pid}). Wait for it "
                     f"to end, or choose another folder.") from None
+            if pid is None and _age_seconds(lock) < LOCK_WRITE_SECONDS:
+                break  # another run has just created it and is writing its pid
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()  # its run died without removing it
             continue
@@ -187,6 +191,13 @@ def _take_lock(folder):
             raise write_failure(lock, exc) from exc
         return lock
     raise InvalidArgumentError(f"out={folder} is being claimed by another run; try again.")
+
+
+def _age_seconds(path):
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _lock_owner(lock):
