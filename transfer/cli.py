@@ -282,8 +282,8 @@ def info(depth, version, image_size, as_json):
         echo(json.dumps(summary, indent=2))
         return
     echo(f"{summary['name']} (depth {summary['depth']}, version {summary['version']}, "
-               f"input {image_size}x{image_size}x3, preprocessing "
-               f"'{summary['preprocessing']}')")
+         f"input {image_size}x{image_size}x3, preprocessing "
+         f"'{summary['preprocessing']}')")
     echo("")
     header = f"{'group':<7} {'layers':>6}  {'output shape':<22} {'parameters':>12}"
     echo(header)
@@ -294,7 +294,7 @@ def info(depth, version, image_size, as_json):
     echo("-" * len(header))
     echo(f"{'total':<7} {summary['layers']:>6}  {'':<22} {summary['params']:>12,}")
     echo(f"trainable {summary['trainable_params']:,}, "
-               f"non-trainable {summary['non_trainable_params']:,} (BatchNormalization statistics)")
+         f"non-trainable {summary['non_trainable_params']:,} (BatchNormalization statistics)")
     echo("")
     if summary["weights"]:
         echo("ImageNet weights (keras.applications):")
@@ -304,7 +304,7 @@ def info(depth, version, image_size, as_json):
         echo(f"  from {summary['weights'][0]['url'].rsplit('/', 1)[0]}/")
     else:
         echo(f"ImageNet weights: no keras.applications file exists for "
-                   f"{summary['version']}; use torchvision/timm checkpoints (--weights FILE):")
+             f"{summary['version']}; use torchvision/timm checkpoints (--weights FILE):")
         for entry in summary["torch_weights"]:
             top1 = f"top-1 {entry['top1']:.1f}%" if entry["top1"] else ""
             echo(f"  {entry['source']:<11}  {entry['name']:<17} {top1:<12}  {entry['url']}")
@@ -324,7 +324,7 @@ def weights(depth, version, include_top, weights_dir):
       transfer weights --depth 101 --version v2 --weights-dir /data/keras-weights
     """
     echo(weights_command.weights(depth, version, include_top=include_top,
-                                       weights_dir=weights_dir))
+                                 weights_dir=weights_dir))
 
 
 # The options of a fine-tuning recipe, shared by finetune and lr-find.
@@ -446,11 +446,11 @@ def finetune(data, out, overwrite, resume, **options):
     if "validation" in kept:
         scores = kept["validation"]
         echo(f"kept: {'phase 1 (head)' if kept['phase'] == 'head' else 'phase 2 (fine-tune)'}"
-                   f" - {kept['reason']} (validation accuracy: phase 1 "
-                   f"{scores['head']['accuracy']:.4f}, phase 2 {scores['fine-tune']['accuracy']:.4f})")
+             f" - {kept['reason']} (validation accuracy: phase 1 "
+             f"{scores['head']['accuracy']:.4f}, phase 2 {scores['fine-tune']['accuracy']:.4f})")
     if "refit" in kept:
         echo(f"refit: phase 1's probe on {kept['refit']['images']} training and validation "
-                   "images (the validation scores above are from before it)")
+             "images (the validation scores above are from before it)")
     timings = result.timings
     phases = [f"head {timings.get('head_seconds', 0):.0f}s"]
     if "fine_tune_seconds" in timings:
@@ -458,7 +458,7 @@ def finetune(data, out, overwrite, resume, **options):
     echo(f"time: {', '.join(phases)}, total {timings['total_seconds']:.0f}s")
     if result.metrics.get("skipped_files"):
         echo(f"skipped files: {len(result.metrics['skipped_files'])} "
-                   "(listed in metrics.json)")
+             "(listed in metrics.json)")
     echo(f"run directory: {result.run_dir}")
 
 
@@ -485,7 +485,7 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
     result = lr_find_command.lr_find(data, out, start_lr=start_lr, end_lr=end_lr, steps=steps,
                                      overwrite=overwrite, **options)
     echo(f"suggested: --fine-tune-lr {result.suggested:.2g} "
-               f"(plot: {result.out / lr_find_command.PLOT_FILE})")
+         f"(plot: {result.out / lr_find_command.PLOT_FILE})")
 
 
 def _echo_metrics(name, m, log_loss=True):
@@ -528,7 +528,7 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
     _echo_metrics(f"{metrics['split']} split", metrics)
     if metrics["unknown_class_images"]:
         echo(f"images of unknown classes: {metrics['unknown_class_images']} "
-                   f"({', '.join(metrics['unknown_classes'])}), not in the metrics")
+             f"({', '.join(metrics['unknown_classes'])}), not in the metrics")
     echo(f"reports: {out}")
 
 
@@ -663,7 +663,7 @@ def embed(data, out, model, depth, version, weights, weights_dir, image_size, po
         overwrite=overwrite)
     n, d = result["features"].shape
     echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) "
-               f"to {out}")
+         f"to {out}")
 
 
 @cli.command()
