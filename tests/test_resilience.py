@@ -158,4 +158,5 @@ def test_full_disk_never_leaves_a_model_that_looks_complete(full_disk, image_fol
     assert not (out / "model.keras").exists()
     assert not [p for p in out.iterdir() if ".partial" in p.name]
     config = json.loads((out / "config.json").read_text())
-    assert config["status"] == "running"  # never marked complete
+    # never marked complete: failed, and why
+    assert config["status"] == "failed" and "No space left on device" in config["reason"]

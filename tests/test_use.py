@@ -120,8 +120,9 @@ def test_exports_reload_outside_transfer_with_matching_outputs(trained, tmp_path
     assert run_cli("export", run, "--feature-extractor", "--out", features).exit_code == 0
     assert run_cli("export", run, "--feature-extractor", "--group", "conv4", "--pooling", "none",
                    "--out", conv4).exit_code == 0
-    assert (tmp_path / "labels.txt").read_text().split() == ["cat", "dog", "fox"]
-    assert (exports["savedmodel"] / "labels.txt").exists()
+    for labels in ("model.keras.labels.txt", "model.tflite.labels.txt", "savedmodel/labels.txt"):
+        assert (tmp_path / labels).read_text().split() == ["cat", "dog", "fox"]
+    assert not (tmp_path / "labels.txt").exists()  # nothing outside the exports
 
     images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BILINEAR))
                        for p in sorted((data / "dog").iterdir())[:4]]).astype("uint8")

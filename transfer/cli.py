@@ -7,6 +7,7 @@ messages name arguments as `name=value`; here, at the boundary, they become the
 command's flags (`--name value`).
 """
 
+import contextlib
 import csv
 import json
 import logging
@@ -28,7 +29,7 @@ from transfer.commands import lr_find as lr_find_command  # noqa: E402
 from transfer.commands import predict as predict_command  # noqa: E402
 from transfer.commands import probe as probe_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
-from transfer.errors import TransferError  # noqa: E402
+from transfer.errors import RunInterruptedError, TransferError  # noqa: E402
 from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
 from transfer.models.heads import POOLINGS  # noqa: E402
 from transfer.models.weights.download import WEIGHTS_DIR_ENV  # noqa: E402
@@ -90,14 +91,36 @@ def _params_in_scope(ctx):
     return params
 
 
+RESULTS_STREAM = "transfer.results"  # ctx.meta key: the real standard output
+
+
+def results_stream():
+    """Where a command's results go: standard output as it was before the command ran."""
+    return click.get_current_context().meta.get(RESULTS_STREAM, sys.stdout)
+
+
+def echo(message=""):
+    """Print a result line (never progress or messages: those go to stderr)."""
+    click.echo(message, file=results_stream())
+
+
 class TransferCommand(click.Command):
-    """A command whose library errors and warnings name its own flags."""
+    """A command whose library errors and warnings name its own flags, and whose
+    standard output holds its results alone (`predict --format csv > out.csv`)."""
 
     def invoke(self, ctx):
         params = _params_in_scope(ctx)
         _setup_logging(params)
+        ctx.meta[RESULTS_STREAM] = sys.stdout
         try:
-            return super().invoke(ctx)
+            # Keras and TensorFlow print progress to sys.stdout: send it to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                try:
+                    return super().invoke(ctx)
+                except TransferError:
+                    raise
+                except KeyboardInterrupt as exc:  # else click reports "aborted", exit 1
+                    raise RunInterruptedError("Interrupted.") from exc
         except TransferError as exc:
             if ctx.find_root().params.get("debug") or os.environ.get(DEBUG_ENV) == "1":
                 raise
@@ -256,35 +279,35 @@ def info(depth, version, image_size, as_json):
     """
     summary = info_command.info(depth, version, image_size=image_size)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"{summary['name']} (depth {summary['depth']}, version {summary['version']}, "
-               f"input {image_size}x{image_size}x3, preprocessing "
-               f"'{summary['preprocessing']}')")
-    click.echo("")
+    echo(f"{summary['name']} (depth {summary['depth']}, version {summary['version']}, "
+         f"input {image_size}x{image_size}x3, preprocessing "
+         f"'{summary['preprocessing']}')")
+    echo("")
     header = f"{'group':<7} {'layers':>6}  {'output shape':<22} {'parameters':>12}"
-    click.echo(header)
-    click.echo("-" * len(header))
+    echo(header)
+    echo("-" * len(header))
     for row in summary["groups"]:
         shape = "x".join("?" if d is None else str(d) for d in row["output_shape"])
-        click.echo(f"{row['name']:<7} {row['layers']:>6}  {shape:<22} {row['params']:>12,}")
-    click.echo("-" * len(header))
-    click.echo(f"{'total':<7} {summary['layers']:>6}  {'':<22} {summary['params']:>12,}")
-    click.echo(f"trainable {summary['trainable_params']:,}, "
-               f"non-trainable {summary['non_trainable_params']:,} (BatchNormalization statistics)")
-    click.echo("")
+        echo(f"{row['name']:<7} {row['layers']:>6}  {shape:<22} {row['params']:>12,}")
+    echo("-" * len(header))
+    echo(f"{'total':<7} {summary['layers']:>6}  {'':<22} {summary['params']:>12,}")
+    echo(f"trainable {summary['trainable_params']:,}, "
+         f"non-trainable {summary['non_trainable_params']:,} (BatchNormalization statistics)")
+    echo("")
     if summary["weights"]:
-        click.echo("ImageNet weights (keras.applications):")
+        echo("ImageNet weights (keras.applications):")
         for entry in summary["weights"]:
             kind = "with top" if entry["include_top"] else "notop   "
-            click.echo(f"  {kind}  {entry['file']}  md5 {entry['md5']}")
-        click.echo(f"  from {summary['weights'][0]['url'].rsplit('/', 1)[0]}/")
+            echo(f"  {kind}  {entry['file']}  md5 {entry['md5']}")
+        echo(f"  from {summary['weights'][0]['url'].rsplit('/', 1)[0]}/")
     else:
-        click.echo(f"ImageNet weights: no keras.applications file exists for "
-                   f"{summary['version']}; use torchvision/timm checkpoints (--weights FILE):")
+        echo(f"ImageNet weights: no keras.applications file exists for "
+             f"{summary['version']}; use torchvision/timm checkpoints (--weights FILE):")
         for entry in summary["torch_weights"]:
             top1 = f"top-1 {entry['top1']:.1f}%" if entry["top1"] else ""
-            click.echo(f"  {entry['source']:<11}  {entry['name']:<17} {top1:<12}  {entry['url']}")
+            echo(f"  {entry['source']:<11}  {entry['name']:<17} {top1:<12}  {entry['url']}")
 
 
 @cli.command()
@@ -300,8 +323,8 @@ def weights(depth, version, include_top, weights_dir):
       transfer weights --depth 50
       transfer weights --depth 101 --version v2 --weights-dir /data/keras-weights
     """
-    click.echo(weights_command.weights(depth, version, include_top=include_top,
-                                       weights_dir=weights_dir))
+    echo(weights_command.weights(depth, version, include_top=include_top,
+                                 weights_dir=weights_dir))
 
 
 # The options of a fine-tuning recipe, shared by finetune and lr-find.
@@ -369,6 +392,9 @@ recipe_options = _options(
                      help="Seconds between the backups that --resume continues from (written "
                           "at the end of an epoch; 0: every epoch)."),
     strict_option,
+    _finetune_option("--max-pixels", type=int,
+                     help="Images whose header declares more pixels are skipped unread "
+                          "(Pillow's decompression-bomb limit)."),
     click.option("--no-cache", "cache_features", flag_value=False, default=True,
                  help="Train phase 1 through the frozen backbone instead of on cached features."),
     click.option("--cache-dir", type=click.Path(file_okay=False),
@@ -415,28 +441,28 @@ def finetune(data, out, overwrite, resume, **options):
         raise click.UsageError("--resume needs the --out of the run to continue.")
     result = finetune_command.finetune(data, out=out, overwrite=overwrite, resume=resume,
                                        **options)
-    click.echo("")
+    echo("")
     for split, name in (("val", "validation"), ("test", "test")):
         if split in result.metrics:
             _echo_metrics(name, result.metrics[split], log_loss=False)
     kept = result.metrics["kept"]
     if "validation" in kept:
         scores = kept["validation"]
-        click.echo(f"kept: {'phase 1 (head)' if kept['phase'] == 'head' else 'phase 2 (fine-tune)'}"
-                   f" - {kept['reason']} (validation accuracy: phase 1 "
-                   f"{scores['head']['accuracy']:.4f}, phase 2 {scores['fine-tune']['accuracy']:.4f})")
+        echo(f"kept: {'phase 1 (head)' if kept['phase'] == 'head' else 'phase 2 (fine-tune)'}"
+             f" - {kept['reason']} (validation accuracy: phase 1 "
+             f"{scores['head']['accuracy']:.4f}, phase 2 {scores['fine-tune']['accuracy']:.4f})")
     if "refit" in kept:
-        click.echo(f"refit: phase 1's probe on {kept['refit']['images']} training and validation "
-                   "images (the validation scores above are from before it)")
+        echo(f"refit: phase 1's probe on {kept['refit']['images']} training and validation "
+             "images (the validation scores above are from before it)")
     timings = result.timings
     phases = [f"head {timings.get('head_seconds', 0):.0f}s"]
     if "fine_tune_seconds" in timings:
         phases.append(f"fine-tune {timings['fine_tune_seconds']:.0f}s")
-    click.echo(f"time: {', '.join(phases)}, total {timings['total_seconds']:.0f}s")
+    echo(f"time: {', '.join(phases)}, total {timings['total_seconds']:.0f}s")
     if result.metrics.get("skipped_files"):
-        click.echo(f"skipped files: {len(result.metrics['skipped_files'])} "
-                   "(listed in metrics.json)")
-    click.echo(f"run directory: {result.run_dir}")
+        echo(f"skipped files: {len(result.metrics['skipped_files'])} "
+             "(listed in metrics.json)")
+    echo(f"run directory: {result.run_dir}")
 
 
 @cli.command("lr-find")
@@ -461,8 +487,8 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
     """
     result = lr_find_command.lr_find(data, out, start_lr=start_lr, end_lr=end_lr, steps=steps,
                                      overwrite=overwrite, **options)
-    click.echo(f"suggested: --fine-tune-lr {result.suggested:.2g} "
-               f"(plot: {result.out / lr_find_command.PLOT_FILE})")
+    echo(f"suggested: --fine-tune-lr {result.suggested:.2g} "
+         f"(plot: {result.out / lr_find_command.PLOT_FILE})")
 
 
 def _echo_metrics(name, m, log_loss=True):
@@ -472,7 +498,7 @@ def _echo_metrics(name, m, log_loss=True):
     parts.append(f"macro F1 {m['macro_f1']:.4f}")
     if log_loss:
         parts.append(f"log loss {m['log_loss']:.4f}")
-    click.echo(f"{name} ({m['images']} images): " + ", ".join(parts))
+    echo(f"{name} ({m['images']} images): " + ", ".join(parts))
 
 
 @cli.command()
@@ -501,12 +527,12 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
     metrics = evaluate_command.evaluate(run_or_model, data, out, batch_size=batch_size,
                                         image_size=image_size, tfds_data_dir=tfds_data_dir,
                                         overwrite=overwrite, strict=strict, tta=tta)
-    click.echo("")
+    echo("")
     _echo_metrics(f"{metrics['split']} split", metrics)
     if metrics["unknown_class_images"]:
-        click.echo(f"images of unknown classes: {metrics['unknown_class_images']} "
-                   f"({', '.join(metrics['unknown_classes'])}), not in the metrics")
-    click.echo(f"reports: {out}")
+        echo(f"images of unknown classes: {metrics['unknown_class_images']} "
+             f"({', '.join(metrics['unknown_classes'])}), not in the metrics")
+    echo(f"reports: {out}")
 
 
 @cli.command()
@@ -538,14 +564,14 @@ def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, t
 
 
 def _print_json(rows):
-    click.echo(json.dumps([
+    echo(json.dumps([
         {"path": r["path"], "error": r["error"],
          "predictions": [{"label": label, "probability": p} for label, p in r["predictions"]]}
         for r in rows], indent=2))
 
 
 def _print_csv(rows):
-    writer = csv.writer(click.get_text_stream("stdout"))
+    writer = csv.writer(results_stream())
     k = max((len(r["predictions"]) for r in rows), default=0)
     writer.writerow(["path", *[f"{kind}_{i + 1}" for i in range(k)
                                for kind in ("label", "probability")], "error"])
@@ -559,10 +585,10 @@ def _print_table(rows):
     width = max(len(r["path"]) for r in rows)
     for r in rows:
         if r["error"]:
-            click.echo(f"{r['path']:<{width}}  error: {r['error']}")
+            echo(f"{r['path']:<{width}}  error: {r['error']}")
         else:
             shown = "  ".join(f"{label} {p:.3f}" for label, p in r["predictions"])
-            click.echo(f"{r['path']:<{width}}  {shown}")
+            echo(f"{r['path']:<{width}}  {shown}")
 
 
 PREDICTION_PRINTERS = {"table": _print_table, "csv": _print_csv, "json": _print_json}
@@ -589,7 +615,8 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
     """Export a trained model as Keras, SavedModel or TFLite, or its backbone's weights.
 
     Every export takes raw RGB pixels (the SavedModel's serving signature and the
-    TFLite model take uint8 images); a classifier export has labels.txt beside it.
+    TFLite model take uint8 images); a classifier export keeps its labels with it
+    (inside a SavedModel folder, as <file>.labels.txt beside a file).
 
     \b
     Examples:
@@ -602,7 +629,7 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
                                  feature_extractor=feature_extractor, group=group,
                                  pooling=None if pooling == "none" else pooling,
                                  image_size=image_size, overwrite=overwrite)
-    click.echo(f"exported: {path}")
+    echo(f"exported: {path}")
 
 
 @cli.command()
@@ -622,8 +649,9 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 @_finetune_option("--test-split", type=float)
 @tfds_data_dir_option
 @strict_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def embed(data, out, model, depth, version, weights, weights_dir, image_size, pooling,
-          batch_size, val_split, test_split, tfds_data_dir, strict):
+          batch_size, val_split, test_split, tfds_data_dir, strict, overwrite):
     """Backbone features of every image, with labels, paths and splits, as .npz.
 
     \b
@@ -634,10 +662,11 @@ def embed(data, out, model, depth, version, weights, weights_dir, image_size, po
     result = embed_command.embed(
         data, out=out, model=model, depth=depth, version=version, weights=weights,
         weights_dir=weights_dir, image_size=image_size, batch_size=batch_size, pooling=pooling,
-        val_split=val_split, test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict)
+        val_split=val_split, test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict,
+        overwrite=overwrite)
     n, d = result["features"].shape
-    click.echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) "
-               f"to {out}")
+    echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) "
+         f"to {out}")
 
 
 @cli.command()
@@ -658,11 +687,11 @@ def probe(embeddings, out, folds, seed, overwrite):
       transfer embed --data ./flowers --out flowers.npz && transfer probe flowers.npz --out probe
     """
     metrics = probe_command.probe(embeddings, out, folds=folds, seed=seed, overwrite=overwrite)
-    click.echo("")
+    echo("")
     for split, name in (("val", "validation"), ("test", "test")):
         if split in metrics:
             _echo_metrics(name, metrics[split])
-    click.echo(f"C = {metrics['C']:.4g}; reports: {out}")
+    echo(f"C = {metrics['C']:.4g}; reports: {out}")
 
 
 def main():

@@ -40,6 +40,13 @@ class RunFailedError(TransferError, RuntimeError):
     exit_code = 1
 
 
+class RunInterruptedError(TransferError, KeyboardInterrupt):
+    """The user stopped a command (Ctrl-C): still a KeyboardInterrupt, with a message
+    that says what to do next; exit code 130, as for SIGINT."""
+
+    exit_code = 130
+
+
 def first_line(exc, limit=200):
     """The first line of an exception's message (its type name if it has none)."""
     lines = str(exc).strip().splitlines()

@@ -37,12 +37,21 @@ def atomic_path(path):
         raise write_failure(path, exc) from exc
     try:
         yield Path(tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except OSError as exc:
         raise write_failure(path, exc) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _file_mode():
+    """The mode `open()` would give a new file: mkstemp's temp files are 0600, but
+    outputs should be as readable as `model.save`'s (0644 under umask 022)."""
+    umask = os.umask(0)  # read it; the only way without /proc
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text(path, text):

@@ -13,8 +13,10 @@ a folder for a run, the resume check, and loading a run (or a bare model file) b
 
 import contextlib
 import json
+import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +25,7 @@ import numpy as np
 
 from transfer.version import __version__
 from transfer.errors import InvalidArgumentError, first_line
-from transfer.io import make_writable_dir, write_text
+from transfer.io import make_writable_dir, write_failure, write_text
 from transfer.lazy import keras, tf
 from transfer.models.architectures import image_size_pair
 from transfer.models.heads import is_classifier
@@ -42,6 +44,11 @@ REPORT_FILES = ("classification_report.txt", "confusion_matrix.png", "confusion_
 TEST_PREFIX = "test_"  # the test split's reports: test_predictions.csv, ...
 LOGS_DIR = "logs"
 CHECKPOINTS_DIR = "checkpoints"
+# Written first into every folder a command of ours claims: overwrite=True replaces
+# only a folder that holds it (or an earlier version's config.json), never another's.
+MARKER_FILE = ".transfer"
+LOCK_FILE = ".transfer.lock"  # the pid of the run that holds the folder now
+LOCK_WRITE_SECONDS = 10  # a lock without a pid yet is being written for this long at most
 
 # The files and folders a run writes; overwrite=True removes exactly these.
 RUN_FILES = (CONFIG_FILE, LABELS_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE,
@@ -49,7 +56,9 @@ RUN_FILES = (CONFIG_FILE, LABELS_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, C
              *REPORT_FILES, *(TEST_PREFIX + name for name in REPORT_FILES))
 RUN_FOLDERS = (LOGS_DIR, CHECKPOINTS_DIR)
 
-RUNNING, COMPLETE = "running", "complete"  # config.json's status
+# config.json's status; a run that stops early records why in "reason"
+
+RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
 
 
 def report_file(name, prefix=""):
@@ -96,22 +105,115 @@ def default_run_dir(data):
 
 def prepare_run_dir(path, overwrite=False, keep=False):
     """Create the run directory; refuse a non-empty one unless `overwrite` (which
-    removes the files of the earlier run) or `keep` (resuming it)."""
+    removes the files of the earlier run, only if a command of ours wrote it) or
+    `keep` (resuming it). Marks the folder as ours."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InvalidArgumentError(f"out={path} is a file, not a folder.")
-    if path.exists() and any(path.iterdir()) and not keep:
+    if path.exists() and not keep and any(p.name != LOCK_FILE for p in path.iterdir()):
         if not overwrite:
             raise InvalidArgumentError(
                 f"out={path} is not empty. Choose another folder or pass overwrite=True "
-                "to replace the run in it."
-            )
+                "to replace the run in it.")
+        if not is_ours(path):
+            raise InvalidArgumentError(
+                f"out={path} is not empty and was not written by transfer (no {MARKER_FILE} "
+                f"or {CONFIG_FILE} of a run in it): overwrite=True replaces only a folder of "
+                "ours. Choose another folder, or empty this one yourself.")
         for name in RUN_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (path / name).unlink()
         for name in RUN_FOLDERS:
             shutil.rmtree(path / name, ignore_errors=True)
-    return make_writable_dir(path)
+    make_writable_dir(path)
+    mark_as_ours(path)
+    return path
+
+
+def mark_as_ours(folder):
+    write_text(Path(folder) / MARKER_FILE, f"written by transfer {__version__}\n")
+
+
+def is_ours(folder):
+    """Whether a command of ours wrote `folder`: its marker, or (from versions before
+    the marker) a config.json with a run's fields."""
+    folder = Path(folder)
+    if (folder / MARKER_FILE).is_file():
+        return True
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"options", "versions", "dataset"} <= set(config) \
+        and "transfer" in config["versions"]
+
+
+@contextlib.contextmanager
+def claimed_run_dir(path, overwrite=False, keep=False):
+    """`prepare_run_dir` under a lock held until the block ends: a second run (or a
+    --resume) cannot share the folder while the first one still runs."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"out={path} is a file, not a folder.")
+    make_writable_dir(path)
+    lock = _take_lock(path)
+    try:
+        yield prepare_run_dir(path, overwrite=overwrite, keep=keep)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+def _take_lock(folder):
+    lock = folder / LOCK_FILE
+    for _ in range(2):  # once more after removing a dead run's lock
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            pid = _lock_owner(lock)
+            if pid is not None and _is_running(pid):
+                raise InvalidArgumentError(
+                    f"out={folder} is in use by another run (process {pid}). Wait for it "
+                    f"to end, or choose another folder.") from None
+            if pid is None and _age_seconds(lock) < LOCK_WRITE_SECONDS:
+                break  # another run has just created it and is writing its pid
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # its run died without removing it
+            continue
+        except OSError as exc:
+            raise write_failure(lock, exc) from exc
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            lock.unlink(missing_ok=True)
+            raise write_failure(lock, exc) from exc
+        return lock
+    raise InvalidArgumentError(f"out={folder} is being claimed by another run; try again.")
+
+
+def _age_seconds(path):
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _lock_owner(lock):
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None  # unreadable or half-written: treated as stale
+
+
+def _is_running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def versions():
@@ -155,6 +257,29 @@ def check_resume(run_dir, options):
         raise InvalidArgumentError(
             f"resume=True: {run_dir} was started with other options ({', '.join(differ)}); "
             "run the same command again with resume=True.")
+
+
+def own_labels_path(model_file):
+    """`<file>.labels.txt`: the class names of an exported model file, named after it
+    so that two exports in one folder keep their own."""
+    model_file = Path(model_file)
+    return model_file.with_name(f"{model_file.name}.{LABELS_FILE}")
+
+
+def labels_beside(model_file):
+    """A model file's class names: its own labels file, else its folder's labels.txt."""
+    own = own_labels_path(model_file)
+    return own if own.exists() else Path(model_file).parent / LABELS_FILE
+
+
+def check_resume_data(run_dir, dataset, data):
+    """A run resumes on the images it started with: the same files, splits and classes."""
+    stored = read_config(run_dir).get("dataset", {}).get("fingerprint")
+    if stored and stored != dataset.fingerprint:
+        raise InvalidArgumentError(
+            f"resume=True: {run_dir} was started on other data (its images, splits or "
+            f"classes differ from data={data}); resume it with the data it "
+            "started with, or start a new run.")
 
 
 def write_labels(path, class_names):
@@ -219,7 +344,7 @@ def load_model(run_or_model, need_classifier=True, image_size=None):
         raise InvalidArgumentError(
             f"{model_path} is not a Keras model that can be loaded safely ({first_line(exc)}). "
             "Expected a .keras file written by transfer or Keras.") from exc
-    labels_path = model_path.parent / LABELS_FILE
+    labels_path = labels_beside(model_path)
     class_names = read_labels(labels_path)
     loaded = LoadedModel(model, model_path, class_names,
                          _image_size(model, model_path, image_size))

@@ -8,7 +8,7 @@ import numpy as np
 
 from transfer.data.pipeline import drop_unreadable, images_only
 from transfer.data.sources import load_dataset
-from transfer.errors import InvalidArgumentError
+from transfer.errors import DataError, InvalidArgumentError
 from transfer.io import write_npz
 from transfer.models.architectures import image_size_pair
 from transfer.models.heads import feature_extractor
@@ -27,7 +27,7 @@ def embed(data, out=None, model=None, depth=FINETUNE.depth, version=FINETUNE.ver
           weights=FINETUNE.weights, weights_dir=None, image_size=FINETUNE.image_size,
           batch_size=INFERENCE_BATCH_SIZE, pooling=FINETUNE.pooling,
           val_split=FINETUNE.val_split, test_split=FINETUNE.test_split, tfds_data_dir=None,
-          strict=False):
+          strict=False, overwrite=False):
     """Pooled backbone features for every image of `data`, with labels and splits.
 
     The backbone is a trained model's (`model`: run directory or .keras file) or a
@@ -36,6 +36,9 @@ def embed(data, out=None, model=None, depth=FINETUNE.depth, version=FINETUNE.ver
     """
     if out is not None and Path(out).suffix != ".npz":
         raise InvalidArgumentError(f"out={out}: embeddings are written as .npz.")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise InvalidArgumentError(
+            f"out={out} exists. Choose another path or pass overwrite=True.")
     extractor, image_size, source = _extractor(model, depth, version, weights, weights_dir,
                                                image_size, pooling)
     dataset = load_dataset(data, val_split=val_split, test_split=test_split,
@@ -89,4 +92,23 @@ def load_embeddings(path):
     if missing:
         raise InvalidArgumentError(
             f"{path} lacks {', '.join(sorted(missing))}: expected an .npz of `transfer embed`.")
+    _check_embeddings(path, loaded)
     return loaded
+
+
+def _check_embeddings(path, data):
+    """The arrays must agree: one row per image, labels that name a class."""
+    features, labels = data["features"], data["labels"]
+    if features.ndim != 2:
+        raise DataError(f"{path}: features must be one row per image. Received shape "
+                        f"{features.shape}.")
+    lengths = {key: len(data[key]) for key in ("features", "labels", "paths", "splits")}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"{path}: features, labels, paths and splits must have one entry per "
+                        f"image. Received {lengths}.")
+    classes = len(data["class_names"])
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels must be integers. Received {labels.dtype}.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"{path}: labels must be in [0, {classes}), one of its {classes} "
+                        f"class_names. Received labels from {labels.min()} to {labels.max()}.")

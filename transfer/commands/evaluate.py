@@ -47,8 +47,8 @@ def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_siz
         "unknown_classes": unknown, "unknown_class_images": int(sum(unknown.values())),
         "skipped_files": dataset.skipped,
     })
+    write_json(Path(out) / METRICS_FILE, metrics)  # first: a failing report must not lose it
     write_reports(out, labels, probabilities, loaded.class_names, paths)
-    write_json(Path(out) / METRICS_FILE, metrics)
     return metrics
 
 

@@ -3,7 +3,8 @@
 a keras.applications notop file (h5), to start other runs from.
 
 Every model export takes raw RGB pixels; the SavedModel and TFLite exports take
-uint8 images directly. A classifier export has labels.txt beside it.
+uint8 images directly. A classifier export keeps its class names with it: labels.txt
+inside a SavedModel folder, `<file>.labels.txt` beside a file.
 """
 
 import logging
@@ -17,7 +18,15 @@ from transfer.lazy import keras, tf
 from transfer.models.heads import feature_extractor as feature_extractor_of
 from transfer.models.heads import is_classifier
 from transfer.models.weights.formats import write_legacy_h5
-from transfer.runs import LABELS_FILE, load_model, write_labels
+from transfer.runs import (
+    LABELS_FILE,
+    MARKER_FILE,
+    is_ours,
+    load_model,
+    mark_as_ours,
+    own_labels_path,
+    write_labels,
+)
 
 logger = logging.getLogger("transfer")
 
@@ -49,7 +58,7 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
                         image_size=image_size)
     model = (feature_extractor_of(loaded.model, pooling=pooling, group=group)
              if feature_extractor else loaded.model)
-    _check_out(out, format, overwrite)
+    _check_out(out, format, overwrite, labels=not feature_extractor)
     if format == "keras":
         save_model(model, out)
     elif format == "savedmodel":
@@ -57,14 +66,20 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
     else:
         write_bytes(out, _tflite_flatbuffer(model, loaded.image_size))
     if not feature_extractor:
-        labels_dir = out if format == "savedmodel" else out.parent
-        write_labels(labels_dir / LABELS_FILE, loaded.class_names)
+        write_labels(_labels_path(out, format), loaded.class_names)
+    elif format != "savedmodel":  # a classifier's labels would now describe the wrong model
+        own_labels_path(out).unlink(missing_ok=True)
     logger.info("Exported %s to %s (%s).",
                 "feature extractor" if feature_extractor else "classifier", out, format)
     return out
 
 
-def _check_out(out, format, overwrite):
+def _labels_path(out, format):
+    """A classifier export's class names: inside a SavedModel, beside a file."""
+    return out / LABELS_FILE if format == "savedmodel" else own_labels_path(out)
+
+
+def _check_out(out, format, overwrite, labels):
     suffix = SUFFIXES.get(format)
     if suffix and out.suffix != suffix:
         kind = {"keras": "Keras", "tflite": "TFLite"}[format]
@@ -72,6 +87,15 @@ def _check_out(out, format, overwrite):
     if out.exists() and not overwrite:
         raise InvalidArgumentError(
             f"out={out} exists. Choose another path or pass overwrite=True.")
+    if out.is_dir() and not (format == "savedmodel" and is_ours(out)):
+        raise InvalidArgumentError(
+            f"out={out} is a folder that is not a SavedModel export of transfer (no "
+            f"{MARKER_FILE} in it): overwrite=True replaces only an export of ours. Choose "
+            "another path, or remove it yourself.")
+    labels_path = _labels_path(out, format)
+    if labels and labels_path.exists() and not overwrite:
+        raise InvalidArgumentError(
+            f"{labels_path} exists. Choose another out or pass overwrite=True.")
 
 
 def _serving_function(model, image_size):
@@ -134,6 +158,7 @@ def _write_savedmodel_atomically(model, out, image_size):
         raise write_failure(out, exc) from exc
     try:
         _write_savedmodel(model, tmp / "export", image_size)
+        mark_as_ours(tmp / "export")
         if out.exists():
             shutil.rmtree(out)
         (tmp / "export").rename(out)

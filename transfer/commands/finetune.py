@@ -1,6 +1,7 @@
 """`transfer finetune`: two-phase fine-tuning of a ResNet on a folder of images (or a
 TFDS dataset), leaving a run directory (see `transfer.runs`)."""
 
+import contextlib
 import json
 import logging
 import shutil
@@ -15,8 +16,8 @@ import numpy as np
 from transfer.data.augment import augmentation
 from transfer.data.dataset import Split
 from transfer.data.pipeline import drop_unreadable, images_only
-from transfer.data.sources import load_dataset
-from transfer.errors import DataError, InvalidArgumentError
+from transfer.data.sources import check_training_classes, load_dataset
+from transfer.errors import DataError, InvalidArgumentError, RunInterruptedError, first_line
 from transfer.io import save_model, save_weights, write_csv, write_json
 from transfer.lazy import keras
 from transfer.models.groups import freeze, groups, unfreeze
@@ -25,12 +26,16 @@ from transfer.report.metrics import compute_metrics, write_reports
 from transfer.report.plots import plot_image_grid, plot_training_curves
 from transfer.runs import (
     COMPLETE,
+    FAILED,
+    INTERRUPTED,
     RUNNING,
     TEST_PREFIX,
     RunPaths,
     check_resume,
+    check_resume_data,
+    claimed_run_dir,
     default_run_dir,
-    prepare_run_dir,
+    read_config,
     run_config,
     write_labels,
 )
@@ -75,18 +80,38 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     strategy = make_strategy(options.strategy)  # first: multi-worker needs it before any op
     out = Path(out or default_run_dir(data))
     chief = is_chief(strategy)
-    paths = RunPaths(_claim_run_dir(out, options, chief, overwrite, resume))
-    started = time.monotonic()
-    keras.utils.set_random_seed(options.seed)
+    with _claim_run_dir(out, options, chief, overwrite, resume) as root:
+        paths = RunPaths(root)
+        started = time.monotonic()
+        keras.utils.set_random_seed(options.seed)
+        dataset, model, config = _start(data, out, paths, options, strategy, resume)
+        try:
+            return _train_and_report(out, paths, model, dataset, config, options, strategy,
+                                     chief, resume, started)
+        except BaseException as exc:
+            _record_stop(paths, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise RunInterruptedError(
+                    f"The run was interrupted. resume=True out={out} continues it.") from exc
+            raise
 
+
+def _start(data, out, paths, options, strategy, resume):
+    """The data, the model, and config.json saying the run is running."""
     dataset = load_data(data, options)
+    if resume:
+        check_resume_data(paths.root, dataset, data)
     _log_replicas(strategy, options)
     model = build_model(dataset, options, strategy)
     config = run_config(data, out, options, dataset, strategy.num_replicas_in_sync)
-    if not resume:
-        write_json(paths.config, {**config, "status": RUNNING})
+    write_json(paths.config, {**config, "status": RUNNING})
     write_labels(paths.labels, dataset.class_names)
+    return dataset, model, config
 
+
+def _train_and_report(out, paths, model, dataset, config, options, strategy, chief, resume,
+                      started):
+    """Both phases, the model kept, its reports, and config.json saying it is complete."""
     weights = class_weights(options, dataset.splits["train"].labels, dataset.num_classes)
     phase_args = (options, paths, strategy, weights, dataset.num_classes)
     timings = {}
@@ -99,15 +124,20 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     history += _fine_tune(model, dataset, options, phase_args, timings)
     kept = _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
 
-    # Validation reports first: they judge the model as chosen, before any refit.
-    metrics = _report_splits(local_copy(model, strategy), dataset, options, paths.root, "val")
+    # Validation judges the model as chosen, before any refit; its reports come after
+    # the model and its history are saved, so that a report that fails loses neither.
+    predictions = {"val": _predict_split(local_copy(model, strategy), dataset, options, "val")}
     if kept["phase"] == HEAD and options.refit and head_is_probe(history):
         kept["refit"] = refit_probe_on_all_labels(model, dataset, options, strategy)
-    metrics.update(_report_splits(local_copy(model, strategy), dataset, options, paths.root,
-                                  "test"))
+    _write_training_results(paths, model, history, kept)
+    predictions["test"] = _predict_split(local_copy(model, strategy), dataset, options, "test")
+    metrics = {"classes": dataset.class_names}
+    for split_name, probabilities in predictions.items():
+        if probabilities is not None:
+            metrics[split_name] = _report_split(dataset, split_name, probabilities, paths.root)
     timings["total_seconds"] = round(time.monotonic() - started, 2)
     metrics.update(kept=kept, timings=timings, skipped_files=dataset.skipped)
-    _write_results(paths, model, history, metrics)
+    write_json(paths.metrics, metrics)
     write_json(paths.config, {
         **config, "status": COMPLETE, "kept": kept["phase"], "timings": timings,
         "resumed": bool(resume),
@@ -120,19 +150,33 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
 
 
 def _claim_run_dir(out, options, chief, overwrite, resume):
-    """The folder this process writes to: `out`, checked and created, on the chief; a
-    temporary one on other workers, which compute alongside it and keep nothing."""
+    """The folder this process writes to: `out`, checked, created and locked, on the
+    chief; a temporary one on other workers, which compute alongside it and keep nothing."""
     if resume:
         check_resume(out, options)
     if not chief:
-        return Path(tempfile.mkdtemp(prefix="transfer-worker-"))
-    return prepare_run_dir(out, overwrite=overwrite, keep=resume)
+        return contextlib.nullcontext(Path(tempfile.mkdtemp(prefix="transfer-worker-")))
+    return claimed_run_dir(out, overwrite=overwrite, keep=resume)
+
+
+def _record_stop(paths, exc):
+    """config.json says why a run stopped early: interrupted, or failed and the error."""
+    with contextlib.suppress(Exception):  # the error that stopped the run matters more
+        config = read_config(paths.root)
+        if config.get("status") == COMPLETE:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            stop = {"status": INTERRUPTED, "reason": "interrupted (Ctrl-C or SIGINT)"}
+        else:
+            stop = {"status": FAILED, "reason": f"{type(exc).__name__}: {first_line(exc)}"}
+        write_json(paths.config, {**config, **stop})
 
 
 def load_data(data, options):
     dataset = load_dataset(data, val_split=options.val_split, test_split=options.test_split,
                            tfds_data_dir=options.tfds_data_dir)
-    drop_unreadable(dataset, strict=options.strict)
+    drop_unreadable(dataset, strict=options.strict, max_pixels=options.max_pixels)
+    check_training_classes(dataset)
     if not len(dataset.splits["val"]):
         raise DataError(f"{data} gives no validation images. Raise val_split or add a val/ "
                         "folder.")
@@ -269,25 +313,28 @@ def _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
             "validation": scores}
 
 
-def _report_splits(model, dataset, options, out_dir, split_name):
-    """Metrics and report files of one split ("val", or "test" when there is one)."""
+def _predict_split(model, dataset, options, split_name):
+    """The model's probabilities for a split's images; None where the split is empty."""
     split = dataset.splits.get(split_name)
     if split is None or not len(split):
-        return {"classes": dataset.class_names}
-    probabilities = run_inference(model, images_only(split, options.image_size,
-                                                     options.batch_size))
+        return None
+    return run_inference(model, images_only(split, options.image_size, options.batch_size))
+
+
+def _report_split(dataset, split_name, probabilities, out_dir):
+    """Report files of one split ("val", or "test" when there is one); its metrics."""
+    split = dataset.splits[split_name]
     write_reports(out_dir, split.labels, probabilities, dataset.class_names, split.paths,
                   prefix=TEST_PREFIX if split_name == "test" else "")
-    return {"classes": dataset.class_names,
-            split_name: compute_metrics(split.labels, probabilities, dataset.class_names)}
+    return compute_metrics(split.labels, probabilities, dataset.class_names)
 
 
-def _write_results(paths, model, history, metrics):
+def _write_training_results(paths, model, history, kept):
+    """model.keras, history.csv and training_curves.png."""
+    save_model(model, paths.model)
     if history:
         columns = sorted({k for row in history for k in row} - {"phase", "epoch"})
         write_csv(paths.history, ["phase", "epoch", *columns],
                   [[row["phase"], row["epoch"], *[row.get(c, "") for c in columns]]
                    for row in history])
-        plot_training_curves(history, paths.curves, kept=metrics["kept"]["phase"])
-    save_model(model, paths.model)
-    write_json(paths.metrics, metrics)
+        plot_training_curves(history, paths.curves, kept=kept["phase"])

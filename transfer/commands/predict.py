@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data.dataset import Split
+from transfer.data.dataset import Split, printable_path
 from transfer.data.pipeline import find_unreadable, images_only
-from transfer.data.sources import IMAGE_EXTENSIONS
+from transfer.data.sources import IMAGE_EXTENSIONS, NOT_AN_IMAGE
 from transfer.errors import DataError
 from transfer.runs import load_model
 from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
@@ -16,24 +16,29 @@ OUTPUT_FORMATS = ("table", "csv", "json")  # how the command line prints the row
 
 
 def list_image_files(paths):
-    """Files named directly (any extension) and image files found in folders, in order.
+    """Files named directly (any extension) and files found in folders, in order.
 
-    Returns (files, missing) where `missing` lists paths that do not exist.
+    Returns (files, skipped): `skipped` maps a path that does not exist, or a file in a
+    folder that is not an image (as `finetune` reports them), to the reason.
     """
-    files, missing = [], []
+    files, skipped = [], {}
     for path in map(Path, paths):
         if path.is_dir():
             for found in sorted(path.rglob("*")):
+                if any(part.startswith(".") for part in found.relative_to(path).parts):
+                    continue
                 # Broken links are listed too: they get an error row, not silence.
-                if ((found.is_file() or found.is_symlink())
-                        and found.suffix.lower() in IMAGE_EXTENSIONS
-                        and not any(part.startswith(".") for part in found.relative_to(path).parts)):
-                    files.append(str(found))
+                if not (found.is_file() or found.is_symlink()):
+                    continue
+                files.append(str(found))
+                if found.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped[str(found)] = NOT_AN_IMAGE
         elif path.exists():
             files.append(str(path))
         else:
-            missing.append(str(path))
-    return files, missing
+            files.append(str(path))
+            skipped[str(path)] = "file not found"
+    return files, skipped
 
 
 def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
@@ -45,10 +50,10 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
     `tta` averages each image's probabilities with its horizontal mirror's.
     """
     loaded = load_model(run_or_model, image_size=image_size)
-    files, missing = list_image_files(paths)
-    if not files and not missing:
+    files, bad = list_image_files(paths)
+    if not files:
         raise DataError(f"No images found in {', '.join(map(str, paths))}.")
-    bad = dict(find_unreadable(files, progress=False))
+    bad.update(find_unreadable([f for f in files if f not in bad], progress=False))
     good = [f for f in files if f not in bad]
     top_k = max(1, min(top_k, len(loaded.class_names)))
     probabilities = np.zeros((0, len(loaded.class_names)))
@@ -60,12 +65,12 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
             verbose=1 if progress else 0, description="Predicted", tta=tta)
     results = {f: p for f, p in zip(good, probabilities)}
     rows = []
-    for path in files + missing:
+    for path in files:
         if path in results:
             order = np.argsort(-results[path])[:top_k]
-            rows.append({"path": path, "error": None, "predictions": [
+            rows.append({"path": printable_path(path), "error": None, "predictions": [
                 (loaded.class_names[i], float(results[path][i])) for i in order]})
         else:
-            rows.append({"path": path, "predictions": [],
-                         "error": bad.get(path, "file not found")})
+            rows.append({"path": printable_path(path), "predictions": [],
+                         "error": bad[path]})
     return rows

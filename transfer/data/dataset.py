@@ -1,6 +1,7 @@
 """A dataset as `transfer` sees it: class names, and per split the image files (or a
 TFDS split) with integer labels."""
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,3 +37,9 @@ class Dataset:
     def describe(self):
         sizes = ", ".join(f"{name} {len(split)}" for name, split in self.splits.items())
         return f"{self.name}: {self.num_classes} classes, {sizes} images"
+
+
+def printable_path(path):
+    """A path as text that can be printed and written anywhere: bytes of a file name
+    that are not UTF-8 become escapes (caf\\xe9.png)."""
+    return os.fsencode(path).decode("utf8", "backslashreplace")

@@ -3,9 +3,12 @@ check that finds unreadable images before training so that none can stop an epoc
 
 import logging
 import re
+import warnings
 
 import numpy as np
+from PIL import Image
 
+from transfer.data.dataset import printable_path
 from transfer.errors import DataError, listing
 from transfer.lazy import keras, tf
 from transfer.models.architectures import image_size_pair
@@ -14,6 +17,9 @@ from transfer.progress import Progress
 logger = logging.getLogger("transfer")
 SHUFFLE_BUFFER = 50_000  # elements; phase 1's feature batches shuffle the same way
 RESIZE_METHOD = "bilinear"  # as keras.utils.image_dataset_from_directory resizes
+# Larger images are skipped unread, as Pillow refuses them by default
+# (Image.MAX_IMAGE_PIXELS): a small file can declare a size that fills the memory.
+MAX_PIXELS = 89_478_485
 
 
 def decode_image(contents, image_size):
@@ -27,10 +33,20 @@ def decode_image(contents, image_size):
     return tf.image.resize(image, image_size, method=RESIZE_METHOD)
 
 
-def find_unreadable(paths, progress=True):
-    """[(path, reason)] for files that TensorFlow cannot decode, checked in parallel."""
+def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
+    """[(path, reason)] for files that TensorFlow cannot decode, checked in parallel,
+    and those whose header declares more than `max_pixels` (never decoded)."""
     if not paths:
         return []
+    undecodable = [p for p in paths if not _is_utf8(p)]
+    if undecodable:  # TensorFlow takes only UTF-8 paths
+        checked = [p for p in paths if _is_utf8(p)]
+        return [(p, "file name is not valid UTF-8; rename it to use it") for p in undecodable] \
+            + find_unreadable(checked, progress, max_pixels)
+    too_large = _too_large(paths, max_pixels)
+    if too_large:
+        checked = [p for p in paths if p not in too_large]
+        return list(too_large.items()) + find_unreadable(checked, progress, max_pixels=None)
     indices = tf.data.Dataset.from_tensor_slices(
         (np.arange(len(paths), dtype=np.int64), list(paths)))
 
@@ -55,6 +71,36 @@ def find_unreadable(paths, progress=True):
     return [(paths[i], _decode_error(paths[i])) for i in np.flatnonzero(~good)]
 
 
+def _is_utf8(path):
+    try:
+        str(path).encode("utf8")
+    except UnicodeEncodeError:  # a byte Python could not decode, kept as a surrogate
+        return False
+    return True
+
+
+def _too_large(paths, max_pixels):
+    """{path: reason} for images whose header declares more than `max_pixels`."""
+    if max_pixels is None:
+        return {}
+    found = {}
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:  # reads the header only
+                    width, height = image.size
+        except Image.DecompressionBombError:
+            width = height = None  # beyond twice Pillow's own limit
+        except Exception:  # noqa: BLE001 - unreadable files are TensorFlow's to report
+            continue
+        if width is None or width * height > max_pixels:
+            size = "" if width is None else f" ({width}x{height})"
+            found[path] = (f"image too large{size}: more than max_pixels={max_pixels} "
+                           "pixels, not decoded")
+    return found
+
+
 def _decode_error(path):
     """The reason a file failed, from decoding it once more on its own."""
     try:
@@ -70,8 +116,9 @@ def _decode_error(path):
         return f"not a readable image ({message.splitlines()[0][:160] if message else type(exc).__name__})"
 
 
-def drop_unreadable(dataset, strict=False, progress=True):
-    """Check every image of every split; report bad ones by path and drop them.
+def drop_unreadable(dataset, strict=False, progress=True, max_pixels=MAX_PIXELS):
+    """Check every image of every split; report bad (or too large) ones by path and
+    drop them.
 
     With `strict=True` any bad file (or non-image file) is an error instead.
     """
@@ -79,9 +126,9 @@ def drop_unreadable(dataset, strict=False, progress=True):
         return dataset
     all_paths = [p for split in dataset.splits.values() for p in split.paths]
     logger.info("Checking %d images...", len(all_paths))
-    bad = dict(find_unreadable(all_paths, progress=progress))
+    bad = dict(find_unreadable(all_paths, progress=progress, max_pixels=max_pixels))
     for path, reason in bad.items():
-        dataset.skipped.append({"path": path, "reason": reason})
+        dataset.skipped.append({"path": printable_path(path), "reason": reason})
     if dataset.skipped and strict:
         lines = listing((f"{s['path']}: {s['reason']}" for s in dataset.skipped), separator="; ")
         raise DataError(f"{len(dataset.skipped)} unusable files (strict=True): {lines}.")

@@ -13,19 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data.dataset import TFDS_PREFIX, Dataset, Split
+from transfer.data.dataset import TFDS_PREFIX, Dataset, Split, printable_path
 from transfer.data.tfds import load_tfds
-from transfer.errors import DataError, InvalidArgumentError
+from transfer.errors import DataError, InvalidArgumentError, listing
 
 logger = logging.getLogger("transfer")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+NOT_AN_IMAGE = f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})"
+FEW_TRAINING_IMAGES = 5  # per class: below this, a warning names the class
 
 
 def split_fraction(relative_path, salt="transfer-split-v1"):
     """A number in [0, 1) fixed by a file's path inside its class folder."""
-    digest = hashlib.sha1(f"{salt}:{relative_path}".encode("utf8")).digest()
+    # surrogateescape: a name that is not UTF-8 hashes as its bytes
+    digest = hashlib.sha1(f"{salt}:{relative_path}".encode("utf8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -34,20 +37,28 @@ def _is_hidden(path):
 
 
 def _list_class_files(class_dir, skipped):
-    """Image files of one class folder, recursively, sorted; others reported."""
+    """Image files of one class folder, recursively, sorted; others reported.
+
+    Links to files are followed, links to folders are not (as Keras'
+    image_dataset_from_directory with follow_links=False): a link can make a loop."""
     files = []
-    for root, dirs, names in os.walk(class_dir, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, dirs, names in os.walk(class_dir):
+        for name in sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
+            if not name.startswith("."):
+                skipped.append({"path": printable_path(os.path.join(root, name)),
+                                "reason": "link to a folder, not followed"})
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not os.path.islink(os.path.join(root, d)))
         for name in sorted(names):
             path = Path(root) / name
             if _is_hidden(path):
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append({"path": str(path), "reason": "not an image file "
-                                f"(expected {', '.join(IMAGE_EXTENSIONS)})"})
+                skipped.append({"path": printable_path(path), "reason": NOT_AN_IMAGE})
                 continue
             if not path.is_file():
-                skipped.append({"path": str(path), "reason": "broken link or not a file"})
+                skipped.append({"path": printable_path(path),
+                                "reason": "broken link or not a file"})
                 continue
             files.append(path)
     return files
@@ -57,9 +68,24 @@ def _class_dirs(root):
     return sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
 
 
+def _check_class_names(dirs):
+    """A class name is one line of labels.txt, written as UTF-8: refuse folder names
+    that cannot be one."""
+    bad = []
+    for d in dirs:
+        if any(c in d.name for c in "\n\r"):
+            bad.append(f"{printable_path(d)!r} (holds a line break)")
+        elif printable_path(d.name) != d.name:
+            bad.append(f"{printable_path(d)!r} (not valid UTF-8)")
+    if bad:
+        raise DataError(f"Class folder names that cannot be class names: {listing(bad)}. "
+                        "Rename the folders.")
+
+
 def _scan_class_folders(root, skipped, class_names=None):
     """{class name: [files]} of a folder with one sub-folder per class."""
     dirs = _class_dirs(root)
+    _check_class_names(dirs)
     if class_names is None:
         if not dirs:
             stray = [p for p in root.iterdir() if p.is_file() and not _is_hidden(p)]
@@ -192,6 +218,26 @@ def _warn_small_validation(dataset):
             "Only %d validation images for %d classes: validation metrics will be noisy. "
             "Add images or raise val_split.", len(val), dataset.num_classes,
         )
+
+
+def check_training_classes(dataset):
+    """Every class needs training images: refuse a class with none (its files all went to
+    validation or test, or were unreadable) and warn about classes with few."""
+    train = dataset.splits["train"]
+    if train.tfds is not None:
+        return
+    counts = np.bincount(train.labels, minlength=dataset.num_classes)
+    empty = [name for name, count in zip(dataset.class_names, counts) if count == 0]
+    if empty:
+        raise DataError(
+            f"No training images for class{'es' if len(empty) > 1 else ''} "
+            f"{listing(repr(name) for name in empty)} of {dataset.name}: their images all went "
+            "to validation or test, or could not be read. Add images or lower val_split "
+            "and test_split.")
+    for name, count in zip(dataset.class_names, counts):
+        if count < FEW_TRAINING_IMAGES:
+            logger.warning("Class %r has only %d training image%s: the model will hardly "
+                           "learn it.", name, count, "" if count == 1 else "s")
 
 
 def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_classes=2):

@@ -17,31 +17,53 @@ def _pyplot():
 
 def _save(fig, path):
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
     _pyplot().close(fig)
+
+
+# The confusion matrix grows with the square of the class count: its figure stops
+# growing at MAX_MATRIX_INCHES (150 classes once took 2.7 GB), cells lose their count
+# above MAX_CELL_LABELS classes and the axes their class names above MAX_TICK_LABELS
+# (confusion_matrix.csv has them all). Names are cut so that none widens the figure.
+DPI = 120
+MAX_MATRIX_INCHES = 16
+MAX_CELL_LABELS = 30
+MAX_TICK_LABELS = 100
+MAX_NAME_CHARS = 24
 
 
 def plot_confusion_matrix(matrix, class_names, path):
     """Counts and row-normalised colours, so small classes stay readable."""
     matrix = np.asarray(matrix)
     n = len(class_names)
-    size = max(4.0, 0.55 * n + 2)
+    size = min(max(4.0, 0.55 * n + 2), MAX_MATRIX_INCHES)
     fig, ax = _pyplot().subplots(figsize=(size + 1, size))
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
+    if n <= MAX_TICK_LABELS:
+        names = [_shorten(name) for name in class_names]
+        fontsize = min(10.0, 0.8 * 72 * size / n)  # at most one row high
+        ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=fontsize)
+        ax.set_yticks(range(n), names, fontsize=fontsize)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if n <= 30:
+    if n <= MAX_CELL_LABELS:
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if normalised[i, j] > 0.5 else "black")
-    ax.set_title(f"Confusion matrix ({int(matrix.sum())} images)")
+    ax.set_title(f"Confusion matrix ({int(matrix.sum())} images, {n} classes)")
     _save(fig, path)
+
+
+def _shorten(name):
+    name = str(name)
+    return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS - 1] + "…"
 
 
 def plot_training_curves(history_rows, path, kept=None):

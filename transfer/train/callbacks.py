@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.errors import RunFailedError
 from transfer.io import write_json, write_npz
 from transfer.lazy import keras, tf
 from transfer.progress import seconds_since_start
@@ -71,6 +72,21 @@ def cached_validation(suffix, inputs, labels, batch_size):
                     val_top5_accuracy=float(np.mean((top == labels[:, None]).any(axis=1))))
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+
+def stop_on_nan(phase):
+    """Stop at the first batch whose loss is not finite (keras.callbacks.TerminateOnNaN
+    would end training quietly and leave a broken model to report on)."""
+
+    def on_train_batch_end(batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise RunFailedError(
+                f"Training diverged in phase {phase}: the loss became {float(loss)} at batch "
+                f"{batch + 1}. Lower the learning rate (head_learning_rate, "
+                "fine_tune_learning_rate) or check the images.")
+
+    return keras.callbacks.LambdaCallback(on_train_batch_end=on_train_batch_end)
 
 
 def local_validation(model, val):

@@ -8,16 +8,19 @@ the architecture, the image size, the pooling and the list of files (path, size,
 modification time), so a second run on the same data reuses them.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from transfer.data.pipeline import available_memory_bytes
+from transfer.errors import first_line
 from transfer.io import atomic_path, write_npy
 from transfer.models.weights.download import file_md5
 from transfer.runtime import predict_batch, run_inference
@@ -64,9 +67,10 @@ def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
     Returns a float32 array of shape (count, dim), possibly memory-mapped.
     """
     cached = Path(cache_dir) / f"{key}.npy" if cache_dir and key else None
-    if cached is not None and cached.exists():
-        features = np.load(cached, mmap_mode="r")
-        if features.shape == (count, dim):
+    if cached is not None:
+        _remove_stale_partials(cached.parent)
+        features = _load_cached(cached, count, dim)
+        if features is not None:
             logger.info("Reusing cached features %s.", cached)
             return features
     size = count * dim * 4
@@ -89,6 +93,37 @@ def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
         mapped.flush()
         del mapped
     return np.load(target, mmap_mode="r")
+
+
+def _load_cached(path, count, dim):
+    """The cached features, or None; a damaged entry (a truncated or foreign file, or
+    features of another shape) is removed, to be computed again."""
+    if not path.exists():
+        return None
+    try:
+        features = np.load(path, mmap_mode="r")
+        if features.shape != (count, dim) or features.dtype != np.float32:
+            raise ValueError(f"holds {features.dtype} {features.shape}, expected float32 "
+                             f"{(count, dim)}")
+        return features
+    except (OSError, ValueError, EOFError) as exc:
+        logger.warning("Discarding the damaged feature cache %s (%s); computing the features "
+                       "again.", path, first_line(exc))
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+
+
+# A temporary file of a cache entry unchanged for this long belongs to a run that died.
+STALE_PARTIAL_SECONDS = 3600
+
+
+def _remove_stale_partials(cache_dir):
+    now = time.time()
+    for partial in cache_dir.glob(".*.partial*"):
+        with contextlib.suppress(OSError):  # gone already, or another run's to handle
+            if now - partial.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                partial.unlink()
 
 
 def _save(path, features):

@@ -2,8 +2,10 @@
 the Python API, the CLI and config.json all read."""
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
+from transfer.data.pipeline import MAX_PIXELS
 from transfer.errors import InvalidArgumentError, unknown_choice
 from transfer.models.architectures import get_architecture
 from transfer.models.heads import POOLINGS
@@ -64,6 +66,7 @@ class FinetuneOptions:
     seed: int = 42
     backup_interval: float = 60.0  # seconds between backups for --resume (at epoch ends)
     strict: bool = False
+    max_pixels: int = MAX_PIXELS  # larger images are skipped unread
     cache_features: bool = True
     cache_dir: str = None  # default: $TRANSFER_CACHE_DIR or ~/.cache/transfer/features
     mixed_precision: bool = False
@@ -88,7 +91,16 @@ class FinetuneOptions:
         for ok, name, accepted in checks:
             if not ok:
                 raise unknown_choice(name, getattr(self, name), accepted)
-        positive = ("image_size", "batch_size")
+        for name in ("head_learning_rate", "fine_tune_learning_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise InvalidArgumentError(f"{name}={value} must be a finite number above 0.")
+        if not (math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise InvalidArgumentError(f"dropout={self.dropout} must be in [0, 1).")
+        for name in ("val_split", "test_split"):
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidArgumentError(f"{name}={getattr(self, name)} must be in [0, 1).")
+        positive = ("image_size", "batch_size", "max_pixels")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InvalidArgumentError(f"{name} must be positive. Received: {getattr(self, name)}")

@@ -43,6 +43,7 @@ from transfer.train.callbacks import (
     local_validation,
     restore_backup,
     resume_backup,
+    stop_on_nan,
 )
 from transfer.train.distribute import keras_multi_worker_fit, local_copy
 from transfer.train.feature_cache import (
@@ -221,7 +222,7 @@ class Phase:
         log_path = self.paths.phase_history(self.name)
         rows = json.loads(log_path.read_text())[:first] if first and log_path.exists() else []
         # The epoch log is written before the backup, so a backup never runs ahead of it.
-        callbacks = []
+        callbacks = [stop_on_nan(self.name)]
         if replicas > 1:
             callbacks.append(local_validation(model, val))
             val = None

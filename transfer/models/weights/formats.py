@@ -81,6 +81,7 @@ def read_weights_file(path, like=None):
                 ".keras archive, or a PyTorch checkpoint (.pth, .safetensors)."
             )
         with h5py.File(path, "r") as f:
+            check_self_contained(f, path)
             root = f["model_weights"] if "model_weights" in f else f
             if "layer_names" in root.attrs:
                 return WeightsFile(path, LEGACY_H5, _read_legacy_h5(root))
@@ -94,6 +95,35 @@ def read_weights_file(path, like=None):
         raise WeightsError(
             f"{path} could not be read: the file is truncated or corrupt ({first_line(exc)})."
         ) from exc
+
+
+# No tensor of a ResNet comes near this (the largest, a 1000-class top, is 8 MB); a
+# larger declared size is a crafted file that would exhaust memory when read.
+MAX_TENSOR_BYTES = 2**30
+
+
+def check_self_contained(group, path):
+    """Refuse an HDF5 file whose data is not all inside it, as Keras 3.15 does: an
+    external link, external storage or a virtual dataset would make reading it return
+    the bytes of another local file. Also refuse implausibly large datasets."""
+    for name in group:
+        link = group.get(name, getlink=True)
+        where = f"{group.name.rstrip('/')}/{name}"
+        if isinstance(link, h5py.ExternalLink):
+            raise WeightsError(f"Not allowed: H5 file with external link ({path}: {where}).")
+        if isinstance(link, h5py.SoftLink):
+            continue  # points inside the file, whose every object is checked
+        item = group[name]
+        if isinstance(item, h5py.Group):
+            check_self_contained(item, path)
+        elif isinstance(item, h5py.Dataset):
+            if item.external or item.is_virtual:
+                raise WeightsError(
+                    f"Not allowed: H5 file with external Dataset ({path}: {where}).")
+            if item.size * item.dtype.itemsize > MAX_TENSOR_BYTES:
+                raise WeightsError(
+                    f"Not allowed: H5 file with a dataset of implausible size {item.shape} "
+                    f"({path}: {where}).")
 
 
 def _decode(value):
@@ -186,6 +216,7 @@ def _read_keras_archive(path):
         data = io.BytesIO(archive.read("model.weights.h5"))
     layers = {}
     with h5py.File(data, "r") as f:
+        check_self_contained(f, path)
         _collect_by_config(f["layers"], config["config"]["layers"], layers)
     return WeightsFile(Path(path), KERAS_ARCHIVE, layers)
 

@@ -20,6 +20,9 @@ from transfer.models import names
 from transfer.models.architectures import BLOCKS_PER_STAGE, STAGE_FILTERS, STAGES
 
 TORCH_FORMAT = "torch"
+# torch.load(weights_only=True) is safe from 2.6 on (CVE-2025-32434); setup.cfg's torch
+# extra asks for the same.
+MIN_TORCH = (2, 6)
 SAFETENSORS_FORMAT = "safetensors"
 
 # Basic-block ResNets (two 3x3 convolutions per block), named only to refuse them.
@@ -68,6 +71,12 @@ def _read_torch(path):
             "pip install torch (the CPU build is enough). A .safetensors file of the same "
             "weights needs no PyTorch."
         ) from exc
+    version = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if version < MIN_TORCH:
+        raise WeightsError(
+            f"{path.name} is a PyTorch checkpoint, and PyTorch {torch.__version__} can be "
+            "made to run code while loading one despite weights_only=True (CVE-2025-32434). "
+            f"Upgrade: pip install 'torch>={'.'.join(map(str, MIN_TORCH))}'.")
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled code.
         data = torch.load(path, map_location="cpu", weights_only=True)
