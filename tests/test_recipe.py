@@ -337,3 +337,17 @@ def test_without_a_phase_one_phase_two_is_kept(tmp_path, image_folder):
     assert result.metrics["kept"] == {"phase": "fine-tune",
                                       "reason": "phase 1 did not train (head_epochs=0)"}
     assert [row["phase"] for row in result.history] == ["fine-tune"]
+
+
+def test_decoded_images_are_kept_as_uint8_and_come_back_as_float_pixels(image_folder):
+    from transfer.data.pipeline import decoded_images
+    from transfer.data.sources import load_dataset
+
+    train = load_dataset(image_folder, val_split=0.2).splits["train"]
+    cached = list(decoded_images(train, 24, cache=True))
+    plain = list(decoded_images(train, 24, cache=False))
+    for (x, y), (raw, label) in zip(cached, plain):
+        assert x.dtype == "float32" and int(y) == int(label)
+        np.testing.assert_array_equal(np.asarray(x), np.clip(np.round(np.asarray(raw)), 0, 255))
+    repeated = [np.asarray(x) for x, _ in decoded_images(train, 24, cache=True)]
+    assert len(repeated) == len(cached) == len(train)
