@@ -74,17 +74,25 @@ def cached_validation(suffix, inputs, labels, batch_size):
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
 
-def stop_on_nan(phase):
+def stop_on_nan(phase, model, falls_back=False):
     """Stop at the first batch whose loss is not finite (keras.callbacks.TerminateOnNaN
-    would end training quietly and leave a broken model to report on)."""
+    would end training quietly and leave a broken model to report on). A phase that
+    `falls_back` (phase 2, whose run returns to phase 1's model) ends with a warning;
+    any other fails the run."""
 
     def on_train_batch_end(batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            raise RunFailedError(
-                f"Training diverged in phase {phase}: the loss became {float(loss)} at batch "
-                f"{batch + 1}. Lower the learning rate (head_learning_rate, "
-                "fine_tune_learning_rate) or check the images.")
+        if loss is None or np.isfinite(float(loss)):
+            return
+        if falls_back:
+            logger.warning("Training diverged in phase %s: the loss became %s at batch %d; "
+                           "the phase stops here.", phase, float(loss), batch + 1)
+            model.stop_training = True
+            return
+        raise RunFailedError(
+            f"Training diverged in phase {phase}: the loss became {float(loss)} at batch "
+            f"{batch + 1}. Lower the learning rate (head_learning_rate, "
+            "fine_tune_learning_rate) or check the images.")
 
     return keras.callbacks.LambdaCallback(on_train_batch_end=on_train_batch_end)
 

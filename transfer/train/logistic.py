@@ -6,6 +6,7 @@ import logging
 import warnings
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from transfer.errors import DataError
 
@@ -23,7 +24,6 @@ def fit_logistic_regression(features, labels, num_classes, folds=FOLDS, seed=0,
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
 
     counts = np.bincount(labels, minlength=num_classes)
     present = counts[counts > 0]

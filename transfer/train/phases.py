@@ -222,7 +222,9 @@ class Phase:
         log_path = self.paths.phase_history(self.name)
         rows = json.loads(log_path.read_text())[:first] if first and log_path.exists() else []
         # The epoch log is written before the backup, so a backup never runs ahead of it.
-        callbacks = [stop_on_nan(self.name)]
+        # Phase 2 can fall back on phase 1's model, unless told to keep the last.
+        falls_back = self.name == FINE_TUNE and self.options.keep == "best"
+        callbacks = [stop_on_nan(self.name, model, falls_back)]
         if replicas > 1:
             callbacks.append(local_validation(model, val))
             val = None
