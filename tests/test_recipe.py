@@ -202,7 +202,8 @@ def test_phase_one_from_the_probe_matches_the_probe(tmp_path, image_folder):
                                batch_size=8, fine_tune_from="none", seed=1)
     rows = result.history
     assert len(rows) == 1 and rows[0]["phase"] == "head" and rows[0]["probe_C"] > 0
-    # The head is the regression: its validation accuracy is the run's.
+    # The head is the regression: its validation accuracy is the run's (validation
+    # judges the model before the refit).
     assert rows[0]["val_accuracy"] == pytest.approx(result.metrics["val"]["accuracy"])
 
 
@@ -211,28 +212,26 @@ def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image
     from transfer.data.sources import load_dataset
     from transfer.models.heads import pooled_features
 
-    common = dict(weights=None, image_size=32, batch_size=8, fine_tune_from="none", seed=1)
-    refit = transfer.finetune(image_folder, out=tmp_path / "refit", **common)
-    plain = transfer.finetune(image_folder, out=tmp_path / "plain", refit=False, **common)
+    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
+                               batch_size=8, fine_tune_from="none", seed=1)
     splits = load_dataset(image_folder, val_split=FinetuneOptions.val_split).splits
     train, val = splits["train"], splits["val"]
-    assert refit.metrics["kept"]["refit"]["images"] == len(train) + len(val)
-    assert "refit" not in plain.metrics["kept"]
-    # Validation judged the model before the refit: the same in both runs.
-    assert refit.metrics["val"] == plain.metrics["val"]
-
-    extractor = pooled_features(plain.model)  # the backbone is the same in both
-    features = {name: np.concatenate([np.asarray(extractor(batch)) for batch in
-                                      images_only(split, 32, 8)])
-                for name, split in (("train", train), ("val", val))}
-    everything = np.concatenate([features["train"], features["val"]])
-    for result, expected in ((plain, features["train"]), (refit, everything)):
-        mean = np.asarray(result.model.get_layer(HEAD_STANDARDIZE).mean).ravel()
-        np.testing.assert_allclose(mean, expected.mean(axis=0), rtol=1e-4, atol=1e-5)
-    reloaded = keras.models.load_model(refit.run_dir / "model.keras", safe_mode=True)
+    assert result.metrics["kept"]["refit"]["images"] == len(train) + len(val)
+    # The standardisation now has the statistics of the training and validation images.
+    extractor = pooled_features(result.model)
+    features = np.concatenate([np.asarray(extractor(batch)) for split in (train, val)
+                               for batch in images_only(split, 32, 8)])
+    mean = np.asarray(result.model.get_layer(HEAD_STANDARDIZE).mean).ravel()
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-4, atol=1e-5)
+    # ... and the refit model is the one saved.
+    reloaded = keras.models.load_model(result.run_dir / "model.keras", safe_mode=True)
     images = next(iter(images_only(val, 32, 8)))
-    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(refit.model(images)),
+    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(result.model(images)),
                                rtol=1e-5, atol=1e-6)
+    plain = transfer.finetune(image_folder, out=tmp_path / "plain", weights=None, image_size=32,
+                              batch_size=8, fine_tune_from="none", seed=1, refit=False)
+    assert "refit" not in plain.metrics["kept"]
+    assert plain.metrics["val"] == result.metrics["val"]
 
 
 @pytest.mark.parametrize("gained,lost,kept", [
