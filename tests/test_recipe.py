@@ -350,3 +350,15 @@ def test_decoded_images_are_kept_as_uint8_and_come_back_as_float_pixels(image_fo
         np.testing.assert_array_equal(np.asarray(x), np.clip(np.round(np.asarray(raw)), 0, 255))
     repeated = [np.asarray(x) for x, _ in decoded_images(train, 24, cache=True)]
     assert len(repeated) == len(cached) == len(train)
+
+
+def test_the_same_seed_gives_the_same_model(tmp_path, image_folder):
+    runs = [transfer.finetune(image_folder, out=tmp_path / f"run{i}", weights=None,
+                              image_size=32, batch_size=4, fine_tune_epochs=2,
+                              early_stopping_patience=0, keep="last", seed=3)
+            for i in range(2)]
+    first, second = ([{k: v for k, v in row.items() if "seconds" not in k}
+                      for row in run.history] for run in runs)
+    assert first == second and [row["phase"] for row in first][-1] == "fine-tune"
+    for a, b in zip(runs[0].model.weights, runs[1].model.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

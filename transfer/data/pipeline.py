@@ -232,8 +232,11 @@ def epoch_batches(base, count, batch_size, seed, epochs, first_epoch=0, augment=
     for epoch in range(first_epoch, epochs):
         ds = ds.concatenate(one_epoch(epoch))
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        # One batch at a time: the layers draw from one random state, so batches
+        # augmented in parallel would get their draws in thread order, and the same
+        # seed would give another model. Augmenting is far faster than a training step
+        # here (scripts/benchmark.py (e)), and prefetch keeps it off the step's path.
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=None)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
