@@ -338,7 +338,7 @@ def test_without_a_phase_one_phase_two_is_kept(tmp_path, image_folder):
     assert [row["phase"] for row in result.history] == ["fine-tune"]
 
 
-def test_decoded_images_are_kept_as_uint8_and_come_back_as_float_pixels(image_folder):
+def test_decoded_images_are_whole_levels_kept_as_uint8(image_folder):
     from transfer.data.pipeline import decoded_images
     from transfer.data.sources import load_dataset
 
@@ -347,7 +347,8 @@ def test_decoded_images_are_kept_as_uint8_and_come_back_as_float_pixels(image_fo
     plain = list(decoded_images(train, 24, cache=False))
     for (x, y), (raw, label) in zip(cached, plain):
         assert x.dtype == "float32" and int(y) == int(label)
-        np.testing.assert_array_equal(np.asarray(x), np.clip(np.round(np.asarray(raw)), 0, 255))
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(raw))
+        assert np.array_equal(np.asarray(x), np.round(np.asarray(x)))  # whole levels
     repeated = [np.asarray(x) for x, _ in decoded_images(train, 24, cache=True)]
     assert len(repeated) == len(cached) == len(train)
 

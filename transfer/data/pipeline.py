@@ -23,14 +23,21 @@ MAX_PIXELS = 89_478_485
 
 
 def decode_image(contents, image_size):
-    """Bytes of a JPEG/PNG/BMP/GIF -> float32 RGB (0-255) of `image_size`.
+    """Bytes of a JPEG/PNG/BMP/GIF -> float32 RGB (whole levels 0-255) of `image_size`.
 
     Grayscale, RGBA and palette images become RGB; an animated GIF gives its first
     frame. Resizing is bilinear, like `keras.utils.image_dataset_from_directory`.
     """
     image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
-    return tf.image.resize(image, image_size, method=RESIZE_METHOD)
+    return _whole_levels(tf.image.resize(image, image_size, method=RESIZE_METHOD))
+
+
+def _whole_levels(pixels):
+    """Resized pixels rounded to whole 0-255 levels, on every path (training, the
+    feature cache, inference), so that decoded images can be kept as uint8 and every
+    path sees the same pixels; rounding moves a pixel by at most half a level."""
+    return tf.clip_by_value(tf.round(pixels), 0.0, 255.0)
 
 
 def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
@@ -161,8 +168,8 @@ def decoded_images(split, image_size, cache=None):
     when they take under a quarter of the available RAM; True or False forces it."""
     size = image_size_pair(image_size)
     if split.tfds is not None:
-        ds = split.tfds.map(lambda image, label: (tf.image.resize(
-            _to_rgb(image), size, method=RESIZE_METHOD), label),
+        ds = split.tfds.map(lambda image, label: (_whole_levels(tf.image.resize(
+            _to_rgb(image), size, method=RESIZE_METHOD)), label),
             num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
@@ -172,9 +179,8 @@ def decoded_images(split, image_size, cache=None):
         cache = len(split) * size[0] * size[1] * 3 < 0.25 * available_memory_bytes()
     if not cache:
         return ds
-    # Kept as uint8, a quarter of float32's bytes; rounding moves a resized pixel by
-    # at most half a level, less than JPEG's own noise.
-    ds = ds.map(lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y),
+    # Kept as uint8 (the pixels are whole levels already), a quarter of float32's bytes.
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), y),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     return ds.map(lambda x, y: (tf.cast(x, tf.float32), y),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
