@@ -85,11 +85,16 @@ def run_inference(model, images, verbose=0, jit_compile=None, description="Infer
     return np.concatenate(outputs)
 
 
+def correct_predictions(labels, probabilities):
+    """Per image: is the top class the label? Non-finite outputs count as wrong."""
+    finite = np.isfinite(probabilities).all(axis=1)
+    return (np.nan_to_num(probabilities).argmax(axis=1) == labels) & finite
+
+
 def score(labels, probabilities):
     """Accuracy and log loss; an image with non-finite outputs (a diverged model)
     counts as wrong, with the largest loss."""
-    finite = np.isfinite(probabilities).all(axis=1)
+    correct = correct_predictions(labels, probabilities)
     probabilities = np.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
     picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
-    correct = (probabilities.argmax(axis=1) == labels) & finite
     return {"accuracy": float(np.mean(correct)), "loss": float(-np.mean(np.log(picked)))}

@@ -34,7 +34,7 @@ from transfer.models.heads import (
 )
 from transfer.models.identify import architecture_of
 from transfer.progress import fit_verbosity, seconds_since_start
-from transfer.runtime import run_inference, score
+from transfer.runtime import correct_predictions, run_inference, score
 from transfer.train.callbacks import (
     ELAPSED,
     backup_epoch,
@@ -439,9 +439,8 @@ def validation_score(model, dataset, options):
     images it gets right, for the paired comparison of two phases."""
     val = dataset.splits["val"]
     probabilities = run_inference(model, images_only(val, options.image_size, options.batch_size))
-    finite = np.isfinite(probabilities).all(axis=1)
-    correct = (np.nan_to_num(probabilities).argmax(axis=1) == val.labels) & finite
-    return {**score(val.labels, probabilities), "correct": correct}
+    return {**score(val.labels, probabilities),
+            "correct": correct_predictions(val.labels, probabilities)}
 
 
 # Phase 2 is kept when it gets more validation images right than phase 1 by more than
