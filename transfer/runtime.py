@@ -86,15 +86,31 @@ def run_inference(model, images, verbose=0, jit_compile=None, description="Infer
 
 
 def correct_predictions(labels, probabilities):
-    """Per image: is the top class the label? Non-finite outputs count as wrong."""
+    """Per image: is the top class the label? Non-finite outputs count as wrong.
+
+    Multi-label (`labels` rows of 0/1): per image and label, is the decision at 0.5
+    right? Each decision is one trial of the guard's paired comparison; Keras'
+    BinaryAccuracy, the training history's accuracy, is their mean."""
     finite = np.isfinite(probabilities).all(axis=1)
+    if np.ndim(labels) == 2:
+        decided = np.nan_to_num(probabilities) >= MULTI_LABEL_THRESHOLD
+        return ((decided == (np.asarray(labels) > 0.5)) & finite[:, None]).ravel()
     return (np.nan_to_num(probabilities).argmax(axis=1) == labels) & finite
 
 
+# A label is predicted when its probability reaches this, until per-label thresholds
+# are tuned on validation (transfer.report.metrics.tune_thresholds).
+MULTI_LABEL_THRESHOLD = 0.5
+
+
 def score(labels, probabilities):
-    """Accuracy and log loss; an image with non-finite outputs (a diverged model)
-    counts as wrong, with the largest loss."""
+    """Accuracy and log loss (binary cross-entropy per label for multi-label); an image
+    with non-finite outputs (a diverged model) counts as wrong, with the largest loss."""
     correct = correct_predictions(labels, probabilities)
     probabilities = np.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
-    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    if np.ndim(labels) == 2:
+        right = np.where(np.asarray(labels) > 0.5, probabilities, 1.0 - probabilities)
+        picked = np.clip(right, 1e-7, 1.0)
+    else:
+        picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
     return {"accuracy": float(np.mean(correct)), "loss": float(-np.mean(np.log(picked)))}
