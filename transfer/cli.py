@@ -662,7 +662,8 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 
 
 @cli.command()
-@click.option("--data", required=True, help="Image folder or tfds:NAME.")
+@click.option("--data", "--labels", "data", required=True,
+              help="Image folder, tfds:NAME or a CSV file of paths and labels.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (.npz).")
 @click.option("--model", "model", type=click.Path(),
               help="Run directory or .keras model whose backbone to use.")
@@ -679,8 +680,9 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 @tfds_data_dir_option
 @strict_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@table_options
 def embed(data, out, model, depth, version, weights, weights_dir, image_size, pooling,
-          batch_size, val_split, test_split, tfds_data_dir, strict, overwrite):
+          batch_size, val_split, test_split, tfds_data_dir, strict, overwrite, **table):
     """Backbone features of every image, with labels, paths and splits, as .npz.
 
     \b
@@ -692,7 +694,7 @@ def embed(data, out, model, depth, version, weights, weights_dir, image_size, po
         data, out=out, model=model, depth=depth, version=version, weights=weights,
         weights_dir=weights_dir, image_size=image_size, batch_size=batch_size, pooling=pooling,
         val_split=val_split, test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict,
-        overwrite=overwrite)
+        overwrite=overwrite, **table)
     n, d = result["features"].shape
     echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) "
          f"to {out}")
