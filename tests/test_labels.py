@@ -3,21 +3,23 @@ inside model.keras: real Fashion-MNIST images, real runs, through the CLI."""
 
 import csv
 import json
-import os
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from tests.conftest import SAMPLE_DATA
 from transfer.cli import cli
 from transfer.data.csv_labels import load_table
 from transfer.io import MODEL_METADATA_MEMBER
 from transfer.runs import class_names_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from fashion_mnist_pairs import tile_pairs  # noqa: E402
 
 SPLITS = ("train", "train", "train", "val", "train", "test")  # by row, in turn
 FAST = ("--weights", "none", "--image-size", "32", "--fine-tune-from", "none")
@@ -59,34 +61,13 @@ def single_run(tmp_path_factory):
     return root / "run", labels, rows, result.output
 
 
-def tile_pairs(out, count, seed=0):
-    """`count` images of two Fashion-MNIST items of different classes side by side
-    (28x56), labelled with both: (file name, "classA;classB")."""
-    rng = np.random.default_rng(seed)
-    by_class = {}
-    for name, path in sample_files():
-        by_class.setdefault(name, []).append(Path(SAMPLE_DATA) / path)
-    names = sorted(by_class)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(count):
-        left, right = rng.choice(len(names), 2, replace=False)
-        items = [Image.open(rng.choice(by_class[names[c]])).convert("L") for c in (left, right)]
-        tiled = Image.new("L", (56, 28))
-        tiled.paste(items[0], (0, 0))
-        tiled.paste(items[1], (28, 0))
-        tiled.save(out / f"pair_{i:03d}.png")
-        rows.append((f"tiles/pair_{i:03d}.png", ";".join(sorted({names[left], names[right]}))))
-    return rows
-
-
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory):
     """A multi-label run on tiled pairs of real images (no split column: by hash)."""
     root = tmp_path_factory.mktemp("multi")
-    rows = tile_pairs(root / "tiles", 200)
-    labels = write_csv(root / "tags.csv", ["image", "tags"], rows)
-    result = run_cli("finetune", "--data", labels, "--out", root / "run", "--no-refit", *FAST)
+    rows = tile_pairs(root, 200)  # "path,labels": the columns are found by name
+    labels = root / "labels.csv"
+    result = run_cli("finetune", "--data", labels, "--out", root / "run", *FAST)
     assert result.exit_code == 0, result.output
     return root / "run", labels, rows, result.output
 
@@ -133,6 +114,7 @@ def test_multi_label_trains_well_above_chance(multi_run):
     assert sorted(per_label) == metrics["classes"] and len(per_label) == 10
     assert sum(v["support"] for v in per_label.values()) == 2 * val["images"]
     assert "mAP " in output and "micro F1" in output
+    assert "refit" not in metrics["kept"]  # the thresholds need validation images unseen
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "multi" and config["dataset"]["source"] == "csv"
     report = (run / "classification_report.txt").read_text()
@@ -264,3 +246,18 @@ def test_a_dataframe_is_read_like_a_csv(tmp_path):
         assert from_frame.splits[split].paths == from_csv.splits[split].paths
         assert (from_frame.splits[split].labels == from_csv.splits[split].labels).all()
     assert from_frame.fingerprint == from_csv.fingerprint
+
+
+@pytest.mark.slow
+def test_multi_label_embed_and_one_vs_rest_probe(multi_run, tmp_path):
+    run, labels, rows, _ = multi_run
+    result = run_cli("embed", "--data", labels, "--model", run, "--out", tmp_path / "e.npz")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "e.npz") as arrays:
+        assert arrays["labels"].shape == (len(rows), 10)
+        assert (arrays["labels"].sum(axis=1) == 2).all()
+    result = run_cli("probe", tmp_path / "e.npz", "--out", tmp_path / "probe")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert metrics["val"]["mean_average_precision"] > metrics["val"]["label_frequency"] + 0.3
+    assert "mAP " in result.output

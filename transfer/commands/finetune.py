@@ -130,10 +130,12 @@ def _train_and_report(out, paths, model, dataset, config, options, strategy, chi
     # Validation judges the model as chosen, before any refit; its reports come after
     # the model and its history are saved, so that a report that fails loses neither.
     predictions = {"val": _predict_split(local_copy(model, strategy), dataset, options, "val")}
-    # Multi-label: each label's threshold is tuned on validation, then kept in the model.
+    # Multi-label: each label's threshold is tuned on validation, then kept in the model;
+    # a refit would learn from those images, and leave the thresholds none to be tuned on.
     thresholds = tune_thresholds(dataset.splits["val"].labels, predictions["val"]) \
         if dataset.task == MULTI_LABEL else None
-    if kept["phase"] == HEAD and options.refit and head_is_probe(history):
+    if kept["phase"] == HEAD and options.refit and head_is_probe(history) \
+            and thresholds is None:
         kept["refit"] = refit_probe_on_all_labels(model, dataset, options, strategy)
     _write_training_results(paths, model, history, kept,
                             model_metadata(dataset.class_names, dataset.task, thresholds))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.data.csv_labels import is_table, load_table
 from transfer.data.dataset import TFDS_PREFIX, Dataset, Split, label_counts, printable_path
 from transfer.data.splits import fingerprint_of, hash_split, split_fraction  # noqa: F401
 from transfer.data.tfds import load_tfds
@@ -211,8 +212,6 @@ def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_cl
                  **table_options):
     """A `Dataset` from a folder path, `tfds:NAME`, or a CSV file or pandas DataFrame
     of paths and labels (`table_options`: those of `transfer.data.csv_labels.load_table`)."""
-    from transfer.data.csv_labels import is_table, load_table
-
     if is_table(data, **table_options):
         return load_table(data, val_split=val_split, test_split=test_split,
                           min_classes=min_classes, **table_options)

@@ -6,7 +6,8 @@ import hashlib
 
 
 def split_fraction(relative_path, salt="transfer-split-v1"):
-    """A number in [0, 1) fixed by a file's path inside its class folder."""
+    """A number in [0, 1) fixed by a name: a file's path inside its class folder, or
+    inside the image folder of a CSV."""
     # surrogateescape: a name that is not UTF-8 hashes as its bytes
     digest = hashlib.sha1(f"{salt}:{relative_path}".encode("utf8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
