@@ -261,3 +261,30 @@ def test_multi_label_embed_and_one_vs_rest_probe(multi_run, tmp_path):
     metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())
     assert metrics["val"]["mean_average_precision"] > metrics["val"]["label_frequency"] + 0.3
     assert "mAP " in result.output
+
+
+def test_thresholds_are_tuned_per_label_for_the_best_f1():
+    from transfer.report.metrics import tune_thresholds
+
+    labels = np.array([[1, 0], [1, 0], [0, 0], [0, 1], [0, 0]], dtype=np.float32)
+    probabilities = np.array([[0.9, 0.2], [0.4, 0.1], [0.3, 0.3], [0.2, 0.05], [0.1, 0.6]])
+    # Label 0: cutting below 0.4 catches both positives and no negative. Label 1: its one
+    # positive is the lowest, so the best F1 (1/3) predicts every image. No positive at
+    # all: the default stays.
+    assert tune_thresholds(labels, probabilities) == pytest.approx([0.35, 0.025])
+    assert tune_thresholds(labels[:, :1] * 0, probabilities[:, :1]) == pytest.approx([0.5])
+
+
+def test_the_guard_counts_an_image_right_when_its_labels_rank_first():
+    from transfer.runtime import correct_predictions
+    from transfer.train.phases import labels_ranked_first
+
+    labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=np.float32)
+    probabilities = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.4], [0.6, 0.5, 0.55],
+                              [0.1, 0.1, 0.1]], dtype=np.float32)
+    expected = [True, False, False, True]
+    assert correct_predictions(labels, probabilities).tolist() == expected
+    assert np.asarray(labels_ranked_first(labels, probabilities)).tolist() == [
+        float(e) for e in expected]
+    # Predicting nothing at all is not right, however sparse the labels.
+    assert not correct_predictions(labels[:3], np.zeros((3, 3))).any()

@@ -31,7 +31,7 @@ TABLE_OPTIONS = ("images", "path_column", "label_column", "split_column", "label
                  "multi_label")
 
 
-def is_table(data, **table_options):
+def is_table(data):
     """Whether `data` is a CSV file's path or a DataFrame."""
     if hasattr(data, "columns") and hasattr(data, "to_dict"):
         return True
@@ -40,7 +40,7 @@ def is_table(data, **table_options):
 
 def table_name(data):
     """How config.json and the run directory's default name call the data."""
-    return f"DataFrame ({len(data)} rows)" if hasattr(data, "columns") else str(data)
+    return "dataframe" if hasattr(data, "columns") else str(data)
 
 
 def _read_rows(data):

@@ -212,7 +212,7 @@ def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_cl
                  **table_options):
     """A `Dataset` from a folder path, `tfds:NAME`, or a CSV file or pandas DataFrame
     of paths and labels (`table_options`: those of `transfer.data.csv_labels.load_table`)."""
-    if is_table(data, **table_options):
+    if is_table(data):
         return load_table(data, val_split=val_split, test_split=test_split,
                           min_classes=min_classes, **table_options)
     data = str(data)
