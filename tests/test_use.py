@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 import transfer
 from tests.conftest import make_image_folder, write_image
 from transfer.cli import cli
+from transfer.io import MODEL_METADATA_MEMBER
 
 
 def run_cli(*args):
@@ -215,10 +217,16 @@ def test_bad_model_inputs(trained, tmp_path):
 
     alone = tmp_path / "alone"
     alone.mkdir()
-    shutil.copy(run / "model.keras", alone / "model.keras")
+    # The model file without the class names that transfer keeps inside it.
+    with zipfile.ZipFile(run / "model.keras") as source, \
+            zipfile.ZipFile(alone / "model.keras", "w") as copy:
+        for item in source.infolist():
+            if item.filename != MODEL_METADATA_MEMBER:
+                copy.writestr(item, source.read(item))
     result = run_cli("evaluate", alone / "model.keras", "--data", data, "--out", tmp_path / "e")
     assert result.exit_code == 2
-    assert last_line(result).startswith(f"Error: {alone / 'model.keras'} has no labels.txt")
+    assert last_line(result).startswith(
+        f"Error: {alone / 'model.keras'} has no class names inside it and no labels.txt")
 
     features = tmp_path / "fx" / "features.keras"
     assert run_cli("export", run, "--feature-extractor", "--out", features).exit_code == 0

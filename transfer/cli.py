@@ -239,6 +239,22 @@ tfds_data_dir_option = click.option("--tfds-data-dir", type=click.Path(),
                                     help="TFDS data folder for tfds:NAME.")
 strict_option = click.option("--strict", is_flag=True, help="Stop on unreadable or non-image "
                              "files instead of reporting and skipping them.")
+# Labels from a CSV file (--data labels.csv): the library's TABLE_OPTIONS.
+table_options = _options(
+    click.option("--images", type=click.Path(file_okay=False),
+                 help="With a CSV: the folder its paths are relative to [default: the CSV's]."),
+    click.option("--path-column", help="With a CSV: the column of image paths [default: path, "
+                                       "file, filename, filepath, image or image_path]."),
+    click.option("--label-column", help="With a CSV: the column of labels [default: label, "
+                                        "labels, class, category, tags or target]."),
+    click.option("--split-column", help="With a CSV: the column of splits, train, val or test, "
+                                        "used as given [default: split or subset, if present]."),
+    click.option("--label-sep", help="With a CSV: the separator of several labels in one cell, "
+                                     "which makes it multi-label [default: ; or | if found]."),
+    click.option("--multi-label", is_flag=True,
+                 help="With a CSV: multi-label (sigmoid outputs) even if no cell holds several "
+                      "labels."),
+)
 reports_out_option = click.option("--out", required=True, type=click.Path(file_okay=False),
                                   help="Folder for the reports.")
 
@@ -410,12 +426,14 @@ recipe_options = _options(
                      help="tf.distribute: auto, one (device), mirrored (all GPUs of this machine) "
                           "or multiworker (machines listed in TF_CONFIG)."),
     tfds_data_dir_option,
+    table_options,
 )
 
 
 @cli.command()
-@click.option("--data", required=True,
-              help="Image folder (one sub-folder per class, or train/ val/ test/), or tfds:NAME.")
+@click.option("--data", "--labels", "data", required=True,
+              help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
+                   "or a CSV file of image paths and labels.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run directory [default: runs/<timestamp>-<data name>].")
 @click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
@@ -436,6 +454,7 @@ def finetune(data, out, overwrite, resume, **options):
       transfer finetune --data ./flowers --weights none --image-size 64 --fine-tune-from stem
       transfer finetune --data tfds:tf_flowers --version v2 --out runs/flowers
       transfer finetune --data ./flowers --version v1.5 --weights resnet50-11ad3fa6.pth
+      transfer finetune --labels labels.csv --images ./photos --label-sep ";"
     """
     if resume and not out:
         raise click.UsageError("--resume needs the --out of the run to continue.")
@@ -466,7 +485,8 @@ def finetune(data, out, overwrite, resume, **options):
 
 
 @cli.command("lr-find")
-@click.option("--data", required=True, help="Image folder or tfds:NAME.")
+@click.option("--data", "--labels", "data", required=True,
+              help="Image folder, tfds:NAME or a CSV file of paths and labels.")
 @reports_out_option
 @click.option("--overwrite", is_flag=True, help="Replace the files in a non-empty --out.")
 @click.option("--start-lr", type=float, default=lr_find_command.START_LR, show_default=True)
@@ -492,6 +512,12 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
 
 
 def _echo_metrics(name, m, log_loss=True):
+    if "mean_average_precision" in m:  # multi-label
+        parts = [f"mAP {m['mean_average_precision']:.4f} (chance {m['label_frequency']:.4f})",
+                 f"micro F1 {m['micro_f1']:.4f}", f"macro F1 {m['macro_f1']:.4f}",
+                 f"exact match {m['exact_match']:.4f}"]
+        echo(f"{name} ({m['images']} images): " + ", ".join(parts))
+        return
     parts = [f"accuracy {m['accuracy']:.4f}"]
     if "top5_accuracy" in m:
         parts.append(f"top-5 {m['top5_accuracy']:.4f}")
@@ -503,7 +529,8 @@ def _echo_metrics(name, m, log_loss=True):
 
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
-@click.option("--data", required=True, help="Image folder (class sub-folders) or tfds:NAME.")
+@click.option("--data", "--labels", "data", required=True,
+              help="Image folder (class sub-folders), tfds:NAME or a CSV file of paths and labels.")
 @reports_out_option
 @click.option("--overwrite", is_flag=True, help="Replace the reports in a non-empty --out.")
 @batch_size_option
@@ -512,8 +539,9 @@ def _echo_metrics(name, m, log_loss=True):
 @click.option("--strict", is_flag=True, help="Stop on unreadable files instead of skipping.")
 @click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
                                           "horizontal mirror's (not for digits or text).")
+@table_options
 def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_data_dir, strict,
-             tta):
+             tta, **table):
     """Evaluate a trained classifier on labelled images.
 
     Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv
@@ -526,7 +554,7 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
     """
     metrics = evaluate_command.evaluate(run_or_model, data, out, batch_size=batch_size,
                                         image_size=image_size, tfds_data_dir=tfds_data_dir,
-                                        overwrite=overwrite, strict=strict, tta=tta)
+                                        overwrite=overwrite, strict=strict, tta=tta, **table)
     echo("")
     _echo_metrics(f"{metrics['split']} split", metrics)
     if metrics["unknown_class_images"]:
@@ -546,7 +574,8 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
 @click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
                                           "horizontal mirror's (not for digits or text).")
 def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, tta):
-    """Top-k labels and probabilities for image files and folders.
+    """Top-k labels and probabilities for image files and folders (for a multi-label
+    model: every label above its threshold).
 
     An unreadable file gets its error in its own row; the others go on.
 
@@ -586,8 +615,8 @@ def _print_table(rows):
     for r in rows:
         if r["error"]:
             echo(f"{r['path']:<{width}}  error: {r['error']}")
-        else:
-            shown = "  ".join(f"{label} {p:.3f}" for label, p in r["predictions"])
+        else:  # a multi-label row can hold no label above its threshold
+            shown = "  ".join(f"{label} {p:.3f}" for label, p in r["predictions"]) or "(none)"
             echo(f"{r['path']:<{width}}  {shown}")
 
 
@@ -633,7 +662,8 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 
 
 @cli.command()
-@click.option("--data", required=True, help="Image folder or tfds:NAME.")
+@click.option("--data", "--labels", "data", required=True,
+              help="Image folder, tfds:NAME or a CSV file of paths and labels.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (.npz).")
 @click.option("--model", "model", type=click.Path(),
               help="Run directory or .keras model whose backbone to use.")
@@ -650,8 +680,9 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 @tfds_data_dir_option
 @strict_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@table_options
 def embed(data, out, model, depth, version, weights, weights_dir, image_size, pooling,
-          batch_size, val_split, test_split, tfds_data_dir, strict, overwrite):
+          batch_size, val_split, test_split, tfds_data_dir, strict, overwrite, **table):
     """Backbone features of every image, with labels, paths and splits, as .npz.
 
     \b
@@ -663,7 +694,7 @@ def embed(data, out, model, depth, version, weights, weights_dir, image_size, po
         data, out=out, model=model, depth=depth, version=version, weights=weights,
         weights_dir=weights_dir, image_size=image_size, batch_size=batch_size, pooling=pooling,
         val_split=val_split, test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict,
-        overwrite=overwrite)
+        overwrite=overwrite, **table)
     n, d = result["features"].shape
     echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) "
          f"to {out}")

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -94,11 +95,18 @@ def write_npy(path, array):
     return Path(path)
 
 
-def save_model(model, path):
+# A member of our own in a .keras file (a zip): class names, task and thresholds
+# travel inside the model file, and Keras, which reads only its own members, loads it
+# unchanged (safe mode included) with or without `transfer` installed.
+MODEL_METADATA_MEMBER = "transfer.json"
+
+
+def save_model(model, path, metadata=None):
     """Save a Keras model atomically (Keras needs the `.keras` suffix on the temp file),
     without its optimizer: Adam's state is twice the weights (a ResNet50's model.keras
     was 215 MB for 102 MB of weights), and a saved model is for inference or a new
-    fine-tuning, which starts its own optimizer."""
+    fine-tuning, which starts its own optimizer. `metadata` (a dict) goes inside the
+    file as MODEL_METADATA_MEMBER."""
     if getattr(model, "optimizer", None) is not None:
         # An uncompiled copy (clone_model would compile it again, optimizer and all).
         copy = type(model).from_config(model.get_config())
@@ -106,6 +114,9 @@ def save_model(model, path):
         model = copy
     with atomic_path(path) as tmp:
         model.save(tmp)
+        if metadata is not None:
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(MODEL_METADATA_MEMBER, json.dumps(metadata, indent=2))
     return Path(path)
 
 

@@ -3,7 +3,8 @@ a folder for a run, the resume check, and loading a run (or a bare model file) b
 
     config.json    every resolved option, versions, dataset fingerprint, classes, status
     labels.txt     class names, one per line, in output order
-    model.keras    the classifier: raw RGB pixels in, probabilities out
+    model.keras    the classifier: raw RGB pixels in, probabilities out; inside it,
+                   its class names, task and (multi-label) thresholds
     history.csv, training_curves.png, metrics.json, and per evaluated split
     classification_report.txt, confusion_matrix.png|.csv, predictions.csv
     ("test_" before each name for the test split)
@@ -17,6 +18,7 @@ import os
 import platform
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,10 +27,10 @@ import numpy as np
 
 from transfer.version import __version__
 from transfer.errors import InvalidArgumentError, first_line
-from transfer.io import make_writable_dir, write_failure, write_text
+from transfer.io import MODEL_METADATA_MEMBER, make_writable_dir, write_failure, write_text
 from transfer.lazy import keras, tf
 from transfer.models.architectures import image_size_pair
-from transfer.models.heads import is_classifier
+from transfer.models.heads import MULTI_LABEL, is_classifier, task_of
 from transfer.models.names import CLASSIFIER
 from transfer.train.options import RESULT_NEUTRAL
 
@@ -227,7 +229,8 @@ def versions():
 
 def run_config(data, out, options, dataset, replicas):
     """config.json of a run that starts now; `status` and timings come later."""
-    return {"data": str(data), "out": str(out), "options": options.as_dict(),
+    task = {"task": dataset.task} if dataset.task == MULTI_LABEL else {}
+    return {"data": str(data), "out": str(out), "options": options.as_dict(), **task,
             "dataset": {"name": dataset.name, "source": dataset.source,
                         "fingerprint": dataset.fingerprint,
                         "splits": {k: len(v) for k, v in dataset.splits.items()},
@@ -294,12 +297,47 @@ def read_labels(path):
     return [name for name in path.read_text(encoding="utf8").split("\n") if name]
 
 
+def model_metadata(class_names, task, thresholds=None):
+    """What a model file of ours carries inside it (MODEL_METADATA_MEMBER)."""
+    found = {"class_names": list(class_names), "task": task}
+    if thresholds is not None:
+        found["thresholds"] = [float(t) for t in thresholds]
+    return found
+
+
+def read_model_metadata(model_file):
+    """The metadata inside a .keras file of ours; {} for any other file."""
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            found = json.loads(archive.read(MODEL_METADATA_MEMBER).decode("utf8"))
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def class_names_of(model_or_run):
+    """The class names of a loaded model, a run directory or a model file: those
+    inside the model file first, else its labels file; None where there are none."""
+    if isinstance(model_or_run, LoadedModel):
+        return model_or_run.class_names
+    path = Path(model_or_run)
+    model_path = path / MODEL_FILE if path.is_dir() else path
+    return read_model_metadata(model_path).get("class_names") or \
+        read_labels(labels_beside(model_path))
+
+
 @dataclass
 class LoadedModel:
     model: object  # a keras.Model
     path: Path
-    class_names: list  # None for a model without labels.txt
+    class_names: list  # None for a model without class names (inside it or labels.txt)
     image_size: tuple  # (height, width)
+    thresholds: list = None  # per label, of a multi-label model
+
+    @property
+    def task(self):
+        """SINGLE_LABEL or MULTI_LABEL (of a classifier)."""
+        return task_of(self.model)
 
     @property
     def is_classifier(self):
@@ -345,9 +383,10 @@ def load_model(run_or_model, need_classifier=True, image_size=None):
             f"{model_path} is not a Keras model that can be loaded safely ({first_line(exc)}). "
             "Expected a .keras file written by transfer or Keras.") from exc
     labels_path = labels_beside(model_path)
-    class_names = read_labels(labels_path)
+    metadata = read_model_metadata(model_path)
+    class_names = class_names_of(model_path)
     loaded = LoadedModel(model, model_path, class_names,
-                         _image_size(model, model_path, image_size))
+                         _image_size(model, model_path, image_size), metadata.get("thresholds"))
     if need_classifier:
         if not loaded.is_classifier:
             raise InvalidArgumentError(
@@ -356,11 +395,13 @@ def load_model(run_or_model, need_classifier=True, image_size=None):
                 f"ending in a '{CLASSIFIER}' layer, such as a run's model.keras.")
         if class_names is None:
             raise InvalidArgumentError(
-                f"{model_path} has no {LABELS_FILE} beside it. Expected the class names, one "
-                "per line in output order, in " + str(labels_path) + ".")
+                f"{model_path} has no class names inside it and no {LABELS_FILE} beside it. "
+                "Expected the class names, one per line in output order, in "
+                + str(labels_path) + ".")
         outputs = model.output.shape[-1]
         if len(class_names) != outputs:
+            source = model_path if metadata.get("class_names") else labels_path
             raise InvalidArgumentError(
-                f"{labels_path} names {len(class_names)} classes but the model has {outputs} "
+                f"{source} names {len(class_names)} classes but the model has {outputs} "
                 "outputs.")
     return loaded

@@ -16,6 +16,9 @@ logger = logging.getLogger("transfer")
 # compile for every new batch shape (README, "Speed"); GPUs keep Keras' choice, XLA.
 INFERENCE_JIT = {"CPU": False, "GPU": True}
 INFERENCE_BATCH_SIZE = 32  # of evaluate, predict and embed
+# A label is predicted when its probability reaches this, until per-label thresholds
+# are tuned on validation (transfer.report.metrics.tune_thresholds).
+MULTI_LABEL_THRESHOLD = 0.5
 
 
 def device_kind():
@@ -86,15 +89,32 @@ def run_inference(model, images, verbose=0, jit_compile=None, description="Infer
 
 
 def correct_predictions(labels, probabilities):
-    """Per image: is the top class the label? Non-finite outputs count as wrong."""
+    """Per image: is the top class the label? Non-finite outputs count as wrong.
+
+    Multi-label (`labels` rows of 0/1): are all the image's labels ranked above all
+    other classes? For one label per image that is the top class again; it needs no
+    threshold (those are tuned after the guard has chosen a phase), and it keeps one
+    outcome per image for the guard's paired comparison. An image without labels
+    counts as right. (A decision per label at 0.5 rewarded a model that predicts
+    nothing: with 2 labels in 10, that is 80% right.)"""
     finite = np.isfinite(probabilities).all(axis=1)
-    return (np.nan_to_num(probabilities).argmax(axis=1) == labels) & finite
+    probabilities = np.nan_to_num(probabilities)
+    if np.ndim(labels) == 2:
+        truth = np.asarray(labels) > 0.5
+        lowest_label = np.where(truth, probabilities, np.inf).min(axis=1)
+        highest_other = np.where(truth, -np.inf, probabilities).max(axis=1)
+        return (lowest_label > highest_other) & finite
+    return (probabilities.argmax(axis=1) == labels) & finite
 
 
 def score(labels, probabilities):
-    """Accuracy and log loss; an image with non-finite outputs (a diverged model)
-    counts as wrong, with the largest loss."""
+    """Accuracy and log loss (binary cross-entropy per label for multi-label); an image
+    with non-finite outputs (a diverged model) counts as wrong, with the largest loss."""
     correct = correct_predictions(labels, probabilities)
     probabilities = np.nan_to_num(probabilities, nan=0.0, posinf=0.0, neginf=0.0)
-    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    if np.ndim(labels) == 2:
+        right = np.where(np.asarray(labels) > 0.5, probabilities, 1.0 - probabilities)
+        picked = np.clip(right, 1e-7, 1.0)
+    else:
+        picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
     return {"accuracy": float(np.mean(correct)), "loss": float(-np.mean(np.log(picked)))}

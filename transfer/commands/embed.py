@@ -27,12 +27,14 @@ def embed(data, out=None, model=None, depth=FINETUNE.depth, version=FINETUNE.ver
           weights=FINETUNE.weights, weights_dir=None, image_size=FINETUNE.image_size,
           batch_size=INFERENCE_BATCH_SIZE, pooling=FINETUNE.pooling,
           val_split=FINETUNE.val_split, test_split=FINETUNE.test_split, tfds_data_dir=None,
-          strict=False, overwrite=False):
+          strict=False, overwrite=False, **table_options):
     """Pooled backbone features for every image of `data`, with labels and splits.
 
     The backbone is a trained model's (`model`: run directory or .keras file) or a
     fresh ResNet (`depth`, `version`, `weights`). Returns a dict of arrays: features,
-    labels, paths, splits, class_names; with `out`, also writes them to a .npz file.
+    labels (class indices, or rows of 0/1 per class for multi-label data), paths,
+    splits, class_names; with `out`, also writes them to a .npz file. `table_options`
+    read labels from a CSV file or DataFrame (see `load_dataset`).
     """
     if out is not None and Path(out).suffix != ".npz":
         raise InvalidArgumentError(f"out={out}: embeddings are written as .npz.")
@@ -42,7 +44,7 @@ def embed(data, out=None, model=None, depth=FINETUNE.depth, version=FINETUNE.ver
     extractor, image_size, source = _extractor(model, depth, version, weights, weights_dir,
                                                image_size, pooling)
     dataset = load_dataset(data, val_split=val_split, test_split=test_split,
-                           tfds_data_dir=tfds_data_dir, min_classes=1)
+                           tfds_data_dir=tfds_data_dir, min_classes=1, **table_options)
     drop_unreadable(dataset, strict=strict)
     features, labels, paths, splits = [], [], [], []
     for name, split in dataset.splits.items():
@@ -109,6 +111,12 @@ def _check_embeddings(path, data):
     classes = len(data["class_names"])
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels must be integers. Received {labels.dtype}.")
+    if labels.ndim == 2:  # multi-label: a row of 0/1 per image, a column per class
+        if labels.shape[1] != classes or not np.isin(labels, (0, 1)).all():
+            raise DataError(f"{path}: multi-label labels must be rows of 0 and 1, one column "
+                            f"for each of its {classes} class_names. Received shape "
+                            f"{labels.shape}.")
+        return
     if len(labels) and (labels.min() < 0 or labels.max() >= classes):
         raise DataError(f"{path}: labels must be in [0, {classes}), one of its {classes} "
                         f"class_names. Received labels from {labels.min()} to {labels.max()}.")

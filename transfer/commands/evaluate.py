@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data.dataset import Split
+from transfer.data.dataset import Split, task_of_labels
 from transfer.data.pipeline import drop_unreadable, images_only
 from transfer.data.sources import evaluation_split, load_dataset
 from transfer.errors import DataError
 from transfer.io import write_json
+from transfer.models.heads import MULTI_LABEL
 from transfer.report.metrics import compute_metrics, write_reports
 from transfer.runs import METRICS_FILE, load_model, prepare_run_dir
 from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
@@ -18,19 +19,23 @@ from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
 logger = logging.getLogger("transfer")
 
 def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
-             tfds_data_dir=None, overwrite=False, strict=False, tta=False):
+             tfds_data_dir=None, overwrite=False, strict=False, tta=False, **table_options):
     """Evaluate a classifier on labelled images; write the same reports as finetune.
 
     Class folders are matched to the model's labels by name. Images of classes the
     model never saw are counted and reported in metrics.json, not silently dropped.
     `tta` averages each image's probabilities with its horizontal mirror's.
+    `table_options` read labels from a CSV file or DataFrame (see `load_dataset`); a
+    multi-label model is judged with the thresholds stored in it.
     """
     loaded = load_model(run_or_model, image_size=image_size)
     out = prepare_run_dir(out, overwrite=overwrite)
-    dataset = load_dataset(data, val_split=0.0, tfds_data_dir=tfds_data_dir, min_classes=1)
+    dataset = load_dataset(data, val_split=0.0, tfds_data_dir=tfds_data_dir, min_classes=1,
+                           **table_options)
     drop_unreadable(dataset, strict=strict)
     split_name, split = evaluation_split(dataset)
-    known, labels, unknown = _match_classes(dataset, split, loaded.class_names, data)
+    match = _match_labels if loaded.task == MULTI_LABEL else _match_classes
+    known, labels, unknown = match(dataset, split, loaded.class_names, data)
     paths = [p for p, k in zip(split.paths, known) if k]
     # TFDS images come with their labels: predict all, keep the known.
     subset = split if split.tfds is not None else Split(paths, labels)
@@ -41,20 +46,24 @@ def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_siz
                                   verbose=1, description="Evaluated", tta=tta)
     if split.tfds is not None:
         probabilities = probabilities[known]
-    metrics = compute_metrics(labels, probabilities, loaded.class_names)
+    metrics = compute_metrics(labels, probabilities, loaded.class_names, loaded.thresholds)
     metrics.update({
         "model": str(loaded.path), "data": str(data), "split": split_name, "tta": bool(tta),
         "unknown_classes": unknown, "unknown_class_images": int(sum(unknown.values())),
         "skipped_files": dataset.skipped,
     })
     write_json(Path(out) / METRICS_FILE, metrics)  # first: a failing report must not lose it
-    write_reports(out, labels, probabilities, loaded.class_names, paths)
+    write_reports(out, labels, probabilities, loaded.class_names, paths,
+                  thresholds=loaded.thresholds)
     return metrics
 
 
 def _match_classes(dataset, split, class_names, data):
     """(which images are of a class the model knows, their labels in the model's
     order, {unknown class: image count})."""
+    if task_of_labels(split.labels) == MULTI_LABEL:
+        raise DataError(f"{data} is multi-label; the model gives one class per image. Evaluate "
+                        "a multi-label model on it.")
     index = {name: i for i, name in enumerate(class_names)}
     data_names = np.array(dataset.class_names)[split.labels] if len(split) else np.array([])
     known = np.array([name in index for name in data_names], dtype=bool)
@@ -70,3 +79,27 @@ def _match_classes(dataset, split, class_names, data):
             f"knows ({', '.join(class_names)}).")
     labels = np.array([index[name] for name in data_names[known]], dtype=np.int64)
     return known, labels, unknown
+
+
+def _match_labels(dataset, split, class_names, data):
+    """`_match_classes` for a multi-label model: every image is kept, its labels as rows
+    of 0/1 in the model's order (class folders give one label each); labels the model
+    does not know are counted, by image, and left out."""
+    labels = np.asarray(split.labels)
+    if labels.ndim == 1:
+        labels = np.eye(dataset.num_classes, dtype=np.float32)[labels]
+    index = {name: i for i, name in enumerate(class_names)}
+    matched = np.zeros((len(labels), len(class_names)), dtype=np.float32)
+    unknown = {}
+    for column, name in enumerate(dataset.class_names):
+        if name in index:
+            matched[:, index[name]] = labels[:, column]
+        elif labels[:, column].any():
+            unknown[name] = int(labels[:, column].sum())
+            logger.warning("%d images labelled %r, a label the model does not know: that "
+                           "label is left out of the metrics.", unknown[name], name)
+    if not set(dataset.class_names) & set(index):
+        raise DataError(
+            f"None of the labels in {data} ({', '.join(dataset.class_names)}) is one the model "
+            f"knows ({', '.join(class_names)}).")
+    return np.ones(len(labels), dtype=bool), matched, unknown

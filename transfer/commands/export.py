@@ -24,6 +24,7 @@ from transfer.runs import (
     is_ours,
     load_model,
     mark_as_ours,
+    model_metadata,
     own_labels_path,
     write_labels,
 )
@@ -59,8 +60,9 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
     model = (feature_extractor_of(loaded.model, pooling=pooling, group=group)
              if feature_extractor else loaded.model)
     _check_out(out, format, overwrite, labels=not feature_extractor)
-    if format == "keras":
-        save_model(model, out)
+    if format == "keras":  # a classifier keeps its class names, task and thresholds inside
+        save_model(model, out, None if feature_extractor else model_metadata(
+            loaded.class_names, loaded.task, loaded.thresholds))
     elif format == "savedmodel":
         _write_savedmodel_atomically(model, out, loaded.image_size)
     else:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.augment import augmentation
+from transfer.data.csv_labels import TABLE_OPTIONS, table_name
 from transfer.data.dataset import Split
 from transfer.data.pipeline import drop_unreadable, images_only
 from transfer.data.sources import check_training_classes, load_dataset
@@ -21,8 +22,8 @@ from transfer.errors import DataError, InvalidArgumentError, RunInterruptedError
 from transfer.io import save_model, save_weights, write_csv, write_json
 from transfer.lazy import keras
 from transfer.models.groups import freeze, groups, unfreeze
-from transfer.models.heads import build_classifier
-from transfer.report.metrics import compute_metrics, write_reports
+from transfer.models.heads import MULTI_LABEL, build_classifier
+from transfer.report.metrics import compute_metrics, tune_thresholds, write_reports
 from transfer.report.plots import plot_image_grid, plot_training_curves
 from transfer.runs import (
     COMPLETE,
@@ -35,6 +36,7 @@ from transfer.runs import (
     check_resume_data,
     claimed_run_dir,
     default_run_dir,
+    model_metadata,
     read_config,
     run_config,
     write_labels,
@@ -70,7 +72,8 @@ class RunResult:
 
 
 def finetune(data, out=None, overwrite=False, resume=False, options=None, **overrides):
-    """Fine-tune a ResNet on `data` (a folder or `tfds:NAME`) and write a run directory.
+    """Fine-tune a ResNet on `data` (a folder, `tfds:NAME`, or a CSV file or pandas
+    DataFrame of paths and labels) and write a run directory.
 
     Options are the fields of `FinetuneOptions`, given as an object or as keywords.
     `resume=True` continues an interrupted run in `out` from its last completed epoch.
@@ -78,7 +81,7 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
     """
     options = resolve_options(options, **overrides)
     strategy = make_strategy(options.strategy)  # first: multi-worker needs it before any op
-    out = Path(out or default_run_dir(data))
+    out = Path(out or default_run_dir(table_name(data)))
     chief = is_chief(strategy)
     with _claim_run_dir(out, options, chief, overwrite, resume) as root:
         paths = RunPaths(root)
@@ -103,7 +106,7 @@ def _start(data, out, paths, options, strategy, resume):
         check_resume_data(paths.root, dataset, data)
     _log_replicas(strategy, options)
     model = build_model(dataset, options, strategy)
-    config = run_config(data, out, options, dataset, strategy.num_replicas_in_sync)
+    config = run_config(table_name(data), out, options, dataset, strategy.num_replicas_in_sync)
     write_json(paths.config, {**config, "status": RUNNING})
     write_labels(paths.labels, dataset.class_names)
     return dataset, model, config
@@ -127,14 +130,21 @@ def _train_and_report(out, paths, model, dataset, config, options, strategy, chi
     # Validation judges the model as chosen, before any refit; its reports come after
     # the model and its history are saved, so that a report that fails loses neither.
     predictions = {"val": _predict_split(local_copy(model, strategy), dataset, options, "val")}
-    if kept["phase"] == HEAD and options.refit and head_is_probe(history):
+    # Multi-label: each label's threshold is tuned on validation, then kept in the model;
+    # a refit would learn from those images, and leave the thresholds none to be tuned on.
+    thresholds = tune_thresholds(dataset.splits["val"].labels, predictions["val"]) \
+        if dataset.task == MULTI_LABEL else None
+    if kept["phase"] == HEAD and options.refit and head_is_probe(history) \
+            and thresholds is None:
         kept["refit"] = refit_probe_on_all_labels(model, dataset, options, strategy)
-    _write_training_results(paths, model, history, kept)
+    _write_training_results(paths, model, history, kept,
+                            model_metadata(dataset.class_names, dataset.task, thresholds))
     predictions["test"] = _predict_split(local_copy(model, strategy), dataset, options, "test")
     metrics = {"classes": dataset.class_names}
     for split_name, probabilities in predictions.items():
         if probabilities is not None:
-            metrics[split_name] = _report_split(dataset, split_name, probabilities, paths.root)
+            metrics[split_name] = _report_split(dataset, split_name, probabilities, paths.root,
+                                                thresholds)
     timings["total_seconds"] = round(time.monotonic() - started, 2)
     metrics.update(kept=kept, timings=timings, skipped_files=dataset.skipped)
     write_json(paths.metrics, metrics)
@@ -174,7 +184,8 @@ def _record_stop(paths, exc):
 
 def load_data(data, options):
     dataset = load_dataset(data, val_split=options.val_split, test_split=options.test_split,
-                           tfds_data_dir=options.tfds_data_dir)
+                           tfds_data_dir=options.tfds_data_dir,
+                           **{name: getattr(options, name) for name in TABLE_OPTIONS})
     drop_unreadable(dataset, strict=options.strict, max_pixels=options.max_pixels)
     check_training_classes(dataset)
     if not len(dataset.splits["val"]):
@@ -201,7 +212,7 @@ def build_model(dataset, options, strategy):
                 weights=options.weights, image_size=options.image_size,
                 weights_dir=options.weights_dir, pooling=options.pooling,
                 dropout=options.dropout, hidden_units=options.hidden_units,
-                standardize=options.standardize)
+                standardize=options.standardize, multi_label=dataset.task == MULTI_LABEL)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     if options.fine_tunes and options.fine_tune_from not in groups(model):
@@ -321,17 +332,17 @@ def _predict_split(model, dataset, options, split_name):
     return run_inference(model, images_only(split, options.image_size, options.batch_size))
 
 
-def _report_split(dataset, split_name, probabilities, out_dir):
+def _report_split(dataset, split_name, probabilities, out_dir, thresholds=None):
     """Report files of one split ("val", or "test" when there is one); its metrics."""
     split = dataset.splits[split_name]
     write_reports(out_dir, split.labels, probabilities, dataset.class_names, split.paths,
-                  prefix=TEST_PREFIX if split_name == "test" else "")
-    return compute_metrics(split.labels, probabilities, dataset.class_names)
+                  prefix=TEST_PREFIX if split_name == "test" else "", thresholds=thresholds)
+    return compute_metrics(split.labels, probabilities, dataset.class_names, thresholds)
 
 
-def _write_training_results(paths, model, history, kept):
-    """model.keras, history.csv and training_curves.png."""
-    save_model(model, paths.model)
+def _write_training_results(paths, model, history, kept, metadata):
+    """model.keras (with `metadata` inside), history.csv and training_curves.png."""
+    save_model(model, paths.model, metadata)
     if history:
         columns = sorted({k for row in history for k in row} - {"phase", "epoch"})
         write_csv(paths.history, ["phase", "epoch", *columns],

@@ -8,8 +8,9 @@ from transfer.data.dataset import Split, printable_path
 from transfer.data.pipeline import find_unreadable, images_only
 from transfer.data.sources import IMAGE_EXTENSIONS, NOT_AN_IMAGE
 from transfer.errors import DataError
+from transfer.models.heads import MULTI_LABEL
 from transfer.runs import load_model
-from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
+from transfer.runtime import INFERENCE_BATCH_SIZE, MULTI_LABEL_THRESHOLD, run_inference
 
 TOP_K = 3
 OUTPUT_FORMATS = ("table", "csv", "json")  # how the command line prints the rows
@@ -46,7 +47,9 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
     """Top-k labels for image files and folders: one row per image, in order.
 
     A row is {"path", "predictions": [(label, probability), ...], "error": None}; an
-    unreadable or missing file gets its error in its row and the others go on.
+    unreadable or missing file gets its error in its row and the others go on. A
+    multi-label model's row holds every label at or above its threshold (stored in
+    the model), most probable first, and no other.
     `tta` averages each image's probabilities with its horizontal mirror's.
     """
     loaded = load_model(run_or_model, image_size=image_size)
@@ -64,10 +67,14 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
             images_only(Split(good, np.zeros(len(good), np.int64)), loaded.image_size, batch_size),
             verbose=1 if progress else 0, description="Predicted", tta=tta)
     results = {f: p for f, p in zip(good, probabilities)}
+    thresholds = np.asarray(loaded.thresholds or MULTI_LABEL_THRESHOLD) \
+        * np.ones(len(loaded.class_names))
     rows = []
     for path in files:
         if path in results:
             order = np.argsort(-results[path])[:top_k]
+            if loaded.task == MULTI_LABEL:
+                order = [i for i in np.argsort(-results[path]) if results[path][i] >= thresholds[i]]
             rows.append({"path": printable_path(path), "error": None, "predictions": [
                 (loaded.class_names[i], float(results[path][i])) for i in order]})
         else:

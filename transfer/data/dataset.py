@@ -1,17 +1,20 @@
 """A dataset as `transfer` sees it: class names, and per split the image files (or a
-TFDS split) with integer labels."""
+TFDS split) with their labels: integer class indices (single-label), or rows of 0/1
+per class (multi-label, float32)."""
 
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from transfer.models.heads import MULTI_LABEL, SINGLE_LABEL
+
 TFDS_PREFIX = "tfds:"
 
 
 @dataclass
 class Split:
-    """One split of a dataset: files and integer labels (or a TFDS split)."""
+    """One split of a dataset: files and labels (or a TFDS split)."""
 
     paths: list
     labels: np.ndarray
@@ -34,6 +37,11 @@ class Dataset:
     def num_classes(self):
         return len(self.class_names)
 
+    @property
+    def task(self):
+        """SINGLE_LABEL or MULTI_LABEL, as its labels are."""
+        return task_of_labels(next(iter(self.splits.values())).labels)
+
     def describe(self):
         sizes = ", ".join(f"{name} {len(split)}" for name, split in self.splits.items())
         return f"{self.name}: {self.num_classes} classes, {sizes} images"
@@ -43,3 +51,16 @@ def printable_path(path):
     """A path as text that can be printed and written anywhere: bytes of a file name
     that are not UTF-8 become escapes (caf\\xe9.png)."""
     return os.fsencode(path).decode("utf8", "backslashreplace")
+
+
+def task_of_labels(labels):
+    """MULTI_LABEL for rows of 0/1 per class, SINGLE_LABEL for class indices."""
+    return MULTI_LABEL if np.ndim(labels) == 2 else SINGLE_LABEL
+
+
+def label_counts(labels, num_classes):
+    """Images per class (an image counts once for each of its labels)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels.sum(axis=0).astype(np.int64)
+    return np.bincount(labels.astype(np.int64), minlength=num_classes)

@@ -197,7 +197,7 @@ def image_dataset(split, image_size, batch_size, num_classes, shuffle=False, see
         ds = ds.map(lambda x, y: (augment(x, training=True), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
     if one_hot:
-        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)),
+        ds = ds.map(lambda x, y: (x, targets(y, num_classes)),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -210,12 +210,21 @@ def images_only(split, image_size, batch_size):
 
 def one_hot_images(split, image_size, num_classes):
     """Unbatched decoded images (cached in memory when they fit) with one-hot labels."""
-    return decoded_images(split, image_size).map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    return decoded_images(split, image_size).map(lambda x, y: (x, targets(y, num_classes)))
 
 
 def labelled(x, labels, num_classes):
     """Unbatched (x, one-hot label) pairs, e.g. of cached features."""
-    return tf.data.Dataset.from_tensor_slices((x, tf.one_hot(labels, num_classes)))
+    return tf.data.Dataset.from_tensor_slices(
+        (x, targets(tf.convert_to_tensor(labels), num_classes)))
+
+
+def targets(labels, num_classes):
+    """What the model learns to output: class indices one-hot; multi-label rows of 0/1
+    (float32, see `transfer.data.dataset`) as they are."""
+    if labels.dtype.is_floating:
+        return tf.cast(labels, tf.float32)
+    return tf.one_hot(labels, num_classes)
 
 
 def epoch_batches(base, count, batch_size, seed, epochs, first_epoch=0, augment=None,

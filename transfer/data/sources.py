@@ -6,14 +6,15 @@ validation or test by a hash of its path inside its class folder: deterministic,
 stratified by class, and stable when images are added later.
 """
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from transfer.data.dataset import TFDS_PREFIX, Dataset, Split, printable_path
+from transfer.data.csv_labels import is_table, load_table
+from transfer.data.dataset import TFDS_PREFIX, Dataset, Split, label_counts, printable_path
+from transfer.data.splits import fingerprint_of, hash_split, split_fraction  # noqa: F401
 from transfer.data.tfds import load_tfds
 from transfer.errors import DataError, InvalidArgumentError, listing
 
@@ -22,14 +23,9 @@ logger = logging.getLogger("transfer")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 NOT_AN_IMAGE = f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})"
+# Sources whose splits come from the hash (not given as folders or a split column).
+HASH_SPLIT_SOURCES = ("folder", "csv")
 FEW_TRAINING_IMAGES = 5  # per class: below this, a warning names the class
-
-
-def split_fraction(relative_path, salt="transfer-split-v1"):
-    """A number in [0, 1) fixed by a file's path inside its class folder."""
-    # surrogateescape: a name that is not UTF-8 hashes as its bytes
-    digest = hashlib.sha1(f"{salt}:{relative_path}".encode("utf8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _is_hidden(path):
@@ -112,21 +108,6 @@ def _scan_class_folders(root, skipped, class_names=None):
     return {d.name: _list_class_files(d, skipped) for d in dirs}
 
 
-def _split_of(fraction, val_split, test_split):
-    if fraction < val_split:
-        return "val"
-    if fraction < val_split + test_split:
-        return "test"
-    return "train"
-
-
-def _fingerprint(entries):
-    digest = hashlib.sha256()
-    for entry in entries:
-        digest.update(repr(entry).encode("utf8"))
-    return digest.hexdigest()[:16]
-
-
 def _records_to_split(records, class_index):
     paths = [str(p) for p, _ in records]
     labels = np.array([class_index[c] for _, c in records], dtype=np.int64)
@@ -182,7 +163,7 @@ def load_folder(root, val_split=0.2, test_split=0.0, min_classes=2):
     splits = {name: _records_to_split(recs, class_index) for name, recs in records.items()}
     if not len(splits["train"]):
         raise DataError(f"{root} leaves no images for training.")
-    fingerprint = _fingerprint(
+    fingerprint = fingerprint_of(
         (split, os.path.relpath(p, root), os.path.getsize(p))
         for split, s in splits.items() for p in s.paths
     )
@@ -194,21 +175,8 @@ def load_folder(root, val_split=0.2, test_split=0.0, min_classes=2):
 
 def _hash_split(files, root, val_split, test_split):
     """Per class, assign each file by the hash of its path within the class folder."""
-    out = {"train": [], "val": [], "test": []}
-    for class_name in sorted(files):
-        assigned = {"train": [], "val": [], "test": []}
-        class_dir = root / class_name
-        fractions = {p: split_fraction(p.relative_to(class_dir).as_posix()) for p in files[class_name]}
-        for path in files[class_name]:
-            assigned[_split_of(fractions[path], val_split, test_split)].append(path)
-        # A tiny class can miss validation by chance: give it its lowest-hash file.
-        if val_split > 0 and not assigned["val"] and len(assigned["train"]) >= 2:
-            first = min(assigned["train"], key=fractions.get)
-            assigned["train"].remove(first)
-            assigned["val"].append(first)
-        for split, paths in assigned.items():
-            out[split].extend((p, class_name) for p in paths)
-    return out["train"], out["val"], out["test"]
+    return hash_split(files, val_split, test_split,
+                      key=lambda path, class_name: path.relative_to(root / class_name).as_posix())
 
 
 def _warn_small_validation(dataset):
@@ -226,7 +194,7 @@ def check_training_classes(dataset):
     train = dataset.splits["train"]
     if train.tfds is not None:
         return
-    counts = np.bincount(train.labels, minlength=dataset.num_classes)
+    counts = label_counts(train.labels, dataset.num_classes)
     empty = [name for name, count in zip(dataset.class_names, counts) if count == 0]
     if empty:
         raise DataError(
@@ -240,8 +208,13 @@ def check_training_classes(dataset):
                            "learn it.", name, count, "" if count == 1 else "s")
 
 
-def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_classes=2):
-    """A `Dataset` from a folder path or `tfds:NAME`."""
+def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_classes=2,
+                 **table_options):
+    """A `Dataset` from a folder path, `tfds:NAME`, or a CSV file or pandas DataFrame
+    of paths and labels (`table_options`: those of `transfer.data.csv_labels.load_table`)."""
+    if is_table(data):
+        return load_table(data, val_split=val_split, test_split=test_split,
+                          min_classes=min_classes, **table_options)
     data = str(data)
     if data.startswith(TFDS_PREFIX):
         return load_tfds(data[len(TFDS_PREFIX):], val_split=val_split, data_dir=tfds_data_dir)
@@ -253,6 +226,6 @@ def evaluation_split(dataset):
     images of a plain class-folder dataset."""
     if len(dataset.splits.get("test", ())):
         return "test", dataset.splits["test"]
-    if dataset.source != "folder" and len(dataset.splits.get("val", ())):
+    if dataset.source not in HASH_SPLIT_SOURCES and len(dataset.splits.get("val", ())):
         return "val", dataset.splits["val"]
-    return ("all" if dataset.source == "folder" else "train"), dataset.splits["train"]
+    return ("all" if dataset.source in HASH_SPLIT_SOURCES else "train"), dataset.splits["train"]

@@ -19,6 +19,10 @@ from transfer.models.preprocessing import preprocessing_layer
 from transfer.models.resnet import ResNet
 
 # pooling -> the Keras layer that pools the last feature map
+# The two tasks: one class per image (softmax), or any number of labels (sigmoids).
+SINGLE_LABEL, MULTI_LABEL = "single", "multi"
+OUTPUT_ACTIVATION = {SINGLE_LABEL: "softmax", MULTI_LABEL: "sigmoid"}
+
 HEAD_POOLING = {"avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
 POOLINGS = tuple(HEAD_POOLING)
 
@@ -88,7 +92,7 @@ def attach_head(
     if dropout:
         x = layers.Dropout(
             dropout, name=names.HEAD_HIDDEN_DROPOUT if hidden_units else names.HEAD_DROPOUT)(x)
-    activation = "sigmoid" if multi_label else "softmax"
+    activation = OUTPUT_ACTIVATION[MULTI_LABEL if multi_label else SINGLE_LABEL]
     # float32 output: softmax and the loss stay stable under mixed precision.
     outputs = layers.Dense(num_classes, activation=activation, dtype="float32",
                            name=names.CLASSIFIER)(x)
@@ -183,3 +187,10 @@ def is_classifier(model):
     """Whether `model` ends in our (or keras.applications') classifier layer."""
     return (any(layer.name == names.CLASSIFIER for layer in model.layers)
             and len(model.output.shape) == 2)
+
+
+def task_of(model):
+    """MULTI_LABEL for a classifier whose outputs are independent sigmoids, else
+    SINGLE_LABEL: the output layer says which, in any model that holds it."""
+    activation = model.get_layer(names.CLASSIFIER).get_config().get("activation")
+    return MULTI_LABEL if activation == OUTPUT_ACTIVATION[MULTI_LABEL] else SINGLE_LABEL

@@ -13,6 +13,7 @@ import numpy as np
 from transfer.errors import RunFailedError
 from transfer.io import write_json, write_npz
 from transfer.lazy import keras, tf
+from transfer.models.heads import SINGLE_LABEL, task_of
 from transfer.progress import seconds_since_start
 from transfer.runtime import run_inference, score
 from transfer.train.distribute import plain_copy
@@ -66,10 +67,11 @@ def cached_validation(suffix, inputs, labels, batch_size):
             return
         probabilities = run_inference(suffix, batches)
         found = score(labels, probabilities)
-        k = min(5, probabilities.shape[1])
-        top = np.argsort(-np.nan_to_num(probabilities, nan=-1.0), axis=1)[:, :k]
-        logs.update(val_loss=found["loss"], val_accuracy=found["accuracy"],
-                    val_top5_accuracy=float(np.mean((top == labels[:, None]).any(axis=1))))
+        logs.update(val_loss=found["loss"], val_accuracy=found["accuracy"])
+        if labels.ndim == 1:  # top-5 is of one class per image
+            k = min(5, probabilities.shape[1])
+            top = np.argsort(-np.nan_to_num(probabilities, nan=-1.0), axis=1)[:, :k]
+            logs.update(val_top5_accuracy=float(np.mean((top == labels[:, None]).any(axis=1))))
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
@@ -105,7 +107,9 @@ def local_validation(model, val):
     """
     local = plain_copy(model)
     images = val.map(lambda x, y: x)
-    labels = np.concatenate([np.asarray(y) for _, y in val]).argmax(axis=1)
+    labels = np.concatenate([np.asarray(y) for _, y in val])
+    if task_of(model) == SINGLE_LABEL:  # one-hot targets back to class indices
+        labels = labels.argmax(axis=1)
 
     def on_epoch_end(epoch, logs=None):
         local.set_weights(model.get_weights())

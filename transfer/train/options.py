@@ -73,6 +73,13 @@ class FinetuneOptions:
     jit_compile: str = "auto"  # XLA for training steps: auto, on or off
     strategy: str = "auto"  # tf.distribute: auto, one, mirrored or multiworker
     tfds_data_dir: str = None
+    # Labels from a CSV file or DataFrame (transfer.data.csv_labels.TABLE_OPTIONS)
+    images: str = None  # the folder its paths are relative to (default: the CSV's)
+    path_column: str = None  # default: the first of path, file, filename, image, ...
+    label_column: str = None  # default: the first of label, labels, class, ...
+    split_column: str = None  # default: split or subset, if there is one
+    label_sep: str = None  # several labels in one cell (default: ';' or '|' if found)
+    multi_label: bool = False  # multi-label even where no cell holds several labels
 
     def validate(self):
         architecture = get_architecture(self.depth, self.version)

@@ -22,15 +22,19 @@ from transfer.data.pipeline import (
     labelled,
     one_hot_images,
 )
+from transfer.errors import InvalidArgumentError
 from transfer.lazy import keras, tf
 from transfer.models import names
 from transfer.models.groups import groups, split_at_group
 from transfer.models.heads import (
+    MULTI_LABEL,
+    SINGLE_LABEL,
     has_hidden_layer,
     has_standardization,
     head_model,
     pooled_features,
     set_standardization,
+    task_of,
 )
 from transfer.models.identify import architecture_of
 from transfer.progress import fit_verbosity, seconds_since_start
@@ -52,7 +56,7 @@ from transfer.train.feature_cache import (
     default_cache_dir,
     weights_identity,
 )
-from transfer.train.logistic import fit_logistic_regression, softmax_weights
+from transfer.train.logistic import fit_logistic_regression, fitted_c, output_weights
 from transfer.train.options import AUTO, JIT_COMPILE, OPTIMIZERS
 
 logger = logging.getLogger("transfer")
@@ -139,7 +143,22 @@ def make_optimizer(name, learning_rate, rate_multipliers=None, ema=False):
     return optimizer
 
 
-def _metrics(num_classes):
+# task -> the loss in keras.losses (both take label_smoothing)
+LOSSES = {SINGLE_LABEL: "CategoricalCrossentropy", MULTI_LABEL: "BinaryCrossentropy"}
+
+
+def labels_ranked_first(y_true, y_pred):
+    """Per image, 1 where all its labels are ranked above all other classes: the
+    multi-label accuracy of `runtime.correct_predictions`, as a Keras metric."""
+    truth = y_true > 0.5
+    lowest_label = tf.reduce_min(tf.where(truth, y_pred, np.inf), axis=-1)
+    highest_other = tf.reduce_max(tf.where(truth, -np.inf, y_pred), axis=-1)
+    return tf.cast(lowest_label > highest_other, y_pred.dtype)
+
+
+def _metrics(num_classes, task=SINGLE_LABEL):
+    if task == MULTI_LABEL:
+        return [keras.metrics.MeanMetricWrapper(labels_ranked_first, name="accuracy")]
     found = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     if num_classes >= 5:
         found.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
@@ -155,8 +174,8 @@ def compile_model(model, options, learning_rate, num_classes, replicas=1, rate_m
         jit_compile = False
     model.compile(
         optimizer=make_optimizer(options.optimizer, learning_rate, rate_multipliers, ema),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
-        metrics=_metrics(num_classes),
+        loss=getattr(keras.losses, LOSSES[task_of(model)])(label_smoothing=options.label_smoothing),
+        metrics=_metrics(num_classes, task_of(model)),
         jit_compile=jit_compile,  # Keras' "auto": XLA on GPUs, not on CPUs
     )
 
@@ -165,6 +184,10 @@ def class_weights(options, labels, num_classes):
     """Balanced weights per class with class_weight="auto", else None."""
     if options.class_weight != "auto":
         return None
+    if np.ndim(labels) == 2:
+        raise InvalidArgumentError(
+            "class_weight='auto' weighs one class per image; multi-label data has several. "
+            "Use class_weight='none'.")
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)
@@ -314,8 +337,8 @@ def _set_probe_head(model, standardized_features, labels, options, num_classes):
     """Fit the logistic regression and make it the classifier layer; returns its C."""
     classifier = fit_logistic_regression(standardized_features, labels, num_classes,
                                          seed=options.seed, standardize=False)
-    model.get_layer(names.CLASSIFIER).set_weights(list(softmax_weights(classifier, num_classes)))
-    return float(np.atleast_1d(classifier[-1].C_)[0])
+    model.get_layer(names.CLASSIFIER).set_weights(list(output_weights(classifier, num_classes)))
+    return fitted_c(classifier)
 
 
 def head_is_probe(history):
