@@ -7,12 +7,13 @@ import numpy as np
 from transfer.data.dataset import Split, printable_path
 from transfer.data.pipeline import find_unreadable, images_only
 from transfer.data.sources import IMAGE_EXTENSIONS, NOT_AN_IMAGE
-from transfer.errors import DataError
+from transfer.errors import DataError, InvalidArgumentError
 from transfer.runs import load_model
 from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
 
 TOP_K = 3
 OUTPUT_FORMATS = ("table", "csv", "json")  # how the command line prints the rows
+UNKNOWN = "unknown"  # the label of an image below min_confidence: the model abstains
 
 
 def list_image_files(paths):
@@ -42,13 +43,19 @@ def list_image_files(paths):
 
 
 def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
-            progress=None, tta=False):
+            progress=None, tta=False, min_confidence=None):
     """Top-k labels for image files and folders: one row per image, in order.
 
     A row is {"path", "predictions": [(label, probability), ...], "error": None}; an
     unreadable or missing file gets its error in its row and the others go on.
     `tta` averages each image's probabilities with its horizontal mirror's.
+    With `min_confidence`, each row also has a "label": the top class, or UNKNOWN where
+    its probability is below `min_confidence` (report.html shows the trade-off).
     """
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise InvalidArgumentError(
+            f"min_confidence must be a probability in [0, 1]. Received: "
+            f"min_confidence={min_confidence!r}")
     loaded = load_model(run_or_model, image_size=image_size)
     files, bad = list_image_files(paths)
     if not files:
@@ -70,7 +77,12 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
             order = np.argsort(-results[path])[:top_k]
             rows.append({"path": printable_path(path), "error": None, "predictions": [
                 (loaded.class_names[i], float(results[path][i])) for i in order]})
+            if min_confidence is not None:
+                top = rows[-1]["predictions"][0]
+                rows[-1]["label"] = top[0] if top[1] >= min_confidence else UNKNOWN
         else:
             rows.append({"path": printable_path(path), "predictions": [],
                          "error": bad[path]})
+            if min_confidence is not None:
+                rows[-1]["label"] = None
     return rows

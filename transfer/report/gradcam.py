@@ -84,10 +84,9 @@ def heatmaps(model, images, classes):
     features = tf.cast(features, tf.float32)
     weights = tf.reduce_mean(gradients, axis=(1, 2))
     maps = tf.nn.relu(tf.einsum("bhwc,bc->bhw", features, weights))
+    maps = tf.image.resize(maps[..., None], images.shape[1:3], method="bilinear")[..., 0]
     peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
-    maps = tf.math.divide_no_nan(maps, peak)
-    maps = tf.image.resize(maps[..., None], images.shape[1:3], method="bilinear")
-    return np.clip(maps[..., 0].numpy(), 0.0, 1.0)
+    return np.clip(tf.math.divide_no_nan(maps, peak).numpy(), 0.0, 1.0)
 
 
 def overlay(image, heatmap, alpha=OVERLAY_ALPHA):

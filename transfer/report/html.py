@@ -16,25 +16,27 @@ import numpy as np
 from transfer.data.dataset import Split
 from transfer.data.pipeline import drop_unreadable, find_unreadable, images_only
 from transfer.data.sources import load_dataset
-from transfer.errors import InvalidArgumentError
+from transfer.errors import InvalidArgumentError, first_line
 from transfer.io import save_model, write_json, write_text
-from transfer.models.heads import pooled_features
+from transfer.models.heads import head_model, pooled_features
 from transfer.report import calibration, duplicates, gradcam
 from transfer.report.plots import plot_coverage, plot_reliability
 from transfer.runs import (
     CONFIG_FILE,
     METRICS_FILE,
-    RunPaths,
+    REPORT_HTML,
     TEST_PREFIX,
+    LoadedModel,
+    RunPaths,
     load_model,
     read_config,
+    read_labels,
     report_file,
 )
 from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
 
 logger = logging.getLogger("transfer")
 
-REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
 TOP_LOSSES = 12  # highest-loss validation images in the gallery
 CAM_CORRECT_PER_CLASS = 2  # correct images per class with their Grad-CAM
@@ -55,7 +57,9 @@ class Evaluated:
     name: str
     paths: list
     labels: np.ndarray
-    probabilities: np.ndarray = None  # None when the images cannot be read any more
+    readable: bool  # False when the images cannot be read any more
+    features: np.ndarray = None  # pooled backbone features
+    probabilities: np.ndarray = None
 
     @property
     def losses(self):
@@ -66,7 +70,8 @@ class Evaluated:
 def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model=None):
     """Build `folder`/report.html; with `calibrate`, first fit a temperature on the
     validation images and store it in the run's model. Updates metrics.json with the
-    calibration error and leaked duplicates. Returns (path, metrics)."""
+    calibration error and leaked duplicates. `model` (a keras.Model or a LoadedModel)
+    saves loading the folder's model again. Returns (path, metrics)."""
     folder = Path(folder)
     metrics_path = folder / METRICS_FILE
     if not metrics_path.is_file():
@@ -82,15 +87,23 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
         raise InvalidArgumentError(
             f"calibrate=True: {folder} is not a run directory; temperature scaling is "
             "fitted on a run's validation images and stored in its model.")
-    loaded = load_model(folder if is_run else metrics["model"])
-    model = model or loaded.model
-    class_names = loaded.class_names
+    if model is None:
+        loaded = load_model(folder if is_run else metrics["model"])
+    elif isinstance(model, LoadedModel):  # evaluate's, already loaded
+        loaded = model
+    else:  # the run's model, still in memory
+        loaded = LoadedModel(model, RunPaths(folder).model, read_labels(RunPaths(folder).labels),
+                             tuple(model.input_shape[1:3]))
+    model, class_names = loaded.model, loaded.class_names
     size, batch = loaded.image_size, batch_size
-    splits = [_evaluated(folder, prefix, name, class_names, model, size, batch)
+    splits = [_evaluated(folder, prefix, name, class_names)
               for prefix, name in (("", "val" if is_run else metrics.get("split", "data")),
                                    (TEST_PREFIX, "test"))]
     splits = [s for s in splits if s is not None]
     main = splits[0]
+    train, no_train = _training_split(config)
+    if main.readable:
+        train_features = _embed_and_predict(model, train, splits, size, batch)
     page = {"sections": SECTIONS, "title": _title(folder, config, metrics),
             "generated": datetime.now().isoformat(timespec="seconds"),
             "summary": _summary(folder, config, metrics, main, class_names),
@@ -100,10 +113,11 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
     page.update(_confusion(folder, class_names))
     page["per_class"] = [{"name": name, **values}
                          for name, values in _main_metrics(metrics, is_run)["per_class"].items()]
-    if main.probabilities is None:
+    if not main.readable:
         page["no_images"] = f"the images of {folder / report_file('predictions.csv')} " \
                             "cannot be read any more"
     else:
+        splits = [s for s in splits if s.readable]
         if calibrate:
             metrics["calibration"] = _calibrate(folder, model, main, splits, metrics)
         page["calibration"] = _calibration(main, metrics.get("calibration"))
@@ -112,11 +126,24 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
         page["top_losses"] = _top_losses(main, class_names, cam, size, batch)
         page["cam_group"] = cam.name.split("_", 1)[1]
         page["cam_correct"] = _correct_examples(main, class_names, cam, size, batch)
-        page["duplicates"] = _duplicates(config, model, splits, size, batch, metrics)
+        page["duplicates"] = _duplicates(train, train_features, no_train, splits, size, batch,
+                                         metrics)
     write_json(metrics_path, metrics)
-    path = folder / REPORT_FILE
+    path = folder / REPORT_HTML
     write_text(path, _render(page))
     return path, metrics
+
+
+def write_report_or_warn(folder, metrics, calibrate=False, model=None,
+                         batch_size=INFERENCE_BATCH_SIZE):
+    """`write_report` at the end of a run: a page that fails to build is a warning, not
+    a failed run (`transfer report` builds it again). Returns the metrics."""
+    try:
+        return write_report(folder, calibrate=calibrate, batch_size=batch_size, model=model)[1]
+    except Exception as exc:  # the run's own files are complete and must stay so
+        logger.warning("%s could not be written (%s: %s); `transfer report %s` builds it "
+                       "again.", REPORT_HTML, type(exc).__name__, first_line(exc), folder)
+        return metrics
 
 
 # ------------------------------------------------------------------------ inputs
@@ -133,16 +160,31 @@ def _read_predictions(path, class_names):
     return [r["path"] for r in rows], np.array([index[r["true_label"]] for r in rows], np.int64)
 
 
-def _evaluated(folder, prefix, name, class_names, model, size, batch):
-    """A split's images from its predictions.csv, with the model's probabilities."""
+def _evaluated(folder, prefix, name, class_names):
+    """A split's images, from its predictions.csv."""
     path = folder / report_file("predictions.csv", prefix)
     if not path.is_file():
         return None
     paths, labels = _read_predictions(path, class_names)
-    if not paths or find_unreadable(paths, progress=False):
-        return Evaluated(name, paths, labels)
-    probabilities = run_inference(model, images_only(Split(paths, labels), size, batch))
-    return Evaluated(name, paths, labels, np.asarray(probabilities, np.float64))
+    return Evaluated(name, paths, labels, bool(paths) and not find_unreadable(paths,
+                                                                           progress=False))
+
+
+def _embed_and_predict(model, train, splits, size, batch):
+    """One pass of the backbone over the training images (when known) and the splits':
+    each split gets its features and, through the head, its probabilities. Returns the
+    training images' features."""
+    paths = [*(train.paths if train is not None else []),
+             *(p for split in splits if split.readable for p in split.paths)]
+    features = run_inference(pooled_features(model), images_only(
+        Split(paths, np.zeros(len(paths), np.int64)), size, batch))
+    start = len(train) if train is not None else 0
+    head = head_model(model)
+    for split in (s for s in splits if s.readable):
+        split.features = features[start:start + len(split.paths)]
+        split.probabilities = np.asarray(head(split.features), np.float64)
+        start += len(split.paths)
+    return features[:len(train)] if train is not None else None
 
 
 def _pixels(paths, size, batch):
@@ -328,18 +370,13 @@ def _training_split(config):
     return dataset.splits["train"], None
 
 
-def _duplicates(config, model, splits, size, batch, metrics):
-    train, reason = _training_split(config)
+def _duplicates(train, train_features, reason, splits, size, batch, metrics):
     if train is None:
         metrics["leaked_duplicates"] = {"checked": False, "reason": reason}
         return {"reason": reason}
-    embed = pooled_features(model)
-    train_features = run_inference(embed, images_only(train, size, batch))
     found, counts = [], {}
     for split in splits:
-        features = run_inference(embed, images_only(Split(split.paths, split.labels), size,
-                                                    batch))
-        pairs = duplicates.find_duplicates(train_features, features)
+        pairs = duplicates.find_duplicates(train_features, split.features)
         counts[split.name] = len(pairs)
         found += [(split, q, t, s) for q, t, s in pairs]
     found.sort(key=lambda row: -row[3])

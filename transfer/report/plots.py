@@ -176,3 +176,19 @@ def plot_coverage(coverage, accuracy, thresholds):
     ax.set_xlim(0, 1.02)
     ax.grid(alpha=0.3)
     return png_of(fig)
+
+
+def plot_explanation(image, overlays, labels, path, group):
+    """An image, then its Grad-CAM overlay for each of its top classes, titled with
+    the class and its probability."""
+    fig, axes = _pyplot().subplots(1, 1 + len(overlays), figsize=(2.4 * (1 + len(overlays)), 2.8),
+                                   squeeze=False)
+    axes[0, 0].imshow(np.clip(image, 0, 255).astype("uint8"))
+    axes[0, 0].set_title("image", fontsize=9)
+    for ax, overlay, (label, probability) in zip(axes[0, 1:], overlays, labels):
+        ax.imshow(overlay)
+        ax.set_title(f"{_shorten(label)} {probability:.1%}", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"Grad-CAM on {group}", fontsize=8, color="gray")
+    _save(fig, path)
