@@ -231,5 +231,61 @@ def test_predict_abstains_below_min_confidence_in_every_format(planted_run, caps
         assert re.search(rf"^{re.escape(path)}\s+{re.escape(label)}:  ", outputs["table"], re.M)
     result = run_cli("predict", run, folder, "--min-confidence", "1.5")
     assert result.exit_code == 2
-    assert last_line(result) == ("Error: --min-confidence must be a probability in [0, 1]. "
-                                 "Received: --min-confidence 1.5")
+    assert last_line(result) == ("Error: --min-confidence 1.5 is not a probability: expected "
+                                 "a value in [0, 1].")
+
+
+def chrome(tmp_path):
+    """Headless Debian chromium through Selenium, logging the console and the network;
+    skipped where it is absent (scripts/test installs it when it can)."""
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (the test extra has it)")
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed "
+                    "(apt-get install chromium chromium-driver; scripts/test does it as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1200,900",
+                     f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_report_opens_in_a_real_browser_without_errors_or_requests(planted_run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = (planted_run[0] / "report.html").resolve()
+    if not page.exists():  # the report command's test rebuilds it; never left absent
+        pytest.fail(f"{page} is missing")
+    driver = chrome(tmp_path)
+    try:
+        driver.get(page.as_uri())
+        for anchor, title in SECTIONS:
+            assert driver.find_element(By.ID, anchor).find_element(By.TAG_NAME, "h2").text == title
+        images = driver.execute_script(
+            "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(images) > 20 and all(ok and w > 0 and h > 0 for ok, w, h in images)
+        # The per-class table sorts by F1, highest first, on a click.
+        driver.find_element(By.XPATH, "//section[@id='per-class']//th[text()='F1']").click()
+        f1 = [float(c.text) for c in driver.find_elements(
+            By.CSS_SELECTOR, "#per-class tbody tr td:nth-child(4)")]
+        assert len(f1) == 10 and f1 == sorted(f1, reverse=True)
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1200, min(height + 100, 8000))
+        assert driver.save_screenshot(str(tmp_path / "report.png"))
+        assert Image.open(tmp_path / "report.png").size[1] > 2000
+        console = driver.get_log("browser")
+        requests = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
+    finally:
+        driver.quit()
+    assert [entry for entry in console if entry["level"] in ("SEVERE", "WARNING")] == []
+    # Every request the page made (the browser's own new-tab page makes others).
+    urls = {event["params"]["request"]["url"] for event in requests
+            if event["method"] == "Network.requestWillBeSent"
+            and event["params"].get("documentURL") == page.as_uri()}
+    assert {url for url in urls if not url.startswith("data:")} == {page.as_uri()}

@@ -54,8 +54,8 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
     """
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise InvalidArgumentError(
-            f"min_confidence must be a probability in [0, 1]. Received: "
-            f"min_confidence={min_confidence!r}")
+            f"min_confidence={min_confidence!r} is not a probability: expected a value in "
+            "[0, 1].")
     loaded = load_model(run_or_model, image_size=image_size)
     files, bad = list_image_files(paths)
     if not files:
