@@ -268,7 +268,8 @@ def test_report_opens_in_a_real_browser_without_errors_or_requests(planted_run, 
         for anchor, title in SECTIONS:
             assert driver.find_element(By.ID, anchor).find_element(By.TAG_NAME, "h2").text == title
         images = driver.execute_script(
-            "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            "return Array.from(document.images, "
+            "i => [i.complete, i.naturalWidth, i.naturalHeight])")
         assert len(images) > 20 and all(ok and w > 0 and h > 0 for ok, w, h in images)
         # The per-class table sorts by F1, highest first, on a click.
         driver.find_element(By.XPATH, "//section[@id='per-class']//th[text()='F1']").click()
@@ -280,7 +281,8 @@ def test_report_opens_in_a_real_browser_without_errors_or_requests(planted_run, 
         assert driver.save_screenshot(str(tmp_path / "report.png"))
         assert Image.open(tmp_path / "report.png").size[1] > 2000
         console = driver.get_log("browser")
-        requests = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
+        requests = [json.loads(entry["message"])["message"]
+                    for entry in driver.get_log("performance")]
     finally:
         driver.quit()
     assert [entry for entry in console if entry["level"] in ("SEVERE", "WARNING")] == []

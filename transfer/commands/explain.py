@@ -5,10 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.commands.predict import TOP_K, list_image_files
+from transfer.commands.predict import TOP_K, images_to_read
 from transfer.data.dataset import Split
-from transfer.data.pipeline import find_unreadable, images_only
-from transfer.errors import DataError
+from transfer.data.pipeline import images_only
 from transfer.io import make_writable_dir
 from transfer.report import gradcam
 from transfer.report.plots import plot_explanation
@@ -24,11 +23,7 @@ def explain(run_or_model, paths, out, top_k=TOP_K, group=None, image_size=None,
     of the top-k classes with their probabilities. Returns [(image, written file or
     None, top-k [(label, probability)], error or None)]."""
     loaded = load_model(run_or_model, image_size=image_size)
-    files, bad = list_image_files(paths)
-    if not files:
-        raise DataError(f"No images found in {', '.join(map(str, paths))}.")
-    bad.update(find_unreadable([f for f in files if f not in bad], progress=False))
-    good = [f for f in files if f not in bad]
+    files, bad, good = images_to_read(paths)
     cam = gradcam.cam_model(loaded.model, group)
     top_k = max(1, min(top_k, len(loaded.class_names)))
     out = make_writable_dir(out)

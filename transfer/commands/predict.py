@@ -42,6 +42,15 @@ def list_image_files(paths):
     return files, skipped
 
 
+def images_to_read(paths):
+    """(every file listed, {unusable file: reason}, the readable images) of `paths`."""
+    files, bad = list_image_files(paths)
+    if not files:
+        raise DataError(f"No images found in {', '.join(map(str, paths))}.")
+    bad.update(find_unreadable([f for f in files if f not in bad], progress=False))
+    return files, bad, [f for f in files if f not in bad]
+
+
 def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
             progress=None, tta=False, min_confidence=None):
     """Top-k labels for image files and folders: one row per image, in order.
@@ -57,11 +66,7 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
             f"min_confidence={min_confidence!r} is not a probability: expected a value in "
             "[0, 1].")
     loaded = load_model(run_or_model, image_size=image_size)
-    files, bad = list_image_files(paths)
-    if not files:
-        raise DataError(f"No images found in {', '.join(map(str, paths))}.")
-    bad.update(find_unreadable([f for f in files if f not in bad], progress=False))
-    good = [f for f in files if f not in bad]
+    files, bad, good = images_to_read(paths)
     top_k = max(1, min(top_k, len(loaded.class_names)))
     probabilities = np.zeros((0, len(loaded.class_names)))
     if good:
