@@ -6,6 +6,7 @@ scaled to [0, 1] and resized to the image, is the heat map."""
 import io
 
 import numpy as np
+from PIL import Image
 
 from transfer.errors import InvalidArgumentError
 from transfer.lazy import keras, tf
@@ -103,8 +104,6 @@ def overlay(image, heatmap, alpha=OVERLAY_ALPHA):
 def png_bytes(pixels, size=None):
     """PNG of uint8 pixels, enlarged to `size` on its longer side without smoothing
     (small inputs stay sharp)."""
-    from PIL import Image
-
     image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     if size and max(image.size) < size:
         scale = size / max(image.size)

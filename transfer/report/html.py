@@ -6,11 +6,13 @@ Images are inline; there are no requests and no script beyond sorting a table.""
 import base64
 import csv
 import html
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from transfer.data.dataset import Split
@@ -19,6 +21,7 @@ from transfer.data.sources import load_dataset
 from transfer.errors import InvalidArgumentError, first_line
 from transfer.io import save_model, write_json, write_text
 from transfer.models.heads import head_model, pooled_features
+from transfer.models.names import CLASSIFIER
 from transfer.report import calibration, duplicates, gradcam
 from transfer.report.plots import plot_coverage, plot_reliability
 from transfer.runs import (
@@ -78,8 +81,6 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
         raise InvalidArgumentError(
             f"{folder} holds no {METRICS_FILE}. Expected a run directory of `transfer "
             "finetune` or the --out folder of `transfer evaluate`.")
-    import json
-
     metrics = json.loads(metrics_path.read_text())
     is_run = (folder / CONFIG_FILE).is_file()
     config = read_config(folder) if is_run else {}
@@ -318,8 +319,6 @@ def _correct_examples(split, class_names, cam, size, batch):
 
 def _calibrate(folder, model, main, splits, metrics):
     """Temperature scaling fitted on validation, stored in model.keras."""
-    from transfer.models.names import CLASSIFIER
-
     if model.get_layer(CLASSIFIER).activation.__name__ != "softmax":
         raise InvalidArgumentError("calibrate=True needs a softmax classifier.")
     previous = metrics.get("calibration", {})
@@ -394,8 +393,6 @@ def _duplicates(train, train_features, reason, splits, size, batch, metrics):
 
 
 def _render(page):
-    import jinja2
-
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("transfer.report", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)

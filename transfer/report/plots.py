@@ -1,5 +1,7 @@
 """Plots for a run: confusion matrix and training curves, drawn with matplotlib."""
 
+import io
+
 import numpy as np
 
 from transfer.io import atomic_path
@@ -126,8 +128,6 @@ def plot_lr_find(learning_rates, losses, suggested, path):
 
 def png_of(fig):
     """A figure as PNG bytes, for pages that carry their images inline."""
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=DPI, bbox_inches="tight", format="png")
     _pyplot().close(fig)
