@@ -15,8 +15,8 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from transfer.data.dataset import Split
-from transfer.data.pipeline import drop_unreadable, find_unreadable, images_only
+from transfer.data.dataset import Split, printable_path
+from transfer.data.pipeline import find_unreadable, images_only
 from transfer.data.sources import load_dataset
 from transfer.errors import InvalidArgumentError, first_line
 from transfer.io import save_model, write_json, write_text
@@ -46,6 +46,11 @@ CAM_CORRECT_PER_CLASS = 2  # correct images per class with their Grad-CAM
 CONFUSED_PAIRS = 10
 THUMBNAIL = 96  # pixels, longer side
 MAX_DUPLICATES_SHOWN = 50  # all are counted in metrics.json; this many are drawn
+CAM_BATCH = 64  # images per Grad-CAM pass
+# Tracing a ResNet for the compiled path costs more than running a few thousand images
+# through it eagerly (on the sample at 32 px: 20 s against 4 s, 2 shared CPU cores); a
+# new model (the embedding one) would be traced for every report.
+EAGER_IMAGES, EAGER_BATCH = 4096, 128
 # Sections in page order: (anchor, title); the template and the browser test read it.
 SECTIONS = (("summary", "Summary"), ("training", "Training curves"),
             ("confusion", "Confusion matrix"), ("per-class", "Per-class metrics"),
@@ -102,7 +107,7 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
                                    (TEST_PREFIX, "test"))]
     splits = [s for s in splits if s is not None]
     main = splits[0]
-    train, no_train = _training_split(config)
+    train, no_train = _training_split(config, metrics.get("skipped_files", []))
     if main.readable:
         train_features = _embed_and_predict(model, train, splits, size, batch)
     page = {"sections": SECTIONS, "title": _title(folder, config, metrics),
@@ -124,9 +129,8 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
         page["calibration"] = _calibration(main, metrics.get("calibration"))
         metrics.setdefault("calibration", {})["ece"] = page["calibration"]["ece"]
         cam = gradcam.cam_model(model)
-        page["top_losses"] = _top_losses(main, class_names, cam, size, batch)
+        page["top_losses"], page["cam_correct"] = _gradcam_sections(main, class_names, cam, size)
         page["cam_group"] = cam.name.split("_", 1)[1]
-        page["cam_correct"] = _correct_examples(main, class_names, cam, size, batch)
         page["duplicates"] = _duplicates(train, train_features, no_train, splits, size, batch,
                                          metrics)
     write_json(metrics_path, metrics)
@@ -171,14 +175,23 @@ def _evaluated(folder, prefix, name, class_names):
                                                                            progress=False))
 
 
+def _features(model, split, size, batch):
+    """`model`'s outputs for a split: called as it is (eagerly) for up to EAGER_IMAGES
+    images, through the compiled inference path beyond."""
+    if len(split) > EAGER_IMAGES:
+        return run_inference(model, images_only(split, size, batch))
+    return np.concatenate([np.asarray(model(x, training=False))
+                           for x in images_only(split, size, EAGER_BATCH)])
+
+
 def _embed_and_predict(model, train, splits, size, batch):
     """One pass of the backbone over the training images (when known) and the splits':
     each split gets its features and, through the head, its probabilities. Returns the
     training images' features."""
     paths = [*(train.paths if train is not None else []),
              *(p for split in splits if split.readable for p in split.paths)]
-    features = run_inference(pooled_features(model), images_only(
-        Split(paths, np.zeros(len(paths), np.int64)), size, batch))
+    features = _features(pooled_features(model), Split(paths, np.zeros(len(paths), np.int64)),
+                         size, batch)
     start = len(train) if train is not None else 0
     head = head_model(model)
     for split in (s for s in splits if s.readable):
@@ -279,42 +292,38 @@ def _confusion(folder, class_names):
                          for c, t, p in off[:CONFUSED_PAIRS]]}
 
 
-def _with_cam(split, indices, classes, cam, size, batch):
+def _with_cam(split, indices, classes, cam, size):
     """Thumbnails and Grad-CAM overlays (for `classes`) of some images of a split."""
-    pixels = _pixels([split.paths[i] for i in indices], size, batch)
+    pixels = _pixels([split.paths[i] for i in indices], size, CAM_BATCH)
     if not len(indices):
         return []
-    maps = np.concatenate([gradcam.heatmaps(cam, pixels[s:s + batch], classes[s:s + batch])
-                           for s in range(0, len(indices), batch)])
+    maps = np.concatenate([gradcam.heatmaps(cam, pixels[s:s + CAM_BATCH],
+                                            classes[s:s + CAM_BATCH])
+                           for s in range(0, len(indices), CAM_BATCH)])
     return [(_thumbnail(image), _data_uri(gradcam.png_bytes(gradcam.overlay(image, m), THUMBNAIL)))
             for image, m in zip(pixels, maps)]
 
 
-def _top_losses(split, class_names, cam, size, batch):
+def _gradcam_sections(split, class_names, cam, size):
+    """The highest-loss images, and the most confident correct ones of each class
+    (CAM_CORRECT_PER_CLASS), each with its Grad-CAM for the predicted class."""
     losses = split.losses
-    order = np.argsort(-losses, kind="stable")[:TOP_LOSSES]
-    predicted = split.probabilities.argmax(axis=1)
-    images = _with_cam(split, order, predicted[order], cam, size, batch)
-    return [{"path": split.paths[i], "true": class_names[split.labels[i]],
-             "predicted": class_names[predicted[i]],
-             "confidence": split.probabilities[i, predicted[i]],
-             "true_probability": split.probabilities[i, split.labels[i]],
-             "loss": losses[i], "thumbnail": thumb, "cam": overlay}
-            for i, (thumb, overlay) in zip(order, images)]
-
-
-def _correct_examples(split, class_names, cam, size, batch):
-    """The most confident correct images, CAM_CORRECT_PER_CLASS per class."""
     predicted = split.probabilities.argmax(axis=1)
     confidence = split.probabilities.max(axis=1)
-    picked = []
+    top = list(np.argsort(-losses, kind="stable")[:TOP_LOSSES])
+    correct = []
     for c in range(len(class_names)):
-        correct = np.flatnonzero((split.labels == c) & (predicted == c))
-        picked += list(correct[np.argsort(-confidence[correct])][:CAM_CORRECT_PER_CLASS])
-    images = _with_cam(split, picked, predicted[picked], cam, size, batch)
-    return [{"path": split.paths[i], "label": class_names[predicted[i]],
-             "confidence": confidence[i], "thumbnail": thumb, "cam": overlay}
-            for i, (thumb, overlay) in zip(picked, images)]
+        right = np.flatnonzero((split.labels == c) & (predicted == c))
+        correct += list(right[np.argsort(-confidence[right])][:CAM_CORRECT_PER_CLASS])
+    images = _with_cam(split, top + correct, predicted[top + correct], cam, size)
+    top_losses = [{"path": split.paths[i], "true": class_names[split.labels[i]],
+                   "predicted": class_names[predicted[i]], "confidence": confidence[i],
+                   "loss": losses[i], "thumbnail": thumb, "cam": overlay}
+                  for i, (thumb, overlay) in zip(top, images)]
+    examples = [{"path": split.paths[i], "label": class_names[predicted[i]],
+                 "confidence": confidence[i], "thumbnail": thumb, "cam": overlay}
+                for i, (thumb, overlay) in zip(correct, images[len(top):])]
+    return top_losses, examples
 
 
 def _calibrate(folder, model, main, splits, metrics):
@@ -350,7 +359,7 @@ def _calibration(main, stored):
                           for p in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95) if (thresholds >= p).any()]}
 
 
-def _training_split(config):
+def _training_split(config, skipped_files):
     """The run's training images, found again from config.json (None: cannot be)."""
     if not config:
         return None, "this folder is not a run directory (no training images to compare)"
@@ -365,8 +374,10 @@ def _training_split(config):
         return None, "TFDS datasets are not compared"
     if dataset.fingerprint != config.get("dataset", {}).get("fingerprint"):
         return None, f"the images in {config['data']} changed since the run"
-    drop_unreadable(dataset, progress=False)
-    return dataset.splits["train"], None
+    train = dataset.splits["train"]
+    skipped = {s["path"] for s in skipped_files}  # unreadable: the run left them out
+    keep = [i for i, p in enumerate(train.paths) if printable_path(p) not in skipped]
+    return Split([train.paths[i] for i in keep], train.labels[keep]), None
 
 
 def _duplicates(train, train_features, reason, splits, size, batch, metrics):
