@@ -61,6 +61,7 @@ def planted_folder(root):
             image = image.resize((2 * image.width, 2 * image.height), Image.BILINEAR)
         image.convert("RGB").save(copy, **({"quality": 75} if kind == "jpeg" else {}))
         planted.add((str(copy), str(original)))
+    (root / "train" / "Bag" / "broken.png").write_bytes(b"not a PNG")  # skipped, reported
     return root, planted
 
 
@@ -77,7 +78,7 @@ def planted_run(tmp_path_factory):
 
 
 def test_run_writes_a_self_contained_report_with_every_section(planted_run):
-    run, _, _ = planted_run
+    run, data, _ = planted_run
     page = (run / "report.html").read_text()
     for anchor, title in SECTIONS:
         assert f'<section id="{anchor}"><h2>{title}</h2>' in page
@@ -85,8 +86,12 @@ def test_run_writes_a_self_contained_report_with_every_section(planted_run):
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) > 20 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"(href|src)=\"(https?:)?//", page)  # nothing fetched from anywhere
-    for item in ("random initialisation", "head 3 epochs", "Sandal", "test (42 images)"):
+    for item in ("random initialisation", "head 3 epochs", "Sandal", "test (42 images)",
+                 "train 201, val 64, test 42"):
         assert item in page
+    skipped = json.loads((run / "metrics.json").read_text())["skipped_files"]
+    assert [s["path"] for s in skipped] == [str(data / "train" / "Bag" / "broken.png")]
+    assert re.search(r'<td class="path">[^<]*broken.png</td><td>[^<]+</td>', page)
 
 
 def test_leaked_duplicates_are_exactly_the_planted_copies(planted_run):

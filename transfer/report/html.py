@@ -93,50 +93,61 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
         raise InvalidArgumentError(
             f"calibrate=True: {folder} is not a run directory; temperature scaling is "
             "fitted on a run's validation images and stored in its model.")
-    if model is None:
-        loaded = load_model(folder if is_run else metrics["model"])
-    elif isinstance(model, LoadedModel):  # evaluate's, already loaded
-        loaded = model
-    else:  # the run's model, still in memory
-        loaded = LoadedModel(model, RunPaths(folder).model, read_labels(RunPaths(folder).labels),
-                             tuple(model.input_shape[1:3]))
-    model, class_names = loaded.model, loaded.class_names
-    size, batch = loaded.image_size, batch_size
-    splits = [_evaluated(folder, prefix, name, class_names)
+    loaded = _loaded_model(folder, metrics, is_run, model)
+    splits = [_evaluated(folder, prefix, name, loaded.class_names)
               for prefix, name in (("", "val" if is_run else metrics.get("split", "data")),
                                    (TEST_PREFIX, "test"))]
     splits = [s for s in splits if s is not None]
-    main = splits[0]
-    train, no_train = _training_split(config, metrics.get("skipped_files", []))
-    if main.readable:
-        train_features = _embed_and_predict(model, train, splits, size, batch)
     page = {"sections": SECTIONS, "title": _title(folder, config, metrics),
             "generated": datetime.now().isoformat(timespec="seconds"),
-            "summary": _summary(folder, config, metrics, main, class_names),
+            "summary": _summary(config, metrics, loaded.class_names),
             "curves": _inline_file(RunPaths(folder).curves),
             "confusion_png": _inline_file(folder / report_file("confusion_matrix.png")),
-            "skipped": metrics.get("skipped_files", [])}
-    page.update(_confusion(folder, class_names))
-    page["per_class"] = [{"name": name, **values}
-                         for name, values in _main_metrics(metrics, is_run)["per_class"].items()]
-    if not main.readable:
+            "per_class": [{"name": name, **values} for name, values in
+                          (metrics["val"] if is_run else metrics)["per_class"].items()],
+            "skipped": metrics.get("skipped_files", []),
+            **_confusion(folder, loaded.class_names)}
+    if splits[0].readable:
+        page.update(_image_sections(folder, loaded, config, metrics, splits, calibrate,
+                                    batch_size))
+    else:
         page["no_images"] = f"the images of {folder / report_file('predictions.csv')} " \
                             "cannot be read any more"
-    else:
-        splits = [s for s in splits if s.readable]
-        if calibrate:
-            metrics["calibration"] = _calibrate(folder, model, main, splits, metrics)
-        page["calibration"] = _calibration(main, metrics.get("calibration"))
-        metrics.setdefault("calibration", {})["ece"] = page["calibration"]["ece"]
-        cam = gradcam.cam_model(model)
-        page["top_losses"], page["cam_correct"] = _gradcam_sections(main, class_names, cam, size)
-        page["cam_group"] = cam.name.split("_", 1)[1]
-        page["duplicates"] = _duplicates(train, train_features, no_train, splits, size, batch,
-                                         metrics)
     write_json(metrics_path, metrics)
     path = folder / REPORT_HTML
     write_text(path, _render(page))
     return path, metrics
+
+
+def _loaded_model(folder, metrics, is_run, model):
+    if model is None:
+        return load_model(folder if is_run else metrics["model"])
+    if isinstance(model, LoadedModel):  # evaluate's, already loaded
+        return model
+    paths = RunPaths(folder)  # the run's model, still in memory
+    return LoadedModel(model, paths.model, read_labels(paths.labels),
+                       tuple(model.input_shape[1:3]))
+
+
+def _image_sections(folder, loaded, config, metrics, splits, calibrate, batch):
+    """The sections that need the images and the model: calibration, Grad-CAM,
+    leaked duplicates. Updates `metrics` with what they find."""
+    model, size = loaded.model, loaded.image_size
+    train, no_train = _training_split(config, metrics.get("skipped_files", []))
+    splits = [s for s in splits if s.readable]
+    main = splits[0]
+    train_features = _embed_and_predict(model, train, splits, size, batch)
+    if calibrate:
+        metrics["calibration"] = _calibrate(folder, model, main, splits, metrics)
+    page = {"calibration": _calibration(main, metrics.get("calibration"))}
+    metrics.setdefault("calibration", {})["ece"] = page["calibration"]["ece"]
+    cam = gradcam.cam_model(model)
+    page["top_losses"], page["cam_correct"] = _gradcam_sections(main, loaded.class_names, cam,
+                                                                size)
+    page["cam_group"] = cam.name.split("_", 1)[1]
+    page["duplicates"] = _duplicates(train, train_features, no_train, splits, size, batch,
+                                     metrics)
+    return page
 
 
 def write_report_or_warn(folder, metrics, calibrate=False, model=None,
@@ -152,10 +163,6 @@ def write_report_or_warn(folder, metrics, calibrate=False, model=None,
 
 
 # ------------------------------------------------------------------------ inputs
-
-
-def _main_metrics(metrics, is_run):
-    return metrics["val"] if is_run else metrics
 
 
 def _read_predictions(path, class_names):
@@ -228,9 +235,8 @@ def _title(folder, config, metrics):
     return f"transfer report: {Path(folder).name} ({data})"
 
 
-def _summary(folder, config, metrics, main, class_names):
+def _summary(config, metrics, class_names):
     """(label, value) rows."""
-    m = metrics if not config else metrics.get("val", {})
     options = config.get("options", {})
     rows = [("data", config.get("data") or metrics.get("data"))]
     if config:
@@ -246,7 +252,7 @@ def _summary(folder, config, metrics, main, class_names):
         rows += [("model", metrics.get("model")), ("split", metrics.get("split"))]
     rows.append(("classes", f"{len(class_names)}: {', '.join(class_names)}"))
     for split in ("val", "test") if config else ("",):
-        values = metrics.get(split, {}) if split else m
+        values = metrics.get(split, {}) if split else metrics
         if not values:
             continue
         label = {"val": "validation", "test": "test", "": "evaluation"}[split]
