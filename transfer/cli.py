@@ -525,8 +525,8 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
              tta):
     """Evaluate a trained classifier on labelled images.
 
-    Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv
-    and metrics.json to --out. Images of classes the model does not know are
+    Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv,
+    metrics.json and report.html to --out. Images of classes the model does not know are
     counted and reported apart.
 
     \b

@@ -7,6 +7,7 @@ a folder for a run, the resume check, and loading a run (or a bare model file) b
     history.csv, training_curves.png, metrics.json, and per evaluated split
     classification_report.txt, confusion_matrix.png|.csv, predictions.csv
     ("test_" before each name for the test split)
+    report.html    one self-contained page of all of it (transfer.report.html)
     logs/          TensorBoard, one folder per phase
     checkpoints/   what --resume needs while the run is not complete
 """
