@@ -17,9 +17,10 @@ from transfer.startup_noise import is_noise
 
 PACKAGE = Path(transfer.__file__).parent
 # Heavy or optional libraries a module may import inside a function, on first use.
-DEFERRABLE = {"tensorflow", "tensorflow_datasets", "keras", "sklearn", "matplotlib", "torch"}
+DEFERRABLE = {"tensorflow", "tensorflow_datasets", "keras", "sklearn", "matplotlib", "torch",
+              "scipy"}
 COMMANDS = ("finetune", "evaluate", "predict", "embed", "probe", "export", "info", "weights",
-            "lr-find")
+            "lr-find", "report", "explain")
 
 
 def _module_name(path):

@@ -22,12 +22,14 @@ import click  # noqa: E402
 
 from transfer.commands import embed as embed_command  # noqa: E402
 from transfer.commands import evaluate as evaluate_command  # noqa: E402
+from transfer.commands import explain as explain_command  # noqa: E402
 from transfer.commands import export as export_command  # noqa: E402
 from transfer.commands import finetune as finetune_command  # noqa: E402
 from transfer.commands import info as info_command  # noqa: E402
 from transfer.commands import lr_find as lr_find_command  # noqa: E402
 from transfer.commands import predict as predict_command  # noqa: E402
 from transfer.commands import probe as probe_command  # noqa: E402
+from transfer.commands import report as report_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
 from transfer.errors import RunInterruptedError, TransferError  # noqa: E402
 from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
@@ -259,6 +261,12 @@ reports_out_option = click.option("--out", required=True, type=click.Path(file_o
                                   help="Folder for the reports.")
 
 
+calibrate_option = click.option(
+    "--calibrate", is_flag=True,
+    help="Fit a temperature on the validation images and store it in the model "
+         "(report.html shows the calibration error before and after).")
+
+
 def _finetune_option(flag, name=None, **kwargs):
     """An option of `finetune` whose default is FinetuneOptions'."""
     name = name or flag.lstrip("-").replace("-", "_")
@@ -441,7 +449,8 @@ recipe_options = _options(
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in --out from its last completed epoch "
                    "(same command otherwise).")
-def finetune(data, out, overwrite, resume, **options):
+@calibrate_option
+def finetune(data, out, overwrite, resume, calibrate, **options):
     """Fine-tune a ResNet on a folder of images (or a TFDS dataset).
 
     Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the groups
@@ -459,7 +468,7 @@ def finetune(data, out, overwrite, resume, **options):
     if resume and not out:
         raise click.UsageError("--resume needs the --out of the run to continue.")
     result = finetune_command.finetune(data, out=out, overwrite=overwrite, resume=resume,
-                                       **options)
+                                       calibrate=calibrate, **options)
     echo("")
     for split, name in (("val", "validation"), ("test", "test")):
         if split in result.metrics:
@@ -544,8 +553,8 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
              tta, **table):
     """Evaluate a trained classifier on labelled images.
 
-    Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv
-    and metrics.json to --out. Images of classes the model does not know are
+    Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv,
+    metrics.json and report.html to --out. Images of classes the model does not know are
     counted and reported apart.
 
     \b
@@ -573,7 +582,12 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
 @any_size_option
 @click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
                                           "horizontal mirror's (not for digits or text).")
-def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, tta):
+@click.option("--min-confidence", type=float,
+              help=f"Label an image '{predict_command.UNKNOWN}' when its top probability is "
+                   "below this (report.html shows accuracy against coverage; single-label "
+                   "models).")
+def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, tta,
+            min_confidence):
     """Top-k labels and probabilities for image files and folders (for a multi-label
     model: every label above its threshold).
 
@@ -583,18 +597,24 @@ def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, t
     Examples:
       transfer predict runs/flowers photo.jpg ./more-photos
       transfer predict runs/flowers ./photos --format csv > predictions.csv
+      transfer predict runs/flowers ./photos --min-confidence 0.8
     """
     rows = predict_command.predict(run_or_model, paths, top_k=top_k, batch_size=batch_size,
-                                   image_size=image_size, tta=tta)
+                                   image_size=image_size, tta=tta, min_confidence=min_confidence)
     PREDICTION_PRINTERS[output_format](rows)
     errors = sum(1 for r in rows if r["error"])
     if errors:
         click.echo(f"{errors} of {len(rows)} files could not be read.", err=True)
 
 
+def _label(r):
+    """{"label": ...} where predict chose one (with --min-confidence), else nothing."""
+    return {"label": r["label"]} if "label" in r else {}
+
+
 def _print_json(rows):
     echo(json.dumps([
-        {"path": r["path"], "error": r["error"],
+        {"path": r["path"], **_label(r), "error": r["error"],
          "predictions": [{"label": label, "probability": p} for label, p in r["predictions"]]}
         for r in rows], indent=2))
 
@@ -602,12 +622,13 @@ def _print_json(rows):
 def _print_csv(rows):
     writer = csv.writer(results_stream())
     k = max((len(r["predictions"]) for r in rows), default=0)
-    writer.writerow(["path", *[f"{kind}_{i + 1}" for i in range(k)
-                               for kind in ("label", "probability")], "error"])
+    chosen = ["label"] if rows and "label" in rows[0] else []
+    writer.writerow(["path", *chosen, *[f"{kind}_{i + 1}" for i in range(k)
+                                        for kind in ("label", "probability")], "error"])
     for r in rows:
         cells = [c for label, p in r["predictions"] for c in (label, f"{p:.6f}")]
         cells += [""] * (2 * k - len(cells))
-        writer.writerow([r["path"], *cells, r["error"] or ""])
+        writer.writerow([r["path"], *[r["label"] or "" for _ in chosen], *cells, r["error"] or ""])
 
 
 def _print_table(rows):
@@ -617,7 +638,8 @@ def _print_table(rows):
             echo(f"{r['path']:<{width}}  error: {r['error']}")
         else:  # a multi-label row can hold no label above its threshold
             shown = "  ".join(f"{label} {p:.3f}" for label, p in r["predictions"]) or "(none)"
-            echo(f"{r['path']:<{width}}  {shown}")
+            chosen = f"{r['label']}:  " if "label" in r else ""
+            echo(f"{r['path']:<{width}}  {chosen}{shown}")
 
 
 PREDICTION_PRINTERS = {"table": _print_table, "csv": _print_csv, "json": _print_json}
@@ -723,6 +745,59 @@ def probe(embeddings, out, folds, seed, overwrite):
         if split in metrics:
             _echo_metrics(name, metrics[split])
     echo(f"C = {metrics['C']:.4g}; reports: {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@calibrate_option
+@batch_size_option
+def report(run_dir, calibrate, batch_size):
+    """Build report.html again from a run directory (or an evaluate --out folder).
+
+    One self-contained page: summary, training curves, confusion matrix, per-class
+    metrics, most confused pairs, highest-loss images, Grad-CAM, calibration, leaked
+    duplicates and skipped files. Open it in any browser.
+
+    \b
+    Examples:
+      transfer report runs/flowers && xdg-open runs/flowers/report.html
+      transfer report runs/flowers --calibrate
+    """
+    path, metrics = report_command.report(run_dir, calibrate=calibrate, batch_size=batch_size)
+    calibration = metrics.get("calibration", {})
+    if "temperature" in calibration:
+        echo(f"temperature {calibration['temperature']:.3f}: validation ECE "
+             f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+    leaked = metrics.get("leaked_duplicates", {})
+    if leaked.get("checked"):
+        echo("leaked duplicates: " + ", ".join(f"{split} {leaked[split]}"
+                                               for split in ("val", "test") if split in leaked))
+    echo(f"report: {path}")
+
+
+@cli.command()
+@click.argument("run_or_model", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the overlays (<image name>.gradcam.png).")
+@click.option("--top-k", type=int, default=predict_command.TOP_K, show_default=True)
+@click.option("--group", help="Convolutional group to explain (conv2..conv5, post) "
+                              "[default: the last one at least 4 cells wide].")
+@any_size_option
+def explain(run_or_model, paths, out, top_k, group, image_size):
+    """Grad-CAM heat maps of the top-k classes for image files and folders.
+
+    \b
+    Example:
+      transfer explain runs/flowers photo.jpg ./more-photos --out explained
+    """
+    rows = explain_command.explain(run_or_model, paths, out, top_k=top_k, group=group,
+                                   image_size=image_size)
+    for path, written, labels, error in rows:
+        if error:
+            echo(f"{path}  error: {error}")
+        else:
+            echo(f"{path}  {'  '.join(f'{label} {p:.3f}' for label, p in labels)}  -> {written}")
 
 
 def main():

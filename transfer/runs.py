@@ -8,6 +8,7 @@ a folder for a run, the resume check, and loading a run (or a bare model file) b
     history.csv, training_curves.png, metrics.json, and per evaluated split
     classification_report.txt, confusion_matrix.png|.csv, predictions.csv
     ("test_" before each name for the test split)
+    report.html    one self-contained page of all of it (transfer.report.html)
     logs/          TensorBoard, one folder per phase
     checkpoints/   what --resume needs while the run is not complete
 """
@@ -41,6 +42,7 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
 AUGMENTATION_PREVIEW_FILE = "augmentation_preview.png"
+REPORT_HTML = "report.html"  # transfer.report.html: the page built from the files above
 REPORT_FILES = ("classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
                 "predictions.csv")
 TEST_PREFIX = "test_"  # the test split's reports: test_predictions.csv, ...
@@ -54,7 +56,7 @@ LOCK_WRITE_SECONDS = 10  # a lock without a pid yet is being written for this lo
 
 # The files and folders a run writes; overwrite=True removes exactly these.
 RUN_FILES = (CONFIG_FILE, LABELS_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE,
-             AUGMENTATION_PREVIEW_FILE,
+             AUGMENTATION_PREVIEW_FILE, REPORT_HTML,
              *REPORT_FILES, *(TEST_PREFIX + name for name in REPORT_FILES))
 RUN_FOLDERS = (LOGS_DIR, CHECKPOINTS_DIR)
 

@@ -12,6 +12,7 @@ from transfer.data.sources import evaluation_split, load_dataset
 from transfer.errors import DataError
 from transfer.io import write_json
 from transfer.models.heads import MULTI_LABEL
+from transfer.report.html import write_report_or_warn
 from transfer.report.metrics import compute_metrics, write_reports
 from transfer.runs import METRICS_FILE, load_model, prepare_run_dir
 from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
@@ -55,7 +56,7 @@ def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_siz
     write_json(Path(out) / METRICS_FILE, metrics)  # first: a failing report must not lose it
     write_reports(out, labels, probabilities, loaded.class_names, paths,
                   thresholds=loaded.thresholds)
-    return metrics
+    return write_report_or_warn(out, metrics, batch_size=batch_size, model=loaded)
 
 
 def _match_classes(dataset, split, class_names, data):

@@ -23,6 +23,7 @@ from transfer.io import save_model, save_weights, write_csv, write_json
 from transfer.lazy import keras
 from transfer.models.groups import freeze, groups, unfreeze
 from transfer.models.heads import MULTI_LABEL, build_classifier
+from transfer.report.html import write_report_or_warn
 from transfer.report.metrics import compute_metrics, tune_thresholds, write_reports
 from transfer.report.plots import plot_image_grid, plot_training_curves
 from transfer.runs import (
@@ -71,12 +72,14 @@ class RunResult:
     model: object = None
 
 
-def finetune(data, out=None, overwrite=False, resume=False, options=None, **overrides):
+def finetune(data, out=None, overwrite=False, resume=False, options=None, calibrate=False,
+             **overrides):
     """Fine-tune a ResNet on `data` (a folder, `tfds:NAME`, or a CSV file or pandas
     DataFrame of paths and labels) and write a run directory.
 
     Options are the fields of `FinetuneOptions`, given as an object or as keywords.
     `resume=True` continues an interrupted run in `out` from its last completed epoch.
+    `calibrate=True` fits a temperature on validation and stores it in the model.
     Returns a `RunResult` with the run directory, the metrics and the model.
     """
     options = resolve_options(options, **overrides)
@@ -89,14 +92,18 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, **over
         keras.utils.set_random_seed(options.seed)
         dataset, model, config = _start(data, out, paths, options, strategy, resume)
         try:
-            return _train_and_report(out, paths, model, dataset, config, options, strategy,
-                                     chief, resume, started)
+            result = _train_and_report(out, paths, model, dataset, config, options, strategy,
+                                       chief, resume, started)
         except BaseException as exc:
             _record_stop(paths, exc)
             if isinstance(exc, KeyboardInterrupt):
                 raise RunInterruptedError(
                     f"The run was interrupted. resume=True out={out} continues it.") from exc
             raise
+        if chief:
+            result.metrics = write_report_or_warn(paths.root, result.metrics, calibrate,
+                                                  model=local_copy(model, strategy))
+        return result
 
 
 def _start(data, out, paths, options, strategy, resume):

@@ -7,13 +7,14 @@ import numpy as np
 from transfer.data.dataset import Split, printable_path
 from transfer.data.pipeline import find_unreadable, images_only
 from transfer.data.sources import IMAGE_EXTENSIONS, NOT_AN_IMAGE
-from transfer.errors import DataError
+from transfer.errors import DataError, InvalidArgumentError
 from transfer.models.heads import MULTI_LABEL
 from transfer.runs import load_model
 from transfer.runtime import INFERENCE_BATCH_SIZE, MULTI_LABEL_THRESHOLD, run_inference
 
 TOP_K = 3
 OUTPUT_FORMATS = ("table", "csv", "json")  # how the command line prints the rows
+UNKNOWN = "unknown"  # the label of an image below min_confidence: the model abstains
 
 
 def list_image_files(paths):
@@ -42,8 +43,17 @@ def list_image_files(paths):
     return files, skipped
 
 
+def images_to_read(paths):
+    """(every file listed, {unusable file: reason}, the readable images) of `paths`."""
+    files, bad = list_image_files(paths)
+    if not files:
+        raise DataError(f"No images found in {', '.join(map(str, paths))}.")
+    bad.update(find_unreadable([f for f in files if f not in bad], progress=False))
+    return files, bad, [f for f in files if f not in bad]
+
+
 def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
-            progress=None, tta=False):
+            progress=None, tta=False, min_confidence=None):
     """Top-k labels for image files and folders: one row per image, in order.
 
     A row is {"path", "predictions": [(label, probability), ...], "error": None}; an
@@ -51,13 +61,19 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
     multi-label model's row holds every label at or above its threshold (stored in
     the model), most probable first, and no other.
     `tta` averages each image's probabilities with its horizontal mirror's.
+    With `min_confidence`, each row also has a "label": the top class, or UNKNOWN where
+    its probability is below `min_confidence` (report.html shows the trade-off).
     """
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise InvalidArgumentError(
+            f"min_confidence={min_confidence!r} is not a probability: expected a value in "
+            "[0, 1].")
     loaded = load_model(run_or_model, image_size=image_size)
-    files, bad = list_image_files(paths)
-    if not files:
-        raise DataError(f"No images found in {', '.join(map(str, paths))}.")
-    bad.update(find_unreadable([f for f in files if f not in bad], progress=False))
-    good = [f for f in files if f not in bad]
+    if min_confidence is not None and loaded.task == MULTI_LABEL:
+        raise InvalidArgumentError(
+            f"min_confidence={min_confidence!r} is for single-label models: a multi-label "
+            "model already abstains per label below the thresholds stored in it.")
+    files, bad, good = images_to_read(paths)
     top_k = max(1, min(top_k, len(loaded.class_names)))
     probabilities = np.zeros((0, len(loaded.class_names)))
     if good:
@@ -77,7 +93,12 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
                 order = [i for i in np.argsort(-results[path]) if results[path][i] >= thresholds[i]]
             rows.append({"path": printable_path(path), "error": None, "predictions": [
                 (loaded.class_names[i], float(results[path][i])) for i in order]})
+            if min_confidence is not None:
+                top = rows[-1]["predictions"][0]
+                rows[-1]["label"] = top[0] if top[1] >= min_confidence else UNKNOWN
         else:
             rows.append({"path": printable_path(path), "predictions": [],
                          "error": bad[path]})
+            if min_confidence is not None:
+                rows[-1]["label"] = None
     return rows

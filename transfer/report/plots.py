@@ -1,5 +1,7 @@
 """Plots for a run: confusion matrix and training curves, drawn with matplotlib."""
 
+import io
+
 import numpy as np
 
 from transfer.io import atomic_path
@@ -121,4 +123,72 @@ def plot_lr_find(learning_rates, losses, suggested, path):
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss (smoothed)")
     ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def png_of(fig):
+    """A figure as PNG bytes, for pages that carry their images inline."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, bbox_inches="tight", format="png")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def plot_reliability(bins, ece, ece_before=None):
+    """Reliability diagram: accuracy against confidence per bin, with the diagonal of a
+    calibrated model and the share of images per bin below. PNG bytes."""
+    fig, (ax, count_ax) = _pyplot().subplots(
+        2, 1, figsize=(4.6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    lower = np.array([b[0] for b in bins])
+    width = bins[0][1] - bins[0][0]
+    accuracy = np.array([b[3] for b in bins], dtype=float)
+    counts = np.array([b[4] for b in bins])
+    ax.bar(lower, np.nan_to_num(accuracy), width=width, align="edge", edgecolor="navy",
+           color="cornflowerblue", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+    title = f"ECE {ece:.3f}" if ece_before is None else \
+        f"ECE {ece:.3f} (before temperature scaling {ece_before:.3f})"
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    count_ax.bar(lower, counts / max(counts.sum(), 1), width=width, align="edge", color="gray")
+    count_ax.set_xlabel("confidence")
+    count_ax.set_ylabel("images")
+    return png_of(fig)
+
+
+def plot_coverage(coverage, accuracy, thresholds):
+    """Accuracy of the images kept against the share kept when the model abstains
+    below a confidence threshold (some thresholds marked). PNG bytes."""
+    fig, ax = _pyplot().subplots(figsize=(4.6, 3.6))
+    ax.plot(coverage, accuracy, color="navy")
+    for p in (0.5, 0.7, 0.9):
+        kept = np.flatnonzero(thresholds >= p)
+        if len(kept):
+            i = kept[-1]
+            ax.plot(coverage[i], accuracy[i], "o", color="firebrick", markersize=4)
+            ax.annotate(f"P={p}", (coverage[i], accuracy[i]), fontsize=8,
+                        textcoords="offset points", xytext=(4, -10))
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("accuracy on the images answered")
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    return png_of(fig)
+
+
+def plot_explanation(image, overlays, labels, path, group):
+    """An image, then its Grad-CAM overlay for each of its top classes, titled with
+    the class and its probability."""
+    fig, axes = _pyplot().subplots(1, 1 + len(overlays), figsize=(2.4 * (1 + len(overlays)), 2.8),
+                                   squeeze=False)
+    axes[0, 0].imshow(np.clip(image, 0, 255).astype("uint8"))
+    axes[0, 0].set_title("image", fontsize=9)
+    for ax, overlay, (label, probability) in zip(axes[0, 1:], overlays, labels):
+        ax.imshow(overlay)
+        ax.set_title(f"{_shorten(label)} {probability:.1%}", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"Grad-CAM on {group}", fontsize=8, color="gray")
     _save(fig, path)
