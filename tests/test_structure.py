@@ -17,7 +17,8 @@ from transfer.startup_noise import is_noise
 
 PACKAGE = Path(transfer.__file__).parent
 # Heavy or optional libraries a module may import inside a function, on first use.
-DEFERRABLE = {"tensorflow", "tensorflow_datasets", "keras", "sklearn", "matplotlib", "torch"}
+DEFERRABLE = {"tensorflow", "tensorflow_datasets", "keras", "sklearn", "matplotlib", "torch",
+              "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert"}
 COMMANDS = ("finetune", "evaluate", "predict", "embed", "probe", "export", "info", "weights",
             "lr-find")
 

@@ -226,10 +226,10 @@ def test_bad_model_inputs(trained, tmp_path):
     assert result.exit_code == 2
     assert "is a feature extractor (output shape (None, 2048)), not a classifier" in last_line(result)
 
-    result = run_cli("export", run, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    result = run_cli("export", run, "--format", "coreml", "--out", tmp_path / "m.mlmodel")
     assert result.exit_code == 2
-    assert last_line(result) == ("Error: Unknown export format: 'onnx'. Expected one of keras, "
-                                 "savedmodel, tflite, h5.")
+    assert last_line(result) == ("Error: Unknown export format: 'coreml'. Expected one of keras, "
+                                 "savedmodel, tflite, onnx, h5.")
     result = run_cli("export", run, "--format", "tflite", "--out", tmp_path / "m.keras")
     assert last_line(result) == (f"Error: --out {tmp_path / 'm.keras'}: a TFLite export needs a "
                                  "name ending in .tflite.")
