@@ -54,7 +54,7 @@ def exported(tmp_path_factory):
     outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, outputs)
     model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(images.astype("float32"), labels, epochs=15, batch_size=32, verbose=0)
+    model.fit(images.astype("float32"), labels, epochs=80, batch_size=32, verbose=0)
     run = root / "run"
     run.mkdir()
     model.save(run / "model.keras")
