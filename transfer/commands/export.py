@@ -72,7 +72,7 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
     model = (feature_extractor_of(loaded.model, pooling=pooling, group=group)
              if feature_extractor else loaded.model)
     _check_out(out, format, overwrite, labels=not feature_extractor)
-    dataset = _run_dataset(loaded.path, data) if compare or quantize == "int8" else None
+    dataset = run_dataset(loaded.path, data) if compare or quantize == "int8" else None
     info = ExportInfo(loaded.image_size, None if feature_extractor else loaded.class_names,
                       source=str(Path(run_or_model).resolve()), quantize=quantize,
                       representative=_representative(dataset, loaded.image_size))
@@ -112,7 +112,7 @@ def _check_out(out, format, overwrite, labels):
             f"{labels_path} exists. Choose another out or pass overwrite=True.")
 
 
-def _run_dataset(model_path, data):
+def run_dataset(model_path, data):
     """The images the model was trained on (its run's config.json), split as in that
     run; or `data`, split with the default fractions. None, with a warning, where
     there are none."""
