@@ -219,5 +219,5 @@ def test_a_resnet50_run_in_every_format_and_quantisation(tmp_path):
                          tmp_path / f"eval-{name}")
         assert result.exit_code == 0, result.output
         metrics = json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text())
-        assert metrics["compared_with"] == str(run.resolve())  # the run the export names
+        assert metrics["compared_with"] == str(run.resolve() / "model.keras")  # its source
         assert metrics["agreement"]["images"] == 300
