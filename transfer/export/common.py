@@ -4,7 +4,7 @@ uint8 pixel signature, and the runner interface that reads an exported file back
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,13 +32,12 @@ class ExportInfo:
     source: str = ""  # the run or model file exported
     quantize: str = "none"
     representative: object = None  # callable -> iterable of uint8 image batches (int8)
-    extra: dict = field(default_factory=dict)
 
     def metadata(self):
         """The metadata embedded in exported files: the same keys in every format."""
         return {"class_names": self.class_names, "image_size": list(self.image_size),
                 "input": INPUT, "normalization": NORMALIZATION, "quantization": self.quantize,
-                "source": self.source, "transfer_version": __version__, **self.extra}
+                "source": self.source, "transfer_version": __version__}
 
 
 def output_name(model):

@@ -96,8 +96,8 @@ class SavedModelRunner(Runner):
         self.path = Path(path)
         metadata_path = self.path / METADATA_FILE
         self.metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
-        self.class_names = self.metadata.get("class_names") or read_labels(self.path /
-                                                                             LABELS_FILE)
+        self.class_names = (self.metadata.get("class_names")
+                            or read_labels(self.path / LABELS_FILE))
         self.image_size = tuple(image_size or self.metadata.get("image_size") or ())
         self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
 
