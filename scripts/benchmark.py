@@ -21,7 +21,11 @@
     `transfer finetune` with its defaults, each in a fresh process, with random
     initialisation and, given --weights, from those weights: wall time, test
     accuracy, peak RSS, and when `transfer` first reached the guide's final test
-    accuracy on validation (history.csv's elapsed_seconds, from process start).
+    accuracy on validation (history.csv's elapsed_seconds, from process start);
+(j) exports (--exports RUN): the run in every format and TFLite quantisation, each
+    read back by its own runtime (Keras, TensorFlow, LiteRT, onnxruntime): file size,
+    single-image latency, batch throughput, and accuracy and top-1 agreement against
+    the Keras model on the run's validation images.
 Plain-Keras baselines run in their own processes without `transfer`, so they see
 TensorFlow's own settings. Prints a table and writes JSON.  Example:
 
@@ -272,6 +276,66 @@ def print_time_to_accuracy(rows):
                   f"{row['phase2_epoch_over_steps']:.2f}; kept: {row['transfer_kept']}")
 
 
+EXPORTS = [("keras", "none", "model.keras"), ("savedmodel", "none", "savedmodel"),
+           ("onnx", "none", "model.onnx"),
+           *[("tflite", q, f"model-{q}.tflite") for q in ("none", "float16", "dynamic", "int8")]]
+
+
+def _size_mb(path):
+    path = Path(path)
+    files = path.rglob("*") if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+
+
+def _median_seconds(call, repeats):
+    call()  # warm-up: first calls build kernels and allocate
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def bench_exports(run, batch, repeats=20):
+    """(j): every export of one run, side by side on the same images."""
+    from transfer.commands.export import compare_with_keras, export, run_dataset
+    from transfer.export import open_model
+    from transfer.runs import load_model
+
+    loaded = load_model(run)
+    dataset = run_dataset(loaded.path, None)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, *loaded.image_size, 3)).astype("uint8")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, quantize, name in EXPORTS:
+            out = Path(tmp) / name
+            start = time.perf_counter()
+            export(run, out, format=fmt, quantize=quantize, compare=False)
+            seconds = time.perf_counter() - start
+            runner = open_model(out)
+            agreement = compare_with_keras(loaded, out, dataset)
+            rows.append({
+                "format": fmt, "quantize": quantize, "export_seconds": seconds,
+                "size_mb": _size_mb(out),
+                "latency_ms": 1000 * _median_seconds(lambda: runner.predict(images[:1]), repeats),
+                "images_per_s": batch / _median_seconds(lambda: runner.predict(images),
+                                                        max(3, repeats // 4)),
+                **agreement})
+            print(f"(j) {fmt} {quantize}: {rows[-1]}", flush=True)
+    return rows
+
+
+def print_exports(rows):
+    print(f"\n(j) {'format':12}{'quantize':>9}{'MB':>8}{'1 image ms':>12}{'img/s':>9}"
+          f"{'accuracy':>10}{'Keras':>8}{'top-1 agree':>13}")
+    for r in rows:
+        print(f"    {r['format']:12}{r['quantize']:>9}{r['size_mb']:8.1f}{r['latency_ms']:12.2f}"
+              f"{r['images_per_s']:9.1f}{r['accuracy']:10.4f}{r['reference_accuracy']:8.4f}"
+              f"{r['top1_agreement']:13.2%}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,6 +359,8 @@ def main():
     parser.add_argument("--time-to-accuracy", default=None, metavar="FOLDER:SIZE,...",
                         help="Only (i), on these folders (each with train/ and test/) at "
                              "these image sizes.")
+    parser.add_argument("--exports", default=None, metavar="RUN",
+                        help="Only (j): this run directory in every export format.")
     args = parser.parse_args()
 
     from tensorflow.python.util import _pywrap_util_port
@@ -314,6 +380,11 @@ def main():
                 rows.append(bench_time_to_accuracy(folder, int(size), weights))
                 Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print_time_to_accuracy(rows)
+        return
+    if args.exports:
+        results["exports"] = rows = bench_exports(args.exports, args.batch_size)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print_exports(rows)
         return
     if args.end_to_end_only:
         results["end_to_end"] = e2e = bench_end_to_end(

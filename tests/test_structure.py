@@ -18,7 +18,7 @@ from transfer.startup_noise import is_noise
 PACKAGE = Path(transfer.__file__).parent
 # Heavy or optional libraries a module may import inside a function, on first use.
 DEFERRABLE = {"tensorflow", "tensorflow_datasets", "keras", "sklearn", "matplotlib", "torch",
-              "scipy"}
+              "scipy", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert"}
 COMMANDS = ("finetune", "evaluate", "predict", "embed", "probe", "export", "info", "weights",
             "lr-find", "report", "explain")
 
@@ -162,6 +162,9 @@ STARTUP_LINES = [
     "with the appropriate compiler flags.",
     "E0000 00:00:1795637547.427877    4484 cuda_platform.cc:52] failed call to cuInit: "
     "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, "
+    "output_inference_type: FLOAT32",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 ]
 KEPT_LINES = [
     "Error: --data ./flowers does not exist.",

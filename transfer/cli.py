@@ -32,6 +32,7 @@ from transfer.commands import probe as probe_command  # noqa: E402
 from transfer.commands import report as report_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
 from transfer.errors import RunInterruptedError, TransferError  # noqa: E402
+from transfer.export.compare import describe as describe_agreement  # noqa: E402
 from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
 from transfer.models.heads import POOLINGS  # noqa: E402
 from transfer.models.weights.download import WEIGHTS_DIR_ENV  # noqa: E402
@@ -548,10 +549,16 @@ def _echo_metrics(name, m, log_loss=True):
 @click.option("--strict", is_flag=True, help="Stop on unreadable files instead of skipping.")
 @click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
                                           "horizontal mirror's (not for digits or text).")
+@click.option("--compare", type=click.Path(),
+              help="Run or .keras model to compare with (top-1 agreement, accuracy "
+                   "difference); an export of transfer names its own run by default.")
 @table_options
 def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_data_dir, strict,
-             tta, **table):
-    """Evaluate a trained classifier on labelled images.
+             tta, compare, **table):
+    """Evaluate a trained classifier, or an export of one, on labelled images.
+
+    RUN_OR_MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite
+    or an .onnx file.
 
     Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv,
     metrics.json and report.html to --out. Images of classes the model does not know are
@@ -560,12 +567,17 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
     \b
     Example:
       transfer evaluate runs/flowers --data ./flowers-test --out reports/flowers-test
+      transfer evaluate flowers-int8.tflite --data ./flowers-test --out reports/int8
     """
     metrics = evaluate_command.evaluate(run_or_model, data, out, batch_size=batch_size,
                                         image_size=image_size, tfds_data_dir=tfds_data_dir,
-                                        overwrite=overwrite, strict=strict, tta=tta, **table)
+                                        overwrite=overwrite, strict=strict, tta=tta,
+                                        compare=compare, **table)
     echo("")
     _echo_metrics(f"{metrics['split']} split", metrics)
+    if metrics.get("agreement"):
+        echo(f"agreement with {metrics['compared_with']}: "
+             f"{describe_agreement(metrics['agreement'])}")
     if metrics["unknown_class_images"]:
         echo(f"images of unknown classes: {metrics['unknown_class_images']} "
              f"({', '.join(metrics['unknown_classes'])}), not in the metrics")
@@ -648,11 +660,14 @@ assert set(PREDICTION_PRINTERS) == set(predict_command.OUTPUT_FORMATS)
 
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
-@click.option("--format", "format", default=export_command.FORMATS[0], show_default=True,
-              type=Choice(export_command.FORMATS, name="export format"),
-              help="keras (.keras file), savedmodel (folder, for TF Serving), tflite, or h5 "
-                   "(the backbone's weights as a keras.applications notop file, for "
+@click.option("--format", "format", default="keras", show_default=True,
+              type=Choice(tuple(export_command.FORMATS), name="export format"),
+              help="keras (.keras file), savedmodel (folder, for TF Serving), tflite, onnx, "
+                   "or h5 (the backbone's weights as a keras.applications notop file, for "
                    "--weights of another run).")
+@click.option("--quantize", default="none", show_default=True,
+              type=Choice(export_command.QUANTIZATIONS, name="quantization"),
+              help="TFLite only: int8 calibrates on a seeded sample of the training images.")
 @click.option("--out", required=True, type=click.Path(), help="File or folder to write.")
 @click.option("--feature-extractor", is_flag=True,
               help="Export the backbone with its preprocessing and pooling, not the classifier.")
@@ -662,24 +677,37 @@ assert set(PREDICTION_PRINTERS) == set(predict_command.OUTPUT_FORMATS)
               help="With --feature-extractor: none keeps the feature map.")
 @any_size_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def export(run_or_model, format, out, feature_extractor, group, pooling, image_size, overwrite):
-    """Export a trained model as Keras, SavedModel or TFLite, or its backbone's weights.
+@click.option("--data", help="Images for int8 calibration and the comparison with the Keras "
+                             "model, instead of the run's own (its config.json).")
+@click.option("--max-drop", default=export_command.MAX_DROP, show_default=True, type=float,
+              help="Warn when the export's accuracy is more than this many points below the "
+                   "Keras model's.")
+@click.option("--no-compare", is_flag=True,
+              help="Skip running the export beside the Keras model on the validation images.")
+def export(run_or_model, format, out, feature_extractor, group, pooling, image_size, overwrite,
+           quantize, data, max_drop, no_compare):
+    """Export a trained model as Keras, SavedModel, TFLite or ONNX, or its backbone's weights.
 
-    Every export takes raw RGB pixels (the SavedModel's serving signature and the
-    TFLite model take uint8 images); a classifier export keeps its labels with it
-    (inside a SavedModel folder, as <file>.labels.txt beside a file).
+    Every export takes raw RGB pixels (the SavedModel, TFLite and ONNX exports take
+    uint8 images); a classifier export keeps its labels with it (as <file>.labels.txt
+    beside a file, and inside the SavedModel folder, the .tflite and the .onnx file),
+    and runs beside the Keras model on the run's validation images to show the
+    agreement.
 
     \b
     Examples:
       transfer export runs/flowers --format savedmodel --out exports/flowers
       transfer export runs/flowers --format tflite --out exports/flowers.tflite
+      transfer export runs/flowers --format tflite --quantize int8 --out flowers-int8.tflite
+      transfer export runs/flowers --format onnx --out exports/flowers.onnx
       transfer export runs/flowers --feature-extractor --group conv4 --out conv4.keras
       transfer export runs/source --format h5 --out source_notop.h5
     """
     path = export_command.export(run_or_model, out, format=format,
                                  feature_extractor=feature_extractor, group=group,
                                  pooling=None if pooling == "none" else pooling,
-                                 image_size=image_size, overwrite=overwrite)
+                                 image_size=image_size, overwrite=overwrite, quantize=quantize,
+                                 data=data, max_drop=max_drop, compare=not no_compare)
     echo(f"exported: {path}")
 
 

@@ -40,6 +40,13 @@ class RunFailedError(TransferError, RuntimeError):
     exit_code = 1
 
 
+class MissingExtraError(TransferError, ImportError):
+    """An optional dependency (a converter or runtime of one export format) is not
+    installed; the message names the extra that installs it."""
+
+    exit_code = 1
+
+
 class RunInterruptedError(TransferError, KeyboardInterrupt):
     """The user stopped a command (Ctrl-C): still a KeyboardInterrupt, with a message
     that says what to do next; exit code 130, as for SIGINT."""

@@ -18,6 +18,9 @@ NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|I\d{4} \S+\s+\d+ \S+\.cc:\d+\]"  # absl INFO lines: never for users
     rb"|To enable the following instructions: .* rebuild TensorFlow"  # cpu_feature_guard's 2nd line
+    # the TFLite converter's and interpreter's notes on every export and evaluation
+    rb"|fully_quantize: \d+, inference_type: \d+, input_inference_type: "
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
     rb"|[EW]\d{4} \S+\s+\d+ (cuda_platform|cuda_dnn|cuda_fft|cuda_blas"
     rb"|computation_placer)\.cc:\d+\] (failed call to cuInit|Unable to register"
     rb"|computation placer already registered))"

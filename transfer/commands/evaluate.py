@@ -1,5 +1,6 @@
-"""`transfer evaluate`: a trained classifier on labelled images, with the same
-reports as a run."""
+"""`transfer evaluate`: a trained classifier, or any export of one (SavedModel,
+TFLite, ONNX), on labelled images, with the same reports as a run; and its agreement
+with another model (by default, the run an export came from)."""
 
 import logging
 from pathlib import Path
@@ -7,29 +8,37 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.dataset import Split, task_of_labels
-from transfer.data.pipeline import drop_unreadable, images_only
+from transfer.data.pipeline import drop_unreadable
 from transfer.data.sources import evaluation_split, load_dataset
-from transfer.errors import DataError
+from transfer.errors import DataError, InvalidArgumentError
 from transfer.io import write_json
 from transfer.models.heads import MULTI_LABEL
 from transfer.report.html import write_report_or_warn
 from transfer.report.metrics import compute_metrics, write_reports
-from transfer.runs import METRICS_FILE, load_model, prepare_run_dir
-from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
+from transfer.export import open_model
+from transfer.export.compare import agreement
+from transfer.runs import METRICS_FILE, prepare_run_dir
+from transfer.runtime import INFERENCE_BATCH_SIZE
 
 logger = logging.getLogger("transfer")
 
 def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_size=None,
-             tfds_data_dir=None, overwrite=False, strict=False, tta=False, **table_options):
+             tfds_data_dir=None, overwrite=False, strict=False, tta=False, compare=None,
+             **table_options):
     """Evaluate a classifier on labelled images; write the same reports as finetune.
 
-    Class folders are matched to the model's labels by name. Images of classes the
-    model never saw are counted and reported in metrics.json, not silently dropped.
-    `tta` averages each image's probabilities with its horizontal mirror's.
-    `table_options` read labels from a CSV file or DataFrame (see `load_dataset`); a
-    multi-label model is judged with the thresholds stored in it.
+    `run_or_model`: a run directory, a .keras file, a SavedModel folder, a .tflite
+    or an .onnx file. Class folders are matched to the model's labels by name.
+    Images of classes the model never saw are counted and reported in metrics.json,
+    not silently dropped. `tta` averages each image's probabilities with its
+    horizontal mirror's. `compare` (a run or .keras file) adds the top-1 agreement
+    and the accuracy difference with that model; an export of transfer is compared
+    with the run it came from unless `compare=False`. `table_options` read labels
+    from a CSV file or DataFrame (see `load_dataset`); a multi-label model is judged
+    with the thresholds stored in it.
     """
-    loaded = load_model(run_or_model, image_size=image_size)
+    loaded = open_model(run_or_model, image_size=image_size)
+    reference = _reference(loaded, compare)
     out = prepare_run_dir(out, overwrite=overwrite)
     dataset = load_dataset(data, val_split=0.0, tfds_data_dir=tfds_data_dir, min_classes=1,
                            **table_options)
@@ -42,21 +51,45 @@ def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_siz
     subset = split if split.tfds is not None else Split(paths, labels)
     logger.info("Evaluating %s on %d images (%s split of %s)...", loaded.path, len(subset),
                 split_name, dataset.name)
-    probabilities = run_inference(loaded.model,
-                                  images_only(subset, loaded.image_size, batch_size),
-                                  verbose=1, description="Evaluated", tta=tta)
+    probabilities = loaded.predict_split(subset, batch_size, tta=tta, verbose=1,
+                                         description="Evaluated")
     if split.tfds is not None:
         probabilities = probabilities[known]
     metrics = compute_metrics(labels, probabilities, loaded.class_names, loaded.thresholds)
     metrics.update({
-        "model": str(loaded.path), "data": str(data), "split": split_name, "tta": bool(tta),
+        "model": str(loaded.path), "format": loaded.format, "data": str(data),
+        "split": split_name, "tta": bool(tta),
         "unknown_classes": unknown, "unknown_class_images": int(sum(unknown.values())),
         "skipped_files": dataset.skipped,
     })
+    if reference is not None:
+        expected = reference.predict_split(subset, batch_size, tta=tta, verbose=1,
+                                           description="Compared")
+        if split.tfds is not None:
+            expected = expected[known]
+        metrics.update(compared_with=str(reference.path),
+                       agreement=agreement(labels, expected, probabilities))
     write_json(Path(out) / METRICS_FILE, metrics)  # first: a failing report must not lose it
     write_reports(out, labels, probabilities, loaded.class_names, paths,
                   thresholds=loaded.thresholds)
     return write_report_or_warn(out, metrics, batch_size=batch_size, model=loaded)
+
+
+def _reference(loaded, compare):
+    """The model to compare with: `compare`, else the run an export names as its source."""
+    if compare is False:
+        return None
+    if compare is None:
+        source = loaded.metadata.get("source")
+        if not source or not Path(source).exists():
+            return None
+        compare = source
+    reference = open_model(compare, image_size=loaded.image_size)
+    if reference.class_names != loaded.class_names:
+        raise InvalidArgumentError(
+            f"compare={compare} has other classes than {loaded.path}; expected the run the "
+            "model was exported from.")
+    return reference
 
 
 def _match_classes(dataset, split, class_names, data):

@@ -1,55 +1,67 @@
 """`transfer export`: a classifier, or its backbone as a feature extractor, as Keras
-(.keras), TensorFlow SavedModel (TF Serving) or TFLite; or the backbone's weights as
-a keras.applications notop file (h5), to start other runs from.
+(.keras), TensorFlow SavedModel (TF Serving), TFLite (float or quantised) or ONNX; or
+the backbone's weights as a keras.applications notop file (h5), to start other runs.
 
-Every model export takes raw RGB pixels; the SavedModel and TFLite exports take
+Every model export takes raw RGB pixels; the SavedModel, TFLite and ONNX exports take
 uint8 images directly. A classifier export keeps its class names with it: labels.txt
-inside a SavedModel folder, `<file>.labels.txt` beside a file.
+beside a file (`<file>.labels.txt`), and inside the SavedModel folder, the .tflite
+file and the .onnx file's metadata. After a classifier export, the exported file runs
+on the run's validation images beside the Keras model, and a drop in accuracy of
+more than `max_drop` points is a warning.
 """
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
-from transfer.errors import InvalidArgumentError, unknown_choice
-from transfer.io import atomic_path, save_model, write_bytes, write_failure
-from transfer.lazy import keras, tf
+import numpy as np
+
+from transfer.data.dataset import Split
+from transfer.data.pipeline import drop_unreadable, images_only
+from transfer.data.sources import load_dataset
+from transfer.errors import DataError, InvalidArgumentError, first_line, unknown_choice
+from transfer.export import FORMATS, QUANTIZATIONS, ExportInfo, keras_format, open_model
+from transfer.export import compare as comparison
+from transfer.export.tflite import REPRESENTATIVE_IMAGES
 from transfer.models.heads import feature_extractor as feature_extractor_of
-from transfer.models.heads import is_classifier
-from transfer.models.weights.formats import write_legacy_h5
 from transfer.runs import (
+    CONFIG_FILE,
     LABELS_FILE,
     MARKER_FILE,
     is_ours,
     load_model,
-    mark_as_ours,
-    model_metadata,
     own_labels_path,
+    read_config,
     write_labels,
 )
+from transfer.runtime import INFERENCE_BATCH_SIZE
 
 logger = logging.getLogger("transfer")
 
-FORMATS = ("keras", "savedmodel", "tflite", "h5")
-SUFFIXES = {"keras": ".keras", "tflite": ".tflite"}  # what --out must end in
-SERVING_INPUT = "images"
 POOLING = "avg"  # of feature extractors
+MAX_DROP = comparison.MAX_DROP
 
 
 def export(run_or_model, out, format="keras", feature_extractor=False, group=None,
-           pooling=POOLING, image_size=None, overwrite=False):
+           pooling=POOLING, image_size=None, overwrite=False, quantize="none", data=None,
+           max_drop=MAX_DROP, compare=True):
     """Export a classifier (or, with `feature_extractor`, its backbone) to `out`.
 
     Returns the path written. `group` (stem, conv2..conv5, post) exports that
     group's feature map instead of the last one; `pooling` None keeps it spatial.
     `format="h5"` writes the backbone's weights in the layout of keras.applications'
     `_notop.h5` files: `weights=FILE` of another run, or keras.applications and
-    tf-keras, load it as they load the ImageNet file.
+    tf-keras, load it as they load the ImageNet file. `quantize` (TFLite): none,
+    float16, dynamic or int8 (calibrated on a seeded sample of the training images).
+    `data` replaces the run's own images (config.json) for calibration and the
+    comparison; `compare=False` skips the comparison.
     """
     if format not in FORMATS:
-        raise unknown_choice("export format", format, FORMATS)
-    out = Path(out)
+        raise unknown_choice("export format", format, tuple(FORMATS))
+    if quantize not in QUANTIZATIONS:
+        raise unknown_choice("quantization", quantize, QUANTIZATIONS)
+    if quantize != "none" and format != "tflite":
+        raise InvalidArgumentError(f"quantize={quantize!r} applies to format='tflite' only.")
+    writer, out = FORMATS[format], Path(out)
     if format == "h5":
         return _export_backbone_weights(run_or_model, out, group, overwrite)
     if not feature_extractor and group is not None:
@@ -60,19 +72,21 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
     model = (feature_extractor_of(loaded.model, pooling=pooling, group=group)
              if feature_extractor else loaded.model)
     _check_out(out, format, overwrite, labels=not feature_extractor)
-    if format == "keras":  # a classifier keeps its class names, task and thresholds inside
-        save_model(model, out, None if feature_extractor else model_metadata(
-            loaded.class_names, loaded.task, loaded.thresholds))
-    elif format == "savedmodel":
-        _write_savedmodel_atomically(model, out, loaded.image_size)
-    else:
-        write_bytes(out, _tflite_flatbuffer(model, loaded.image_size))
+    dataset = run_dataset(loaded.path, data) if compare or quantize == "int8" else None
+    info = ExportInfo(loaded.image_size, None if feature_extractor else loaded.class_names,
+                      source=str(Path(run_or_model).resolve()), quantize=quantize,
+                      task=loaded.task, thresholds=loaded.thresholds,
+                      representative=_representative(dataset, loaded.image_size))
+    writer.write(model, out, info)
     if not feature_extractor:
         write_labels(_labels_path(out, format), loaded.class_names)
     elif format != "savedmodel":  # a classifier's labels would now describe the wrong model
         own_labels_path(out).unlink(missing_ok=True)
-    logger.info("Exported %s to %s (%s).",
-                "feature extractor" if feature_extractor else "classifier", out, format)
+    logger.info("Exported %s to %s (%s%s).",
+                "feature extractor" if feature_extractor else "classifier", out, format,
+                f", {quantize} quantisation" if quantize != "none" else "")
+    if compare and not feature_extractor and dataset is not None:
+        compare_with_keras(loaded, out, dataset, max_drop)
     return out
 
 
@@ -82,9 +96,8 @@ def _labels_path(out, format):
 
 
 def _check_out(out, format, overwrite, labels):
-    suffix = SUFFIXES.get(format)
+    suffix, kind = FORMATS[format].SUFFIX, FORMATS[format].KIND
     if suffix and out.suffix != suffix:
-        kind = {"keras": "Keras", "tflite": "TFLite"}[format]
         raise InvalidArgumentError(f"out={out}: a {kind} export needs a name ending in {suffix}.")
     if out.exists() and not overwrite:
         raise InvalidArgumentError(
@@ -100,69 +113,76 @@ def _check_out(out, format, overwrite, labels):
             f"{labels_path} exists. Choose another out or pass overwrite=True.")
 
 
-def _serving_function(model, image_size):
-    """uint8 images of any size -> resized like training -> model outputs."""
-    output_name = "probabilities" if is_classifier(model) else "features"
+def run_dataset(model_path, data):
+    """The images the model was trained on (its run's config.json), split as in that
+    run; or `data`, split with the default fractions. None, with a warning, where
+    there are none."""
+    config_path = Path(model_path).parent / CONFIG_FILE
+    config = read_config(config_path.parent) if config_path.exists() else {}
+    options = config.get("options", {})
+    data = data or config.get("data")
+    if data is None:
+        logger.warning("%s has no %s beside it naming its images: pass data= to compare the "
+                       "export with it.", model_path, CONFIG_FILE)
+        return None
+    try:
+        dataset = load_dataset(data, val_split=options.get("val_split", 0.2),
+                               test_split=options.get("test_split", 0.0),
+                               tfds_data_dir=options.get("tfds_data_dir"), min_classes=1)
+        drop_unreadable(dataset, progress=False)
+    except (DataError, InvalidArgumentError) as exc:
+        logger.warning("The images of %s cannot be read (%s): pass data= to compare the "
+                       "export with it.", model_path, first_line(exc))
+        return None
+    return dataset
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                name=SERVING_INPUT)])
-    def serve(images):
-        pixels = tf.image.resize(tf.cast(images, tf.float32), image_size, method="bilinear")
-        return {output_name: model(pixels, training=False)}
 
-    return serve
-
-
-def _write_savedmodel(model, directory, image_size):
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serve", _serving_function(model, image_size))
-    archive.write_out(str(directory), verbose=False)
+def _sample(split, count, seed):
+    if len(split) <= count:
+        return split
+    chosen = np.sort(np.random.default_rng(seed).choice(len(split), count, replace=False))
+    if split.tfds is not None:
+        return Split(split.paths[:count], split.labels[:count], tfds=split.tfds.take(count))
+    return Split([split.paths[i] for i in chosen], split.labels[chosen])
 
 
-def _tflite_flatbuffer(model, image_size):
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = Path(tmp) / "savedmodel"
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        fixed = tf.TensorSpec([None, *image_size, 3], tf.uint8, name=SERVING_INPUT)
-        archive.add_endpoint("serve", tf.function(
-            lambda images: model(tf.cast(images, tf.float32), training=False),
-            input_signature=[fixed]))
-        archive.write_out(str(saved), verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        return converter.convert()
+def _representative(dataset, image_size, count=REPRESENTATIVE_IMAGES, seed=0):
+    """A callable giving a seeded sample of the training images as uint8 batches of
+    one, for int8 calibration; None without a dataset."""
+    if dataset is None:
+        return None
+    sample = _sample(dataset.splits["train"], count, seed)
+    return lambda: (np.asarray(batch).astype(np.uint8)
+                    for batch in images_only(sample, image_size, batch_size=1))
+
+
+def compare_with_keras(loaded, out, dataset, max_drop=MAX_DROP):
+    """Run the export and the Keras model on the validation images (all images where
+    the run had no validation split); log the agreement, warn on a drop."""
+    split_name = "val" if len(dataset.splits.get("val", ())) else "train"
+    split = dataset.splits[split_name]
+    if list(dataset.class_names) != list(loaded.class_names):
+        logger.warning("Not compared: the classes of %s are not the model's.", dataset.name)
+        return None
+    exported = open_model(out, loaded.image_size)
+    reference = keras_format.KerasRunner(loaded).predict_split(split, INFERENCE_BATCH_SIZE)
+    probabilities = exported.predict_split(split, INFERENCE_BATCH_SIZE)
+    result = comparison.agreement(np.asarray(split.labels), reference, probabilities)
+    logger.info("Compared with the Keras model on the %s split: %s.", split_name,
+                comparison.describe(result))
+    drop = 0.0 - result["accuracy_difference_points"]
+    if drop > max_drop:
+        logger.warning("The export is %.2f accuracy points below the Keras model (more than "
+                       "max_drop=%g).", drop, max_drop)
+    return result
 
 
 def _export_backbone_weights(run_or_model, out, group, overwrite):
-    if group is not None:
-        raise InvalidArgumentError("format='h5' writes the whole backbone, not one group.")
-    if out.suffix != ".h5" or out.name.endswith(".weights.h5"):
-        raise InvalidArgumentError(
-            f"out={out}: the backbone's weights are written as a legacy .h5 file "
-            "(e.g. source_notop.h5).")
+    FORMATS["h5"].check_out(out, group)
     if out.exists() and not overwrite:
         raise InvalidArgumentError(
             f"out={out} exists. Choose another path or pass overwrite=True.")
     loaded = load_model(run_or_model, need_classifier=False)
-    with atomic_path(out) as tmp_path:
-        write_legacy_h5(loaded.model, tmp_path)
+    FORMATS["h5"].write(loaded.model, out)
     logger.info("Exported the backbone's weights to %s (keras.applications notop H5).", out)
     return out
-
-
-def _write_savedmodel_atomically(model, out, image_size):
-    """Write the SavedModel folder beside `out`, then swap it into place."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as exc:
-        raise write_failure(out, exc) from exc
-    try:
-        _write_savedmodel(model, tmp / "export", image_size)
-        mark_as_ours(tmp / "export")
-        if out.exists():
-            shutil.rmtree(out)
-        (tmp / "export").rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

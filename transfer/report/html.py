@@ -107,7 +107,10 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
                           (metrics["val"] if is_run else metrics)["per_class"].items()],
             "skipped": metrics.get("skipped_files", []),
             **_confusion(folder, loaded.class_names)}
-    if splits[0].readable:
+    if loaded.model is None:
+        page["no_images"] = (f"{loaded.path} is an export, not a Keras model; evaluate the "
+                             "run it came from for Grad-CAM, calibration and duplicates")
+    elif splits[0].readable:
         page.update(_image_sections(folder, loaded, config, metrics, splits, calibrate,
                                     batch_size))
     else:
@@ -124,6 +127,9 @@ def _loaded_model(folder, metrics, is_run, model):
         return load_model(folder if is_run else metrics["model"])
     if isinstance(model, LoadedModel):  # evaluate's, already loaded
         return model
+    if hasattr(model, "predict_split"):  # evaluate's runner of an exported file
+        return getattr(model, "loaded", None) or LoadedModel(None, model.path,
+                                                             model.class_names, model.image_size)
     paths = RunPaths(folder)  # the run's model, still in memory
     return LoadedModel(model, paths.model, read_labels(paths.labels),
                        tuple(model.input_shape[1:3]))

@@ -1,0 +1,223 @@
+"""Every export format round-trips outside `transfer`, carries its class names, and
+`evaluate` reports on it; the slow test does the same for a ResNet50 run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.conftest import SAMPLE_DATA
+from transfer.cli import cli
+
+CLASSES = sorted(p.name for p in Path(SAMPLE_DATA).iterdir() if p.is_dir())
+# (name, format, quantisation) of the exports of the default run
+EXPORTS = [("model.keras", "keras", "none"), ("savedmodel", "savedmodel", "none"),
+           ("model.tflite", "tflite", "none"), ("int8.tflite", "tflite", "int8"),
+           ("model.onnx", "onnx", "none")]
+FLOAT_TOLERANCE = 1e-4  # on probabilities, for the unquantised formats
+INT8_AGREEMENT = 0.98  # top-1 agreement of int8 with the Keras model, at least
+
+
+def run_cli(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def sample_images(size=32):
+    """The Fashion-MNIST sample, resized as the pipeline does (bilinear, whole levels)."""
+    paths = sorted(Path(SAMPLE_DATA).glob("*/*.png"))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size),
+                                                                      Image.BILINEAR))
+                       for p in paths])
+    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
+    return images.astype("uint8"), labels
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small CNN classifier trained on the sample (a model file with its labels, as
+    `transfer` reads any .keras classifier), exported to every format by the CLI."""
+    root = tmp_path_factory.mktemp("export")
+    images, labels = sample_images()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(16, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(images.astype("float32"), labels, epochs=80, batch_size=32, verbose=0)
+    run = root / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    (run / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    outputs = {}
+    for name, fmt, quantize in EXPORTS:
+        result = run_cli("export", run / "model.keras", "--format", fmt, "--quantize", quantize,
+                         "--data", SAMPLE_DATA, "--out", root / name)
+        assert result.exit_code == 0, result.output
+        outputs[name] = result.output
+    return run, root, outputs
+
+
+def test_every_format_round_trips_outside_transfer(exported, tmp_path):
+    run, root, outputs = exported
+    images, _ = sample_images()
+    np.save(tmp_path / "images.npy", images)
+    script = f"""
+import json, sys, zipfile
+import numpy as np, tensorflow as tf, keras, onnxruntime
+from ai_edge_litert.interpreter import Interpreter
+root = {str(root)!r}
+images = np.load({str(tmp_path / 'images.npy')!r})
+out = {{}}
+out["model.keras"] = keras.models.load_model(root + "/model.keras")(images.astype("float32"))
+saved = tf.saved_model.load(root + "/savedmodel")
+out["savedmodel"] = saved.signatures["serving_default"](images=tf.constant(images))["probabilities"]
+png = tf.io.encode_png(images[0]).numpy()
+by_bytes = saved.signatures["serve_bytes"](image_bytes=tf.constant([png, png]))
+top = [by_bytes["classes"].numpy()[0].astype(str).tolist(), by_bytes["scores"].numpy()[0].tolist()]
+for name in ("model.tflite", "int8.tflite"):
+    interpreter = Interpreter(model_path=root + "/" + name)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], images)
+    interpreter.invoke()
+    out[name] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+with zipfile.ZipFile(root + "/int8.tflite") as packed:
+    tflite_labels = packed.read("labels.txt").decode().split()
+    tflite_metadata = json.loads(packed.read("metadata.json"))
+session = onnxruntime.InferenceSession(root + "/model.onnx")
+out["model.onnx"] = session.run(None, {{"images": images}})[0]
+onnx_metadata = session.get_modelmeta().custom_metadata_map
+assert not any(m == "transfer" or m.startswith("transfer.") for m in sys.modules)
+print(json.dumps({{"probabilities": {{k: np.asarray(v).tolist() for k, v in out.items()}},
+                  "top": top, "tflite_labels": tflite_labels,
+                  "tflite_metadata": tflite_metadata, "onnx_metadata": onnx_metadata,
+                  "onnx_inputs": [[i.name, i.shape, i.type] for i in session.get_inputs()]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = np.asarray(keras.models.load_model(run / "model.keras")(images.astype("float32")))
+    probabilities = {k: np.array(v) for k, v in got["probabilities"].items()}
+    for name in ("model.keras", "savedmodel", "model.tflite", "model.onnx"):
+        np.testing.assert_allclose(probabilities[name], expected, atol=FLOAT_TOLERANCE,
+                                   err_msg=name)
+    int8_agreement = np.mean(probabilities["int8.tflite"].argmax(1) == expected.argmax(1))
+    print(f"int8 top-1 agreement with the Keras model: {int8_agreement:.2%}")
+    assert int8_agreement >= INT8_AGREEMENT
+    # the SavedModel decodes image bytes and names the top classes
+    order = np.argsort(-expected[0])[:5]
+    assert got["top"][0] == [CLASSES[i] for i in order]
+    np.testing.assert_allclose(got["top"][1], expected[0][order], atol=FLOAT_TOLERANCE)
+    # the metadata travels inside the files
+    assert got["tflite_labels"] == CLASSES
+    assert got["tflite_metadata"]["class_names"] == CLASSES
+    assert got["tflite_metadata"]["image_size"] == [32, 32]
+    assert got["tflite_metadata"]["quantization"] == "int8"
+    assert json.loads(got["onnx_metadata"]["class_names"]) == CLASSES
+    assert got["onnx_inputs"][0][0] == "images" and got["onnx_inputs"][0][2] == "tensor(uint8)"
+    assert got["onnx_inputs"][0][1][1:] == [32, 32, 3]
+    assert not isinstance(got["onnx_inputs"][0][1][0], int)  # dynamic batch size
+
+
+def test_export_compares_with_the_keras_model(exported):
+    _, _, outputs = exported
+    for name, _, _ in EXPORTS:
+        line = next(x for x in outputs[name].splitlines() if x.startswith("Compared with"))
+        assert "on the val split: top-1 agreement" in line and " on 60 images" in line, line
+        if name != "int8.tflite":
+            assert "top-1 agreement 100.00%" in line and "(+0.00 points)" in line, line
+    assert "Warning: The export is" not in "".join(outputs.values())
+
+
+def test_evaluate_reports_on_every_exported_format(exported, tmp_path):
+    run, root, _ = exported
+    reports = {}
+    for name, _, _ in EXPORTS:
+        result = run_cli("evaluate", root / name, "--data", SAMPLE_DATA, "--out",
+                         tmp_path / name, "--compare", run / "model.keras")
+        assert result.exit_code == 0, result.output
+        assert "agreement with" in result.output
+        reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert (tmp_path / name / "confusion_matrix.png").exists()
+    keras_accuracy = reports["model.keras"]["accuracy"]
+    for name, fmt, quantize in EXPORTS:
+        metrics = reports[name]
+        assert metrics["format"] == fmt and metrics["images"] == 300
+        if quantize == "none":
+            assert metrics["accuracy"] == keras_accuracy, name
+            assert metrics["agreement"]["top1_agreement"] == 1.0, name
+        else:
+            assert metrics["agreement"]["top1_agreement"] >= INT8_AGREEMENT
+            assert abs(metrics["agreement"]["accuracy_difference_points"]) <= 2
+
+
+def test_export_warns_above_max_drop_and_refuses_bad_options(exported, tmp_path, monkeypatch):
+    run, _, _ = exported
+    model = run / "model.keras"
+    # a threshold no export can meet shows the warning
+    result = run_cli("export", model, "--format", "keras", "--data", SAMPLE_DATA,
+                     "--max-drop", "-1", "--out", tmp_path / "m.keras")
+    assert result.exit_code == 0
+    assert ("Warning: The export is 0.00 accuracy points below the Keras model (more than "
+            "--max-drop -1).") in result.output
+    result = run_cli("export", model, "--format", "onnx", "--quantize", "int8",
+                     "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: --quantize 'int8' applies to --format 'tflite' only.")
+    result = run_cli("export", model, "--format", "tflite", "--quantize", "int8",
+                     "--out", tmp_path / "m.tflite")
+    assert result.exit_code == 2 and "calibrates on training images: pass --data" in result.output
+    # a missing extra names the extra that installs it
+    real_import = __import__("importlib").import_module
+
+    def without_onnxruntime(name, *args):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args)
+
+    monkeypatch.setattr("importlib.import_module", without_onnxruntime)
+    result = run_cli("evaluate", exported[1] / "model.onnx", "--data", SAMPLE_DATA,
+                     "--out", tmp_path / "e")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: onnxruntime is not installed (No module named 'onnxruntime'); "
+        "`pip install transfer[onnx]` installs it.")
+
+
+@pytest.mark.slow
+def test_a_resnet50_run_in_every_format_and_quantisation(tmp_path):
+    """The sample run of the README, every format and quantisation, compared."""
+    run = tmp_path / "run"
+    result = run_cli("finetune", "--data", SAMPLE_DATA, "--weights", "none", "--out", run,
+                     "--image-size", "32", "--head-epochs", "3", "--fine-tune-from", "none")
+    assert result.exit_code == 0, result.output
+    for name, fmt, quantize in [("m.onnx", "onnx", "none"), ("sm", "savedmodel", "none"),
+                                *[(f"{q}.tflite", "tflite", q)
+                                  for q in ("none", "float16", "dynamic", "int8")]]:
+        result = run_cli("export", run, "--format", fmt, "--quantize", quantize,
+                         "--out", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        line = next(x for x in result.output.splitlines() if x.startswith("Compared with"))
+        print(name, line)
+        if quantize == "none":
+            assert "top-1 agreement 100.00%" in line, line
+        result = run_cli("evaluate", tmp_path / name, "--data", SAMPLE_DATA, "--out",
+                         tmp_path / f"eval-{name}")
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text())
+        assert metrics["compared_with"] == str(run.resolve() / "model.keras")  # its source
+        assert metrics["agreement"]["images"] == 300

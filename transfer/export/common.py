@@ -1,0 +1,109 @@
+"""What every export format shares: the metadata an exported classifier carries, the
+uint8 pixel signature, and the runner interface that reads an exported file back
+(probabilities from uint8 pixels), so that evaluate's reports are one code path."""
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from transfer.data.pipeline import images_only
+from transfer.lazy import tf
+from transfer.models.heads import MULTI_LABEL, SINGLE_LABEL, is_classifier
+from transfer.progress import Progress
+from transfer.version import __version__
+
+logger = logging.getLogger("transfer")
+
+SERVING_INPUT = "images"
+METADATA_FILE = "metadata.json"  # inside a SavedModel folder and a .tflite file
+# What the pixels of every export are: the preprocessing is a layer of the model.
+INPUT = "RGB pixels 0-255, uint8, shape (batch, height, width, 3)"
+NORMALIZATION = "none outside the model: it normalises its input itself (mean 0, std 1 here)"
+
+
+@dataclass
+class ExportInfo:
+    """What a format needs besides the model: the classes, the input size, options."""
+
+    image_size: tuple  # (height, width)
+    class_names: list = None  # None for a feature extractor
+    source: str = ""  # the run or model file exported
+    quantize: str = "none"
+    representative: object = None  # callable -> iterable of uint8 image batches (int8)
+    task: str = SINGLE_LABEL  # a multi-label model's labels are each above a threshold
+    thresholds: list = None  # per label, of a multi-label model
+
+    def metadata(self):
+        """The metadata embedded in exported files: the same keys in every format."""
+        return {"class_names": self.class_names, "image_size": list(self.image_size),
+                "input": INPUT, "normalization": NORMALIZATION, "quantization": self.quantize,
+                "source": self.source, "transfer_version": __version__,
+                **({"task": self.task, "thresholds": self.thresholds}
+                   if self.task == MULTI_LABEL else {})}
+
+
+def output_name(model):
+    return "probabilities" if is_classifier(model) else "features"
+
+
+def pixels_function(model, image_size):
+    """uint8 images of `image_size` -> {output name: model outputs}: the signature of
+    the converted (TFLite, ONNX) exports, with a dynamic batch size."""
+    spec = tf.TensorSpec([None, *image_size, 3], tf.uint8, name=SERVING_INPUT)
+    name = output_name(model)
+    return tf.function(lambda images: {name: model(tf.cast(images, tf.float32),
+                                                   training=False)},
+                       input_signature=[spec])
+
+
+def metadata_json(metadata):
+    return json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+
+
+class Runner:
+    """An exported model read back: probabilities from uint8 pixels.
+
+    Subclasses set `format`, `path`, `class_names`, `image_size` and `metadata`,
+    and implement `predict`.
+    """
+
+    format = None
+
+    @property
+    def task(self):
+        """SINGLE_LABEL or MULTI_LABEL, as the export's metadata says."""
+        return self.metadata.get("task", SINGLE_LABEL)
+
+    @property
+    def thresholds(self):
+        """Per label, of a multi-label model (None otherwise)."""
+        return self.metadata.get("thresholds")
+
+    def predict(self, images):
+        """Probabilities (float32, (batch, classes)) of uint8 images (batch, h, w, 3)."""
+        raise NotImplementedError
+
+    def predict_split(self, split, batch_size, tta=False, verbose=0, description="Inference"):
+        """Probabilities of a Split's images, decoded and resized as for training;
+        `tta` averages each image's with its horizontal mirror's."""
+        batches = images_only(split, self.image_size, batch_size)
+        cardinality = int(batches.cardinality())
+        progress = Progress(description, cardinality if cardinality > 0 else None,
+                            unit="batch") if verbose else None
+        outputs = []
+        for step, batch in enumerate(batches, start=1):
+            # decoded pixels are whole levels 0-255: uint8 holds them exactly
+            pixels = np.asarray(batch).astype(np.uint8)
+            probabilities = self.predict(pixels)
+            if tta:
+                probabilities = (probabilities + self.predict(pixels[:, :, ::-1])) / 2
+            outputs.append(np.asarray(probabilities, dtype=np.float32))
+            if progress:
+                progress.update(step)
+        if progress:
+            progress.done()
+        if not outputs:
+            return np.zeros((0, len(self.class_names or ())), dtype=np.float32)
+        return np.concatenate(outputs)
