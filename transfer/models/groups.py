@@ -50,7 +50,7 @@ def groups(model):
             seen_backbone = True
             group = "stem"
             for layer in backbone.layers:
-                if family and layer.name in _HEAD_NAMES:
+                if family and (group == "head" or layer.name in _HEAD_NAMES):
                     group = "head"  # keras.applications' top, built with include_top
                 else:
                     group = group_of(layer.name, group)
