@@ -41,7 +41,7 @@ def reference(family, weights=None):
     keras.backend.clear_session()
     return getattr(keras.applications, family.builder)(
         include_top=False, weights=weights, input_shape=(SIZE, SIZE, 3),
-        **dict(family.builder_options))
+        **dict(family.builder_options))  # keras' default name (MobileNetV2's depends on size)
 
 
 def randomized(model):
@@ -68,7 +68,14 @@ def check_groups(model, family):
     assert sides == [stem_side, SIZE // 4, SIZE // 8, SIZE // 16, SIZE // 32, SIZE // 32]
 
 
-@pytest.mark.parametrize("name", SMALL_FAMILIES)
+# EfficientNet for its folded ImageNet rescaling, MobileNetV3 for the smallest; the other
+# families run with the slow tests.
+DEFAULT_RUN = ("mobilenet_v3_small", "efficientnet_b0")
+
+
+@pytest.mark.parametrize("name", [
+    name if name in DEFAULT_RUN else pytest.param(name, marks=pytest.mark.slow)
+    for name in SMALL_FAMILIES])
 def test_imagenet_file_written_here_reproduces_keras_applications(
         name, tmp_path, keras_home, monkeypatch, no_network):
     """The notop file, found in the weights folder with its hash checked, gives the outputs
@@ -82,26 +89,28 @@ def test_imagenet_file_written_here_reproduces_keras_applications(
                         dataclasses.replace(row, md5=digest, sha256=None))
     monkeypatch.setenv("TRANSFER_WEIGHTS_DIR", str(tmp_path))
     (keras_home / "models" / row.file).write_bytes(path.read_bytes())
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(keras_home))  # read at import
     if name in KERAS_HASHES:
         module, key = KERAS_HASHES[name]
         table = importlib.import_module(f"keras.src.applications.{module}").WEIGHTS_HASHES
         monkeypatch.setitem(table, key, (table[key][0], digest))
     expected_model = reference(family, weights="imagenet")
     pixels = random_images((2, SIZE, SIZE, 3), seed=1).astype("float32")
-    expected = expected_model.predict(KERAS_PREPROCESS.get(name, np.copy)(pixels), verbose=0)
+    expected = np.asarray(expected_model(KERAS_PREPROCESS.get(name, np.copy)(pixels)))
 
     keras.backend.clear_session()
     ours = build_backbone(family, weights="imagenet", input_shape=(SIZE, SIZE, 3))
     check_groups(ours, family)
-    got = transfer.feature_extractor(ours, pooling=None).predict(pixels, verbose=0)
+    got = np.asarray(transfer.feature_extractor(ours, pooling=None)(pixels))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_a_file_of_another_architecture_or_hash_is_refused(tmp_path, keras_home, no_network,
                                                            monkeypatch):
     family = FAMILIES["mobilenet_v3_small"]
-    other = write_legacy_h5(reference(FAMILIES["mobilenet_v2"]), tmp_path / "other.h5")
-    with pytest.raises(WeightsError, match=r"other.h5 does not hold MobileNetV3Small weights"):
+    other = tmp_path / "other.weights.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(other)
+    with pytest.raises(WeightsError, match=r"other.weights.h5 does not hold MobileNetV3Small"):
         build_backbone(family, weights=str(other), input_shape=(SIZE, SIZE, 3))
     row = pretrained.imagenet_checkpoint(family, include_top=False)
     (tmp_path / row.file).write_bytes(other.read_bytes())
@@ -138,19 +147,22 @@ PUBLISHED_MADDS = {"resnet50": 4100, "mobilenet_v3_small": 56, "efficientnet_b0"
                    "convnext_tiny": 4500}
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0"])
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", pytest.param(
+    "efficientnet_b0", marks=pytest.mark.slow), pytest.param("resnet50", marks=pytest.mark.slow),
+    pytest.param("convnext_tiny", marks=pytest.mark.slow)])
 def test_info_lists_groups_and_flops(name):
     result = run_cli("info", "--arch", name, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert [g["name"] for g in summary["groups"]] == [
-        "stem", "conv2", "conv3", "conv4", "conv5", "post"]
-    assert summary["groups"][-2]["output_shape"][:2] == [7, 7]
+    stages = ["stem", "conv2", "conv3", "conv4", "conv5"]
+    assert [g["name"] for g in summary["groups"]] == stages + (
+        ["head"] if name == "resnet50" else ["post"])
+    assert summary["groups"][4]["output_shape"][:2] == [7, 7]
     madds = summary["multiply_adds"] / 1e6
     assert 0.9 * PUBLISHED_MADDS[name] < madds <= 1.02 * PUBLISHED_MADDS[name]
     assert summary["flops"] == 2 * summary["multiply_adds"]
     assert {w["file"] for w in summary["weights"]} == {
-        row.file for row in pretrained.checkpoints(FAMILIES[name])}
+        row.file for row in pretrained.checkpoints(families.resolve_architecture(name))}
     table = run_cli("info", "--arch", name)
     assert "FLOPs per image: " in table.output and "conv5 " in table.output
 
@@ -180,8 +192,7 @@ def test_finetune_any_family_end_to_end(small_run):
     assert list(groups(model))[-1] == "head"
     result = run_cli("evaluate", run, "--data", data, "--out", root / "eval")
     assert result.exit_code == 0, result.output
-    result = run_cli("predict", run, data / "cat")
-    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output
 
 
 def test_exports_of_another_family_round_trip(small_run, tmp_path):
@@ -193,14 +204,18 @@ def test_exports_of_another_family_round_trip(small_run, tmp_path):
     family = FAMILIES["mobilenet_v3_small"]
     restored = build_backbone(family, weights=str(tmp_path / "notop.h5"),
                               input_shape=(SIZE, SIZE, 3))
-    np.testing.assert_allclose(
-        transfer.feature_extractor(restored).predict(pixels, verbose=0),
-        transfer.feature_extractor(model).predict(pixels, verbose=0), rtol=1e-5, atol=1e-5)
-    result = run_cli("export", run, "--feature-extractor", "--group", "conv4",
+    np.testing.assert_allclose(np.asarray(transfer.feature_extractor(restored)(pixels)),
+                               np.asarray(transfer.feature_extractor(model)(pixels)),
+                               rtol=1e-5, atol=1e-5)
+    result = run_cli("export", run, "--feature-extractor", "--group", "conv4", "--pooling", "none",
                      "--out", tmp_path / "conv4.keras")
     assert result.exit_code == 0, result.output
     conv4 = keras.models.load_model(tmp_path / "conv4.keras")
-    assert conv4.output.shape[-1] == 48  # MobileNetV3Small's conv4 ends with 48 channels
+    assert conv4.output.shape[1:] == (2, 2, 48)  # MobileNetV3Small's conv4: /16, 48 channels
+    np.testing.assert_allclose(
+        np.asarray(conv4(pixels)),
+        np.asarray(transfer.feature_extractor(model, pooling=None, group="conv4")(pixels)),
+        rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

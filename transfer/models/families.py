@@ -141,7 +141,9 @@ def resolve_architecture(arch=None, depth=50, version="v1"):
 
 def family_of_model(model):
     """The `Family` whose keras.applications model `model` is, or None."""
-    return _BY_MODEL_NAME.get(getattr(model, "name", None))
+    name = str(getattr(model, "name", ""))
+    # keras.applications names a MobileNetV2 by its input size unless told a name
+    return _BY_MODEL_NAME.get(re.sub(r"^(mobilenetv2_1\.00)_\d+$", r"\1_224", name))
 
 
 def is_family(architecture):
