@@ -447,6 +447,7 @@ def finetune(data, out, overwrite, resume, **options):
       transfer finetune --data ./flowers --weights none --image-size 64 --fine-tune-from stem
       transfer finetune --data tfds:tf_flowers --version v2 --out runs/flowers
       transfer finetune --data ./flowers --version v1.5 --weights resnet50-11ad3fa6.pth
+      transfer finetune --data ./flowers --arch efficientnet_b0
     """
     if resume and not out:
         raise click.UsageError("--resume needs the --out of the run to continue.")

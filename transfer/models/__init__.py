@@ -1,6 +1,8 @@
-"""ResNet architectures, preprocessing, pretrained weights, layer groups and heads."""
+"""ResNet architectures (and keras.applications' other families), preprocessing,
+pretrained weights, layer groups and heads."""
 
 from transfer.models.architectures import GROUPS, Architecture, get_architecture
+from transfer.models.families import FAMILIES, build_backbone, resolve_architecture
 from transfer.models.groups import freeze, groups, unfreeze
 from transfer.models.heads import (
     attach_head,
