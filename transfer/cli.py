@@ -287,10 +287,12 @@ def info(arch, depth, version, image_size, as_json):
     if as_json:
         echo(json.dumps(summary, indent=2))
         return
-    named = (f"arch {summary['arch']}" if summary["depth"] is None else
-             f"depth {summary['depth']}, version {summary['version']}")
+    family = summary["depth"] is None
+    named = f"arch {summary['arch']}" if family else \
+        f"depth {summary['depth']}, version {summary['version']}"
+    default_size = f", ImageNet size {summary['default_image_size']}" if family else ""
     echo(f"{summary['name']} ({named}, input {image_size}x{image_size}x3, preprocessing "
-         f"'{summary['preprocessing']}', default size {summary['default_image_size']})")
+         f"'{summary['preprocessing']}'{default_size})")
     echo("")
     header = f"{'group':<7} {'layers':>6}  {'output shape':<22} {'parameters':>12}"
     echo(header)

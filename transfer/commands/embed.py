@@ -31,8 +31,9 @@ def embed(data, out=None, model=None, depth=FINETUNE.depth, version=FINETUNE.ver
     """Pooled backbone features for every image of `data`, with labels and splits.
 
     The backbone is a trained model's (`model`: run directory or .keras file) or a
-    fresh backbone (`arch`, or the ResNet of `depth` and `version`; `weights`). Returns a dict of arrays: features,
-    labels, paths, splits, class_names; with `out`, also writes them to a .npz file.
+    fresh backbone (`arch`, or the ResNet of `depth` and `version`; `weights`).
+    Returns a dict of arrays: features, labels, paths, splits, class_names; with `out`,
+    also writes them to a .npz file.
     """
     if out is not None and Path(out).suffix != ".npz":
         raise InvalidArgumentError(f"out={out}: embeddings are written as .npz.")
