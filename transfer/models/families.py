@@ -10,9 +10,15 @@ means the last stage of any family.
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from transfer.errors import InvalidArgumentError
+import numpy as np
+
+from transfer.errors import InvalidArgumentError, WeightsError, first_line
+from transfer.lazy import keras
+from transfer.models import names
 from transfer.models.architectures import STAGES, get_architecture
+from transfer.models.weights.download import imagenet_weights_path
 
 # The weights expect raw 0-255 pixels: keras.applications put the scaling in the model.
 INSIDE = "none"
@@ -165,7 +171,7 @@ def build_family(family, include_top=False, weights="imagenet", input_shape=None
                  weights_dir=None):
     """keras.applications' model of `family` with `weights` (None, "imagenet" from the
     weights folder, Keras' cache or the network, or a path), without pooling."""
-    from transfer.lazy import keras
+    # here: transfer.models.weights.load finds backbones through this module
     from transfer.models.weights.load import check_weights_argument
 
     check_weights_argument(weights)
@@ -185,12 +191,6 @@ def build_family(family, include_top=False, weights="imagenet", input_shape=None
 def load_family_weights(model, family, weights, weights_dir=None):
     """Load "imagenet" (keras.applications' file) or a weights file into `model`, a
     keras.applications `family` model; a file that does not fit says so by name."""
-    from pathlib import Path
-
-    from transfer.errors import WeightsError, first_line
-    from transfer.models import names
-    from transfer.models.weights.download import imagenet_weights_path
-
     has_top = any(layer.name == names.CLASSIFIER for layer in model.layers)
     if weights == "imagenet":
         path = imagenet_weights_path(family, include_top=has_top, weights_dir=weights_dir)
@@ -216,10 +216,6 @@ def _fold_rescale(model, stddev):
     """Make the first Normalization layer also divide by sqrt(stddev), as the Rescaling
     keras.applications puts after it for ImageNet weights: (x - m) / sqrt(v) / sqrt(s)
     is (x - m) / sqrt(v * s)."""
-    import numpy as np
-
-    from transfer.lazy import keras
-
     layer = next(layer for layer in model.layers
                  if isinstance(layer, keras.layers.Normalization))
     values = [np.asarray(w) for w in layer.get_weights()]
