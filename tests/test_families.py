@@ -16,7 +16,8 @@ from tests.conftest import make_image_folder, md5_of, randomize, random_images
 from transfer.cli import cli
 from transfer.errors import InvalidArgumentError, WeightsError
 from transfer.models import families, pretrained
-from transfer.models.families import FAMILIES, SMALLEST, build_backbone
+from transfer.models.applications import build_backbone
+from transfer.models.families import FAMILIES, SMALLEST
 from transfer.models.groups import groups
 from transfer.models.weights.formats import write_legacy_h5
 

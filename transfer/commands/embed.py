@@ -12,7 +12,8 @@ from transfer.errors import DataError, InvalidArgumentError
 from transfer.io import write_npz
 from transfer.models.architectures import image_size_pair
 from transfer.models.heads import feature_extractor
-from transfer.models.families import build_backbone, resolve_architecture
+from transfer.models.applications import build_backbone
+from transfer.models.families import resolve_architecture
 from transfer.runs import load_model
 from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
 from transfer.train.options import FinetuneOptions

@@ -16,7 +16,8 @@ from transfer.models.architectures import image_size_pair
 from transfer.models.groups import groups
 from transfer.models.identify import architecture_of, find_backbone
 from transfer.models.preprocessing import preprocessing_layer
-from transfer.models.families import build_backbone, resolve_architecture
+from transfer.models.applications import build_backbone
+from transfer.models.families import resolve_architecture
 
 # pooling -> the Keras layer that pools the last feature map
 HEAD_POOLING = {"avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from transfer.lazy import keras
-from transfer.models.families import build_backbone, is_family, resolve_architecture
+from transfer.models.applications import build_backbone
+from transfer.models.families import is_family, resolve_architecture
 from transfer.models.groups import groups
 from transfer.models.pretrained import checkpoints
 
