@@ -26,6 +26,11 @@
     read back by its own runtime (Keras, TensorFlow, LiteRT, onnxruntime): file size,
     single-image latency, batch throughput, and accuracy and top-1 agreement against
     the Keras model on the run's validation images.
+(k) which backbone for my budget (--families NAME,... or all): per architecture at
+    --model-size, each in its own process, inference and fine-tuning (phase 2 from
+    conv5) images/s of `transfer`'s classifier, the process' peak RSS, and the
+    multiply-adds of `transfer info`; the transfer accuracy column comes from
+    scripts/benchmark_transfer.py --arch NAME.
 Plain-Keras baselines run in their own processes without `transfer`, so they see
 TensorFlow's own settings. Prints a table and writes JSON.  Example:
 
@@ -259,6 +264,46 @@ def bench_time_to_accuracy(folder, size, weights=None):
             "phase2_epoch_over_steps": max(overhead) if overhead else None}
 
 
+def family_speed(arch, size, batch, steps):
+    """(k), in a worker process: images/s of one architecture's classifier."""
+    from transfer.models.summary import describe
+
+    keras.utils.set_random_seed(0)
+    model = transfer.build_classifier(10, arch=arch, weights=None, image_size=size)
+    n = batch * steps
+    x = np.random.default_rng(0).integers(0, 256, (n, size, size, 3)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(n) % 10, 10)
+    batches = tf.data.Dataset.from_tensor_slices(x).batch(batch).cache()
+    result = interleaved_rates({"inference": lambda: run_inference(model, batches)}, n, rounds=2)
+    transfer.unfreeze(model, "conv5")
+    model.compile(keras.optimizers.Adam(1e-4), "categorical_crossentropy")
+    result.update(interleaved_rates(
+        {"fine_tune": lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)}, n, 2))
+    summary = describe(input_size=size, arch=arch)
+    return {"arch": arch, "name": summary["architecture"].display_name,
+            "params": summary["params"], "multiply_adds": summary["multiply_adds"],
+            "inference_images_per_s": result["inference"],
+            "fine_tune_images_per_s": result["fine_tune"]}
+
+
+def bench_families(names, size, batch, steps):
+    """(k): each architecture in a fresh process, so its peak RSS is its own."""
+    rows = []
+    for arch in names:
+        print(f"(k) {arch} at {size} px ...", flush=True)
+        _, rss, stdout = run_measured(
+            [sys.executable, str(Path(__file__).resolve()), "--family-worker", arch,
+             "--model-size", str(size), "--batch-size", str(batch), "--steps", str(steps)])
+        rows.append(dict(json.loads(stdout.strip().splitlines()[-1]), peak_rss_mb=rss))
+    print(f"\n(k) {'architecture':<20}{'GMACs':>7}{'params M':>10}{'infer img/s':>13}"
+          f"{'tune img/s':>12}{'peak MB':>9}")
+    for row in rows:
+        print(f"    {row['name']:<20}{row['multiply_adds'] / 1e9:7.2f}{row['params'] / 1e6:10.1f}"
+              f"{row['inference_images_per_s']:13.1f}{row['fine_tune_images_per_s']:12.1f}"
+              f"{row['peak_rss_mb']:9.0f}")
+    return rows
+
+
 def print_time_to_accuracy(rows):
     print(f"\n(i) time to a good model{'':28}{'guide':>16}{'transfer':>16}{'ratio':>8}")
     for row in rows:
@@ -361,7 +406,14 @@ def main():
                              "these image sizes.")
     parser.add_argument("--exports", default=None, metavar="RUN",
                         help="Only (j): this run directory in every export format.")
+    parser.add_argument("--families", default=None, metavar="NAME,...|all",
+                        help="Only (k), for these --arch names (all: every architecture).")
+    parser.add_argument("--family-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.family_worker:
+        print(json.dumps(family_speed(args.family_worker, args.model_size, args.batch_size,
+                                      args.steps)))
+        return
 
     from tensorflow.python.util import _pywrap_util_port
 
@@ -385,6 +437,13 @@ def main():
         results["exports"] = rows = bench_exports(args.exports, args.batch_size)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print_exports(rows)
+    if args.families:
+        from transfer.models.families import ARCH_NAMES
+
+        names = ARCH_NAMES if args.families == "all" else args.families.split(",")
+        results["families"] = bench_families(names, args.model_size, args.batch_size,
+                                             args.steps)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         return
     if args.end_to_end_only:
         results["end_to_end"] = e2e = bench_end_to_end(

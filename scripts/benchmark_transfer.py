@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does transfer work? A reproducible source -> target experiment on Fashion-MNIST.
 
-source     ResNet50 (v1, or --version v2) trained by `transfer finetune` from random
+source     ResNet50 (v1, or --version v2, or any --arch) trained by `transfer finetune` from random
            initialisation on T-shirt/top, Trouser, Pullover, Dress and Coat, at a small
            image size; its backbone is exported as a keras.applications notop H5 file
            (`transfer export --format h5`), the path a user's ImageNet file takes.
@@ -100,7 +100,8 @@ def finetune_options(plan, train_images, args):
     for phase in STEP_FLOORS:
         if phase in plan:  # else finetune's default
             options[phase] = epochs_for(plan, train_images, args.batch_size, phase)
-    return dict(options, depth=args.depth, version=args.version, image_size=args.image_size,
+    return dict(options, arch=args.arch, depth=args.depth, version=args.version,
+                image_size=args.image_size,
                 batch_size=args.batch_size, seed=args.seed, jit_compile=args.jit_compile,
                 cache_dir=str(args.out / "feature-cache"), weights_dir=args.weights_dir)
 
@@ -205,7 +206,8 @@ def run_probe(data, out, weights, args):
     from transfer.commands.probe import probe
 
     def both():
-        embeddings = embed(data, depth=args.depth, version=args.version, weights=weights,
+        embeddings = embed(data, arch=args.arch, depth=args.depth, version=args.version,
+                           weights=weights,
                            weights_dir=args.weights_dir, image_size=args.image_size,
                            batch_size=args.batch_size, val_split=0.0)
         return probe(embeddings, out, seed=args.seed, overwrite=True)
@@ -226,7 +228,7 @@ def train_source(args):
     run = args.out / "runs" / "source"
     plan = dict(FROM_SCRATCH, fine_tune_epochs=args.source_epochs, min_steps=0)
     result = run_finetune(data, run, plan, args)
-    weights = args.out / f"source_{args.version}_notop.h5"
+    weights = args.out / f"source_{args.arch or args.version}_notop.h5"
     export(run, weights, format="h5", overwrite=True)
     result["weights"] = str(weights)
     return result
@@ -280,6 +282,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--version", default="v1", help="v1 or v2")
+    parser.add_argument("--arch", default=None,
+                        help="Another backbone (an --arch name of transfer finetune), "
+                             "instead of --depth and --version.")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--jit-compile", default="auto", help="auto, on or off")
@@ -329,7 +334,8 @@ def main(argv=None):
     started = time.monotonic()
     results = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
                "machine": machine(), "seed": args.seed,
-               "model": f"ResNet{args.depth} {args.version}", "image_size": args.image_size,
+               "model": args.arch or f"ResNet{args.depth} {args.version}",
+               "image_size": args.image_size,
                "cells": []}
 
     if not args.reference_only:

@@ -1,7 +1,8 @@
 """transfer: transfer learning for image classification on Keras 3 and TensorFlow.
 
 A from-scratch ResNet50/101/152 (v1 and v2) that is layer-for-layer compatible with
-`keras.applications`, and the tools around it: weights, groups, heads, fine-tuning.
+`keras.applications`, keras.applications' other families (MobileNet, EfficientNet,
+ConvNeXt) beside it, and the tools around them: weights, groups, heads, fine-tuning.
 TensorFlow loads on first use (`transfer.lazy`), so `import transfer` is quick.
 """
 
@@ -23,6 +24,7 @@ from transfer.errors import (  # noqa: E402
     WeightsError,
 )
 from transfer.models import (  # noqa: E402
+    FAMILIES,
     GROUPS,
     ResNet,
     ResNet50,
@@ -33,6 +35,7 @@ from transfer.models import (  # noqa: E402
     ResNet152V2,
     architecture_of,
     attach_head,
+    build_backbone,
     build_classifier,
     feature_extractor,
     find_backbone,
@@ -43,6 +46,7 @@ from transfer.models import (  # noqa: E402
     load_weights,
     preprocess_input,
     preprocessing_layer,
+    resolve_architecture,
     unfreeze,
 )
 from transfer.train.options import FinetuneOptions  # noqa: E402

@@ -34,6 +34,7 @@ from transfer.commands import weights as weights_command  # noqa: E402
 from transfer.errors import RunInterruptedError, TransferError  # noqa: E402
 from transfer.export.compare import describe as describe_agreement  # noqa: E402
 from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
+from transfer.models.families import ARCH_NAMES  # noqa: E402
 from transfer.models.heads import POOLINGS  # noqa: E402
 from transfer.models.weights.download import WEIGHTS_DIR_ENV  # noqa: E402
 from transfer.runtime import INFERENCE_BATCH_SIZE  # noqa: E402
@@ -225,6 +226,10 @@ def _options(*decorators):
 
 
 architecture_options = _options(
+    click.option("--arch", type=Choice(ARCH_NAMES, name="architecture"),
+                 help="The backbone, any family (e.g. mobilenet_v3_small, efficientnet_b0, "
+                      "convnext_tiny); overrides --depth and --version. Default: the ResNet "
+                      "of --depth and --version."),
     click.option("--depth", default=str(FINETUNE.depth), show_default=True,
                  help=f"ResNet depth: {', '.join(map(str, BLOCKS_PER_STAGE))}."),
     click.option("--version", "version", default=FINETUNE.version, show_default=True,
@@ -295,20 +300,24 @@ def cli(debug):
 @click.option("--image-size", default=info_command.IMAGE_SIZE, show_default=True, type=int,
               help="Input height and width used for the output shapes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def info(depth, version, image_size, as_json):
+def info(arch, depth, version, image_size, as_json):
     """Show an architecture's groups, shapes, parameters and ImageNet weight files.
 
     \b
     Example:
       transfer info --depth 101 --version v2
+      transfer info --arch efficientnet_b0
     """
-    summary = info_command.info(depth, version, image_size=image_size)
+    summary = info_command.info(depth, version, image_size=image_size, arch=arch)
     if as_json:
         echo(json.dumps(summary, indent=2))
         return
-    echo(f"{summary['name']} (depth {summary['depth']}, version {summary['version']}, "
-         f"input {image_size}x{image_size}x3, preprocessing "
-         f"'{summary['preprocessing']}')")
+    family = summary["depth"] is None
+    named = f"arch {summary['arch']}" if family else \
+        f"depth {summary['depth']}, version {summary['version']}"
+    default_size = f", ImageNet size {summary['default_image_size']}" if family else ""
+    echo(f"{summary['name']} ({named}, input {image_size}x{image_size}x3, preprocessing "
+         f"'{summary['preprocessing']}'{default_size})")
     echo("")
     header = f"{'group':<7} {'layers':>6}  {'output shape':<22} {'parameters':>12}"
     echo(header)
@@ -320,12 +329,16 @@ def info(depth, version, image_size, as_json):
     echo(f"{'total':<7} {summary['layers']:>6}  {'':<22} {summary['params']:>12,}")
     echo(f"trainable {summary['trainable_params']:,}, "
          f"non-trainable {summary['non_trainable_params']:,} (BatchNormalization statistics)")
+    echo(f"FLOPs per image: {summary['flops'] / 1e9:.2f} G ({summary['multiply_adds'] / 1e9:.2f} "
+         f"G multiply-adds, convolutions and dense layers, at {image_size}x{image_size})")
     echo("")
     if summary["weights"]:
         echo("ImageNet weights (keras.applications):")
         for entry in summary["weights"]:
             kind = "with top" if entry["include_top"] else "notop   "
-            echo(f"  {kind}  {entry['file']}  md5 {entry['md5']}")
+            digest = (f"sha256 {entry['sha256']}" if entry["sha256"] else
+                      f"md5 {entry['md5']}" if entry["md5"] else "no published hash")
+            echo(f"  {kind}  {entry['file']}  {digest}")
         echo(f"  from {summary['weights'][0]['url'].rsplit('/', 1)[0]}/")
     else:
         echo(f"ImageNet weights: no keras.applications file exists for "
@@ -340,7 +353,7 @@ def info(depth, version, image_size, as_json):
 @click.option("--top/--notop", "include_top", default=False, show_default=True,
               help="The file with the 1000-class ImageNet classifier, or without it.")
 @weights_dir_option
-def weights(depth, version, include_top, weights_dir):
+def weights(arch, depth, version, include_top, weights_dir):
     """Find (or download) the official ImageNet weights file and print its path.
 
     \b
@@ -349,7 +362,7 @@ def weights(depth, version, include_top, weights_dir):
       transfer weights --depth 101 --version v2 --weights-dir /data/keras-weights
     """
     echo(weights_command.weights(depth, version, include_top=include_top,
-                                 weights_dir=weights_dir))
+                                 weights_dir=weights_dir, arch=arch))
 
 
 # The options of a fine-tuning recipe, shared by finetune and lr-find.
@@ -465,6 +478,7 @@ def finetune(data, out, overwrite, resume, calibrate, **options):
       transfer finetune --data tfds:tf_flowers --version v2 --out runs/flowers
       transfer finetune --data ./flowers --version v1.5 --weights resnet50-11ad3fa6.pth
       transfer finetune --labels labels.csv --images ./photos --label-sep ";"
+      transfer finetune --data ./flowers --arch efficientnet_b0
     """
     if resume and not out:
         raise click.UsageError("--resume needs the --out of the run to continue.")
@@ -731,7 +745,7 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 @strict_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @table_options
-def embed(data, out, model, depth, version, weights, weights_dir, image_size, pooling,
+def embed(data, out, model, arch, depth, version, weights, weights_dir, image_size, pooling,
           batch_size, val_split, test_split, tfds_data_dir, strict, overwrite, **table):
     """Backbone features of every image, with labels, paths and splits, as .npz.
 
@@ -741,7 +755,7 @@ def embed(data, out, model, depth, version, weights, weights_dir, image_size, po
       transfer embed --data ./flowers --model runs/flowers --out tuned.npz
     """
     result = embed_command.embed(
-        data, out=out, model=model, depth=depth, version=version, weights=weights,
+        data, out=out, model=model, arch=arch, depth=depth, version=version, weights=weights,
         weights_dir=weights_dir, image_size=image_size, batch_size=batch_size, pooling=pooling,
         val_split=val_split, test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict,
         overwrite=overwrite, **table)

@@ -12,7 +12,8 @@ from transfer.errors import DataError, InvalidArgumentError
 from transfer.io import write_npz
 from transfer.models.architectures import image_size_pair
 from transfer.models.heads import feature_extractor
-from transfer.models.resnet import ResNet
+from transfer.models.applications import build_backbone
+from transfer.models.families import resolve_architecture
 from transfer.runs import load_model
 from transfer.runtime import INFERENCE_BATCH_SIZE, run_inference
 from transfer.train.options import FinetuneOptions
@@ -27,22 +28,23 @@ def embed(data, out=None, model=None, depth=FINETUNE.depth, version=FINETUNE.ver
           weights=FINETUNE.weights, weights_dir=None, image_size=FINETUNE.image_size,
           batch_size=INFERENCE_BATCH_SIZE, pooling=FINETUNE.pooling,
           val_split=FINETUNE.val_split, test_split=FINETUNE.test_split, tfds_data_dir=None,
-          strict=False, overwrite=False, **table_options):
+          strict=False, overwrite=False, arch=None, **table_options):
     """Pooled backbone features for every image of `data`, with labels and splits.
 
     The backbone is a trained model's (`model`: run directory or .keras file) or a
-    fresh ResNet (`depth`, `version`, `weights`). Returns a dict of arrays: features,
-    labels (class indices, or rows of 0/1 per class for multi-label data), paths,
-    splits, class_names; with `out`, also writes them to a .npz file. `table_options`
-    read labels from a CSV file or DataFrame (see `load_dataset`).
+    fresh backbone (`arch`, or the ResNet of `depth` and `version`; `weights`).
+    Returns a dict of arrays: features, labels (class indices, or rows of 0/1 per class
+    for multi-label data), paths, splits, class_names; with `out`, also writes them to
+    a .npz file. `table_options` read labels from a CSV file or DataFrame (see
+    `load_dataset`).
     """
     if out is not None and Path(out).suffix != ".npz":
         raise InvalidArgumentError(f"out={out}: embeddings are written as .npz.")
     if out is not None and Path(out).exists() and not overwrite:
         raise InvalidArgumentError(
             f"out={out} exists. Choose another path or pass overwrite=True.")
-    extractor, image_size, source = _extractor(model, depth, version, weights, weights_dir,
-                                               image_size, pooling)
+    extractor, image_size, source = _extractor(model, resolve_architecture(arch, depth, version),
+                                               weights, weights_dir, image_size, pooling)
     dataset = load_dataset(data, val_split=val_split, test_split=test_split,
                            tfds_data_dir=tfds_data_dir, min_classes=1, **table_options)
     drop_unreadable(dataset, strict=strict)
@@ -69,16 +71,16 @@ def embed(data, out=None, model=None, depth=FINETUNE.depth, version=FINETUNE.ver
     return result
 
 
-def _extractor(model, depth, version, weights, weights_dir, image_size, pooling):
-    """(feature extractor, image size, description) of a trained model or a fresh ResNet."""
+def _extractor(model, architecture, weights, weights_dir, image_size, pooling):
+    """(feature extractor, image size, description) of a trained model or a fresh backbone."""
     if model is not None:
         loaded = load_model(model, need_classifier=False)
         return (feature_extractor(loaded.model, pooling=pooling), loaded.image_size,
                 str(loaded.path))
     weights = None if str(weights).lower() == "none" else weights
     size = image_size_pair(image_size)
-    backbone = ResNet(depth, version, include_top=False, weights=weights,
-                      input_shape=(*size, 3), weights_dir=weights_dir)
+    backbone = build_backbone(architecture, include_top=False, weights=weights,
+                              input_shape=(*size, 3), weights_dir=weights_dir)
     return feature_extractor(backbone, pooling=pooling), size, f"{backbone.name} weights={weights}"
 
 

@@ -216,6 +216,7 @@ def build_model(dataset, options, strategy):
         with strategy.scope():
             model = build_classifier(
                 dataset.num_classes, depth=options.depth, version=options.version,
+                arch=options.arch,
                 weights=options.weights, image_size=options.image_size,
                 weights_dir=options.weights_dir, pooling=options.pooling,
                 dropout=options.dropout, hidden_units=options.hidden_units,

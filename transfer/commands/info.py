@@ -1,23 +1,27 @@
-"""`transfer info`: an architecture's groups, shapes, parameters and published
-ImageNet checkpoints."""
+"""`transfer info`: an architecture's groups, shapes, parameters, FLOPs per image and
+published ImageNet checkpoints."""
 
+from transfer.models.families import is_family
 from transfer.models.pretrained import KERAS_APPLICATIONS
 from transfer.models.summary import describe
 
 IMAGE_SIZE = 224
 
 
-def info(depth, version, image_size=IMAGE_SIZE):
+def info(depth, version, image_size=IMAGE_SIZE, arch=None):
     """The summary of `transfer.models.summary.describe` as plain data (JSON-ready)."""
-    summary = describe(depth, version, input_size=image_size)
+    summary = describe(depth, version, input_size=image_size, arch=arch)
     arch = summary["architecture"]
+    family = is_family(arch)
     keras_files = [row for row in summary["checkpoints"] if row.source == KERAS_APPLICATIONS]
     torch_files = [row for row in summary["checkpoints"] if row.source != KERAS_APPLICATIONS]
     return {
         "name": arch.display_name,
-        "depth": arch.depth,
-        "version": arch.version.name,
-        "preprocessing": arch.version.preprocessing,
+        "arch": arch.name,
+        "depth": None if family else arch.depth,
+        "version": None if family else arch.version.name,
+        "preprocessing": arch.preprocessing,
+        "default_image_size": arch.default_size,
         "groups": [
             {"name": r.name, "layers": r.layers, "output_shape": list(r.output_shape[1:]),
              "params": r.params}
@@ -27,8 +31,10 @@ def info(depth, version, image_size=IMAGE_SIZE):
         "params": summary["params"],
         "trainable_params": summary["trainable_params"],
         "non_trainable_params": summary["non_trainable_params"],
+        "multiply_adds": summary["multiply_adds"],
+        "flops": 2 * summary["multiply_adds"],  # a multiply-add is two floating-point operations
         "weights": [{"include_top": row.include_top, "file": row.file, "url": row.url,
-                     "md5": row.md5} for row in keras_files],
+                     "md5": row.md5, "sha256": row.sha256} for row in keras_files],
         "torch_weights": [{"source": row.source, "name": row.name, "file": row.file,
                            "url": row.url, "top1": row.top1} for row in torch_files],
     }

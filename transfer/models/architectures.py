@@ -82,6 +82,14 @@ class Architecture:
     def display_name(self):
         return f"ResNet{self.depth}{self.version.model_suffix.upper()}"
 
+    @property
+    def preprocessing(self):
+        return self.version.preprocessing
+
+    @property
+    def default_size(self):
+        return DEFAULT_INPUT_SIZE
+
 
 def get_architecture(depth=50, version="v1"):
     """Return the `Architecture` for `depth` and `version`, or raise naming both."""

@@ -1,4 +1,4 @@
-"""Layer groups of a ResNet (stem, conv2..conv5, post, head) and freezing by group.
+"""Layer groups of a backbone (stem, conv2..conv5, post, head) and freezing by group.
 
 A group is found from the layer names that keras.applications gives, so it works on
 a bare backbone, on a classifier that nests one, and on either after save and load.
@@ -12,7 +12,8 @@ from transfer.errors import InvalidArgumentError
 from transfer.lazy import keras
 from transfer.models import names
 from transfer.models.architectures import GROUPS, STAGES
-from transfer.models.identify import find_backbone
+from transfer.models.families import is_family
+from transfer.models.identify import architecture_of, find_backbone
 
 _PREFIX_GROUPS = {"conv1": "stem", "pool1": "stem", "post": "post",
                   **{stage: stage for stage in STAGES}}
@@ -38,7 +39,10 @@ def groups(model):
     preprocessing) when they come before it and to the head when they come after.
     """
     backbone = find_backbone(model)
-    result = OrderedDict((name, []) for name in GROUPS)
+    architecture = architecture_of(backbone)
+    family = is_family(architecture)
+    group_of = architecture.group_of if family else _backbone_group
+    result = OrderedDict((name, []) for name in (architecture.groups if family else GROUPS))
     outer = model.layers if backbone is not model else [backbone]
     seen_backbone = False
     for outer_layer in outer:
@@ -46,7 +50,10 @@ def groups(model):
             seen_backbone = True
             group = "stem"
             for layer in backbone.layers:
-                group = _backbone_group(layer.name, group)
+                if family and (group == "head" or layer.name in _HEAD_NAMES):
+                    group = "head"  # keras.applications' top, built with include_top
+                else:
+                    group = group_of(layer.name, group)
                 result[group].append(layer)
         else:
             result["head" if seen_backbone else "stem"].append(outer_layer)

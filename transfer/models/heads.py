@@ -16,7 +16,8 @@ from transfer.models.architectures import image_size_pair
 from transfer.models.groups import groups
 from transfer.models.identify import architecture_of, find_backbone
 from transfer.models.preprocessing import preprocessing_layer
-from transfer.models.resnet import ResNet
+from transfer.models.applications import build_backbone
+from transfer.models.families import resolve_architecture
 
 # pooling -> the Keras layer that pools the last feature map
 # The two tasks: one class per image (softmax), or any number of labels (sigmoids).
@@ -79,7 +80,7 @@ def attach_head(
 
     layers = keras.layers
     inputs = keras.Input(shape=backbone.input.shape[1:], name=names.INPUT)
-    x = preprocessing_layer(architecture.version.preprocessing, name=names.PREPROCESSING)(inputs)
+    x = preprocessing_layer(architecture.preprocessing, name=names.PREPROCESSING)(inputs)
     x = backbone(x)
     x = _pooling_layer(pooling)(x)
     if standardize:
@@ -106,16 +107,19 @@ def build_classifier(
     weights="imagenet",
     image_size=224,
     weights_dir=None,
+    arch=None,
     **head_options,
 ):
-    """Build a ResNet backbone (`include_top=False`) and attach a new head to it.
+    """Build a backbone (`include_top=False`) and attach a new head to it.
 
-    `image_size` may be an int, a (height, width) pair, or None for any size.
-    `head_options` are those of `attach_head`.
+    The backbone is `arch` (an --arch name of `transfer.models.families`, e.g.
+    "efficientnet_b0") or else the ResNet of `depth` and `version`. `image_size` may be
+    an int, a (height, width) pair, or None for any size. `head_options` are those of
+    `attach_head`.
     """
     shape = (None, None, 3) if image_size is None else (*image_size_pair(image_size), 3)
-    backbone = ResNet(depth, version, include_top=False, weights=weights,
-                      input_shape=shape, weights_dir=weights_dir)
+    backbone = build_backbone(resolve_architecture(arch, depth, version), include_top=False,
+                              weights=weights, input_shape=shape, weights_dir=weights_dir)
     return attach_head(backbone, num_classes, **head_options)
 
 
@@ -139,7 +143,7 @@ def feature_extractor(model, pooling="avg", group=None):
         backbone = keras.Model(backbone.input, found[group][-1].output,
                                name=f"{backbone.name}_{group}")
     inputs = keras.Input(shape=backbone.input.shape[1:], name=names.INPUT)
-    x = preprocessing_layer(architecture.version.preprocessing, name=names.PREPROCESSING)(inputs)
+    x = preprocessing_layer(architecture.preprocessing, name=names.PREPROCESSING)(inputs)
     x = backbone(x)
     if pooling is not None:
         x = _pooling_layer(pooling)(x)

@@ -2,7 +2,8 @@
 
 A backbone is found by its first convolution's name, so this works on a bare
 backbone, on a classifier nesting one, after save and load, and on models built by
-keras.applications.
+keras.applications. Another family's backbone (`transfer.models.families`) is found by
+the model name keras.applications gives it.
 """
 
 import re
@@ -12,6 +13,7 @@ from transfer.errors import InvalidArgumentError
 from transfer.lazy import keras
 from transfer.models import names
 from transfer.models.architectures import BLOCKS_PER_STAGE, STAGES, VERSIONS, get_architecture
+from transfer.models.families import family_of_model
 
 _BLOCK_NAME = re.compile(r"^(conv[2-5])_block(\d+)_")
 _PADDED_3X3 = re.compile(r"^conv[2-5]_block\d+_2_pad$")
@@ -28,9 +30,8 @@ class LayerCounts:
 
 
 def is_backbone(model):
-    return isinstance(model, keras.Model) and any(
-        layer.name == names.STEM_CONV for layer in model.layers
-    )
+    return isinstance(model, keras.Model) and (family_of_model(model) is not None or any(
+        layer.name == names.STEM_CONV for layer in model.layers))
 
 
 def find_backbone(model):
@@ -41,14 +42,19 @@ def find_backbone(model):
         if is_backbone(layer):
             return layer
     raise InvalidArgumentError(
-        f"Model {getattr(model, 'name', model)!r} is not a ResNet built by transfer: "
-        f"it has no layer named {names.STEM_CONV!r}."
+        f"Model {getattr(model, 'name', model)!r} is not a ResNet built by transfer "
+        f"(it has no layer named {names.STEM_CONV!r}) nor a keras.applications backbone "
+        "of transfer.models.families."
     )
 
 
 def architecture_of(model):
-    """The `Architecture` of a transfer/keras.applications ResNet, from its layer names."""
+    """The `Architecture` of a transfer/keras.applications ResNet, from its layer names,
+    or the `Family` of another keras.applications backbone."""
     backbone = find_backbone(model)
+    family = family_of_model(backbone)
+    if family is not None:
+        return family
     found = identify_architecture([layer.name for layer in backbone.layers])
     if found is None:
         raise InvalidArgumentError(

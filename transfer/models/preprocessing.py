@@ -18,6 +18,9 @@ MODES = {
     "caffe": (True, None, (103.939, 116.779, 123.68), None),
     "tf": (False, 127.5, None, None),  # x / 127.5 - 1: written out in `_apply`
     "torch": (False, 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # The backbone scales its own input (keras.applications' EfficientNet, MobileNetV3,
+    # ConvNeXt): raw 0-255 pixels pass unchanged.
+    "none": (False, None, None, None),
 }
 
 
@@ -55,6 +58,8 @@ def preprocess_input(x, mode="v1"):
 
 def _apply(x, mode, xp):
     reverse, divisor, mean, std = MODES[mode]
+    if mode == "none":
+        return x
     if reverse:
         x = x[..., ::-1] if xp is np else ops.flip(x, axis=-1)
     if divisor is not None:
@@ -98,6 +103,8 @@ def preprocessing_layer(mode="caffe", name=names.PREPROCESSING):
             3, 1, name=f"{name}_bgr_mean", trainable=False, **f32,
             kernel_initializer=keras.initializers.Constant(permutation),
             bias_initializer=keras.initializers.Constant(-np.array(mean, dtype="float32")))]
+    elif mode == "none":
+        steps = [keras.layers.Identity(name=f"{name}_none", **f32)]
     elif mode == "tf":
         steps = [keras.layers.Normalization(mean=0.0, variance=divisor**2, name=f"{name}_scale",
                                             **f32),

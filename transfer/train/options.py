@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from transfer.data.pipeline import MAX_PIXELS
 from transfer.errors import InvalidArgumentError, unknown_choice
-from transfer.models.architectures import get_architecture
+from transfer.models.families import is_family, resolve_architecture
 from transfer.models.heads import POOLINGS
 from transfer.models.pretrained import check_imagenet_available
 from transfer.train.distribute import STRATEGIES
@@ -33,6 +33,7 @@ JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 
 @dataclass
 class FinetuneOptions:
+    arch: str = None  # an --arch name of transfer.models.families; None: depth and version
     depth: int = 50
     version: str = "v1"
     weights: str = "imagenet"  # "imagenet", a file path, or "none"
@@ -82,8 +83,15 @@ class FinetuneOptions:
     multi_label: bool = False  # multi-label even where no cell holds several labels
 
     def validate(self):
-        architecture = get_architecture(self.depth, self.version)
-        self.depth, self.version = architecture.depth, architecture.version.name
+        architecture = self.architecture
+        if is_family(architecture):
+            if str(self.depth) not in ("None", "50") or self.version not in (None, "v1"):
+                raise InvalidArgumentError(
+                    f"depth and version are ResNet's; arch={self.arch!r} names the whole "
+                    f"architecture. Received: depth={self.depth!r}, version={self.version!r}")
+            self.arch, self.depth, self.version = architecture.name, None, None
+        else:  # a ResNet is recorded by depth and version, whichever way it was named
+            self.arch, self.depth, self.version = None, architecture.depth, architecture.version.name
         checks = [
             (self.optimizer in OPTIMIZERS, "optimizer", tuple(OPTIMIZERS)),
             (self.augment in AUGMENT_PRESETS, "augment", AUGMENT_PRESETS),
@@ -138,6 +146,11 @@ class FinetuneOptions:
         if str(self.fine_tune_from).lower() == "none":
             self.fine_tune_from = "none"
         return self
+
+    @property
+    def architecture(self):
+        """The `Architecture` (ResNet) or `Family` these options name."""
+        return resolve_architecture(self.arch, self.depth, self.version)
 
     @property
     def fine_tunes(self):

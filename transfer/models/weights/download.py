@@ -39,10 +39,12 @@ def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
     if weights_dir:
         candidate = Path(weights_dir).expanduser() / checkpoint.file
         if candidate.is_file():
-            if file_md5(candidate) != checkpoint.md5:
+            if checkpoint.file_hash and file_digest(candidate, checkpoint.file_hash) \
+                    != checkpoint.file_hash:
+                kind = "SHA-256" if checkpoint.sha256 else "MD5"
                 raise WeightsError(
-                    f"{candidate} does not have the MD5 hash of the official file "
-                    f"({checkpoint.md5}): it is damaged or a different file. Download it "
+                    f"{candidate} does not have the {kind} hash of the official file "
+                    f"({checkpoint.file_hash}): it is damaged or a different file. Download it "
                     f"again from {checkpoint.url}"
                 )
             return candidate
@@ -50,7 +52,7 @@ def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             return Path(keras.utils.get_file(
                 checkpoint.file, checkpoint.url, cache_dir=str(keras_home()),
-                cache_subdir="models", file_hash=checkpoint.md5))
+                cache_subdir="models", file_hash=checkpoint.file_hash))
     except Exception as exc:  # get_file raises a bare Exception when offline
         looked_in = f"{keras_cache_dir()}" + (f" and {weights_dir}" if weights_dir else "")
         raise WeightsError(
@@ -63,7 +65,12 @@ def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
 
 
 def file_md5(path, chunk_size=1 << 20):
-    digest = hashlib.md5()
+    return file_digest(path, "md5", chunk_size)
+
+
+def file_digest(path, like, chunk_size=1 << 20):
+    """The file's MD5, or its SHA-256 where `like` (a hash) is that long, as Keras picks."""
+    digest = hashlib.sha256() if len(like) == 64 else hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
