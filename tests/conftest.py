@@ -12,6 +12,17 @@ import pytest  # noqa: E402
 
 import transfer  # noqa: E402
 
+# pytest-xdist (--dist loadfile) hands out test files in collection order: the
+# slowest first (scripts/test --durations=0), so that the two workers end together.
+SLOWEST_FILES = ("test_recipe.py", "test_scale.py", "test_weights.py", "test_use.py",
+                 "test_speed.py", "test_finetune.py", "test_compat.py", "test_safeguards.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 # (our builder, keras.applications builder name, depth, version): one row per variant.
 VARIANTS = [
     (transfer.ResNet50, "ResNet50", 50, "v1"),

@@ -139,7 +139,10 @@ def test_export_compares_with_the_keras_model(exported):
         assert "on the val split: top-1 agreement" in line and " on 60 images" in line, line
         if name != "int8.tflite":
             assert "top-1 agreement 100.00%" in line and "(+0.00 points)" in line, line
-    assert "Warning: The export is" not in "".join(outputs.values())
+    # int8 may lose an image of the 60 (1.67 points, above the 1-point default): the
+    # float formats never may.
+    assert "Warning: The export is" not in "".join(
+        text for name, text in outputs.items() if name != "int8.tflite")
 
 
 def test_evaluate_reports_on_every_exported_format(exported, tmp_path):

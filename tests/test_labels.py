@@ -163,8 +163,8 @@ def test_thresholds_travel_in_the_model_for_evaluate_and_predict(multi_run, tmp_
         assert {p["label"] for p in row["predictions"]} == above
         shown = [p["probability"] for p in row["predictions"]]
         assert shown == sorted(shown, reverse=True)
-        assert {p["label"]: round(p["probability"], 4) for p in row["predictions"]} == {
-            name: round(probs[name], 4) for name in above}
+        assert {p["label"]: p["probability"] for p in row["predictions"]} == pytest.approx(
+            {name: probs[name] for name in above}, abs=1e-3)  # other batches, other rounding
 
 
 def test_hash_split_of_a_csv_is_stable_and_stratified(tmp_path):

@@ -104,7 +104,7 @@ def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folde
 
     monkeypatch.setattr(logging.getLogger("transfer"), "propagate", True)
     path, before = _weights_file(tmp_path)
-    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=str(path),
+    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=str(path),
                                image_size=32, batch_size=8, head_epochs=2, fine_tune_epochs=1,
                                fine_tune_from="conv5", fine_tune_learning_rate=1e4,
                                early_stopping_patience=0, augment="none")
@@ -198,7 +198,7 @@ def test_the_probe_becomes_a_dense_softmax_with_the_same_probabilities(classes):
 
 
 def test_phase_one_from_the_probe_matches_the_probe(tmp_path, image_folder):
-    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
+    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
                                batch_size=8, fine_tune_from="none", seed=1)
     rows = result.history
     assert len(rows) == 1 and rows[0]["phase"] == "head" and rows[0]["probe_C"] > 0
@@ -212,7 +212,7 @@ def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image
     from transfer.data.sources import load_dataset
     from transfer.models.heads import pooled_features
 
-    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
+    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
                                batch_size=8, fine_tune_from="none", seed=1)
     splits = load_dataset(image_folder, val_split=FinetuneOptions.val_split).splits
     train, val = splits["train"], splits["val"]
@@ -228,7 +228,7 @@ def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image
     images = next(iter(images_only(val, 32, 8)))
     np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(result.model(images)),
                                rtol=1e-5, atol=1e-6)
-    plain = transfer.finetune(image_folder, out=tmp_path / "plain", weights=None, image_size=32,
+    plain = transfer.finetune(image_folder, report=False, out=tmp_path / "plain", weights=None, image_size=32,
                               batch_size=8, fine_tune_from="none", seed=1, refit=False)
     assert "refit" not in plain.metrics["kept"]
     assert plain.metrics["val"] == result.metrics["val"]
@@ -315,7 +315,7 @@ def test_phase_two_validation_from_the_frozen_groups_matches_the_whole_model(tmp
     original = phases.cached_validation
     monkeypatch.setattr(phases, "cached_validation",
                         lambda suffix, *args: made.append(suffix.name) or original(suffix, *args))
-    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
+    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
                                batch_size=8, head_epochs=1, fine_tune_epochs=2,
                                early_stopping_patience=0, keep="last", augment="none")
     last = result.history[-1]
@@ -330,7 +330,7 @@ def test_phase_two_validation_from_the_frozen_groups_matches_the_whole_model(tmp
 
 
 def test_without_a_phase_one_phase_two_is_kept(tmp_path, image_folder):
-    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
+    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
                                batch_size=8, head_epochs=0, fine_tune_epochs=1,
                                fine_tune_from="conv5", early_stopping_patience=0)
     assert result.metrics["kept"] == {"phase": "fine-tune",
@@ -354,7 +354,7 @@ def test_decoded_images_are_whole_levels_kept_as_uint8(image_folder):
 
 
 def test_the_same_seed_gives_the_same_model(tmp_path, image_folder):
-    runs = [transfer.finetune(image_folder, out=tmp_path / f"run{i}", weights=None,
+    runs = [transfer.finetune(image_folder, report=False, out=tmp_path / f"run{i}", weights=None,
                               image_size=32, batch_size=4, fine_tune_epochs=2,
                               early_stopping_patience=0, keep="last", seed=3)
             for i in range(2)]

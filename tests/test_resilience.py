@@ -83,7 +83,7 @@ def corpus(tmp_path_factory):
 def corpus_run(corpus, tmp_path_factory):
     root, good, bad = corpus
     out = tmp_path_factory.mktemp("runs") / "run"
-    result = run_cli("finetune", "--data", root, "--weights", "none", "--out", out,
+    result = run_cli("finetune", "--no-report", "--data", root, "--weights", "none", "--out", out,
                      "--image-size", "32", "--batch-size", "8", "--head-epochs", "1",
                      "--fine-tune-from", "conv5", "--fine-tune-epochs", "1",
                      "--early-stopping", "0")

@@ -18,7 +18,7 @@ import transfer
 from tests.conftest import make_image_folder, randomize
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--image-size", "32", "--batch-size", "8", "--early-stopping", "0",
+SMALL = ["--no-report", "--image-size", "32", "--batch-size", "8", "--early-stopping", "0",
          "--dropout", "0", "--augment", "none"]
 
 
@@ -54,7 +54,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from transfer.commands.finetune import finetune
 for strategy in ("one", "mirrored"):
-    result = finetune({str(image_folder)!r}, out={str(tmp_path)!r} + "/" + strategy,
+    result = finetune({str(image_folder)!r}, report=False, out={str(tmp_path)!r} + "/" + strategy,
                       weights={str(backbone_file)!r}, image_size=32, batch_size=8,
                       head_epochs=2, fine_tune_from="conv5", fine_tune_epochs=1, dropout=0.0,
                       augment="none", early_stopping_patience=0, strategy=strategy)

@@ -25,7 +25,7 @@ def weights_file(tmp_path):
 
 
 def _phase1(image_folder, tmp_path, weights_file, cache, name):
-    return finetune(image_folder, out=tmp_path / name, weights=str(weights_file), image_size=32,
+    return finetune(image_folder, report=False, out=tmp_path / name, weights=str(weights_file), image_size=32,
                     batch_size=8, head_epochs=3, fine_tune_from="none", cache_features=cache,
                     early_stopping_patience=0)
 
@@ -86,7 +86,7 @@ def test_inference_path_equals_predict(jit_compile):
 
 def test_mixed_precision_on_cpu_says_what_it_does_and_jit_off_trains(image_folder, tmp_path):
     result = CliRunner().invoke(cli, [
-        "finetune", "--data", str(image_folder), "--weights", "none", "--out",
+        "finetune", "--no-report", "--data", str(image_folder), "--weights", "none", "--out",
         str(tmp_path / "run"), "--image-size", "32", "--head-epochs", "1",
         "--fine-tune-from", "none", "--mixed-precision",
         "--jit-compile", "off"])
@@ -103,7 +103,7 @@ def test_mixed_precision_on_cpu_says_what_it_does_and_jit_off_trains(image_folde
 def test_jit_compile_on_trains_with_xla_and_auto_does_not_on_cpu(image_folder, tmp_path):
     """`on` trains with XLA-compiled steps (batch 7 leaves a partial batch, which
     XLA training drops); `auto` is Keras' choice, no XLA on a CPU. The run records which."""
-    runs = {mode: finetune(image_folder, out=tmp_path / mode, weights=None, image_size=32,
+    runs = {mode: finetune(image_folder, report=False, out=tmp_path / mode, weights=None, image_size=32,
                            batch_size=7, head_epochs=1, fine_tune_from="none",
                            early_stopping_patience=0, jit_compile=mode,
                            cache_dir=str(tmp_path / "cache"))

@@ -33,8 +33,8 @@ def trained(tmp_path_factory):
     """A small classifier trained by `transfer finetune`, and its data."""
     root = tmp_path_factory.mktemp("use")
     data = make_image_folder(root / "images", {"cat": 8, "dog": 8, "fox": 8})
-    result = run_cli("finetune", "--data", data, "--weights", "none", "--out", root / "run",
-                     "--image-size", "32", "--head-epochs", "3", "--fine-tune-from", "none")
+    result = run_cli("finetune", "--no-report", "--data", data, "--weights", "none",
+                     "--out", root / "run", "--image-size", "32", "--head-epochs", "3", "--fine-tune-from", "none")
     assert result.exit_code == 0, result.output
     return root / "run", data, root
 

@@ -464,7 +464,10 @@ recipe_options = _options(
               help="Continue an interrupted run in --out from its last completed epoch "
                    "(same command otherwise).")
 @calibrate_option
-def finetune(data, out, overwrite, resume, calibrate, **options):
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write report.html at the end (a pass of the backbone over every image, "
+                   "for the leaked-duplicates check; `transfer report` writes it later).")
+def finetune(data, out, overwrite, resume, calibrate, report, **options):
     """Fine-tune a ResNet on a folder of images (or a TFDS dataset).
 
     Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the groups
@@ -483,7 +486,7 @@ def finetune(data, out, overwrite, resume, calibrate, **options):
     if resume and not out:
         raise click.UsageError("--resume needs the --out of the run to continue.")
     result = finetune_command.finetune(data, out=out, overwrite=overwrite, resume=resume,
-                                       calibrate=calibrate, **options)
+                                       calibrate=calibrate, report=report, **options)
     echo("")
     for split, name in (("val", "validation"), ("test", "test")):
         if split in result.metrics:

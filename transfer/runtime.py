@@ -54,8 +54,12 @@ def _compiled_call(model, jit_compile=None, tta=False):
                 outputs = (outputs + model(tf.reverse(x, axis=[2]), training=False)) / 2
             return outputs
 
-        cache[jit_compile, tta] = tf.function(call, jit_compile=jit_compile,
-                                              reduce_retracing=True)
+        function = tf.function(call, jit_compile=jit_compile, reduce_retracing=True)
+        # TensorFlow counts traces by the Python code object, so the first trace of each
+        # new model (backbone, frozen prefix, head, the report's) reads as a "retrace"
+        # and warns, although each model's function is traced once per input shape.
+        function._omit_frequent_tracing_warning = True
+        cache[jit_compile, tta] = function
     return cache[jit_compile, tta]
 
 

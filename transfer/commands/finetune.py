@@ -73,13 +73,15 @@ class RunResult:
 
 
 def finetune(data, out=None, overwrite=False, resume=False, options=None, calibrate=False,
-             **overrides):
+             report=True, **overrides):
     """Fine-tune a ResNet on `data` (a folder, `tfds:NAME`, or a CSV file or pandas
     DataFrame of paths and labels) and write a run directory.
 
     Options are the fields of `FinetuneOptions`, given as an object or as keywords.
     `resume=True` continues an interrupted run in `out` from its last completed epoch.
     `calibrate=True` fits a temperature on validation and stores it in the model.
+    `report=False` leaves out report.html (`transfer report` writes it later): it costs
+    a pass of the backbone over every image, for the leaked-duplicates check.
     Returns a `RunResult` with the run directory, the metrics and the model.
     """
     options = resolve_options(options, **overrides)
@@ -100,7 +102,7 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, calibr
                 raise RunInterruptedError(
                     f"The run was interrupted. resume=True out={out} continues it.") from exc
             raise
-        if chief:
+        if chief and (report or calibrate):
             result.metrics = write_report_or_warn(paths.root, result.metrics, calibrate,
                                                   model=local_copy(model, strategy))
         return result
