@@ -115,6 +115,9 @@ def test_multi_label_trains_well_above_chance(multi_run):
     assert sum(v["support"] for v in per_label.values()) == 2 * val["images"]
     assert "mAP " in output and "micro F1" in output
     assert "refit" not in metrics["kept"]  # the thresholds need validation images unseen
+    assert not (run / "report.html").exists()  # its sections are single-label ones
+    refused = run_cli("report", run)
+    assert refused.exit_code == 2 and "multi-label" in refused.output, refused.output
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "multi" and config["dataset"]["source"] == "csv"
     report = (run / "classification_report.txt").read_text()

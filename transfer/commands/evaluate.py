@@ -72,6 +72,8 @@ def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_siz
     write_json(Path(out) / METRICS_FILE, metrics)  # first: a failing report must not lose it
     write_reports(out, labels, probabilities, loaded.class_names, paths,
                   thresholds=loaded.thresholds)
+    if loaded.task == MULTI_LABEL:  # the report's sections are single-label ones
+        return metrics
     return write_report_or_warn(out, metrics, batch_size=batch_size, model=loaded)
 
 

@@ -30,6 +30,7 @@ from transfer.runs import (
     COMPLETE,
     FAILED,
     INTERRUPTED,
+    REPORT_HTML,
     RUNNING,
     TEST_PREFIX,
     RunPaths,
@@ -102,7 +103,10 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, calibr
                 raise RunInterruptedError(
                     f"The run was interrupted. resume=True out={out} continues it.") from exc
             raise
-        if chief and (report or calibrate):
+        if chief and (report or calibrate) and dataset.task == MULTI_LABEL:
+            logger.info("No %s: the report's sections are for single-label runs; "
+                        "metrics.json and the per-label reports hold the results.", REPORT_HTML)
+        elif chief and (report or calibrate):
             result.metrics = write_report_or_warn(paths.root, result.metrics, calibrate,
                                                   model=local_copy(model, strategy))
         return result

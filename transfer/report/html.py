@@ -94,6 +94,11 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
             f"calibrate=True: {folder} is not a run directory; temperature scaling is "
             "fitted on a run's validation images and stored in its model.")
     loaded = _loaded_model(folder, metrics, is_run, model)
+    if loaded.thresholds is not None:  # only multi-label models carry thresholds
+        raise InvalidArgumentError(
+            f"{folder} holds a multi-label model: report.html is for single-label runs; its "
+            "metrics.json, classification_report.txt and confusion_matrix.csv hold the "
+            "per-label results.")
     splits = [_evaluated(folder, prefix, name, loaded.class_names)
               for prefix, name in (("", "val" if is_run else metrics.get("split", "data")),
                                    (TEST_PREFIX, "test"))]
