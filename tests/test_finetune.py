@@ -16,7 +16,7 @@ from tests.conftest import SAMPLE_DATA, make_image_folder, mock_tfds_metadata, r
 from transfer.cli import cli
 from transfer.commands.finetune import finetune
 
-FAST = ["--image-size", "32", "--batch-size", "16", "--head-epochs", "2",
+FAST = ["--no-report", "--image-size", "32", "--batch-size", "16", "--head-epochs", "2",
         "--fine-tune-epochs", "1", "--early-stopping", "0"]
 
 
@@ -171,7 +171,8 @@ def _backbone_after(run_dir):
 @pytest.mark.parametrize("fine_tune_from", ["none", "conv5"])
 def test_phases_change_only_what_they_train(tmp_path, image_folder, fine_tune_from):
     path, before = _weights_file(tmp_path)
-    result = finetune(image_folder, out=tmp_path / "run", weights=str(path), image_size=32,
+    result = finetune(image_folder, report=False, out=tmp_path / "run", weights=str(path),
+                      image_size=32,
                       batch_size=8, head_epochs=2, fine_tune_epochs=1,
                       fine_tune_from=fine_tune_from, early_stopping_patience=0,
                       keep="last")  # phase 2's model even if phase 1 validated better

@@ -56,7 +56,7 @@ def single_run(tmp_path_factory):
             for i, (name, path) in enumerate(sample_files(per_class=12))]
     labels = write_csv(root / "labels.csv", ["file", "class", "split"], rows)
     result = run_cli("finetune", "--labels", labels, "--images", SAMPLE_DATA, "--out",
-                     root / "run", "--head-epochs", "3", *FAST)
+                     root / "run", "--head-epochs", "3", "--no-report", *FAST)
     assert result.exit_code == 0, result.output
     return root / "run", labels, rows, result.output
 

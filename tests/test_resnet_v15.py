@@ -139,7 +139,7 @@ def test_finetune_from_a_pytorch_checkpoint(tmp_path):
     result = CliRunner().invoke(cli, [
         "finetune", "--data", str(data), "--version", "v1.5", "--weights", str(checkpoint),
         "--image-size", "32", "--batch-size", "8", "--head-epochs", "1",
-        "--fine-tune-from", "none", "--out", str(out)])
+        "--fine-tune-from", "none", "--no-report", "--out", str(out)])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "complete"

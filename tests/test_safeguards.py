@@ -90,7 +90,7 @@ def test_confusion_matrix_figure_stays_bounded(tmp_path, classes):
     assert width <= (MAX_MATRIX_INCHES + 4) * DPI and height <= (MAX_MATRIX_INCHES + 3) * DPI
 
 
-TINY = dict(weights="none", image_size=32, batch_size=8, head_epochs=1, fine_tune_from="none")
+TINY = dict(report=False, weights="none", image_size=32, batch_size=8, head_epochs=1, fine_tune_from="none")
 
 
 class DiskTrouble(OSError):
@@ -243,7 +243,7 @@ def _interrupted_run(tmp_path, monkeypatch, data):
     return out
 
 
-TINY_FLAGS = ["--weights", "none", "--image-size", 32, "--batch-size", 8, "--head-epochs", 1,
+TINY_FLAGS = ["--no-report", "--weights", "none", "--image-size", 32, "--batch-size", 8, "--head-epochs", 1,
               "--fine-tune-from", "none"]
 
 

@@ -30,23 +30,20 @@ def _phase1(image_folder, tmp_path, weights_file, cache, name):
                     early_stopping_patience=0)
 
 
-def test_cached_features_train_the_same_head(image_folder, tmp_path, weights_file):
+def test_cached_features_train_the_same_head_and_a_second_run_reuses_them(
+        image_folder, tmp_path, weights_file, feature_cache_dir, caplog):
     """Same seed: the head trained on cached features equals the one trained through
     the frozen backbone (dropout included), within float tolerance."""
     cached = _phase1(image_folder, tmp_path, weights_file, True, "cached")
+    files = sorted(feature_cache_dir.glob("*.npy"))
+    assert len(files) == 2  # train and validation
     direct = _phase1(image_folder, tmp_path, weights_file, False, "direct")
     for a, b in zip(cached.model.get_layer("predictions").weights,
                     direct.model.get_layer("predictions").weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # seen: 4e-7
     np.testing.assert_allclose([r["loss"] for r in cached.history],
                                [r["loss"] for r in direct.history], rtol=1e-5)
-
-
-def test_second_run_reuses_the_cache(image_folder, tmp_path, weights_file, feature_cache_dir,
-                                     caplog):
-    _phase1(image_folder, tmp_path, weights_file, True, "first")
-    files = sorted(feature_cache_dir.glob("*.npy"))
-    assert len(files) == 2  # train and validation
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="transfer"):
         _phase1(image_folder, tmp_path, weights_file, True, "second")
     assert caplog.text.count("Reusing cached features") == 2

@@ -68,12 +68,20 @@ def _check_group(model_groups, name, argument):
         )
 
 
+# MobileNet's BatchNormalization has momentum 0.999: its moving statistics take
+# thousands of steps to leave their initial values, so a short run that trains them
+# validates at chance (MobileNetV3Small from scratch, 3 epochs at 32 px: training
+# accuracy 0.71, validation 0.19). 0.99 is ResNet's and keras' default.
+TRAINED_BN_MOMENTUM = 0.99
+
+
 def set_trainable_from(model, first_trainable=None, train_bn=False):
     """Freeze every group before `first_trainable`; make it and later groups trainable.
 
     `first_trainable=None` freezes everything. BatchNormalization in trainable groups
-    stays frozen (inference mode, moving statistics kept) unless `train_bn=True`.
-    Recompile the model afterwards, as for any change of `trainable` in Keras.
+    stays frozen (inference mode, moving statistics kept) unless `train_bn=True`; then
+    its momentum is at most TRAINED_BN_MOMENTUM. Recompile the model afterwards, as for
+    any change of `trainable` in Keras.
     """
     model_groups = groups(model)
     if first_trainable is not None:
@@ -89,6 +97,8 @@ def set_trainable_from(model, first_trainable=None, train_bn=False):
                 layer.trainable = False
             elif isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = trainable and train_bn
+                if layer.trainable:
+                    layer.momentum = min(layer.momentum, TRAINED_BN_MOMENTUM)
             else:
                 layer.trainable = trainable
     return model
