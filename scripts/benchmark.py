@@ -323,7 +323,8 @@ def print_time_to_accuracy(rows):
 
 EXPORTS = [("keras", "none", "model.keras"), ("savedmodel", "none", "savedmodel"),
            ("onnx", "none", "model.onnx"),
-           *[("tflite", q, f"model-{q}.tflite") for q in ("none", "float16", "dynamic", "int8")]]
+           *[("tflite", q, f"model-{q}.tflite") for q in ("none", "float16", "dynamic", "int8",
+                                                              "int16x8")]]
 
 
 def _size_mb(path):

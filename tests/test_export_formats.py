@@ -19,9 +19,14 @@ CLASSES = sorted(p.name for p in Path(SAMPLE_DATA).iterdir() if p.is_dir())
 # (name, format, quantisation) of the exports of the default run
 EXPORTS = [("model.keras", "keras", "none"), ("savedmodel", "savedmodel", "none"),
            ("model.tflite", "tflite", "none"), ("int8.tflite", "tflite", "int8"),
-           ("model.onnx", "onnx", "none")]
+           ("int16x8.tflite", "tflite", "int16x8"), ("model.onnx", "onnx", "none")]
 FLOAT_TOLERANCE = 1e-4  # on probabilities, for the unquantised formats
-INT8_AGREEMENT = 0.98  # top-1 agreement of int8 with the Keras model, at least
+# Top-1 agreement with the Keras model of int8 and int16x8 (int8 weights, 16-bit
+# activations), at least. On this shallow CNN int8 agrees on 99.3% and int16x8 on
+# 98.0% (its error is in the head: float in int8, 16-bit in int16x8); on a ResNet50,
+# where int8's error adds up over 50 layers, int16x8 is the closer (README).
+INT8_AGREEMENT = 0.98
+INT16X8_AGREEMENT = 0.97
 
 
 def run_cli(*args):
@@ -85,7 +90,7 @@ out["savedmodel"] = saved.signatures["serving_default"](images=tf.constant(image
 png = tf.io.encode_png(images[0]).numpy()
 by_bytes = saved.signatures["serve_bytes"](image_bytes=tf.constant([png, png]))
 top = [by_bytes["classes"].numpy()[0].astype(str).tolist(), by_bytes["scores"].numpy()[0].tolist()]
-for name in ("model.tflite", "int8.tflite"):
+for name in ("model.tflite", "int8.tflite", "int16x8.tflite"):
     interpreter = Interpreter(model_path=root + "/" + name)
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], images.shape)
@@ -117,6 +122,9 @@ print(json.dumps({{"probabilities": {{k: np.asarray(v).tolist() for k, v in out.
     int8_agreement = np.mean(probabilities["int8.tflite"].argmax(1) == expected.argmax(1))
     print(f"int8 top-1 agreement with the Keras model: {int8_agreement:.2%}")
     assert int8_agreement >= INT8_AGREEMENT
+    int16x8_agreement = np.mean(probabilities["int16x8.tflite"].argmax(1) == expected.argmax(1))
+    print(f"int16x8 top-1 agreement with the Keras model: {int16x8_agreement:.2%}")
+    assert int16x8_agreement >= INT16X8_AGREEMENT
     # the SavedModel decodes image bytes and names the top classes
     order = np.argsort(-expected[0])[:5]
     assert got["top"][0] == [CLASSES[i] for i in order]
@@ -137,12 +145,12 @@ def test_export_compares_with_the_keras_model(exported):
     for name, _, _ in EXPORTS:
         line = next(x for x in outputs[name].splitlines() if x.startswith("Compared with"))
         assert "on the val split: top-1 agreement" in line and " on 60 images" in line, line
-        if name != "int8.tflite":
+        if name not in ("int8.tflite", "int16x8.tflite"):
             assert "top-1 agreement 100.00%" in line and "(+0.00 points)" in line, line
     # int8 may lose an image of the 60 (1.67 points, above the 1-point default): the
     # float formats never may.
     assert "Warning: The export is" not in "".join(
-        text for name, text in outputs.items() if name != "int8.tflite")
+        text for name, text in outputs.items() if name not in ("int8.tflite", "int16x8.tflite"))
 
 
 def test_evaluate_reports_on_every_exported_format(exported, tmp_path):
@@ -163,7 +171,8 @@ def test_evaluate_reports_on_every_exported_format(exported, tmp_path):
             assert metrics["accuracy"] == keras_accuracy, name
             assert metrics["agreement"]["top1_agreement"] == 1.0, name
         else:
-            assert metrics["agreement"]["top1_agreement"] >= INT8_AGREEMENT
+            assert metrics["agreement"]["top1_agreement"] >= (
+                INT16X8_AGREEMENT if quantize == "int16x8" else INT8_AGREEMENT)
             assert abs(metrics["agreement"]["accuracy_difference_points"]) <= 2
 
 
@@ -184,6 +193,13 @@ def test_export_warns_above_max_drop_and_refuses_bad_options(exported, tmp_path,
     result = run_cli("export", model, "--format", "tflite", "--quantize", "int8",
                      "--out", tmp_path / "m.tflite")
     assert result.exit_code == 2 and "calibrates on training images: pass --data" in result.output
+    # int8 below the agreement one would ship points to int16x8 (this model's int8 is
+    # above it, so the bar is raised)
+    monkeypatch.setattr("transfer.commands.export.INT8_HINT_AGREEMENT", 1.01)
+    result = run_cli("export", model, "--format", "tflite", "--quantize", "int8",
+                     "--data", SAMPLE_DATA, "--out", tmp_path / "m8.tflite")
+    assert result.exit_code == 0, result.output
+    assert "of the top-1 predictions: --quantize int16x8 keeps int8 weights" in result.output
     # a missing extra names the extra that installs it
     real_import = __import__("importlib").import_module
 
@@ -210,7 +226,8 @@ def test_a_resnet50_run_in_every_format_and_quantisation(tmp_path):
     assert result.exit_code == 0, result.output
     for name, fmt, quantize in [("m.onnx", "onnx", "none"), ("sm", "savedmodel", "none"),
                                 *[(f"{q}.tflite", "tflite", q)
-                                  for q in ("none", "float16", "dynamic", "int8")]]:
+                                  for q in ("none", "float16", "dynamic", "int8",
+                                            "int16x8")]]:
         result = run_cli("export", run, "--format", fmt, "--quantize", quantize,
                          "--out", tmp_path / name)
         assert result.exit_code == 0, result.output

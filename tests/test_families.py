@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import transfer
 from tests.conftest import make_image_folder, md5_of, randomize, random_images
 from transfer.cli import cli
+from transfer.data.pipeline import images_only
 from transfer.errors import InvalidArgumentError, WeightsError
 from transfer.models import families, pretrained
 from transfer.models.applications import build_backbone
@@ -170,14 +171,15 @@ def test_info_lists_groups_and_flops(name):
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    """`transfer finetune --arch mobilenet_v3_small`, both phases, on small real images."""
+    """`transfer finetune --arch mobilenet_v3_small`, both phases, on small real images,
+    BatchNormalization trained (and phase 2 kept) in conv5."""
     root = tmp_path_factory.mktemp("families")
     data = make_image_folder(root / "images", {"cat": 6, "dog": 6, "fox": 6})
     result = run_cli("finetune", "--data", data, "--arch", "mobilenet_v3_small",
                      "--weights", "none", "--out", root / "run", "--image-size", SIZE,
                      "--fine-tune-from", "conv5", "--fine-tune-epochs", "1",
                      "--early-stopping", "0", "--batch-size", "8", "--jit-compile", "off",
-                     "--no-report")
+                     "--train-bn", "--keep", "last", "--no-report")
     assert result.exit_code == 0, result.output
     return root / "run", data, root
 
@@ -195,6 +197,27 @@ def test_finetune_any_family_end_to_end(small_run):
     result = run_cli("evaluate", run, "--data", data, "--out", root / "eval")
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output
+
+
+def test_trained_batchnorm_ends_with_the_statistics_of_its_weights(small_run):
+    # precise BN: each BatchNormalization that trained holds the mean over the
+    # training images' batches of its input under the final weights
+    run, data, _ = small_run
+    model = keras.models.load_model(run / "model.keras")
+    backbone = transfer.find_backbone(model)
+    conv5 = groups(backbone)["conv5"]
+    bn = next(layer for layer in conv5 if isinstance(layer, keras.layers.BatchNormalization))
+    frozen = next(layer for layer in groups(backbone)["conv4"]
+                  if isinstance(layer, keras.layers.BatchNormalization))
+    train = transfer.data.load_dataset(data, val_split=0.2).splits["train"]
+    inputs = keras.Model(backbone.input, [bn.input, frozen.input])
+    means, frozen_means = zip(*[
+        [np.mean(x, axis=(0, 1, 2)) for x in inputs(model.get_layer("preprocess")(batch))]
+        for batch in images_only(train, SIZE, 8)])
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), np.mean(means, axis=0),
+                               rtol=1e-3, atol=1e-4)
+    # a frozen one keeps what it had (random initialisation: zeros), whatever its input
+    assert not np.asarray(frozen.moving_mean).any() and np.mean(frozen_means, axis=0).any()
 
 
 def test_exports_of_another_family_round_trip(small_run, tmp_path):

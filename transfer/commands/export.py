@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data.dataset import Split
 from transfer.data.pipeline import drop_unreadable, images_only
 from transfer.data.sources import load_dataset
 from transfer.errors import DataError, InvalidArgumentError, first_line, unknown_choice
 from transfer.export import FORMATS, QUANTIZATIONS, ExportInfo, keras_format, open_model
 from transfer.export import compare as comparison
-from transfer.export.tflite import REPRESENTATIVE_IMAGES
+from transfer.export.tflite import CALIBRATED, REPRESENTATIVE_IMAGES
 from transfer.models.heads import feature_extractor as feature_extractor_of
 from transfer.runs import (
     CONFIG_FILE,
@@ -51,7 +50,8 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
     `format="h5"` writes the backbone's weights in the layout of keras.applications'
     `_notop.h5` files: `weights=FILE` of another run, or keras.applications and
     tf-keras, load it as they load the ImageNet file. `quantize` (TFLite): none,
-    float16, dynamic or int8 (calibrated on a seeded sample of the training images).
+    float16, dynamic, int8 or int16x8 (both calibrated on a seeded sample of the training
+    images; int16x8 keeps int8 weights with 16-bit activations, closer to the float model).
     `data` replaces the run's own images (config.json) for calibration and the
     comparison; `compare=False` skips the comparison.
     """
@@ -72,7 +72,7 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
     model = (feature_extractor_of(loaded.model, pooling=pooling, group=group)
              if feature_extractor else loaded.model)
     _check_out(out, format, overwrite, labels=not feature_extractor)
-    dataset = run_dataset(loaded.path, data) if compare or quantize == "int8" else None
+    dataset = run_dataset(loaded.path, data) if compare or quantize in CALIBRATED else None
     info = ExportInfo(loaded.image_size, None if feature_extractor else loaded.class_names,
                       source=str(Path(run_or_model).resolve()), quantize=quantize,
                       task=loaded.task, thresholds=loaded.thresholds,
@@ -137,23 +137,17 @@ def run_dataset(model_path, data):
     return dataset
 
 
-def _sample(split, count, seed):
-    if len(split) <= count:
-        return split
-    chosen = np.sort(np.random.default_rng(seed).choice(len(split), count, replace=False))
-    if split.tfds is not None:
-        return Split(split.paths[:count], split.labels[:count], tfds=split.tfds.take(count))
-    return Split([split.paths[i] for i in chosen], split.labels[chosen])
-
-
 def _representative(dataset, image_size, count=REPRESENTATIVE_IMAGES, seed=0):
     """A callable giving a seeded sample of the training images as uint8 batches of
-    one, for int8 calibration; None without a dataset."""
+    one, for calibration (int8, int16x8); None without a dataset."""
     if dataset is None:
         return None
-    sample = _sample(dataset.splits["train"], count, seed)
+    sample = dataset.splits["train"].sample(count, seed)
     return lambda: (np.asarray(batch).astype(np.uint8)
                     for batch in images_only(sample, image_size, batch_size=1))
+
+
+INT8_HINT_AGREEMENT = 0.98  # below it, export suggests int16x8
 
 
 def compare_with_keras(loaded, out, dataset, max_drop=MAX_DROP):
@@ -174,6 +168,11 @@ def compare_with_keras(loaded, out, dataset, max_drop=MAX_DROP):
     if drop > max_drop:
         logger.warning("The export is %.2f accuracy points below the Keras model (more than "
                        "max_drop=%g).", drop, max_drop)
+    if (exported.metadata.get("quantization") == "int8"
+            and result["top1_agreement"] < INT8_HINT_AGREEMENT):
+        logger.warning("int8 changes %.1f%% of the top-1 predictions: --quantize int16x8 keeps "
+                       "int8 weights (the same size) with 16-bit activations, and is usually "
+                       "much closer to the Keras model.", 100 * (1 - result["top1_agreement"]))
     return result
 
 

@@ -23,6 +23,16 @@ class Split:
     def __len__(self):
         return len(self.labels)
 
+    def sample(self, count, seed):
+        """At most `count` of its images, drawn with `seed`, in their order here (a
+        TFDS split: its first `count`)."""
+        if len(self) <= count:
+            return self
+        if self.tfds is not None:
+            return Split(self.paths[:count], self.labels[:count], tfds=self.tfds.take(count))
+        chosen = np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+        return Split([self.paths[i] for i in chosen], self.labels[chosen])
+
 
 @dataclass
 class Dataset:

@@ -46,11 +46,20 @@ CAM_CORRECT_PER_CLASS = 2  # correct images per class with their Grad-CAM
 CONFUSED_PAIRS = 10
 THUMBNAIL = 96  # pixels, longer side
 MAX_DUPLICATES_SHOWN = 50  # all are counted in metrics.json; this many are drawn
-CAM_BATCH = 64  # images per Grad-CAM pass
-# Tracing a ResNet for the compiled path costs more than running a few thousand images
-# through it eagerly (on the sample at 32 px: 20 s against 4 s, 2 shared CPU cores); a
-# new model (the embedding one) would be traced for every report.
-EAGER_IMAGES, EAGER_BATCH = 4096, 128
+# Tracing a ResNet for the compiled path costs more than running a few thousand small
+# images through it eagerly (on the sample at 32 px: 20 s against 4 s, 2 shared CPU
+# cores); a new model (the embedding one) would be traced for every report. So splits
+# up to EAGER_PIXELS (4,096 images at 32 px, 1,024 at 64) run eagerly. An eager call
+# of a Keras functional model keeps every layer's output alive until it returns
+# (ResNet50, 128 images at 64 px: 1.7 GB), so eager batches, Grad-CAM's included,
+# hold at most EAGER_BATCH_PIXELS (32 images at 32 px, 8 at 64, 1 at 224).
+EAGER_PIXELS = 4096 * 32 * 32
+EAGER_BATCH_PIXELS = 32 * 32 * 32
+
+
+def eager_batch(size):
+    """Images per eager call at `size` (height, width)."""
+    return max(1, EAGER_BATCH_PIXELS // (size[0] * size[1]))
 # Sections in page order: (anchor, title); the template and the browser test read it.
 SECTIONS = (("summary", "Summary"), ("training", "Training curves"),
             ("confusion", "Confusion matrix"), ("per-class", "Per-class metrics"),
@@ -194,12 +203,12 @@ def _evaluated(folder, prefix, name, class_names):
 
 
 def _features(model, split, size, batch):
-    """`model`'s outputs for a split: called as it is (eagerly) for up to EAGER_IMAGES
-    images, through the compiled inference path beyond."""
-    if len(split) > EAGER_IMAGES:
+    """`model`'s outputs for a split: called as it is (eagerly) up to EAGER_PIXELS,
+    through the compiled inference path beyond."""
+    if len(split) * size[0] * size[1] > EAGER_PIXELS:
         return run_inference(model, images_only(split, size, batch))
     return np.concatenate([np.asarray(model(x, training=False))
-                           for x in images_only(split, size, EAGER_BATCH)])
+                           for x in images_only(split, size, eager_batch(size))])
 
 
 def _embed_and_predict(model, train, splits, size, batch):
@@ -311,12 +320,12 @@ def _confusion(folder, class_names):
 
 def _with_cam(split, indices, classes, cam, size):
     """Thumbnails and Grad-CAM overlays (for `classes`) of some images of a split."""
-    pixels = _pixels([split.paths[i] for i in indices], size, CAM_BATCH)
+    batch = eager_batch(size)
+    pixels = _pixels([split.paths[i] for i in indices], size, batch)
     if not len(indices):
         return []
-    maps = np.concatenate([gradcam.heatmaps(cam, pixels[s:s + CAM_BATCH],
-                                            classes[s:s + CAM_BATCH])
-                           for s in range(0, len(indices), CAM_BATCH)])
+    maps = np.concatenate([gradcam.heatmaps(cam, pixels[s:s + batch], classes[s:s + batch])
+                           for s in range(0, len(indices), batch)])
     return [(_thumbnail(image), _data_uri(gradcam.png_bytes(gradcam.overlay(image, m), THUMBNAIL)))
             for image, m in zip(pixels, maps)]
 

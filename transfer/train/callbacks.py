@@ -61,17 +61,49 @@ def cached_validation(suffix, inputs, labels, batch_size):
     dtype = suffix.input.dtype
     batches = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size).map(
         lambda x: tf.cast(x, dtype))
+    return validation_callback(suffix, batches, labels)
+
+
+def validation_callback(model, batches, labels):
+    """val_loss, val_accuracy and val_top5_accuracy of each epoch: `model` run on
+    `batches` (its inputs, without labels) at the end of the epoch, after the
+    callbacks before it in the list."""
 
     def on_epoch_end(epoch, logs=None):
         if logs is None:
             return
-        probabilities = run_inference(suffix, batches)
+        probabilities = run_inference(model, batches)
         found = score(labels, probabilities)
         logs.update(val_loss=found["loss"], val_accuracy=found["accuracy"])
         if labels.ndim == 1:  # top-5 is of one class per image
             k = min(5, probabilities.shape[1])
             top = np.argsort(-np.nan_to_num(probabilities, nan=-1.0), axis=1)[:, :k]
             logs.update(val_top5_accuracy=float(np.mean((top == labels[:, None]).any(axis=1))))
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+
+def precise_batchnorm(model, batches):
+    """At each epoch's end, the moving statistics of every BatchNormalization that
+    trains become their average over `batches` (training images, not augmented) under
+    the weights of that moment: "precise BN" (Wu and Johnson, Rethinking "Batch" in
+    BatchNorm, 2021). A moving average with momentum 0.99 still holds a third of its
+    starting values after 100 steps, so a short run from random initialisation
+    validated at chance while it trained to 0.7 (MobileNetV3Small and EfficientNetB0,
+    3 epochs at 32 px). Runs eagerly: the momentum changes with every batch."""
+    layers = [layer for layer in _leaves(model)
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+    def on_epoch_end(epoch, logs=None):
+        momenta = [layer.momentum for layer in layers]
+        try:
+            for k, batch in enumerate(batches):
+                for layer in layers:  # moving = the mean of the k + 1 batches so far
+                    layer.momentum = k / (k + 1)
+                model(batch, training=True)
+        finally:
+            for layer, momentum in zip(layers, momenta):
+                layer.momentum = momentum
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
@@ -128,16 +160,18 @@ def local_validation(model, val):
 BACKUP_FILE, BACKUP_EPOCH_FILE = "backup.npz", "backup.json"
 
 
-def _changing_variables(model):
-    def leaves(layer):
-        children = getattr(layer, "layers", None)
-        if children:
-            for child in children:
-                yield from leaves(child)
-        else:
-            yield layer
+def _leaves(layer):
+    """The layers of `layer`, nested models opened."""
+    children = getattr(layer, "layers", None)
+    if children:
+        for child in children:
+            yield from _leaves(child)
+    else:
+        yield layer
 
-    return [v for layer in leaves(model) if layer.trainable for v in layer.weights]
+
+def _changing_variables(model):
+    return [v for layer in _leaves(model) if layer.trainable for v in layer.weights]
 
 
 def resume_backup(model, directory, interval):

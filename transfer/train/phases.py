@@ -45,9 +45,11 @@ from transfer.train.callbacks import (
     cached_validation,
     epoch_log,
     local_validation,
+    precise_batchnorm,
     restore_backup,
     resume_backup,
     stop_on_nan,
+    validation_callback,
 )
 from transfer.train.distribute import keras_multi_worker_fit, local_copy
 from transfer.train.feature_cache import (
@@ -211,12 +213,13 @@ class Phase:
         return backup_epoch(self.backup_dir)
 
     def fit(self, model, train_base, train_count, val, epochs, learning_rate, augment=None,
-            schedule=False, layer_decay=1.0, ema=False, validation=None):
+            schedule=False, layer_decay=1.0, ema=False, validation=None, recalibrate=None):
         """Train `model`; `schedule` warms the learning rate up and decays it (cosine),
         `layer_decay` below 1 lets each group below the head learn that much slower,
         `ema` ends with the moving average of the weights. `validation`, a callback
         that puts the validation scores in each epoch's logs, replaces Keras' pass
-        over `val`."""
+        over `val`; `recalibrate` (`precise_batchnorm`) runs at each epoch's end
+        before it."""
         replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
             compile_model(model, self.options, learning_rate, self.num_classes, replicas)
@@ -248,6 +251,8 @@ class Phase:
         # Phase 2 can fall back on phase 1's model, unless told to keep the last.
         falls_back = self.name == FINE_TUNE and self.options.keep == "best"
         callbacks = [stop_on_nan(self.name, model, falls_back)]
+        if recalibrate is not None:
+            callbacks.append(recalibrate)
         if replicas > 1:
             callbacks.append(local_validation(model, val))
             val = None
@@ -413,13 +418,29 @@ def train_head_on_images(model, dataset, options, phase):
 
 
 def fine_tune_on_images(model, dataset, options, phase):
-    """Phase 2: augmented images, warmup and cosine decay, rates falling with depth."""
+    """Phase 2: augmented images, warmup and cosine decay, rates falling with depth;
+    BatchNormalization that trains gets precise statistics at each epoch's end."""
+    validation = frozen_prefix_validation(model, dataset, options, phase)
+    recalibrate = None
+    if options.train_bn and phase.strategy.num_replicas_in_sync == 1:
+        sample = dataset.splits["train"].sample(PRECISE_BN_IMAGES, options.seed)
+        recalibrate = precise_batchnorm(
+            model, images_only(sample, options.image_size, options.batch_size))
+        val = dataset.splits["val"]
+        if validation is None and len(val):  # Keras' would come before the recalibration
+            validation = validation_callback(
+                model, images_only(val, options.image_size, options.batch_size), val.labels)
     return train_on_images(model, dataset, options, phase, options.fine_tune_epochs,
                            options.fine_tune_learning_rate,
                            augment=augmentation(options.seed, options.augment, options.flip),
                            schedule=options.lr_schedule == "cosine",
                            layer_decay=options.layer_decay, ema=options.ema,
-                           validation=frozen_prefix_validation(model, dataset, options, phase))
+                           validation=validation, recalibrate=recalibrate)
+
+
+# Precise BatchNormalization statistics are averaged over this many training images
+# (a seeded sample); pycls averages over 8192 at ImageNet scale.
+PRECISE_BN_IMAGES = 512
 
 
 # Phase 2 validates through the trained groups only: the frozen groups' outputs for the
@@ -448,13 +469,15 @@ def frozen_prefix_validation(model, dataset, options, phase):
 
 
 def train_on_images(model, dataset, options, phase, epochs, learning_rate, augment=None,
-                    schedule=False, layer_decay=1.0, ema=False, validation=None):
+                    schedule=False, layer_decay=1.0, ema=False, validation=None,
+                    recalibrate=None):
     train, val = dataset.splits["train"], dataset.splits["val"]
     num_classes = dataset.num_classes
     val_ds = image_dataset(val, options.image_size, options.batch_size, num_classes)
     return phase.fit(model, one_hot_images(train, options.image_size, num_classes), len(train),
                      val_ds, epochs, learning_rate, augment=augment, schedule=schedule,
-                     layer_decay=layer_decay, ema=ema, validation=validation)
+                     layer_decay=layer_decay, ema=ema, validation=validation,
+                     recalibrate=recalibrate)
 
 
 def validation_score(model, dataset, options):
