@@ -214,8 +214,9 @@ def test_trained_batchnorm_ends_with_the_statistics_of_its_weights(small_run):
     means, frozen_means = zip(*[
         [np.mean(x, axis=(0, 1, 2)) for x in inputs(model.get_layer("preprocess")(batch))]
         for batch in images_only(train, SIZE, 8)])
-    np.testing.assert_allclose(np.asarray(bn.moving_mean), np.mean(means, axis=0),
-                               rtol=1e-3, atol=1e-4)
+    expected = np.mean(means, axis=0)  # tiny: random weights under frozen groups
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), expected, rtol=1e-2,
+                               atol=1e-3 * np.abs(expected).max())
     # a frozen one keeps what it had (random initialisation: zeros), whatever its input
     assert not np.asarray(frozen.moving_mean).any() and np.mean(frozen_means, axis=0).any()
 

@@ -89,21 +89,41 @@ def precise_batchnorm(model, batches):
     the weights of that moment: "precise BN" (Wu and Johnson, Rethinking "Batch" in
     BatchNorm, 2021). A moving average with momentum 0.99 still holds a third of its
     starting values after 100 steps, so a short run from random initialisation
-    validated at chance while it trained to 0.7 (MobileNetV3Small and EfficientNetB0,
-    3 epochs at 32 px). Runs eagerly: the momentum changes with every batch."""
+    validated at chance while it trained to 0.7 (MobileNetV3Small, 3 epochs at 32 px).
+    A forward pass in training mode traced with momentum 0 sets each moving statistic
+    to the batch's; their mean over the batches is what the layers keep."""
     layers = [layer for layer in _leaves(model)
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    traced = []
+
+    def batch_statistics():
+        if not traced:  # the momentum is read when the function is traced
+            momenta = [layer.momentum for layer in layers]
+            for layer in layers:
+                layer.momentum = 0.0
+            function = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
+            function._omit_frequent_tracing_warning = True
+            try:
+                function.get_concrete_function(batches.element_spec)
+            finally:
+                for layer, momentum in zip(layers, momenta):
+                    layer.momentum = momentum
+            traced.append(function)
+        return traced[0]
 
     def on_epoch_end(epoch, logs=None):
-        momenta = [layer.momentum for layer in layers]
-        try:
-            for k, batch in enumerate(batches):
-                for layer in layers:  # moving = the mean of the k + 1 batches so far
-                    layer.momentum = k / (k + 1)
-                model(batch, training=True)
-        finally:
-            for layer, momentum in zip(layers, momenta):
-                layer.momentum = momentum
+        forward = batch_statistics()
+        sums, count = None, 0
+        for batch in batches:
+            forward(batch)
+            values = [np.asarray(v) for layer in layers
+                      for v in (layer.moving_mean, layer.moving_variance)]
+            sums = values if sums is None else [s + v for s, v in zip(sums, values)]
+            count += 1
+        if count:
+            variables = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+            for variable, total in zip(variables, sums):
+                variable.assign(total / count)
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
