@@ -445,6 +445,7 @@ def main():
         results["families"] = bench_families(names, args.model_size, args.batch_size,
                                              args.steps)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if args.exports or args.families:  # those sections only
         return
     if args.end_to_end_only:
         results["end_to_end"] = e2e = bench_end_to_end(

@@ -199,7 +199,7 @@ def test_export_warns_above_max_drop_and_refuses_bad_options(exported, tmp_path,
     result = run_cli("export", model, "--format", "tflite", "--quantize", "int8",
                      "--data", SAMPLE_DATA, "--out", tmp_path / "m8.tflite")
     assert result.exit_code == 0, result.output
-    assert "of the top-1 predictions: --quantize int16x8 keeps int8 weights" in result.output
+    assert "of the top-1 predictions: --quantize int16x8 (int8 weights" in result.output
     # a missing extra names the extra that installs it
     real_import = __import__("importlib").import_module
 

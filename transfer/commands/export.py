@@ -170,9 +170,10 @@ def compare_with_keras(loaded, out, dataset, max_drop=MAX_DROP):
                        "max_drop=%g).", drop, max_drop)
     if (exported.metadata.get("quantization") == "int8"
             and result["top1_agreement"] < INT8_HINT_AGREEMENT):
-        logger.warning("int8 changes %.1f%% of the top-1 predictions: --quantize int16x8 keeps "
-                       "int8 weights (the same size) with 16-bit activations, and is usually "
-                       "much closer to the Keras model.", 100 * (1 - result["top1_agreement"]))
+        logger.warning("int8 changes %.1f%% of the top-1 predictions: --quantize int16x8 (int8 "
+                       "weights, 16-bit activations: the same size, much closer to the Keras "
+                       "model, slower on CPUs) or dynamic may serve better; compare them.",
+                       100 * (1 - result["top1_agreement"]))
     return result
 
 
