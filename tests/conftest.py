@@ -14,7 +14,7 @@ import transfer  # noqa: E402
 
 # pytest-xdist (--dist loadfile) hands out test files in collection order: the
 # slowest first (scripts/test --durations=0), so that the two workers end together.
-SLOWEST_FILES = ("test_recipe.py", "test_scale.py", "test_weights.py", "test_use.py",
+SLOWEST_FILES = ("test_scale.py", "test_recipe.py", "test_weights.py", "test_use.py",
                  "test_speed.py", "test_finetune.py", "test_compat.py", "test_safeguards.py")
 
 

@@ -43,6 +43,8 @@ def backbone_file(tmp_path):
     return path
 
 
+# Two minutes; the default run keeps two replicas in the multi-worker test below.
+@pytest.mark.slow
 def test_mirrored_on_two_cpus_equals_one_device(tmp_path, backbone_file):
     # 16 training images: whole batches of 8, which both strategies see alike.
     image_folder = tmp_path / "images"
