@@ -94,6 +94,7 @@ def precise_batchnorm(model, batches):
     to the batch's; their mean over the batches is what the layers keep."""
     layers = [layer for layer in _leaves(model)
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    statistics = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
     traced = []
 
     def batch_statistics():
@@ -113,16 +114,13 @@ def precise_batchnorm(model, batches):
 
     def on_epoch_end(epoch, logs=None):
         forward = batch_statistics()
-        sums, count = None, 0
+        sums, count = [0.0] * len(statistics), 0
         for batch in batches:
             forward(batch)
-            values = [np.asarray(v) for layer in layers
-                      for v in (layer.moving_mean, layer.moving_variance)]
-            sums = values if sums is None else [s + v for s, v in zip(sums, values)]
+            sums = [total + np.asarray(v) for total, v in zip(sums, statistics)]
             count += 1
         if count:
-            variables = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
-            for variable, total in zip(variables, sums):
+            for variable, total in zip(statistics, sums):
                 variable.assign(total / count)
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
