@@ -308,18 +308,20 @@ def test_a_model_splits_at_a_group_into_frozen_prefix_and_trained_suffix(version
     assert split_at_group(model, "stem") is None
 
 
-def test_phase_two_validation_from_the_frozen_groups_matches_the_whole_model(tmp_path,
-                                                                           image_folder,
-                                                                           monkeypatch):
+def test_phase_two_on_the_frozen_groups_outputs_matches_training_the_whole_model(
+        tmp_path, image_folder, monkeypatch, caplog):
     made = []
     original = phases.cached_validation
     monkeypatch.setattr(phases, "cached_validation",
                         lambda suffix, *args: made.append(suffix.name) or original(suffix, *args))
     # Without a phase 1 (one run for both tests' worth of assertions): phase 2 is kept.
-    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None,
-                               image_size=32, batch_size=8, head_epochs=0, fine_tune_epochs=2,
-                               fine_tune_from="conv5", early_stopping_patience=0,
-                               augment="none")
+    # No augmentation: the training images' conv4 outputs are computed once, too.
+    options = dict(report=False, weights=None, image_size=32, batch_size=8, head_epochs=0,
+                   fine_tune_epochs=2, fine_tune_from="conv5", early_stopping_patience=0,
+                   augment="none", dropout=0.0)
+    with caplog.at_level("INFO", logger="transfer"):
+        result = transfer.finetune(image_folder, out=tmp_path / "run", **options)
+    assert "outputs for the training images are computed once" in caplog.text
     assert result.metrics["kept"] == {"phase": "fine-tune",
                                       "reason": "phase 1 did not train (head_epochs=0)"}
     assert [row["phase"] for row in result.history] == ["fine-tune"] * 2
@@ -332,6 +334,57 @@ def test_phase_two_validation_from_the_frozen_groups_matches_the_whole_model(tmp
     assert last["val_accuracy"] == pytest.approx(whole["accuracy"])
     assert last["val_loss"] == pytest.approx(whole["loss"], rel=1e-2)
     assert made == ["from_conv5"]  # phase 2 validated through conv5 and the head only
+    # The same run through the whole model, with nothing cached, learns the same
+    # weights: the cache (float16) changes only rounding.
+    monkeypatch.setattr(phases, "PREFIX_CACHE_BYTES", 0)
+    whole_run = transfer.finetune(image_folder, out=tmp_path / "whole", **options)
+    assert made == ["from_conv5"]
+    for cached_row, whole_row in zip(result.history, whole_run.history):
+        assert cached_row["loss"] == pytest.approx(whole_row["loss"], rel=1e-2)
+        assert cached_row["val_loss"] == pytest.approx(whole_row["val_loss"], rel=1e-2)
+    # Adam moves a weight by up to the learning rate a step, whatever its gradient's
+    # size, so where a gradient is near 0 rounding can flip a step: 6 steps of 1e-4
+    # bound any difference, and 99% of the weights agree within a step.
+    trained = {id(w) for w in result.model.trainable_weights}
+    for a, b in zip(result.model.weights, whole_run.model.weights):
+        if id(a) in trained:
+            difference = np.abs(np.asarray(a) - np.asarray(b))
+            assert difference.max() <= 6e-4 and np.quantile(difference, 0.99) < 1e-4
+
+
+def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
+    import tensorflow as tf
+
+    from transfer.data.sources import load_dataset
+    from transfer.models.groups import set_trainable_from
+
+    dataset = load_dataset(image_folder, val_split=0.2)
+    model = transfer.build_classifier(3, weights=None, image_size=32)
+    randomize(model)
+    set_trainable_from(model, "conv5")
+    phase = type("Phase", (), {"strategy": tf.distribute.get_strategy()})
+    options = FinetuneOptions(image_size=32, batch_size=8, augment="flip", fine_tune_from="conv5")
+    cache = phases.FrozenPrefix.of(model, dataset, options, phase)
+    train = dataset.splits["train"]
+    count = len(train)
+    assert cache.orientations == 2 and cache.train.shape[0] == 2 * count
+    pixels = np.concatenate(list(phases.images_only(train, 32, 8)))
+    for outputs, images in ((cache.train[:count], pixels), (cache.train[count:], pixels[:, :, ::-1])):
+        np.testing.assert_allclose(np.asarray(outputs, dtype="float32"),
+                                   np.asarray(cache.prefix(images)), rtol=1e-2, atol=1e-2)
+    # Each image comes as it is or mirrored, half and half, the same for the same seed.
+    positions = tf.constant(np.tile(np.arange(count), 50))
+    draws = [np.asarray(cache.train_inputs(seed=5)(positions)) for _ in range(2)]
+    np.testing.assert_array_equal(*draws)
+    table = np.asarray(cache.train)
+    mirrored = [np.array_equal(draw, table[count + p]) and not np.array_equal(draw, table[p])
+                for draw, p in zip(draws[0], np.asarray(positions))]
+    as_is = [np.array_equal(draw, table[p]) for draw, p in zip(draws[0], np.asarray(positions))]
+    assert all(m or a for m, a in zip(mirrored, as_is))
+    assert 0.4 < np.mean(mirrored) < 0.6
+    # Random transforms of the pixels cannot be cached: phase 2 runs on images.
+    options.augment = "default"
+    assert phases.FrozenPrefix.of(model, dataset, options, phase).train is None
 
 
 def test_decoded_images_are_whole_levels_kept_as_uint8(image_folder):

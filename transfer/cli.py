@@ -418,7 +418,8 @@ recipe_options = _options(
     _finetune_option("--class-weight", type=Choice(finetune_options.CLASS_WEIGHT_MODES),
                      help="auto: balanced weights for imbalanced classes."),
     _finetune_option("--augment", type=Choice(finetune_options.AUGMENT_PRESETS),
-                     help="Phase 2's augmentation: light (flip, shift), default (flip, rotation, "
+                     help="Phase 2's augmentation: none and flip (fastest: the frozen groups run "
+                          "once), light (flip, shift), default (flip, rotation, "
                           "zoom, contrast), strong (flip, RandAugment, random erasing)."),
     click.option("--flip/--no-flip", default=FINETUNE.flip, show_default=True,
                  help="Horizontal flips in the augmentation (--no-flip for digits and text)."),

@@ -69,12 +69,13 @@ def predict_batch(model, batch, jit_compile=None):
 
 
 def run_inference(model, images, verbose=0, jit_compile=None, description="Inference",
-                  tta=False):
+                  tta=False, dtype=None):
     """Outputs of `model` for a tf.data.Dataset of image batches, as one array.
 
     The one place inference runs for predict, evaluate, embed and the feature
     cache, so that every command gets the fastest path. `tta` averages each
-    image's outputs with its horizontal mirror's.
+    image's outputs with its horizontal mirror's. `dtype` converts each batch's
+    outputs as they come (float16 halves what large outputs hold in memory).
     """
     call = _compiled_call(model, jit_compile, tta)
     cardinality = int(images.cardinality()) if hasattr(images, "cardinality") else -1
@@ -82,13 +83,13 @@ def run_inference(model, images, verbose=0, jit_compile=None, description="Infer
                         unit="batch") if verbose else None
     outputs = []
     for step, batch in enumerate(images, start=1):
-        outputs.append(np.asarray(call(batch)))
+        outputs.append(np.asarray(call(batch), dtype=dtype))
         if progress:
             progress.update(step)
     if progress:
         progress.done()
     if not outputs:
-        return np.zeros((0, *model.output.shape[1:]), dtype=np.float32)
+        return np.zeros((0, *model.output.shape[1:]), dtype=dtype or np.float32)
     return np.concatenate(outputs)
 
 

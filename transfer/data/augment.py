@@ -13,6 +13,9 @@ from transfer.lazy import keras
 # (it is wrong for digits and text).
 PRESETS = {
     "none": [],
+    # The one augmentation phase 2 can train under on cached frozen-group outputs
+    # (both orientations of every image; transfer.train.phases).
+    "flip": [("RandomFlip", {"mode": "horizontal"})],
     "light": [
         ("RandomFlip", {"mode": "horizontal"}),
         ("RandomTranslation", {"height_factor": 0.05, "width_factor": 0.05}),
@@ -34,15 +37,28 @@ PRESETS = {
 }
 
 
+def augmentation_steps(preset="default", flip=True):
+    """[(Keras layer name, its arguments)] of the preset, without the flip if not `flip`."""
+    if preset not in PRESETS:
+        raise unknown_choice("augment", preset, tuple(PRESETS))
+    return [(name, args) for name, args in PRESETS[preset] if flip or name != "RandomFlip"]
+
+
+def cacheable_orientations(preset="default", flip=True):
+    """The versions of each image that stand for every augmented one: 1 (no
+    augmentation), 2 (as it is and mirrored: a horizontal flip only), or 0 (random
+    transforms that must run on the pixels at every step)."""
+    names = [name for name, _ in augmentation_steps(preset, flip)]
+    return {(): 1, ("RandomFlip",): 2}.get(tuple(names), 0)
+
+
 def augmentation(seed=None, preset="default", flip=True):
     """A Keras Sequential of the preset's random layers, or None for `none`.
 
     Each layer gets its own seed (`seed + i`): layers given the same seed draw the
     same random numbers, so every flip would come with the same rotation and zoom.
     """
-    if preset not in PRESETS:
-        raise unknown_choice("augment", preset, tuple(PRESETS))
-    steps = [(name, args) for name, args in PRESETS[preset] if flip or name != "RandomFlip"]
+    steps = augmentation_steps(preset, flip)
     if not steps:
         return None
     return keras.Sequential(

@@ -23,14 +23,20 @@ class Split:
     def __len__(self):
         return len(self.labels)
 
+    def sample_indices(self, count, seed):
+        """The positions of at most `count` of its images, drawn with `seed`, in
+        their order here (a TFDS split: its first `count`)."""
+        if len(self) <= count or self.tfds is not None:
+            return np.arange(min(count, len(self)))
+        return np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+
     def sample(self, count, seed):
-        """At most `count` of its images, drawn with `seed`, in their order here (a
-        TFDS split: its first `count`)."""
+        """The split of the images `sample_indices` chooses."""
         if len(self) <= count:
             return self
         if self.tfds is not None:
             return Split(self.paths[:count], self.labels[:count], tfds=self.tfds.take(count))
-        chosen = np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+        chosen = self.sample_indices(count, seed)
         return Split([self.paths[i] for i in chosen], self.labels[chosen])
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from transfer.data.augment import PRESETS
 from transfer.data.pipeline import MAX_PIXELS
 from transfer.errors import InvalidArgumentError, unknown_choice
 from transfer.models.families import is_family, resolve_architecture
@@ -19,7 +20,7 @@ OPTIMIZERS = {
     "sgd": ("SGD", {"momentum": 0.9}),
     "rmsprop": ("RMSprop", {}),
 }
-AUGMENT_PRESETS = ("none", "light", "default", "strong")  # transfer.data.augment.PRESETS
+AUGMENT_PRESETS = tuple(PRESETS)
 CLASS_WEIGHT_MODES = ("none", "auto")
 LR_SCHEDULES = ("cosine", "constant")  # of phase 2: warmup then cosine decay, or constant
 KEEP_MODES = ("best", "last")  # best: phase 1's model when phase 2 does not clearly beat it

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from transfer.data.augment import augmentation
+from transfer.data.augment import augmentation, cacheable_orientations
 from transfer.data.pipeline import (
     epoch_batches,
     image_dataset,
@@ -213,17 +213,20 @@ class Phase:
         return backup_epoch(self.backup_dir)
 
     def fit(self, model, train_base, train_count, val, epochs, learning_rate, augment=None,
-            schedule=False, layer_decay=1.0, ema=False, validation=None, recalibrate=None):
+            schedule=False, layer_decay=1.0, ema=False, validation=None, recalibrate=None,
+            fitted=None):
         """Train `model`; `schedule` warms the learning rate up and decays it (cosine),
         `layer_decay` below 1 lets each group below the head learn that much slower,
         `ema` ends with the moving average of the weights. `validation`, a callback
         that puts the validation scores in each epoch's logs, replaces Keras' pass
         over `val`; `recalibrate` (`precise_batchnorm`) runs at each epoch's end
-        before it."""
+        before it. `fitted`, the model Keras trains, is `model` or a part of it that
+        shares its layers (the groups after a frozen prefix, on the prefix's outputs)."""
         replicas = self.strategy.num_replicas_in_sync
+        fitted = model if fitted is None else fitted
         with self.strategy.scope():
-            compile_model(model, self.options, learning_rate, self.num_classes, replicas)
-        self.jit_compile = xla = bool(model.jit_compile)
+            compile_model(fitted, self.options, learning_rate, self.num_classes, replicas)
+        self.jit_compile = xla = bool(fitted.jit_compile)
         first = self.first_epoch()
         if first:
             logger.info("Resuming %s from epoch %d of %d.", self.name, first + 1, epochs)
@@ -239,9 +242,9 @@ class Phase:
             rate = warmup_cosine(learning_rate, steps * epochs, steps) if schedule else learning_rate
             multipliers = group_rate_multipliers(model, layer_decay) if layer_decay != 1.0 else None
             with self.strategy.scope():
-                compile_model(model, self.options, rate, self.num_classes, replicas, multipliers,
+                compile_model(fitted, self.options, rate, self.num_classes, replicas, multipliers,
                               ema)
-        if first and not restore_backup(model, self.backup_dir):
+        if first and not restore_backup(fitted, self.backup_dir):
             first = 0
             train = epoch_batches(train_base, train_count, batch, self.options.seed, epochs,
                                   first, augment, drop_remainder=drop_remainder)
@@ -250,17 +253,17 @@ class Phase:
         # The epoch log is written before the backup, so a backup never runs ahead of it.
         # Phase 2 can fall back on phase 1's model, unless told to keep the last.
         falls_back = self.name == FINE_TUNE and self.options.keep == "best"
-        callbacks = [stop_on_nan(self.name, model, falls_back)]
+        callbacks = [stop_on_nan(self.name, fitted, falls_back)]
         if recalibrate is not None:
             callbacks.append(recalibrate)
         if replicas > 1:
-            callbacks.append(local_validation(model, val))
+            callbacks.append(local_validation(fitted, val))
             val = None
         elif validation is not None:
             callbacks.append(validation)
             val = None
         callbacks += [epoch_log(self.name, rows, log_path),
-                      resume_backup(model, self.backup_dir, self.options.backup_interval),
+                      resume_backup(fitted, self.backup_dir, self.options.backup_interval),
                       # Scalars only: the graph and histograms cost seconds an epoch.
                       keras.callbacks.TensorBoard(log_dir=str(self.paths.logs(self.name)),
                                                   write_graph=False, histogram_freq=0)]
@@ -270,8 +273,8 @@ class Phase:
                 restore_best_weights=True, verbose=1))
         # shuffle=False: epoch_batches has shuffled already (Keras warns otherwise).
         # In scope: the optimizer makes its variables on the first step.
-        with self.strategy.scope(), keras_multi_worker_fit(model, self.strategy, train):
-            model.fit(train, validation_data=val, epochs=epochs, initial_epoch=first,
+        with self.strategy.scope(), keras_multi_worker_fit(fitted, self.strategy, train):
+            fitted.fit(train, validation_data=val, epochs=epochs, initial_epoch=first,
                       steps_per_epoch=steps,
                       class_weight=self.class_weight, callbacks=callbacks, shuffle=False,
                       verbose=2 if self.name == HEAD else fit_verbosity())
@@ -419,23 +422,37 @@ def train_head_on_images(model, dataset, options, phase):
 
 def fine_tune_on_images(model, dataset, options, phase):
     """Phase 2: augmented images, warmup and cosine decay, rates falling with depth;
-    BatchNormalization that trains gets precise statistics at each epoch's end."""
-    validation = frozen_prefix_validation(model, dataset, options, phase)
+    BatchNormalization that trains gets precise statistics at each epoch's end. The
+    frozen groups' outputs are computed once where they fit (`FrozenPrefix`): for the
+    validation images always, and for the training images where the augmentation
+    is none or a flip, so that each step runs only the groups that train."""
+    cached = FrozenPrefix.of(model, dataset, options, phase)
+    validation = cached.validation() if cached else None
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    train_on_prefix = cached is not None and cached.train is not None
     recalibrate = None
     if options.train_bn and phase.strategy.num_replicas_in_sync == 1:
-        sample = dataset.splits["train"].sample(PRECISE_BN_IMAGES, options.seed)
-        recalibrate = precise_batchnorm(
-            model, images_only(sample, options.image_size, options.batch_size))
-        val = dataset.splits["val"]
-        if validation is None and len(val):  # Keras' would come before the recalibration
-            validation = validation_callback(
-                model, images_only(val, options.image_size, options.batch_size), val.labels)
+        positions = train.sample_indices(PRECISE_BN_IMAGES, options.seed)
+        recalibrate = (precise_batchnorm(cached.suffix, cached.train_batches(positions))
+                       if train_on_prefix else precise_batchnorm(model, images_only(
+                           train.sample(PRECISE_BN_IMAGES, options.seed), options.image_size,
+                           options.batch_size)))
+    # Keras' validation would come before the recalibration, and it cannot run images
+    # through a model that trains on the prefix's outputs.
+    if validation is None and len(val) and (recalibrate is not None or train_on_prefix):
+        validation = validation_callback(
+            model, images_only(val, options.image_size, options.batch_size), val.labels)
+    schedule = dict(schedule=options.lr_schedule == "cosine", layer_decay=options.layer_decay,
+                    ema=options.ema, validation=validation, recalibrate=recalibrate)
+    if train_on_prefix:
+        return phase.fit(model, labelled(np.arange(len(train)), train.labels, dataset.num_classes),
+                         len(train), None, options.fine_tune_epochs,
+                         options.fine_tune_learning_rate, augment=cached.train_inputs(options.seed),
+                         fitted=cached.suffix, **schedule)
     return train_on_images(model, dataset, options, phase, options.fine_tune_epochs,
                            options.fine_tune_learning_rate,
                            augment=augmentation(options.seed, options.augment, options.flip),
-                           schedule=options.lr_schedule == "cosine",
-                           layer_decay=options.layer_decay, ema=options.ema,
-                           validation=validation, recalibrate=recalibrate)
+                           **schedule)
 
 
 # Precise BatchNormalization statistics are averaged over this many training images
@@ -443,29 +460,96 @@ def fine_tune_on_images(model, dataset, options, phase):
 PRECISE_BN_IMAGES = 512
 
 
-# Phase 2 validates through the trained groups only: the frozen groups' outputs for the
-# validation images are computed once and kept (float16) when they fit in this budget.
-VALIDATION_CACHE_BYTES = 2 * 2**30
+# Phase 2 runs the frozen groups' (the prefix's) outputs through the groups that
+# train (the suffix). Those outputs are computed once and kept in float16 when they
+# fit in this budget: the validation images' first, then both orientations of the
+# training images'. (At 224 px a ResNet's conv4 output is 392 KB an image in float16.)
+PREFIX_CACHE_BYTES = 2 * 2**30
 
 
-def frozen_prefix_validation(model, dataset, options, phase):
-    """The `cached_validation` callback of phase 2 (training from fine_tune_from on),
-    or None (Keras validates through the whole model) where it does not fit; several
-    replicas validate on a local copy instead (`local_validation`)."""
-    if phase.strategy.num_replicas_in_sync > 1:
-        return None
-    split = split_at_group(model, options.fine_tune_from)
-    val = dataset.splits["val"]
-    if split is None:
-        return None
-    prefix, suffix = split
-    size = len(val) * int(np.prod(prefix.output.shape[1:])) * 2
-    if size > VALIDATION_CACHE_BYTES:
-        logger.info("Validation runs through the whole model: the frozen groups' outputs "
-                    "would take %.1f GB.", size / 2**30)
-        return None
-    outputs = run_inference(prefix, images_only(val, options.image_size, options.batch_size))
-    return cached_validation(suffix, outputs.astype(np.float16), val.labels, options.batch_size)
+class FrozenPrefix:
+    """The outputs of the groups before `fine_tune_from`, computed once for phase 2."""
+
+    def __init__(self, prefix, suffix, options):
+        self.prefix, self.suffix, self.options = prefix, suffix, options
+        self.val_outputs = self.val_labels = None
+        # A tensor of (orientations × training images, ...) or None; image i mirrored
+        # is at i + train_count.
+        self.train, self.train_count, self.orientations = None, 0, 0
+
+    @classmethod
+    def of(cls, model, dataset, options, phase):
+        """The cache for this run, or None where the model does not split at
+        fine_tune_from (or several replicas validate on a local copy instead,
+        `local_validation`)."""
+        if phase.strategy.num_replicas_in_sync > 1:
+            return None
+        split = split_at_group(model, options.fine_tune_from)
+        if split is None:
+            return None
+        prefix, suffix = split
+        train, val = dataset.splits["train"], dataset.splits["val"]
+        per_image = int(np.prod(prefix.output.shape[1:])) * 2
+        budget = PREFIX_CACHE_BYTES
+        cache = cls(prefix, suffix, options)
+        if len(val) * per_image > budget:
+            logger.info("Validation runs through the whole model: the frozen groups' outputs "
+                        "would take %.1f GB.", len(val) * per_image / 2**30)
+        elif len(val):
+            cache.val_outputs, cache.val_labels = cache._outputs(val), val.labels
+            budget -= len(val) * per_image
+        orientations = cacheable_orientations(options.augment, options.flip)
+        size = orientations * len(train) * per_image
+        if orientations and len(train) and size <= budget:
+            logger.info("Phase 2: the frozen groups' outputs for the training images are "
+                        "computed once (%d image%s, %.0f MB); each step runs from %s on.",
+                        len(train), "s and their mirror images" if orientations == 2 else "s",
+                        size / 2**20, options.fine_tune_from)
+            cache.train = tf.convert_to_tensor(np.concatenate(
+                [cache._outputs(train, mirrored=bool(o)) for o in range(orientations)]))
+            cache.train_count, cache.orientations = len(train), orientations
+        elif orientations and len(train):
+            logger.info("Phase 2 trains on images: the frozen groups' outputs would take "
+                        "%.1f GB.", size / 2**30)
+        return cache
+
+    def _outputs(self, split, mirrored=False):
+        images = images_only(split, self.options.image_size, self.options.batch_size)
+        if mirrored:  # as keras.layers.RandomFlip("horizontal") mirrors them
+            images = images.map(lambda x: tf.reverse(x, axis=[2]))
+        return run_inference(self.prefix, images, dtype=np.float16)
+
+    def validation(self):
+        """The `cached_validation` callback, or None (Keras validates through the whole
+        model) where the validation outputs did not fit."""
+        if self.val_outputs is None:
+            return None
+        return cached_validation(self.suffix, self.val_outputs, self.val_labels,
+                                 self.options.batch_size)
+
+    def _gather(self, positions):
+        return tf.cast(tf.gather(self.train, positions), self.suffix.input.dtype)
+
+    def train_batches(self, positions):
+        """Batches of the cached outputs of the training images at `positions`, as
+        they are."""
+        return tf.data.Dataset.from_tensor_slices(positions).batch(
+            self.options.batch_size).map(self._gather)
+
+    def train_inputs(self, seed):
+        """`epoch_batches`' augment for training on the cache: a batch of image
+        positions -> their cached outputs, each mirrored or not at random when the
+        cache holds both orientations (a horizontal flip of probability 1/2)."""
+        count, orientations = self.train_count, self.orientations
+        generator = tf.random.Generator.from_seed(seed)
+
+        def inputs(positions, training=True):
+            if orientations == 2:
+                mirrored = generator.uniform(tf.shape(positions)) < 0.5
+                positions = positions + tf.cast(mirrored, positions.dtype) * count
+            return self._gather(positions)
+
+        return inputs
 
 
 def train_on_images(model, dataset, options, phase, epochs, learning_rate, augment=None,
