@@ -81,10 +81,15 @@ def write_csv(path, header, rows):
 
 def write_npz(path, arrays, compress=True):
     """NumPy arrays as one .npz file (compressed unless told otherwise: compressing
-    weights is slow and saves little)."""
+    weights is slow and saves little). `arrays` maps names to arrays or anything
+    np.asarray takes (a Keras variable): each is converted as it is written, so one
+    copy at a time is in memory, not a copy of all of them (np.savez's way)."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
+        with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as archive:
+            for name, value in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
     return Path(path)
 
 

@@ -162,10 +162,12 @@ def available_memory_bytes():
     return 4 << 30  # unknown: assume a modest machine
 
 
-def decoded_images(split, image_size, cache=None):
+def decoded_images(split, image_size, cache=None, uint8=False):
     """Unbatched (float32 pixels 0-255, label) of a split, decoded and resized in
     parallel (AUTOTUNE). `cache=None` keeps the decoded images in memory (as uint8)
-    when they take under a quarter of the available RAM; True or False forces it."""
+    when they take under a quarter of the available RAM; True or False forces it.
+    `uint8=True` gives the pixels as uint8: a shuffle buffer of them takes a quarter
+    of float32's bytes, and Keras' models and augmentation layers cast them."""
     size = image_size_pair(image_size)
     if split.tfds is not None:
         ds = split.tfds.map(lambda image, label: (_whole_levels(tf.image.resize(
@@ -177,11 +179,15 @@ def decoded_images(split, image_size, cache=None):
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache is None:
         cache = len(split) * size[0] * size[1] * 3 < 0.25 * available_memory_bytes()
-    if not cache:
+    if not cache and not uint8:
         return ds
     # Kept as uint8 (the pixels are whole levels already), a quarter of float32's bytes.
     ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), y),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    if uint8:
+        return ds
     return ds.map(lambda x, y: (tf.cast(x, tf.float32), y),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -209,8 +215,10 @@ def images_only(split, image_size, batch_size):
 
 
 def one_hot_images(split, image_size, num_classes):
-    """Unbatched decoded images (cached in memory when they fit) with one-hot labels."""
-    return decoded_images(split, image_size).map(lambda x, y: (x, targets(y, num_classes)))
+    """Unbatched decoded images (uint8, cached in memory when they fit) with one-hot
+    labels: training shuffles them in a buffer of up to SHUFFLE_BUFFER images."""
+    return decoded_images(split, image_size, uint8=True).map(
+        lambda x, y: (x, targets(y, num_classes)))
 
 
 def labelled(x, labels, num_classes):
