@@ -7,6 +7,7 @@ import os
 import warnings
 
 import numpy as np
+from joblib import parallel_backend
 from threadpoolctl import threadpool_limits
 
 from transfer.errors import DataError
@@ -22,7 +23,6 @@ def fit_logistic_regression(features, labels, num_classes, folds=FOLDS, seed=0,
     """A fitted scikit-learn pipeline ([StandardScaler +] LogisticRegressionCV) with as
     many folds as the rarest class allows. Multi-label `labels` (rows of 0/1) get one
     binary regression per label, each with its own C (one-vs-rest)."""
-    from joblib import parallel_backend
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.multiclass import OneVsRestClassifier
