@@ -253,6 +253,31 @@ def test_phase_two_is_kept_only_when_clearly_better(gained, lost, kept):
     assert phases.clearly_better(fine_tune, head) is kept
 
 
+def test_early_stopping_restores_the_best_epoch_from_copies_of_what_trains(caplog):
+    from transfer.train.callbacks import early_stopping
+
+    frozen, trained = keras.layers.Dense(3, name="frozen"), keras.layers.Dense(2, name="trained")
+    model = keras.Sequential([keras.Input((4,)), frozen, trained])
+    frozen.trainable = False
+    callback = early_stopping(model, patience=2)
+    callback.set_model(model)
+    callback.on_train_begin()
+    seen = []
+    for epoch, val_loss in enumerate([1.0, 0.5, 0.7, 0.8, 0.9]):
+        trained.kernel.assign(np.full((3, 2), float(epoch)))
+        seen.append(np.asarray(trained.kernel))
+        callback.on_epoch_end(epoch, {"val_loss": val_loss})
+        if getattr(model, "stop_training", False):
+            break
+    assert epoch == 3  # two epochs without a lower val_loss after the best (epoch 2 of 5)
+    frozen.kernel.assign(np.ones((4, 3)))  # not copied, so not put back either
+    with caplog.at_level("INFO", logger="transfer"):
+        callback.on_train_end()
+    np.testing.assert_array_equal(np.asarray(trained.kernel), seen[1])
+    np.testing.assert_array_equal(np.asarray(frozen.kernel), np.ones((4, 3)))
+    assert "best epoch: 2." in caplog.text and "Epoch 4: early stopping" in caplog.text
+
+
 def test_a_backup_restores_what_training_changes_and_a_broken_one_starts_over(tmp_path, caplog,
                                                                              monkeypatch):
     import logging

@@ -43,6 +43,7 @@ from transfer.train.callbacks import (
     ELAPSED,
     backup_epoch,
     cached_validation,
+    early_stopping,
     epoch_log,
     local_validation,
     precise_batchnorm,
@@ -268,9 +269,7 @@ class Phase:
                       keras.callbacks.TensorBoard(log_dir=str(self.paths.logs(self.name)),
                                                   write_graph=False, histogram_freq=0)]
         if self.options.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=self.options.early_stopping_patience,
-                restore_best_weights=True, verbose=1))
+            callbacks.append(early_stopping(fitted, self.options.early_stopping_patience))
         # shuffle=False: epoch_batches has shuffled already (Keras warns otherwise).
         # In scope: the optimizer makes its variables on the first step.
         with self.strategy.scope(), keras_multi_worker_fit(fitted, self.strategy, train):
