@@ -431,27 +431,29 @@ def fine_tune_on_images(model, dataset, options, phase):
     train_on_prefix = cached is not None and cached.train is not None
     recalibrate = None
     if options.train_bn and phase.strategy.num_replicas_in_sync == 1:
-        positions = train.sample_indices(PRECISE_BN_IMAGES, options.seed)
-        recalibrate = (precise_batchnorm(cached.suffix, cached.train_batches(positions))
-                       if train_on_prefix else precise_batchnorm(model, images_only(
-                           train.sample(PRECISE_BN_IMAGES, options.seed), options.image_size,
-                           options.batch_size)))
+        if train_on_prefix:
+            recalibrate = precise_batchnorm(cached.suffix, cached.train_batches(
+                train.sample_indices(PRECISE_BN_IMAGES, options.seed)))
+        else:
+            recalibrate = precise_batchnorm(model, images_only(
+                train.sample(PRECISE_BN_IMAGES, options.seed), options.image_size,
+                options.batch_size))
     # Keras' validation would come before the recalibration, and it cannot run images
     # through a model that trains on the prefix's outputs.
     if validation is None and len(val) and (recalibrate is not None or train_on_prefix):
         validation = validation_callback(
             model, images_only(val, options.image_size, options.batch_size), val.labels)
-    schedule = dict(schedule=options.lr_schedule == "cosine", layer_decay=options.layer_decay,
+    fit_args = dict(schedule=options.lr_schedule == "cosine", layer_decay=options.layer_decay,
                     ema=options.ema, validation=validation, recalibrate=recalibrate)
     if train_on_prefix:
         return phase.fit(model, labelled(np.arange(len(train)), train.labels, dataset.num_classes),
                          len(train), None, options.fine_tune_epochs,
                          options.fine_tune_learning_rate, augment=cached.train_inputs(options.seed),
-                         fitted=cached.suffix, **schedule)
+                         fitted=cached.suffix, **fit_args)
     return train_on_images(model, dataset, options, phase, options.fine_tune_epochs,
                            options.fine_tune_learning_rate,
                            augment=augmentation(options.seed, options.augment, options.flip),
-                           **schedule)
+                           **fit_args)
 
 
 # Precise BatchNormalization statistics are averaged over this many training images
@@ -474,7 +476,7 @@ class FrozenPrefix:
         self.val_outputs = self.val_labels = None
         # A tensor of (orientations × training images, ...) or None; image i mirrored
         # is at i + train_count.
-        self.train, self.train_count, self.orientations = None, 0, 0
+        self.train, self.orientations = None, 0
 
     @classmethod
     def of(cls, model, dataset, options, phase):
@@ -506,7 +508,7 @@ class FrozenPrefix:
                         size / 2**20, options.fine_tune_from)
             cache.train = tf.convert_to_tensor(np.concatenate(
                 [cache._outputs(train, mirrored=bool(o)) for o in range(orientations)]))
-            cache.train_count, cache.orientations = len(train), orientations
+            cache.orientations = orientations
         elif orientations and len(train):
             logger.info("Phase 2 trains on images: the frozen groups' outputs would take "
                         "%.1f GB.", size / 2**30)
@@ -517,6 +519,10 @@ class FrozenPrefix:
         if mirrored:  # as keras.layers.RandomFlip("horizontal") mirrors them
             images = images.map(lambda x: tf.reverse(x, axis=[2]))
         return run_inference(self.prefix, images, dtype=np.float16)
+
+    @property
+    def train_count(self):
+        return self.train.shape[0] // self.orientations if self.orientations else 0
 
     def validation(self):
         """The `cached_validation` callback, or None (Keras validates through the whole
