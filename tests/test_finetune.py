@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import zipfile
 
 import keras
 import numpy as np
@@ -68,6 +69,10 @@ def test_model_file_holds_the_weights_without_optimizer_state(sample_run):
     weight_bytes = sum(np.asarray(w).nbytes for w in model.weights)
     assert (out / "model.keras").stat().st_size < 1.05 * weight_bytes + 2**20
     assert not model.compiled
+    # Written unzipped, then zipped: the members are the ones Keras' own zip holds.
+    with zipfile.ZipFile(out / "model.keras") as archive:
+        assert sorted(archive.namelist()) == ["config.json", "metadata.json",
+                                              "model.weights.h5", "transfer.json"]
 
 
 def test_history_says_when_each_epoch_ended(sample_run):

@@ -169,14 +169,26 @@ def test_gradcam_of_a_run_uses_a_convolutional_group_wide_enough(planted_run):
     assert np.allclose(keras.ops.softmax(logits), probabilities, atol=1e-5)
     heat = gradcam.heatmaps(cam, image, [int(probabilities.argmax())])
     assert heat.shape == (1, 32, 32) and heat.max() == pytest.approx(1.0) and heat.min() >= 0
+    # The tape covers only the layers after the group; through the whole model, the same.
+    del cam.halves
+    whole = gradcam.heatmaps(cam, image, [int(probabilities.argmax())])
+    np.testing.assert_allclose(heat, whole, atol=1e-5)
 
 
 def test_report_command_rebuilds_the_page_and_rejects_other_folders(planted_run, tmp_path):
     run, _, _ = planted_run
+    # The run's page reused the features the run computed; the command computes them
+    # again from the saved model, and must find the same pairs.
+    from_the_run = json.loads((run / "metrics.json").read_text())["leaked_duplicates"]
     (run / "report.html").unlink()
     result = run_cli("report", run)
     assert result.exit_code == 0, result.output
     assert "leaked duplicates: val 4, test 2" in result.output
+    rebuilt = json.loads((run / "metrics.json").read_text())["leaked_duplicates"]
+    assert [(p["path"], p["train_path"]) for p in rebuilt["pairs"]] == \
+        [(p["path"], p["train_path"]) for p in from_the_run["pairs"]]
+    assert np.allclose([p["similarity"] for p in rebuilt["pairs"]],
+                       [p["similarity"] for p in from_the_run["pairs"]], atol=1e-4)
     assert (run / "report.html").stat().st_size > 10_000
     result = run_cli("report", tmp_path)
     assert result.exit_code == 2

@@ -15,6 +15,7 @@ import numpy as np
 
 from transfer.errors import RunFailedError
 from transfer.lazy import keras
+from transfer.lazy import keras
 
 
 def write_failure(path, exc):
@@ -112,15 +113,21 @@ def save_model(model, path, metadata=None):
     was 215 MB for 102 MB of weights), and a saved model is for inference or a new
     fine-tuning, which starts its own optimizer. `metadata` (a dict) goes inside the
     file as MODEL_METADATA_MEMBER."""
-    if getattr(model, "optimizer", None) is not None:
-        # An uncompiled copy (clone_model would compile it again, optimizer and all).
-        copy = type(model).from_config(model.get_config())
-        copy.set_weights(model.get_weights())
-        model = copy
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-        if metadata is not None:
-            with zipfile.ZipFile(tmp, "a") as archive:
+    if getattr(model, "compiled", False):
+        # An uncompiled model over the same layers: the file holds no optimizer, and no
+        # copy of the weights is made (clone_model would compile it again, optimizer and
+        # all; a copy from its config held the weights twice more while saving).
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as unzipped:
+        # Zipping, Keras holds the whole weights file in memory first (a ResNet50's 100 MB,
+        # at the end of a run, when memory is fullest); unzipped, it writes the same
+        # members to disk, and they are zipped from there, as Keras lays them out.
+        model.save(Path(unzipped) / "model", zipped=False)
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for member in sorted((Path(unzipped) / "model").rglob("*")):
+                if member.is_file():
+                    archive.write(member, member.relative_to(Path(unzipped) / "model").as_posix())
+            if metadata is not None:
                 archive.writestr(MODEL_METADATA_MEMBER, json.dumps(metadata, indent=2))
     return Path(path)
 

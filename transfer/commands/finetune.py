@@ -22,7 +22,7 @@ from transfer.errors import DataError, InvalidArgumentError, RunInterruptedError
 from transfer.io import save_model, save_weights, write_csv, write_json
 from transfer.lazy import keras
 from transfer.models.groups import freeze, groups, unfreeze
-from transfer.models.heads import MULTI_LABEL, build_classifier
+from transfer.models.heads import MULTI_LABEL, build_classifier, head_model
 from transfer.report.html import write_report_or_warn
 from transfer.report.metrics import compute_metrics, tune_thresholds, write_reports
 from transfer.report.plots import plot_image_grid, plot_training_curves
@@ -43,7 +43,12 @@ from transfer.runs import (
     run_config,
     write_labels,
 )
-from transfer.runtime import precision_policy, run_inference
+from transfer.runtime import (
+    INFERENCE_BATCH_SIZE,
+    precision_policy,
+    return_freed_memory,
+    run_inference,
+)
 from transfer.train.distribute import is_chief, local_copy, make_strategy
 from transfer.train.options import resolve_options
 from transfer.train.phases import (
@@ -55,6 +60,8 @@ from transfer.train.phases import (
     fine_tune_on_images,
     head_is_probe,
     refit_probe_on_all_labels,
+    release_training_state,
+    split_features,
     train_head_on_cached_features,
     train_head_on_images,
     validation_score,
@@ -95,8 +102,11 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, calibr
         keras.utils.set_random_seed(options.seed)
         dataset, model, config = _start(data, out, paths, options, strategy, resume)
         try:
-            result = _train_and_report(out, paths, model, dataset, config, options, strategy,
-                                       chief, resume, started)
+            # The report's image sections need the training images' features too.
+            report_features = chief and (report or calibrate) and dataset.task != MULTI_LABEL
+            result, features = _train_and_report(out, paths, model, dataset, config, options,
+                                                 strategy, chief, resume, started,
+                                                 report_features)
         except BaseException as exc:
             _record_stop(paths, exc)
             if isinstance(exc, KeyboardInterrupt):
@@ -108,7 +118,8 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, calibr
                         "metrics.json and the per-label reports hold the results.", REPORT_HTML)
         elif chief and (report or calibrate):
             result.metrics = write_report_or_warn(paths.root, result.metrics, calibrate,
-                                                  model=local_copy(model, strategy))
+                                                  model=local_copy(model, strategy),
+                                                  features=features)
         return result
 
 
@@ -126,23 +137,33 @@ def _start(data, out, paths, options, strategy, resume):
 
 
 def _train_and_report(out, paths, model, dataset, config, options, strategy, chief, resume,
-                      started):
-    """Both phases, the model kept, its reports, and config.json saying it is complete."""
+                      started, report_features=False):
+    """Both phases, the model kept, its reports, and config.json saying it is complete.
+    Returns the RunResult and {split name: (paths, pooled features)}, with the training
+    split's when `report_features`."""
     weights = class_weights(options, dataset.splits["train"].labels, dataset.num_classes)
     phase_args = (options, paths, strategy, weights, dataset.num_classes)
     timings = {}
     history = train_head(model, dataset, options, phase_args, resume, timings)
+    return_freed_memory()  # the probe's copies of the features, before phase 2
     # Phase 2 has to beat a phase 1 that trained; with head_epochs=0 there is none.
     head_score = _score(model, strategy, dataset, options) if options.fine_tunes and history \
         else None
     _save_phase_one(model, options, paths, resume, history)
     _preview_augmentation(dataset, options, paths)
     history += _fine_tune(model, dataset, options, phase_args, timings)
+    release_training_state(model)
     kept = _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
 
+    # One set of pooled features per split gives the predictions (through the head) and,
+    # with the training images', the report's sections: no second pass of the backbone.
+    wanted = ["train"] * report_features + ["val", "test"]
+    features = split_features(model, dataset, options, strategy, wanted,
+                              backbone_as_cached=options.cache_features
+                              and kept["phase"] == HEAD)
     # Validation judges the model as chosen, before any refit; its reports come after
     # the model and its history are saved, so that a report that fails loses neither.
-    predictions = {"val": _predict_split(local_copy(model, strategy), dataset, options, "val")}
+    predictions = {"val": _head_outputs(model, strategy, features.get("val"))}
     # Multi-label: each label's threshold is tuned on validation, then kept in the model;
     # a refit would learn from those images, and leave the thresholds none to be tuned on.
     thresholds = tune_thresholds(dataset.splits["val"].labels, predictions["val"]) \
@@ -152,7 +173,7 @@ def _train_and_report(out, paths, model, dataset, config, options, strategy, chi
         kept["refit"] = refit_probe_on_all_labels(model, dataset, options, strategy)
     _write_training_results(paths, model, history, kept,
                             model_metadata(dataset.class_names, dataset.task, thresholds))
-    predictions["test"] = _predict_split(local_copy(model, strategy), dataset, options, "test")
+    predictions["test"] = _head_outputs(model, strategy, features.get("test"))
     metrics = {"classes": dataset.class_names}
     for split_name, probabilities in predictions.items():
         if probabilities is not None:
@@ -168,8 +189,10 @@ def _train_and_report(out, paths, model, dataset, config, options, strategy, chi
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
     if not chief:
         shutil.rmtree(paths.root, ignore_errors=True)
-    return RunResult(out if not chief else paths.root, metrics, dataset.class_names, history,
-                     timings, model)
+    result = RunResult(out if not chief else paths.root, metrics, dataset.class_names, history,
+                       timings, model)
+    return result, {name: (dataset.splits[name].paths, values)
+                    for name, values in features.items()}
 
 
 def _claim_run_dir(out, options, chief, overwrite, resume):
@@ -338,12 +361,14 @@ def _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
             "validation": scores}
 
 
-def _predict_split(model, dataset, options, split_name):
-    """The model's probabilities for a split's images; None where the split is empty."""
-    split = dataset.splits.get(split_name)
-    if split is None or not len(split):
+def _head_outputs(model, strategy, features):
+    """The model's outputs (probabilities) from a split's pooled features; None for an
+    empty split."""
+    if features is None:
         return None
-    return run_inference(model, images_only(split, options.image_size, options.batch_size))
+    batches = (features[start:start + INFERENCE_BATCH_SIZE]
+               for start in range(0, len(features), INFERENCE_BATCH_SIZE))
+    return run_inference(head_model(local_copy(model, strategy)), batches)
 
 
 def _report_split(dataset, split_name, probabilities, out_dir, thresholds=None):

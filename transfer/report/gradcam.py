@@ -53,22 +53,33 @@ def cam_model(classifier, group=None):
         raise InvalidArgumentError(
             f"Unknown group: group={group!r}. Expected one of "
             f"{', '.join(g for g in found if g not in ('stem', 'head'))}.")
-    inner = keras.Model(backbone.input, [found[group][-1].output, backbone.output])
-    inputs = x = keras.Input(shape=classifier.input.shape[1:])
-    features = logits = None
-    for layer in classifier.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if layer is backbone:
-            features, x = inner(x)
-        elif layer.name == CLASSIFIER:
+    group_output = found[group][-1].output
+    layers = [layer for layer in classifier.layers
+              if not isinstance(layer, keras.layers.InputLayer)]
+    at = layers.index(backbone)
+    # Two halves, so that `heatmaps` records gradients through the layers after the
+    # group only: a tape around the whole model keeps every activation of the backbone
+    # (ResNet50, 8 images at 64 px: 170 MB held on, against 85 MB).
+    features_in = x = keras.Input(shape=group_output.shape[1:])
+    if group_output is not backbone.output:  # the group is not the backbone's last
+        x = keras.Model(group_output, backbone.output, name=f"{group}_to_output")(x)
+    for layer in layers[at + 1:]:
+        if layer.name == CLASSIFIER:
             # The same weights without the softmax: Grad-CAM follows the class's score.
             linear = keras.layers.Dense(layer.units, dtype="float32", name="logits")
-            logits = linear(x)
+            x = linear(x)
             linear.set_weights(layer.get_weights())
         else:
             x = layer(x)
-    return keras.Model(inputs, [features, logits], name=f"gradcam_{group}")
+    features_to_logits = keras.Model(features_in, x, name=f"{group}_to_logits")
+    inputs = x = keras.Input(shape=classifier.input.shape[1:])
+    for layer in layers[:at]:
+        x = layer(x)
+    features = keras.Model(backbone.input, group_output, name=f"pixels_to_{group}")(x)
+    pixels_to_features = keras.Model(inputs, features, name=f"pixels_to_{group}_features")
+    cam = keras.Model(inputs, [features, features_to_logits(features)], name=f"gradcam_{group}")
+    cam.halves = (pixels_to_features, features_to_logits)
+    return cam
 
 
 def heatmaps(model, images, classes):
@@ -78,8 +89,14 @@ def heatmaps(model, images, classes):
     """
     images = tf.convert_to_tensor(np.asarray(images), tf.float32)
     classes = tf.convert_to_tensor(np.asarray(classes), tf.int32)
-    with tf.GradientTape() as tape:
-        features, logits = model(images, training=False)
+    halves = getattr(model, "halves", None)  # cam_model's: the tape covers the second
+    features = halves[0](images, training=False) if halves else None
+    with tf.GradientTape(watch_accessed_variables=not halves) as tape:
+        if halves:
+            tape.watch(features)
+            logits = halves[1](features, training=False)
+        else:
+            features, logits = model(images, training=False)
         score = tf.gather(logits, classes, axis=1, batch_dims=1)
     gradients = tf.cast(tape.gradient(score, features), tf.float32)
     features = tf.cast(features, tf.float32)

@@ -84,11 +84,14 @@ class Evaluated:
         return -np.log(np.clip(p, 1e-12, None))
 
 
-def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model=None):
+def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model=None,
+                 features=None):
     """Build `folder`/report.html; with `calibrate`, first fit a temperature on the
     validation images and store it in the run's model. Updates metrics.json with the
     calibration error and leaked duplicates. `model` (a keras.Model or a LoadedModel)
-    saves loading the folder's model again. Returns (path, metrics)."""
+    saves loading the folder's model again; `features` ({"train"/"val"/"test": (paths,
+    the model's pooled features)}, as the run computed them) saves a pass of its
+    backbone over those images. Returns (path, metrics)."""
     folder = Path(folder)
     metrics_path = folder / METRICS_FILE
     if not metrics_path.is_file():
@@ -126,7 +129,7 @@ def write_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model
                              "run it came from for Grad-CAM, calibration and duplicates")
     elif splits[0].readable:
         page.update(_image_sections(folder, loaded, config, metrics, splits, calibrate,
-                                    batch_size))
+                                    batch_size, features or {}))
     else:
         page["no_images"] = f"the images of {folder / report_file('predictions.csv')} " \
                             "cannot be read any more"
@@ -149,14 +152,14 @@ def _loaded_model(folder, metrics, is_run, model):
                        tuple(model.input_shape[1:3]))
 
 
-def _image_sections(folder, loaded, config, metrics, splits, calibrate, batch):
+def _image_sections(folder, loaded, config, metrics, splits, calibrate, batch, known):
     """The sections that need the images and the model: calibration, Grad-CAM,
     leaked duplicates. Updates `metrics` with what they find."""
     model, size = loaded.model, loaded.image_size
     train, no_train = _training_split(config, metrics.get("skipped_files", []))
     splits = [s for s in splits if s.readable]
     main = splits[0]
-    train_features = _embed_and_predict(model, train, splits, size, batch)
+    train_features = _embed_and_predict(model, train, splits, size, batch, known)
     if calibrate:
         metrics["calibration"] = _calibrate(folder, model, main, splits, metrics)
     page = {"calibration": _calibration(main, metrics.get("calibration"))}
@@ -171,11 +174,12 @@ def _image_sections(folder, loaded, config, metrics, splits, calibrate, batch):
 
 
 def write_report_or_warn(folder, metrics, calibrate=False, model=None,
-                         batch_size=INFERENCE_BATCH_SIZE):
+                         batch_size=INFERENCE_BATCH_SIZE, features=None):
     """`write_report` at the end of a run: a page that fails to build is a warning, not
     a failed run (`transfer report` builds it again). Returns the metrics."""
     try:
-        return write_report(folder, calibrate=calibrate, batch_size=batch_size, model=model)[1]
+        return write_report(folder, calibrate=calibrate, batch_size=batch_size, model=model,
+                            features=features)[1]
     except Exception as exc:  # the run's own files are complete and must stay so
         logger.warning("%s could not be written (%s: %s); `transfer report %s` builds it "
                        "again.", REPORT_HTML, type(exc).__name__, first_line(exc), folder)
@@ -211,21 +215,31 @@ def _features(model, split, size, batch):
                            for x in images_only(split, size, eager_batch(size))])
 
 
-def _embed_and_predict(model, train, splits, size, batch):
-    """One pass of the backbone over the training images (when known) and the splits':
-    each split gets its features and, through the head, its probabilities. Returns the
-    training images' features."""
-    paths = [*(train.paths if train is not None else []),
-             *(p for split in splits if split.readable for p in split.paths)]
-    features = _features(pooled_features(model), Split(paths, np.zeros(len(paths), np.int64)),
-                         size, batch)
-    start = len(train) if train is not None else 0
+def _embed_and_predict(model, train, splits, size, batch, known):
+    """Features of the training images (when known) and of the splits: those in `known`
+    ({name: (paths, features)}) where the paths are the same, the rest from one pass of
+    the backbone. Each split gets its features and, through the head, its
+    probabilities. Returns the training images' features."""
+    parts = {"train": train} if train is not None else {}
+    parts.update((split.name, split) for split in splits if split.readable)
+    found = {}
+    for name, part in parts.items():
+        paths, features = known.get(name, ((), None))
+        if features is not None and [str(p) for p in paths] == [str(p) for p in part.paths]:
+            found[name] = features
+    missing = [name for name in parts if name not in found]
+    paths = [p for name in missing for p in parts[name].paths]
+    computed = _features(pooled_features(model), Split(paths, np.zeros(len(paths), np.int64)),
+                         size, batch) if paths else None
+    start = 0
+    for name in missing:
+        found[name] = computed[start:start + len(parts[name].paths)]
+        start += len(parts[name].paths)
     head = head_model(model)
     for split in (s for s in splits if s.readable):
-        split.features = features[start:start + len(split.paths)]
+        split.features = found[split.name]
         split.probabilities = np.asarray(head(split.features), np.float64)
-        start += len(split.paths)
-    return features[:len(train)] if train is not None else None
+    return found.get("train")
 
 
 def _pixels(paths, size, batch):

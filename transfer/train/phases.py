@@ -38,7 +38,7 @@ from transfer.models.heads import (
 )
 from transfer.models.identify import architecture_of
 from transfer.progress import fit_verbosity, seconds_since_start
-from transfer.runtime import correct_predictions, run_inference, score
+from transfer.runtime import correct_predictions, return_freed_memory, run_inference, score
 from transfer.train.callbacks import (
     ELAPSED,
     backup_epoch,
@@ -289,6 +289,28 @@ def _cached_features(extractor, split, options, architecture_name):
                             cache_dir=options.cache_dir or default_cache_dir(), key=key)
 
 
+def split_features(model, dataset, options, strategy, split_names, backbone_as_cached):
+    """{split name: pooled backbone features} of the named splits (the empty ones left
+    out), for the end of a run: its predictions are the head's on these, and its report
+    reuses them. While the backbone is still the frozen one phase 1 cached features of,
+    they come from the cache; after phase 2 it is a new backbone, and one pass computes
+    them (uncached: the cache's key names the starting weights)."""
+    extractor = pooled_features(local_copy(model, strategy))
+    name = architecture_of(model).name
+    found = {}
+    for split_name in split_names:
+        split = dataset.splits.get(split_name)
+        if split is None or not len(split):
+            continue
+        if backbone_as_cached:
+            found[split_name] = _cached_features(extractor, split, options, name)
+        else:
+            found[split_name] = compute_features(
+                extractor, images_only(split, options.image_size, options.batch_size),
+                len(split), extractor.output.shape[-1])
+    return found
+
+
 def feature_statistics(features, chunk=4096):
     """Per-feature mean and variance, in float64 and in chunks (features may be a
     memory-mapped file larger than memory)."""
@@ -370,6 +392,7 @@ def refit_probe_on_all_labels(model, dataset, options, strategy):
     standardized = standardize_head(model, features)
     fitted_c = _set_probe_head(model, standardized(features), labels, options,
                                dataset.num_classes)
+    return_freed_memory()  # the fits' copies of the features, before the reports
     return {"images": int(len(labels)), "C": fitted_c,
             "note": "validation scores are of the model before the refit"}
 
@@ -567,6 +590,20 @@ def train_on_images(model, dataset, options, phase, epochs, learning_rate, augme
                      val_ds, epochs, learning_rate, augment=augment, schedule=schedule,
                      layer_decay=layer_decay, ema=ema, validation=validation,
                      recalibrate=recalibrate)
+
+
+def release_training_state(model):
+    """After the last phase: let go of the optimizer (Adam's slots are twice the weights
+    that trained: 120 MB for a ResNet50's conv5), the traced steps that captured its
+    variables, and the compile state naming it, so that the end of the run (refit,
+    reports, saving) reuses that memory. The model predicts as before, uncompiled."""
+    if not getattr(model, "compiled", False):
+        return
+    for attribute in ("optimizer", "train_function", "test_function", "predict_function"):
+        setattr(model, attribute, None)
+    model.compiled = False
+    model._compile_config = None  # Keras' own record of compile(), optimizer included
+    return_freed_memory()
 
 
 def validation_score(model, dataset, options):
