@@ -253,13 +253,16 @@ def test_phase_two_is_kept_only_when_clearly_better(gained, lost, kept):
     assert phases.clearly_better(fine_tune, head) is kept
 
 
-def test_early_stopping_restores_the_best_epoch_from_copies_of_what_trains(caplog):
+@pytest.mark.parametrize("on_disk", [False, True], ids=["in-memory", "on-disk"])
+def test_early_stopping_restores_the_best_epoch_from_copies_of_what_trains(caplog, tmp_path,
+                                                                          on_disk):
     from transfer.train.callbacks import early_stopping
 
     frozen, trained = keras.layers.Dense(3, name="frozen"), keras.layers.Dense(2, name="trained")
     model = keras.Sequential([keras.Input((4,)), frozen, trained])
     frozen.trainable = False
-    callback = early_stopping(model, patience=2)
+    path = tmp_path / "checkpoints" / "best-fine-tune.npz" if on_disk else None
+    callback = early_stopping(model, patience=2, path=path)
     callback.set_model(model)
     callback.on_train_begin()
     seen = []
@@ -276,6 +279,30 @@ def test_early_stopping_restores_the_best_epoch_from_copies_of_what_trains(caplo
     np.testing.assert_array_equal(np.asarray(trained.kernel), seen[1])
     np.testing.assert_array_equal(np.asarray(frozen.kernel), np.ones((4, 3)))
     assert "best epoch: 2." in caplog.text and "Epoch 4: early stopping" in caplog.text
+    if on_disk:
+        assert not path.exists()  # restored, then removed
+
+
+def test_after_training_the_optimizer_goes_and_the_model_predicts_and_saves_the_same(
+        tmp_path):
+    import gc
+    import weakref
+
+    from transfer.io import save_model
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile(keras.optimizers.Adam(0.1), "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).normal(size=(8, 4)).astype("float32"), np.arange(8) % 2
+    model.fit(x, y, epochs=1, verbose=0)
+    before, optimizer = np.asarray(model(x)), weakref.ref(model.optimizer)
+    phases.release_training_state(model)
+    gc.collect()
+    assert optimizer() is None and not model.compiled  # nothing holds Adam's slots
+    np.testing.assert_array_equal(np.asarray(model(x)), before)
+    reloaded = keras.models.load_model(save_model(model, tmp_path / "m.keras"))
+    assert not reloaded.compiled
+    np.testing.assert_allclose(np.asarray(reloaded(x)), before, atol=1e-6)
 
 
 def test_a_backup_restores_what_training_changes_and_a_broken_one_starts_over(tmp_path, caplog,

@@ -466,8 +466,9 @@ recipe_options = _options(
                    "(same command otherwise).")
 @calibrate_option
 @click.option("--report/--no-report", default=True, show_default=True,
-              help="Write report.html at the end (a pass of the backbone over every image, "
-                   "for the leaked-duplicates check; `transfer report` writes it later).")
+              help="Write report.html at the end (its duplicates check needs the training "
+                   "images' features: a pass of the backbone over them when phase 2 is "
+                   "kept; `transfer report` writes it later).")
 def finetune(data, out, overwrite, resume, calibrate, report, **options):
     """Fine-tune a ResNet on a folder of images (or a TFDS dataset).
 

@@ -96,6 +96,10 @@ class RunPaths:
         """A phase's backup for --resume (transfer.train.callbacks.resume_backup)."""
         return self.checkpoints / f"backup-{phase}"
 
+    def best_weights(self, phase):
+        """A phase's best epoch so far, for early stopping to restore (an .npz)."""
+        return self.checkpoints / f"best-{phase}.npz"
+
     def phase_history(self, phase):
         """A phase's history rows so far, written after every epoch."""
         return self.checkpoints / f"history-{phase}.json"

@@ -89,7 +89,8 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, calibr
     `resume=True` continues an interrupted run in `out` from its last completed epoch.
     `calibrate=True` fits a temperature on validation and stores it in the model.
     `report=False` leaves out report.html (`transfer report` writes it later): it costs
-    a pass of the backbone over every image, for the leaked-duplicates check.
+    the training images' features for the leaked-duplicates check: a pass of the
+    backbone over them when phase 2 is kept (phase 1's are cached).
     Returns a `RunResult` with the run directory, the metrics and the model.
     """
     options = resolve_options(options, **overrides)

@@ -192,17 +192,36 @@ def _changing_variables(model):
     return [v for layer in _leaves(model) if layer.trainable for v in layer.weights]
 
 
-def early_stopping(model, patience):
+def early_stopping(model, patience, path=None):
     """Keras' EarlyStopping(monitor="val_loss", restore_best_weights=True, verbose=1),
     keeping a copy of only the variables training changes: Keras copies every weight
     of the model at each better epoch (94 MB for a ResNet50, while phase 2 from conv5
-    changes 60 MB of it), and holds the old copy while it makes the new one."""
+    changes 60 MB of it), and holds the old copy while it makes the new one. With
+    `path` (an .npz), the copy is written there instead of held in memory, one
+    variable at a time: phase 2's peak is its memory's, and the file costs a tenth of
+    a second an improved epoch."""
     variables = _changing_variables(model)
     state = {}
 
     def keep(epoch):
         state["weights"] = None  # the old copy goes before the new one is made
-        state["weights"], state["epoch"] = [np.array(v) for v in variables], epoch
+        if path is None:
+            state["weights"] = [np.array(v) for v in variables]
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            state["weights"] = write_npz(
+                path, {f"variable_{i}": v for i, v in enumerate(variables)}, compress=False)
+        state["epoch"] = epoch
+
+    def restore():
+        if path is None:
+            for variable, value in zip(variables, state["weights"]):
+                variable.assign(value)
+            return
+        with np.load(state["weights"]) as saved:
+            for i, variable in enumerate(variables):
+                variable.assign(saved[f"variable_{i}"])
+        Path(state["weights"]).unlink()
 
     def on_train_begin(logs=None):
         state.update(best=np.inf, wait=0, weights=None, epoch=0, stopped=None)
@@ -228,8 +247,7 @@ def early_stopping(model, patience):
         if state.get("weights") is not None:
             logger.info("Restoring model weights from the end of the best epoch: %d.",
                         state["epoch"] + 1)
-            for variable, value in zip(variables, state["weights"]):
-                variable.assign(value)
+            restore()
 
     return keras.callbacks.LambdaCallback(on_train_begin=on_train_begin,
                                           on_epoch_end=on_epoch_end, on_train_end=on_train_end)

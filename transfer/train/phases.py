@@ -269,7 +269,8 @@ class Phase:
                       keras.callbacks.TensorBoard(log_dir=str(self.paths.logs(self.name)),
                                                   write_graph=False, histogram_freq=0)]
         if self.options.early_stopping_patience:
-            callbacks.append(early_stopping(fitted, self.options.early_stopping_patience))
+            callbacks.append(early_stopping(fitted, self.options.early_stopping_patience,
+                                            self.paths.best_weights(self.name)))
         # shuffle=False: epoch_batches has shuffled already (Keras warns otherwise).
         # In scope: the optimizer makes its variables on the first step.
         with self.strategy.scope(), keras_multi_worker_fit(fitted, self.strategy, train):
@@ -600,6 +601,10 @@ def release_training_state(model):
     if not getattr(model, "compiled", False):
         return
     for attribute in ("optimizer", "train_function", "test_function", "predict_function"):
+        # Deleted first: TensorFlow's tracking keeps a reference to what an attribute held
+        # (for checkpoints) until the attribute is deleted, not when it is reassigned.
+        if getattr(model, attribute, None) is not None:
+            delattr(model, attribute)
         setattr(model, attribute, None)
     model.compiled = False
     model._compile_config = None  # Keras' own record of compile(), optimizer included
