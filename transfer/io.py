@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -122,7 +123,13 @@ def save_model(model, path, metadata=None):
         # Zipping, Keras holds the whole weights file in memory first (a ResNet50's 100 MB,
         # at the end of a run, when memory is fullest); unzipped, it writes the same
         # members to disk, and they are zipped from there, as Keras lays them out.
-        model.save(Path(unzipped) / "model", zipped=False)
+        try:
+            model.save(Path(unzipped) / "model", zipped=False)
+        except RuntimeError as exc:
+            error = _h5py_write_error(exc)
+            if error is None:
+                raise
+            raise error from exc
         with zipfile.ZipFile(tmp, "w") as archive:
             for member in sorted((Path(unzipped) / "model").rglob("*")):
                 if member.is_file():
@@ -130,6 +137,17 @@ def save_model(model, path, metadata=None):
             if metadata is not None:
                 archive.writestr(MODEL_METADATA_MEMBER, json.dumps(metadata, indent=2))
     return Path(path)
+
+
+def _h5py_write_error(exc):
+    """h5py reports a failed write (a full disk) as a RuntimeError naming the errno:
+    the OSError it stands for (None when it names none), so that it reads as every
+    other write failure."""
+    found = re.search(r"errno = (\d+)", str(exc))
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number))
 
 
 def save_weights(model, path):
