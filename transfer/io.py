@@ -16,7 +16,6 @@ import numpy as np
 
 from transfer.errors import RunFailedError
 from transfer.lazy import keras
-from transfer.lazy import keras
 
 
 def write_failure(path, exc):
