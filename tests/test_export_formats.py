@@ -217,6 +217,39 @@ def test_export_warns_above_max_drop_and_refuses_bad_options(exported, tmp_path,
         "`pip install transfer[onnx]` installs it.")
 
 
+def test_int8_keeps_the_features_and_the_head_float(tmp_path):
+    """Around a nested backbone, int8 quantises the backbone's body and leaves its
+    output (the features, one scale for all of them in int8) and the head float."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from transfer.export import tflite
+    from transfer.export.common import ExportInfo
+
+    images, _ = sample_images()
+    keras.utils.set_random_seed(0)
+    body_input = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="body_conv")(body_input)
+    x = keras.layers.Conv2D(16, 3, strides=2, name="last_conv")(x)
+    x = keras.layers.Add(name="body_out")([x, x])
+    backbone = keras.Model(body_input, x, name="backbone")
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(backbone(inputs / 255.0))
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs)
+    assert tflite.feature_and_head_layers(model) == ["body_out", "head_pool", "predictions"]
+    info = ExportInfo((32, 32), CLASSES, quantize="int8",
+                      representative=lambda: (images[i:i + 1] for i in range(40)))
+    tflite.write(model, tmp_path / "m.tflite", info)
+    dtypes = {}
+    for tensor in Interpreter(model_path=str(tmp_path / "m.tflite")).get_tensor_details():
+        for layer in ("body_conv", "last_conv", "body_out", "head_pool"):
+            if f"{layer}_1/" in tensor["name"].split(";")[0]:
+                dtypes.setdefault(layer, set()).add(np.dtype(tensor["dtype"]).name)
+    activations = {name: types & {"int8", "float32"} for name, types in dtypes.items()}
+    assert "int8" in activations["body_conv"] and "int8" in activations["last_conv"]
+    assert activations["body_out"] == activations["head_pool"] == {"float32"}
+
+
 @pytest.mark.slow
 def test_a_resnet50_run_in_every_format_and_quantisation(tmp_path):
     """The sample run of the README, every format and quantisation, compared."""

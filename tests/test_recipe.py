@@ -41,6 +41,12 @@ def test_feature_statistics_match_numpy_in_chunks():
     mean, variance = phases.feature_statistics(features, chunk=128)
     np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(variance, features.var(axis=0), rtol=1e-4)
+    # Several arrays (the refit's train and val features) count as their rows stacked.
+    parts = [features[:300], features[300:]]
+    np.testing.assert_allclose(phases.feature_statistics(parts, chunk=128)[0], mean)
+    standardized = phases.standardizer(mean, np.sqrt(variance))(parts, np.float64)
+    assert standardized.dtype == np.float64
+    np.testing.assert_allclose(standardized, (features - mean) / np.sqrt(variance), rtol=1e-6)
 
 
 @pytest.mark.parametrize("images,cached,expected", [
@@ -221,6 +227,8 @@ def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image
     splits = load_dataset(image_folder, val_split=FinetuneOptions.val_split).splits
     train, val = splits["train"], splits["val"]
     assert result.metrics["kept"]["refit"]["images"] == len(train) + len(val)
+    # With phase 1's C, as a search's refit fits the C it chose.
+    assert result.metrics["kept"]["refit"]["C"] == result.history[0]["probe_C"]
     # The standardisation now has the statistics of the training and validation images.
     extractor = pooled_features(result.model)
     features = np.concatenate([np.asarray(extractor(batch)) for split in (train, val)

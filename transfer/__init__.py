@@ -15,6 +15,12 @@ import os
 # imported before TensorFlow. TF_ENABLE_ONEDNN_OPTS=0 turns it off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+# Likewise before TensorFlow starts its threads: one malloc arena per core (glibc),
+# not eight, for less memory kept by threads after freeing it (transfer.allocator).
+from transfer.allocator import limit_arenas  # noqa: E402
+
+limit_arenas()
+
 from transfer.commands.finetune import RunResult, finetune  # noqa: E402
 from transfer.errors import (  # noqa: E402
     DataError,

@@ -2,8 +2,6 @@
 model runs on images outside `fit`, for training's reports and the feature cache,
 and for predict, evaluate, embed and probe."""
 
-import ctypes
-import gc
 import logging
 
 import numpy as np
@@ -21,17 +19,6 @@ INFERENCE_BATCH_SIZE = 32  # of evaluate, predict and embed
 # A label is predicted when its probability reaches this, until per-label thresholds
 # are tuned on validation (transfer.report.metrics.tune_thresholds).
 MULTI_LABEL_THRESHOLD = 0.5
-
-
-def return_freed_memory():
-    """Give the memory freed since the last call back to the system. glibc keeps what
-    was freed for reuse, and between a run's stages that is a lot: after phase 2, its
-    optimizer and traced steps (on a 1,800-image run at 64 px, RSS fell by 90 MB,
-    and the run's peak by 25 MB). A no-op where the C library is not glibc."""
-    gc.collect()
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def device_kind():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.allocator import return_freed_memory
 from transfer.data.augment import augmentation
 from transfer.data.csv_labels import TABLE_OPTIONS, table_name
 from transfer.data.dataset import Split
@@ -43,12 +44,7 @@ from transfer.runs import (
     run_config,
     write_labels,
 )
-from transfer.runtime import (
-    INFERENCE_BATCH_SIZE,
-    precision_policy,
-    return_freed_memory,
-    run_inference,
-)
+from transfer.runtime import INFERENCE_BATCH_SIZE, precision_policy, run_inference
 from transfer.train.distribute import is_chief, local_copy, make_strategy
 from transfer.train.options import resolve_options
 from transfer.train.phases import (
@@ -59,6 +55,7 @@ from transfer.train.phases import (
     clearly_better,
     fine_tune_on_images,
     head_is_probe,
+    probe_c,
     refit_probe_on_all_labels,
     release_training_state,
     split_features,
@@ -171,7 +168,8 @@ def _train_and_report(out, paths, model, dataset, config, options, strategy, chi
         if dataset.task == MULTI_LABEL else None
     if kept["phase"] == HEAD and options.refit and head_is_probe(history) \
             and thresholds is None:
-        kept["refit"] = refit_probe_on_all_labels(model, dataset, options, strategy)
+        kept["refit"] = refit_probe_on_all_labels(model, dataset, options, strategy,
+                                                  probe_c(history))
     _write_training_results(paths, model, history, kept,
                             model_metadata(dataset.class_names, dataset.task, thresholds))
     predictions["test"] = _head_outputs(model, strategy, features.get("test"))

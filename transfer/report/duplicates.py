@@ -14,9 +14,12 @@ CHUNK = 1024  # query rows per matrix product: bounds memory on large splits
 
 
 def _normalised(features, mean):
-    centred = np.asarray(features, dtype=np.float32) - mean
-    norms = np.linalg.norm(centred, axis=1, keepdims=True)
-    return centred / np.maximum(norms, 1e-12)
+    """Centred rows of unit length, in one new array: the features may be the feature
+    cache's memory map, and no other temporary the size of all of them."""
+    centred = np.subtract(features, mean, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", centred, centred))[:, None]
+    centred /= np.maximum(norms, 1e-12)
+    return centred
 
 
 def find_duplicates(train_features, query_features, threshold=DUPLICATE_THRESHOLD):

@@ -38,7 +38,8 @@ from transfer.models.heads import (
 )
 from transfer.models.identify import architecture_of
 from transfer.progress import fit_verbosity, seconds_since_start
-from transfer.runtime import correct_predictions, return_freed_memory, run_inference, score
+from transfer.allocator import return_freed_memory
+from transfer.runtime import correct_predictions, run_inference, score
 from transfer.train.callbacks import (
     ELAPSED,
     backup_epoch,
@@ -312,17 +313,35 @@ def split_features(model, dataset, options, strategy, split_names, backbone_as_c
     return found
 
 
-def feature_statistics(features, chunk=4096):
-    """Per-feature mean and variance, in float64 and in chunks (features may be a
-    memory-mapped file larger than memory)."""
-    total = np.zeros(features.shape[1])
-    squares = np.zeros(features.shape[1])
-    for start in range(0, len(features), chunk):
-        part = np.asarray(features[start:start + chunk], dtype=np.float64)
+# Rows at a time: features may be a memory-mapped file, and a block's float64
+# temporaries stay small (512 x 2,048 features: 8 MB each).
+STATISTICS_CHUNK = 512
+
+
+def _parts(features):
+    """One array of features, or several whose rows go one after the other."""
+    return list(features) if isinstance(features, (list, tuple)) else [features]
+
+
+def _chunks(features, chunk=STATISTICS_CHUNK):
+    """float64 blocks of rows of `features` (one array or several), in order."""
+    for part in _parts(features):
+        for start in range(0, len(part), chunk):
+            yield np.asarray(part[start:start + chunk], dtype=np.float64)
+
+
+def feature_statistics(features, chunk=STATISTICS_CHUNK):
+    """Per-feature mean and variance of `features` (one array or several), in float64
+    and in chunks (features may be a memory-mapped file larger than memory)."""
+    total = np.zeros(_parts(features)[0].shape[1])
+    squares = np.zeros_like(total)
+    count = 0
+    for part in _chunks(features, chunk):
         total += part.sum(axis=0)
         squares += np.square(part).sum(axis=0)
-    mean = total / max(1, len(features))
-    return mean, np.maximum(squares / max(1, len(features)) - np.square(mean), 0.0)
+        count += len(part)
+    mean = total / max(1, count)
+    return mean, np.maximum(squares / max(1, count) - np.square(mean), 0.0)
 
 
 # Floor of a feature's variance, relative to the mean variance of all features: a
@@ -332,17 +351,32 @@ VARIANCE_FLOOR = 0.01
 
 
 def standardize_head(model, train_features):
-    """Set the head's standardisation to the training features' statistics: a
-    softmax on raw pooled features learns slowly, a linear probe standardises.
-    Returns the function that standardises features as the model now does."""
+    """Set the head's standardisation to the training features' statistics (one array
+    or several): a softmax on raw pooled features learns slowly, a linear probe
+    standardises. Returns the function that standardises features as the model now
+    does (the identity for a head without standardisation)."""
+    dim = _parts(train_features)[0].shape[1]
     if not has_standardization(model):
-        return lambda features: np.asarray(features, dtype=np.float32)
+        return standardizer(np.zeros(dim), np.ones(dim))
     mean, variance = feature_statistics(train_features)
     floor = VARIANCE_FLOOR * float(np.mean(variance)) if variance.size else 0.0
     variance = np.maximum(variance, floor)
     set_standardization(model, mean, variance)
-    scale = np.sqrt(variance)
-    return lambda features: ((np.asarray(features) - mean) / scale).astype(np.float32)
+    return standardizer(mean, np.sqrt(variance))
+
+
+def standardizer(mean, scale):
+    def standardized(features, dtype=np.float32):
+        """(features - mean) / scale of `features` (one array or several, stacked) as
+        one array of `dtype`, filled chunk by chunk: no whole-size temporaries (5,000 x
+        2,048 features: 82 MB each in float64)."""
+        out = np.empty((sum(len(part) for part in _parts(features)), len(mean)), dtype)
+        row = 0
+        for part in _chunks(features):
+            out[row:row + len(part)] = (part - mean) / scale
+            row += len(part)
+        return out
+    return standardized
 
 
 def fit_head_as_probe(model, head, standardized, train_x, train_labels, val_x, val_labels,
@@ -350,7 +384,9 @@ def fit_head_as_probe(model, head, standardized, train_x, train_labels, val_x, v
     """Phase 1 as LP-FT's linear probe: a logistic regression with C chosen by
     cross-validation on the (standardised) training features becomes the head's
     output layer. Returns a history row with its training and validation scores."""
-    fitted_c = _set_probe_head(model, standardized(train_x), train_labels, options, num_classes)
+    # float64: LogisticRegressionCV would copy float32 features into float64 itself.
+    fitted_c = _set_probe_head(model, standardized(train_x, np.float64), train_labels, options,
+                               num_classes)
     logger.info("Phase 1: the head is the logistic regression (C = %.4g).", fitted_c)
     train_score = score(train_labels, run_inference(head, _batches(train_x, options)))
     val_score = score(val_labels, run_inference(head, _batches(val_x, options)))
@@ -363,38 +399,45 @@ def fit_head_as_probe(model, head, standardized, train_x, train_labels, val_x, v
 PROBE_C = "probe_C"  # the history column of a phase 1 that is the probe
 
 
-def _set_probe_head(model, standardized_features, labels, options, num_classes):
-    """Fit the logistic regression and make it the classifier layer; returns its C."""
+def _set_probe_head(model, standardized_features, labels, options, num_classes, c=None):
+    """Fit the logistic regression (with C chosen by cross-validation, or `c`) and make
+    it the classifier layer; returns its C."""
     classifier = fit_logistic_regression(standardized_features, labels, num_classes,
-                                         seed=options.seed, standardize=False)
+                                         seed=options.seed, standardize=False, c=c)
     model.get_layer(names.CLASSIFIER).set_weights(list(output_weights(classifier, num_classes)))
     return fitted_c(classifier)
 
 
 def head_is_probe(history):
-    return any(PROBE_C in row for row in history if row["phase"] == HEAD)
+    return probe_c(history) is not None
 
 
-def refit_probe_on_all_labels(model, dataset, options, strategy):
-    """Fit phase 1's probe again on the training and validation images together (C
-    chosen again by cross-validation), once validation has chosen phase 1: its labels
-    then train rather than judge, as scikit-learn's `refit=True` does after a search.
-    At 10 labels per class the hold-out is a fifth of the labels. The model's
+def probe_c(history):
+    """The C that cross-validation chose for phase 1's probe; None if phase 1 trained."""
+    return next((row[PROBE_C] for row in history if row["phase"] == HEAD and PROBE_C in row),
+                None)
+
+
+def refit_probe_on_all_labels(model, dataset, options, strategy, c):
+    """Fit phase 1's probe again, with its C, on the training and validation images
+    together, once validation has chosen phase 1: its labels then train rather than
+    judge, as scikit-learn's `refit=True` fits the chosen C on all the data after a
+    search. At 10 labels per class the hold-out is a fifth of the labels. The model's
     standardisation takes the statistics of all of them. Returns what metrics.json
     records of the refit."""
     extractor = pooled_features(local_copy(model, strategy))
     name = architecture_of(model).name
     splits = [dataset.splits["train"], dataset.splits["val"]]
-    logger.info("Refitting phase 1's probe on the training and validation images (%d)...",
-                sum(len(split) for split in splits))
-    features = np.concatenate([_cached_features(extractor, split, options, name)
-                               for split in splits])
+    logger.info("Refitting phase 1's probe (C = %.4g) on the training and validation "
+                "images (%d)...", c, sum(len(split) for split in splits))
+    features = [_cached_features(extractor, split, options, name) for split in splits]
     labels = np.concatenate([split.labels for split in splits])
     standardized = standardize_head(model, features)
-    fitted_c = _set_probe_head(model, standardized(features), labels, options,
-                               dataset.num_classes)
-    return_freed_memory()  # the fits' copies of the features, before the reports
-    return {"images": int(len(labels)), "C": fitted_c,
+    # float32: a single LogisticRegression fits in float32 (scikit-learn >= 1.8), half
+    # the bytes of the float64 its cross-validation needs.
+    _set_probe_head(model, standardized(features), labels, options, dataset.num_classes, c=c)
+    return_freed_memory()  # the fit's arrays, before the reports
+    return {"images": int(len(labels)), "C": c,
             "note": "validation scores are of the model before the refit"}
 
 
