@@ -3,10 +3,10 @@ handed back between a run's stages. Both are no-ops where the C library is not g
 
 glibc gives threads up to 8 arenas per core, each keeping what was freed in it for
 reuse; TensorFlow runs dozens of threads, and the freed memory they keep adds up.
-Capping the arenas at one per core (what MALLOC_ARENA_MAX does; Heroku and others
-recommend 2 for threaded servers) lowered the peak RSS of a 5,000-image
-`transfer finetune` at 32 px from 1,479 to 1,414 MB, in 283 s against 289 s (2
-cores, scripts/benchmark.py (i)).
+Capping the arenas at one per core (what MALLOC_ARENA_MAX does; Heroku recommends 2
+for threaded Ruby servers, for the same reason) lowered the peak RSS of a
+5,000-image `transfer finetune` at 32 px from 1,479 to 1,414 MB, in 283 s against
+289 s (2 cores, traced per stage; README, "Speed" (i)).
 """
 
 import ctypes

@@ -687,7 +687,8 @@ assert set(PREDICTION_PRINTERS) == set(predict_command.OUTPUT_FORMATS)
 @click.option("--quantize", default="none", show_default=True,
               type=Choice(export_command.QUANTIZATIONS, name="quantization"),
               help="TFLite only: int8 and int16x8 (int8 weights, 16-bit activations) calibrate "
-                   "on a seeded sample of the training images.")
+                   "on a seeded sample of the training images; int8 keeps the features and "
+                   "the head float.")
 @click.option("--out", required=True, type=click.Path(), help="File or folder to write.")
 @click.option("--feature-extractor", is_flag=True,
               help="Export the backbone with its preprocessing and pooling, not the classifier.")
