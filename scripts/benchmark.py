@@ -398,6 +398,9 @@ def main():
     parser.add_argument("--weights", default=None,
                         help="A notop .h5 weights file for (d), given to both runs "
                              "(default: random initialisation, so (d)'s accuracies are noise).")
+    parser.add_argument("--weights-only", action="store_true",
+                        help="(i): only the runs with --weights, not those from random "
+                             "initialisation as well.")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--end-to-end-only", action="store_true",
@@ -428,7 +431,8 @@ def main():
         results["time_to_accuracy"] = rows = []
         for item in args.time_to_accuracy.split(","):
             folder, size = item.rsplit(":", 1)
-            for weights in [None] + ([args.weights] if args.weights else []):
+            starts = [] if args.weights_only and args.weights else [None]
+            for weights in starts + ([args.weights] if args.weights else []):
                 print(f"(i) {folder} at {size} px, weights {weights or 'none'} ...", flush=True)
                 rows.append(bench_time_to_accuracy(folder, int(size), weights))
                 Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
