@@ -28,7 +28,7 @@ KIND = "TFLite"
 # int16x8 is TFLite's "16x8" mode: int8 weights (the size of int8) and int16
 # activations. On a ResNet50 from source weights at 32 px it agreed with the Keras
 # model on 100% of 60 validation images; int8 with only the output layer float on 93%,
-# with the features and the whole head float (FLOAT_FEATURES) on 98.3%.
+# with the features and the whole head float (feature_and_head_layers) on 98.3%.
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int16x8")
 CALIBRATED = ("int8", "int16x8")  # need representative images
 FLOAT_OPS = ["FULLY_CONNECTED", "SOFTMAX"]  # of any int8 export: a classifier's output

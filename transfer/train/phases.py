@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from transfer.allocator import return_freed_memory
 from transfer.data.augment import augmentation, cacheable_orientations
 from transfer.data.pipeline import (
     epoch_batches,
@@ -38,7 +39,6 @@ from transfer.models.heads import (
 )
 from transfer.models.identify import architecture_of
 from transfer.progress import fit_verbosity, seconds_since_start
-from transfer.allocator import return_freed_memory
 from transfer.runtime import correct_predictions, run_inference, score
 from transfer.train.callbacks import (
     ELAPSED,
