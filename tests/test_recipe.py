@@ -13,8 +13,10 @@ import transfer
 from tests.conftest import random_images, randomize
 from tests.test_finetune import _backbone_after, _weights_file
 from transfer.data.augment import PRESETS, augmentation
+from transfer.data.pipeline import images_only
 from transfer.models.heads import set_standardization
 from transfer.models.names import HEAD_STANDARDIZE
+from transfer.runtime import run_inference
 from transfer.train import phases
 from transfer.train.options import FinetuneOptions
 
@@ -118,6 +120,15 @@ def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folde
     assert kept["phase"] == "head", kept
     assert kept["validation"]["head"]["accuracy"] >= kept["validation"]["fine-tune"]["accuracy"]
     assert "keeping phase 1's model" in caplog.text
+    # Both phases were scored from pooled features through the head (phase 1's from
+    # its cache): the same scores as the whole model's, and no whole-model function
+    # traced for it (and kept alive through phase 2).
+    assert "_transfer_inference" not in result.model.__dict__  # runtime._compiled_call's
+    val = transfer.data.load_dataset(image_folder, val_split=0.2).splits["val"]
+    whole = phases.validation_score(
+        run_inference(result.model, images_only(val, image_size=32, batch_size=8)), val.labels)
+    assert kept["validation"]["head"]["accuracy"] == pytest.approx(whole["accuracy"])
+    assert kept["validation"]["head"]["loss"] == pytest.approx(whole["loss"], rel=1e-4)
     after, _ = _backbone_after(result.run_dir)
     for name in before:  # phase 1 never touches the backbone: the file's weights are back
         np.testing.assert_array_equal(after[name], before[name])
@@ -393,8 +404,9 @@ def test_phase_two_on_the_frozen_groups_outputs_matches_training_the_whole_model
     assert last["phase"] == "fine-tune"
     assert {"val_loss", "val_accuracy", "val_top5_accuracy"} <= set(last)
     # The last epoch's logged validation is the whole model's on the validation images.
-    whole = phases.validation_score(result.model, transfer.data.load_dataset(
-        image_folder, val_split=0.2), FinetuneOptions(image_size=32, batch_size=8))
+    val = transfer.data.load_dataset(image_folder, val_split=0.2).splits["val"]
+    whole = phases.validation_score(
+        run_inference(result.model, images_only(val, image_size=32, batch_size=8)), val.labels)
     assert last["val_accuracy"] == pytest.approx(whole["accuracy"])
     assert last["val_loss"] == pytest.approx(whole["loss"], rel=1e-2)
     assert made == ["from_conv5"]  # phase 2 validated through conv5 and the head only

@@ -654,13 +654,10 @@ def release_training_state(model):
     return_freed_memory()
 
 
-def validation_score(model, dataset, options):
-    """{"accuracy", "loss"} of `model` on the validation images, and "correct": which
-    images it gets right, for the paired comparison of two phases."""
-    val = dataset.splits["val"]
-    probabilities = run_inference(model, images_only(val, options.image_size, options.batch_size))
-    return {**score(val.labels, probabilities),
-            "correct": correct_predictions(val.labels, probabilities)}
+def validation_score(probabilities, labels):
+    """{"accuracy", "loss"} of a model's `probabilities` for the validation images, and
+    "correct": which images it gets right, for the paired comparison of two phases."""
+    return {**score(labels, probabilities), "correct": correct_predictions(labels, probabilities)}
 
 
 # Phase 2 is kept when it gets more validation images right than phase 1 by more than
