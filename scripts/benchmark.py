@@ -21,7 +21,8 @@
     `transfer finetune` with its defaults, each in a fresh process, with random
     initialisation and, given --weights, from those weights: wall time, test
     accuracy, peak RSS, and when `transfer` first reached the guide's final test
-    accuracy on validation (history.csv's elapsed_seconds, from process start);
+    accuracy (history.csv's elapsed_seconds, from process start): by validation,
+    and tested (phase 1's model, from a repeat that stops there, and the kept one);
 (j) exports (--exports RUN): the run in every format and TFLite quantisation, each
     read back by its own runtime (Keras, TensorFlow, LiteRT, onnxruntime): file size,
     single-image latency, batch throughput, and accuracy and top-1 agreement against
