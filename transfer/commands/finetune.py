@@ -145,20 +145,27 @@ def _train_and_report(out, paths, model, dataset, config, options, strategy, chi
     history = train_head(model, dataset, options, phase_args, resume, timings)
     return_freed_memory()  # the probe's copies of the features, before phase 2
     # Phase 2 has to beat a phase 1 that trained; with head_epochs=0 there is none.
-    head_score = _score(model, strategy, dataset, options, options.cache_features) \
+    head_score = _score(model, strategy, dataset, _val_features(
+        model, strategy, dataset, options, options.cache_features)) \
         if options.fine_tunes and history else None
     _save_phase_one(model, options, paths, resume, history)
     _preview_augmentation(dataset, options, paths)
     history += _fine_tune(model, dataset, options, phase_args, timings)
     release_training_state(model)
-    kept = _keep_the_better_phase(model, strategy, dataset, options, paths, head_score)
+    # Phase 2's validation features: the guard scores them, and they give the
+    # predictions if phase 2 is kept.
+    tuned = {"val": _val_features(model, strategy, dataset, options)} \
+        if head_score is not None else {}
+    kept = _keep_the_better_phase(model, strategy, dataset, options, paths, head_score,
+                                  tuned.get("val"))
 
     # One set of pooled features per split gives the predictions (through the head) and,
     # with the training images', the report's sections: no second pass of the backbone.
     wanted = ["train"] * report_features + ["val", "test"]
     features = split_features(model, dataset, options, strategy, wanted,
                               backbone_as_cached=options.cache_features
-                              and kept["phase"] == HEAD)
+                              and kept["phase"] == HEAD,
+                              known=tuned if kept["phase"] == FINE_TUNE else None)
     # Validation judges the model as chosen, before any refit; its reports come after
     # the model and its history are saved, so that a report that fails loses neither.
     predictions = {"val": _head_outputs(model, strategy, features.get("val"))}
@@ -330,26 +337,30 @@ def _preview_augmentation(dataset, options, paths):
                           f"flip={options.flip}")
 
 
-def _score(model, strategy, dataset, options, backbone_as_cached=False):
+def _val_features(model, strategy, dataset, options, backbone_as_cached=False):
+    """The validation images' pooled features: after phase 1, the ones it cached."""
+    return split_features(model, dataset, options, strategy, ["val"], backbone_as_cached)["val"]
+
+
+def _score(model, strategy, dataset, val_features):
     """`validation_score` of the model, from the validation images' pooled features
-    through the head: after phase 1, the features it cached (no pass of the backbone,
-    and no whole-model function kept alive through phase 2: 35 MB of its peak on the
-    240-image sample)."""
-    features = split_features(model, dataset, options, strategy, ["val"], backbone_as_cached)
-    return validation_score(_head_outputs(model, strategy, features.get("val")),
+    through the head: no pass of the whole model (whose traced function, kept on the
+    model, took 35 MB of phase 2's peak on the 240-image sample)."""
+    return validation_score(_head_outputs(model, strategy, val_features),
                             dataset.splits["val"].labels)
 
 
-def _keep_the_better_phase(model, strategy, dataset, options, paths, head_score):
+def _keep_the_better_phase(model, strategy, dataset, options, paths, head_score,
+                           fine_tune_features):
     """Fine-tuning never hands back a worse model than its own phase 1: unless phase 2
     gets clearly more validation images right (beyond noise, see `clearly_better`),
-    phase 1's weights return. Returns what was kept and why, for metrics.json and the
-    summary."""
+    phase 1's weights return. `fine_tune_features` are phase 2's validation features.
+    Returns what was kept and why, for metrics.json and the summary."""
     if not options.fine_tunes:
         return {"phase": HEAD, "reason": "no fine-tuning phase"}
     if head_score is None:
         return {"phase": FINE_TUNE, "reason": "phase 1 did not train (head_epochs=0)"}
-    fine_tune_score = _score(model, strategy, dataset, options)
+    fine_tune_score = _score(model, strategy, dataset, fine_tune_features)
     better = clearly_better(fine_tune_score.pop("correct"), head_score.pop("correct"))
     scores = {HEAD: head_score, FINE_TUNE: fine_tune_score}
     if options.keep == "last":

@@ -291,12 +291,14 @@ def _cached_features(extractor, split, options, architecture_name):
                             cache_dir=options.cache_dir or default_cache_dir(), key=key)
 
 
-def split_features(model, dataset, options, strategy, split_names, backbone_as_cached):
+def split_features(model, dataset, options, strategy, split_names, backbone_as_cached,
+                   known=None):
     """{split name: pooled backbone features} of the named splits (the empty ones left
     out), for the end of a run: its predictions are the head's on these, and its report
     reuses them. While the backbone is still the frozen one phase 1 cached features of,
     they come from the cache; after phase 2 it is a new backbone, and one pass computes
-    them (uncached: the cache's key names the starting weights)."""
+    them (uncached: the cache's key names the starting weights). `known` holds the
+    features of splits computed already with this backbone, taken as they are."""
     extractor = pooled_features(local_copy(model, strategy))
     name = architecture_of(model).name
     found = {}
@@ -304,7 +306,9 @@ def split_features(model, dataset, options, strategy, split_names, backbone_as_c
         split = dataset.splits.get(split_name)
         if split is None or not len(split):
             continue
-        if backbone_as_cached:
+        if split_name in (known or {}):
+            found[split_name] = known[split_name]
+        elif backbone_as_cached:
             found[split_name] = _cached_features(extractor, split, options, name)
         else:
             found[split_name] = compute_features(
