@@ -1,10 +1,17 @@
 """Shared fixtures. Tests run offline on small inputs; keras.applications and tf-keras
 are the numerical reference and are used here only."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_HOME", os.path.join(os.path.dirname(__file__), ".keras-test-home"))
+# Module-scoped fixtures run before the per-test cache below: give them a feature cache
+# of this process's own, removed at exit, so nothing piles up in the user's ~/.cache.
+os.environ["TRANSFER_CACHE_DIR"] = tempfile.mkdtemp(prefix="transfer-test-features-")
+atexit.register(shutil.rmtree, os.environ["TRANSFER_CACHE_DIR"], ignore_errors=True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
