@@ -217,7 +217,27 @@ def test_export_warns_above_max_drop_and_refuses_bad_options(exported, tmp_path,
         "`pip install transfer[onnx]` installs it.")
 
 
-def test_int8_keeps_the_features_and_the_head_float(tmp_path):
+def test_int8_range_fits_the_values_not_their_outliers():
+    from transfer.export.tflite import best_range
+
+    rng = np.random.default_rng(0)
+    tail = rng.exponential(1.0, 100_000)  # a long tail: its largest values are rare
+    low, high = best_range(tail, 0.0, tail.max())
+    assert low == 0.0 and 3 < high < 0.95 * tail.max()
+    uniform = rng.uniform(-1, 3, 100_000)  # no outliers: min-max is already best
+    assert best_range(uniform, -1.0, 3.0) == (-1.0, 3.0)
+
+
+def _ranges(flatbuffer):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    return {t.name.decode(): (float(t.quantization.min[0]), float(t.quantization.max[0]))
+            for t in model.subgraphs[0].tensors
+            if t.quantization is not None and t.quantization.min is not None}
+
+
+def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
     """Around a nested backbone, int8 quantises the backbone's body and leaves its
     output (the features, one scale for all of them in int8) and the head float."""
     from ai_edge_litert.interpreter import Interpreter
@@ -239,14 +259,30 @@ def test_int8_keeps_the_features_and_the_head_float(tmp_path):
     assert tflite.feature_and_head_layers(model) == ["body_out", "head_pool", "predictions"]
     info = ExportInfo((32, 32), CLASSES, quantize="int8",
                       representative=lambda: (images[i:i + 1] for i in range(40)))
+    calibrations = []
+    tighter_ranges = tflite.tighter_ranges
+    monkeypatch.setattr(tflite, "tighter_ranges", lambda calibrated, representative: (
+        calibrations.append((calibrated, tighter_ranges(calibrated, representative)))
+        or calibrations[-1][1]))
     tflite.write(model, tmp_path / "m.tflite", info)
+    # Each activation's range is min-max's or narrower, and ReLU's long tail narrows one.
+    min_max, tightened = (_ranges(model) for model in calibrations[0])
+    assert min_max.keys() == tightened.keys()
+    assert all(min(min_max[n][0], 0) <= tightened[n][0] <= 0 <= tightened[n][1]
+               <= max(min_max[n][1], 0) for n in min_max)
+    conv = next(n for n in min_max if "body_conv" in n.split(";")[0])
+    assert tightened[conv][1] < min_max[conv][1]
     dtypes = {}
     for tensor in Interpreter(model_path=str(tmp_path / "m.tflite")).get_tensor_details():
         for layer in ("body_conv", "last_conv", "body_out", "head_pool"):
             if f"{layer}_1/" in tensor["name"].split(";")[0]:
                 dtypes.setdefault(layer, set()).add(np.dtype(tensor["dtype"]).name)
+        if tensor["name"] == conv:
+            scale = tensor["quantization"][0]
     activations = {name: types & {"int8", "float32"} for name, types in dtypes.items()}
     assert "int8" in activations["body_conv"] and "int8" in activations["last_conv"]
+    # The file's int8 step is the narrower range's.
+    np.testing.assert_allclose(scale, (tightened[conv][1] - tightened[conv][0]) / 255, rtol=1e-3)
     assert activations["body_out"] == activations["head_pool"] == {"float32"}
 
 
