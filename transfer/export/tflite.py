@@ -33,6 +33,7 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int16x8")
 CALIBRATED = ("int8", "int16x8")  # need representative images
 FLOAT_OPS = ["FULLY_CONNECTED", "SOFTMAX"]  # of any int8 export: a classifier's output
 REPRESENTATIVE_IMAGES = 300  # calibration: a seeded sample of the training images
+RANGE_SCALES = np.linspace(0.05, 1.0, 96)  # of min-max's range, tried by best_range
 
 
 def write(model, out, info):
@@ -143,18 +144,16 @@ def tighter_ranges(calibrated, representative, samples_per_batch=20_000, seed=0)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
 
 
-RANGE_SCALES = np.linspace(0.05, 1.0, 96)
-
-
 def best_range(values, low, high, levels=256):
     """(low, high) scaled by the factor of RANGE_SCALES whose int8 rounding of
     `values` (clipped to the range) has the least squared error."""
+    low, high = min(low, 0.0), max(high, 0.0)  # TFLite's ranges hold zero
+
     def error(scale):
         lo, hi = low * scale, high * scale
         step = (hi - lo) / (levels - 1) or 1.0
         rounded = np.round((np.clip(values, lo, hi) - lo) / step) * step + lo
         return float(np.mean((rounded - values) ** 2))
-    low, high = min(low, 0.0), max(high, 0.0)  # TFLite's ranges hold zero
     scale = min(RANGE_SCALES, key=error)
     return low * scale, high * scale
 
