@@ -482,6 +482,9 @@ def test_decoded_images_are_whole_levels_kept_as_uint8(image_folder):
         np.testing.assert_array_equal(np.asarray(pixels, dtype="float32"), np.asarray(x))
 
 
+# A minute, two whole runs; the default run keeps the killed-run test (tests/test_scale.py),
+# whose straight and resumed runs agree to 1e-5, to keep the suite under 20 minutes.
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_model(tmp_path, image_folder):
     runs = [transfer.finetune(image_folder, report=False, out=tmp_path / f"run{i}", weights=None,
                               image_size=32, batch_size=8, fine_tune_epochs=1,
