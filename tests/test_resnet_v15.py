@@ -21,9 +21,15 @@ def pair(depth, **kwargs):
     return v1, v15
 
 
-@pytest.mark.parametrize("depth", DEPTHS)
-def test_layers_are_v1s_plus_one_pad_per_block(depth):
-    v1, v15 = pair(depth)
+@pytest.fixture(scope="module", params=DEPTHS, ids=[f"{d}" for d in DEPTHS])
+def depth_pair(request):
+    """(depth, v1, v1.5), built once per depth for the tests that only read them
+    (ResNet152's pair takes 10 s)."""
+    return (request.param, *pair(request.param, input_shape=(64, 64, 3)))
+
+
+def test_layers_are_v1s_plus_one_pad_per_block(depth_pair):
+    depth, v1, v15 = depth_pair
     assert v15.name == f"resnet{depth}v1.5"
     expected = []
     for layer in v1.layers:  # the pad comes between the 1x1 block's ReLU and the 3x3 conv
@@ -79,13 +85,12 @@ def test_padding_is_symmetric_where_same_would_not_be():
     assert out.shape == (2, 2) and out[0, 0] == 1.0  # window centred on (0, 0): pad 1 before
 
 
-@pytest.mark.parametrize("depth", DEPTHS)
-def test_groups_have_v1s_names(depth):
+def test_groups_have_v1s_names(depth_pair):
     def names(layers):  # bar the pads, and the input (named by Keras' session counter)
         return [l.name for l in layers
                 if not l.name.endswith("_2_pad") and not isinstance(l, keras.layers.InputLayer)]
 
-    v1, v15 = pair(depth, input_shape=(64, 64, 3))
+    depth, v1, v15 = depth_pair
     g1, g15 = transfer.groups(v1), transfer.groups(v15)
     assert list(g15) == list(g1) == ["stem", "conv2", "conv3", "conv4", "conv5", "head"]
     assert {name: names(layers) for name, layers in g15.items()} == \
