@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.conftest import SAMPLE_DATA
 from transfer.cli import cli
+from transfer.errors import InvalidArgumentError
 
 CLASSES = sorted(p.name for p in Path(SAMPLE_DATA).iterdir() if p.is_dir())
 # (name, format, quantisation) of the exports of the default run
@@ -228,6 +229,23 @@ def test_int8_range_fits_the_values_not_their_outliers():
     assert best_range(uniform, -1.0, 3.0) == (-1.0, 3.0)
 
 
+def test_int8_range_counts_every_image_the_same():
+    """A few images with 100 times the others' activations (as a source backbone
+    trained for 2 epochs had at conv4 and conv5) would set the step for all of them
+    under plain squared error; weighed per image, the range fits the typical images."""
+    from transfer.export.tflite import best_range
+
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0, 1, 500) for _ in range(94)] + \
+             [rng.uniform(0, 100, 500) for _ in range(6)]
+    highest = max(image.max() for image in images)
+    low, high = best_range(images, 0.0, highest, "per image")
+    assert low == 0.0 and 1.0 < high < 0.7 * highest
+    assert best_range(images, 0.0, highest, "absolute")[1] > 0.95 * highest
+    with pytest.raises(InvalidArgumentError, match="per image"):
+        best_range(images, 0.0, highest, "relative")
+
+
 def _ranges(flatbuffer):
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -260,17 +278,23 @@ def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
     info = ExportInfo((32, 32), CLASSES, quantize="int8",
                       representative=lambda: (images[i:i + 1] for i in range(40)))
     calibrations = []
-    tighter_ranges = tflite.tighter_ranges
-    monkeypatch.setattr(tflite, "tighter_ranges", lambda calibrated, representative: (
-        calibrations.append((calibrated, tighter_ranges(calibrated, representative)))
+    fitted_ranges = tflite.fitted_ranges
+    monkeypatch.setattr(tflite, "fitted_ranges", lambda calibrated, values, weighing: (
+        calibrations.append((calibrated, fitted_ranges(calibrated, values, weighing)))
         or calibrations[-1][1]))
     tflite.write(model, tmp_path / "m.tflite", info)
+    # Ranges fitted both ways (tflite.RANGE_WEIGHINGS) to the one calibration.
+    assert len(calibrations) == len(tflite.RANGE_WEIGHINGS)
+    assert calibrations[0][0] == calibrations[1][0]
     # Each activation's range is min-max's or narrower, and ReLU's long tail narrows one.
-    min_max, tightened = (_ranges(model) for model in calibrations[0])
-    assert min_max.keys() == tightened.keys()
-    assert all(min(min_max[n][0], 0) <= tightened[n][0] <= 0 <= tightened[n][1]
-               <= max(min_max[n][1], 0) for n in min_max)
+    min_max = _ranges(calibrations[0][0])
+    for _, fitted in calibrations:
+        tightened = _ranges(fitted)
+        assert min_max.keys() == tightened.keys()
+        assert all(min(min_max[n][0], 0) <= tightened[n][0] <= 0 <= tightened[n][1]
+                   <= max(min_max[n][1], 0) for n in min_max)
     conv = next(n for n in min_max if "body_conv" in n.split(";")[0])
+    tightened = _ranges(calibrations[0][1])  # absolute error
     assert tightened[conv][1] < min_max[conv][1]
     dtypes = {}
     for tensor in Interpreter(model_path=str(tmp_path / "m.tflite")).get_tensor_details():
@@ -281,8 +305,9 @@ def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
             scale = tensor["quantization"][0]
     activations = {name: types & {"int8", "float32"} for name, types in dtypes.items()}
     assert "int8" in activations["body_conv"] and "int8" in activations["last_conv"]
-    # The file's int8 step is the narrower range's.
-    np.testing.assert_allclose(scale, (tightened[conv][1] - tightened[conv][0]) / 255, rtol=1e-3)
+    # The file's int8 step is a fitted range's.
+    steps = [(high - low) / 255 for low, high in (_ranges(fitted)[conv] for _, fitted in calibrations)]
+    assert min(abs(scale - step) / step for step in steps) < 1e-3
     assert activations["body_out"] == activations["head_pool"] == {"float32"}
 
 
