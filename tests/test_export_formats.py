@@ -282,7 +282,15 @@ def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
     monkeypatch.setattr(tflite, "fitted_ranges", lambda calibrated, values, weighing: (
         calibrations.append((calibrated, fitted_ranges(calibrated, values, weighing)))
         or calibrations[-1][1]))
+    scored = []
+    fidelity = tflite.fidelity
+    monkeypatch.setattr(tflite, "fidelity", lambda flatbuffer, images, expected: (
+        scored.append((fidelity(flatbuffer, images, expected), flatbuffer)) or scored[-1][0]))
     tflite.write(model, tmp_path / "m.tflite", info)
+    # The file is the candidate closer to the Keras model on the calibration images.
+    assert len(scored) == len(tflite.RANGE_WEIGHINGS)
+    kept = max(scored, key=lambda pair: pair[0])[1]
+    assert (tmp_path / "m.tflite").read_bytes().startswith(kept)
     # Ranges fitted both ways (tflite.RANGE_WEIGHINGS) to the one calibration.
     assert len(calibrations) == len(tflite.RANGE_WEIGHINGS)
     assert calibrations[0][0] == calibrations[1][0]

@@ -88,8 +88,11 @@ def _calibrated(converter, info, model):
             f"quantize={info.quantize!r} calibrates on training images: pass data=FOLDER "
             "(the run's own data is not available).")
 
+    # Decoded once: TFLite's calibration, the values' pass and the candidates' check.
+    images = np.concatenate([np.asarray(batch) for batch in info.representative()])
+
     def representative():
-        return ([batch] for batch in info.representative())
+        return ([images[i:i + 1]] for i in range(len(images)))
 
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
@@ -113,8 +116,7 @@ def _calibrated(converter, info, model):
         nodes = tensors_of_layers(debugger.get_nondebug_quantized_model(), float_layers)
         debugger.options = options(denylisted_ops=FLOAT_OPS, denylisted_nodes=nodes)
     calibrated = debugger.calibrated_model
-    values = calibration_values(calibrated, representative)
-    images = np.concatenate([batch for (batch,) in representative()])
+    values = calibration_values(calibrated, images)
     expected = np.asarray(model.predict(images.astype(np.float32), verbose=0))
     candidates = []
     for weighing in RANGE_WEIGHINGS:
@@ -127,44 +129,44 @@ def fidelity(flatbuffer, images, expected, batch_size=32):
     """How close a quantised model's outputs are to `expected`: (top-1 agreement,
     minus the mean squared difference), higher is closer."""
     interpreter = _interpreter(flatbuffer)
-    source = interpreter.get_input_details()[0]
-    target = interpreter.get_output_details()[0]
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        interpreter.resize_tensor_input(source["index"], batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(source["index"], batch.astype(source["dtype"]))
-        interpreter.invoke()
-        outputs.append(np.array(interpreter.get_tensor(target["index"]), np.float32))
-    got = np.concatenate(outputs).reshape(expected.shape)
+    target = interpreter.get_output_details()[0]["index"]
+    got = np.concatenate([
+        np.array(_invoke(interpreter, images[start:start + batch_size]).get_tensor(target),
+                 np.float32)
+        for start in range(0, len(images), batch_size)]).reshape(expected.shape)
     agreement = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
     return agreement, -float(np.mean((got - expected) ** 2))
 
 
-def calibration_values(calibrated, representative, samples_per_image=20_000, seed=0):
-    """{tensor index: one array of its values per calibration image} for each of the
-    calibrated model's activations (TFLite's calibration keeps only their min-max);
-    at most `samples_per_image` values an image, seeded."""
+def calibration_values(calibrated, images, samples_per_image=20_000, seed=0):
+    """{tensor index: one array of its values per image of `images` (uint8 pixels)}
+    for each of the calibrated model's activations (TFLite's calibration keeps only
+    their min-max); at most `samples_per_image` values an image, seeded."""
     flat = _flatbuffer_utils().convert_bytearray_to_object(bytearray(calibrated))
     ranged = [index for index, tensor in enumerate(flat.subgraphs[0].tensors)
               if tensor.quantization is not None and tensor.quantization.min is not None
               and len(tensor.quantization.min) == 1]
     interpreter = _interpreter(calibrated, experimental_preserve_all_tensors=True)
-    source = interpreter.get_input_details()[0]
     rng = np.random.default_rng(seed)
     values = {index: [] for index in ranged}
-    for (batch,) in representative():
-        interpreter.resize_tensor_input(source["index"], batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(source["index"], np.asarray(batch).astype(source["dtype"]))
-        interpreter.invoke()
+    for start in range(len(images)):  # one at a time: every tensor is kept
+        _invoke(interpreter, images[start:start + 1])
         for index in ranged:
-            for seen in interpreter.get_tensor(index).reshape(len(batch), -1):
-                if seen.size > samples_per_image:
-                    seen = rng.choice(seen, samples_per_image, replace=False)
-                values[index].append(seen.astype(np.float32))
+            seen = interpreter.get_tensor(index).ravel()
+            if seen.size > samples_per_image:
+                seen = rng.choice(seen, samples_per_image, replace=False)
+            values[index].append(seen.astype(np.float32))
     return values
+
+
+def _invoke(interpreter, batch):
+    """Run a tf.lite interpreter on a batch of its input (of any size); returns it."""
+    source = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(source["index"], batch.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], np.asarray(batch).astype(source["dtype"]))
+    interpreter.invoke()
+    return interpreter
 
 
 def fitted_ranges(calibrated, values, weighing="absolute"):
