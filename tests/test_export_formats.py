@@ -246,6 +246,42 @@ def test_int8_range_counts_every_image_the_same():
         best_range(images, 0.0, highest, "relative")
 
 
+@pytest.mark.parametrize("weighing", ["absolute", "per image"])
+def test_best_range_finds_what_trying_every_scale_finds(weighing):
+    """best_range tries a coarse grid of scales, then the neighbourhood of its best;
+    on activation-like values (ReLU'd, heavy tails, images of different scales) it
+    returns the range that trying every scale of RANGE_SCALES, in float64, returns."""
+    from transfer.export.tflite import RANGE_SCALES, best_range
+
+    rng = np.random.default_rng(1)
+
+    def exhaustive(images, low, high):
+        values = np.concatenate(images).astype(np.float64)
+        weights = (np.full(values.size, 1.0 / values.size) if weighing == "absolute" else
+                   np.concatenate([np.full(image.size, 1.0 / (image.size * np.mean(image ** 2)))
+                                   for image in images]))
+
+        def error(scale):
+            lo, hi = low * scale, high * scale
+            step = (hi - lo) / 255
+            rounded = np.round((np.clip(values, lo, hi) - lo) / step) * step + lo
+            return np.sum(weights * (rounded - values) ** 2)
+        scale = min(RANGE_SCALES, key=error)
+        return low * scale, high * scale
+
+    cases = [
+        [np.maximum(rng.normal(0, 1, 2000), 0) for _ in range(20)],  # after a ReLU
+        [rng.laplace(0, scale, 2000) for scale in rng.uniform(0.2, 5, 20)],  # residual sums
+        [rng.standard_t(3, 2000) * scale for scale in rng.lognormal(0, 1.5, 20)],  # outliers
+    ]
+    for images in cases:
+        images = [image.astype(np.float32) for image in images]
+        low = min(float(image.min()) for image in images)
+        high = max(float(image.max()) for image in images)
+        np.testing.assert_allclose(best_range(images, low, high, weighing),
+                                   exhaustive(images, low, high), rtol=1e-6)
+
+
 def _ranges(flatbuffer):
     from tensorflow.lite.tools import flatbuffer_utils
 

@@ -120,3 +120,64 @@ def test_small_budgets_get_more_epochs():
     assert benchmark_transfer.epochs_for(head, 40, 32) == 0  # no fine-tuning phase
     assert benchmark_transfer.epochs_for(head, 40, 32, "head_epochs") == 150
     assert benchmark_transfer.epochs_for(head, 4000, 32, "head_epochs") == head["head_epochs"]
+
+
+
+@pytest.fixture(scope="module")
+def idx_with_sample_first(tmp_path_factory):
+    """IDX files whose train split starts each class with the sample's 30 images (as
+    Fashion-MNIST's does: data/ holds its first 30 of each class), then 15 others."""
+    root = tmp_path_factory.mktemp("idx-sample-first")
+    images, labels = [], []
+    for label, name in enumerate(fashion.CLASS_NAMES):
+        files = sorted(Path(SAMPLE_DATA, name).glob("*.png"))
+        for path in files + files[:2 if label < 5 else 1]:
+            images.append(np.asarray(Image.open(path)))
+            labels.append(label)
+    for split in ("train", "test"):
+        prefix = fashion.SPLIT_PREFIX[split]
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack(images))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.array(labels))
+    return root
+
+
+def test_standin_trains_without_the_sample_and_saves_what_transfer_loads(
+        idx_with_sample_first, tmp_path):
+    """scripts/pretrain_standin.py (a stand-in for the ImageNet weights) trains on the
+    train split less the sample's first 30 of each class, and its backbone's weights
+    file loads into transfer's ResNet50 (as `--weights` does) with the same outputs."""
+    import keras
+
+    import pretrain_standin
+    import transfer
+
+    x, y, x_test, y_test = pretrain_standin.training_images(idx_with_sample_first)
+    assert x.shape == (15, 28, 28, 1) and list(np.bincount(y)) == [2] * 5 + [1] * 5
+    assert len(x_test) == 315  # the test split, all of it (at most 2,048)
+    model, backbone = pretrain_standin.classifier(keras, 32)
+    assert model.output_shape == (None, 10) and backbone.name == "resnet50"
+    weights = tmp_path / "standin.weights.h5"
+    backbone.save_weights(weights)
+    ours = transfer.ResNet50(weights=str(weights), include_top=False, input_shape=(32, 32, 3))
+    pixels = np.pad(x[:4], ((0, 0), (2, 2), (2, 2), (0, 0))).repeat(3, -1)
+    pixels = keras.applications.resnet.preprocess_input(pixels.astype("float32"))
+    np.testing.assert_allclose(ours.predict(pixels, verbose=0),
+                               backbone.predict(pixels, verbose=0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_standin_script_end_to_end(idx_with_sample_first, tmp_path):
+    """The whole script for one epoch at 32 px (2 minutes on 2 cores: tracing
+    ResNet50's training step is most of it)."""
+    import transfer
+
+    out = tmp_path / "standin.weights.h5"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "pretrain_standin.py"), "--idx-dir",
+         str(idx_with_sample_first), "--out", str(out), "--image-size", "32", "--epochs", "1",
+         "--batch-size", "8"],
+        capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert done.returncode == 0, done.stderr
+    assert "15 training images (the sample's 300 left out), 32 px" in done.stdout
+    assert "accuracy on 315 test images" in done.stdout and f"wrote {out}" in done.stdout
+    transfer.ResNet50(weights=str(out), include_top=False, input_shape=(32, 32, 3))
