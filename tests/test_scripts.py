@@ -28,6 +28,14 @@ def write_idx(path, array):
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
+def write_splits(root, splits):
+    """{split: (images, labels)} as the IDX files Fashion-MNIST ships."""
+    for split, (images, labels) in splits.items():
+        prefix = fashion.SPLIT_PREFIX[split]
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack(images))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.array(labels))
+
+
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory):
     """IDX files of the 300 sample images: 20 per class for train, 10 for test."""
@@ -39,10 +47,7 @@ def idx_dir(tmp_path_factory):
             images, labels = splits["train" if i < 20 else "test"]
             images.append(np.asarray(Image.open(path)))
             labels.append(label)
-    for split, (images, labels) in splits.items():
-        prefix = fashion.SPLIT_PREFIX[split]
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack(images))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.array(labels))
+    write_splits(root, splits)
     return root
 
 
@@ -134,10 +139,7 @@ def idx_with_sample_first(tmp_path_factory):
         for path in files + files[:2 if label < 5 else 1]:
             images.append(np.asarray(Image.open(path)))
             labels.append(label)
-    for split in ("train", "test"):
-        prefix = fashion.SPLIT_PREFIX[split]
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack(images))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.array(labels))
+    write_splits(root, {"train": (images, labels), "test": (images, labels)})
     return root
 
 
