@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain a ResNet50 (v1) on Fashion-MNIST as a stand-in for the ImageNet weights.
 
-The README's sample run (`scripts/demo`) fine-tunes ResNet50 from the ImageNet
+The sample run (`scripts/demo`) fine-tunes ResNet50 from the ImageNet
 weights at 96 px. Where those cannot be downloaded, this script makes a pretrained
 backbone to measure that run's recipe with (int8's agreement, for one): ResNet50
 trained on Fashion-MNIST's 60,000 training images at 96 px, minus the 300 of the
@@ -17,11 +17,12 @@ a Keras weights file that transfer's ResNet50 loads unchanged:
     transfer finetune --data data/fashion-mnist --depth 50 --weights standin.weights.h5 \\
         --image-size 96 --head-epochs 20 --fine-tune-from conv5 --fine-tune-epochs 2
 
-The README's int8 figures for the sample run come from two such backbones, made on
-one NVIDIA H100 (JAX 0.11, --mixed-precision; 3.3 s an epoch after a 30 s compile):
-`--epochs 3` (88.8% on the first 2,048 test images) and `--epochs 15 --budget 95`
-(stopped after 13 epochs, 93.3%). It wants a GPU: on a 2-core CPU a step of 8 images
-at 32 px took 0.76 s (after 47 s of tracing), and an epoch is 59,700 images.
+The int8 figures for the sample run (docs/experiments.md) come from two such
+backbones, made on one NVIDIA H100 (JAX 0.11, --mixed-precision; 3.3 s an epoch
+after a 30 s compile): `--epochs 3` (88.8% on the first 2,048 test images) and
+`--epochs 15 --budget 95` (stopped after 13 epochs, 93.3%). It wants a GPU: on a
+2-core CPU a step of 8 images at 32 px took 0.76 s (after 47 s of tracing), and an
+epoch is 59,700 images.
 """
 
 import argparse

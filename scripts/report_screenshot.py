@@ -1,6 +1,6 @@
-"""The README's picture of report.html: the top of a run's page, then its highest-loss,
-Grad-CAM and calibration sections, taken in headless chromium (Debian's chromium and
-chromium-driver) and saved as a small PNG.
+"""The docs' picture of report.html (docs/guides/report.md): the top of a run's page,
+then its highest-loss, Grad-CAM and calibration sections, taken in headless chromium
+(Debian's chromium and chromium-driver) and saved as a small PNG.
 
     transfer finetune --data data/fashion-mnist --weights none --image-size 32 \\
         --head-epochs 5 --fine-tune-from conv5 --fine-tune-epochs 2 --calibrate --out runs/sample

@@ -21,6 +21,7 @@ from transfer.models.applications import build_backbone
 from transfer.models.families import FAMILIES, SMALLEST
 from transfer.models.groups import groups
 from transfer.models.weights.formats import write_legacy_h5
+from transfer.train.options import FinetuneOptions
 
 SIZE = 32
 SMALL_FAMILIES = [name for name in SMALLEST if name in FAMILIES]
@@ -141,6 +142,21 @@ def test_arch_names_and_their_errors():
     result = run_cli("finetune", "--data", ".", "--arch", "resnet18")
     assert result.exit_code == 2
     assert "Error: Unknown architecture: 'resnet18'. Expected one of resnet50," in result.output
+
+
+def test_image_size_defaults_to_the_backbones_imagenet_size():
+    assert FinetuneOptions(arch="efficientnet_b1").validate().image_size == 240
+    assert FinetuneOptions().validate().image_size == 224  # ResNet50
+    assert FinetuneOptions(arch="resnet101v2").validate().image_size == 224
+    assert FinetuneOptions(arch="efficientnet_b1", image_size=64).validate().image_size == 64
+    for command in ("finetune", "lr-find", "embed", "info"):
+        help_text = " ".join(run_cli(command, "--help").output.split())
+        assert "[default: (the backbone's ImageNet size)]" in help_text, command
+    summary = json.loads(run_cli("info", "--arch", "efficientnet_b1", "--json").output)
+    assert (summary["image_size"], summary["default_image_size"]) == (240, 240)
+    assert summary["groups"][4]["output_shape"][:2] == [8, 8]  # 240 / 32, rounded up
+    table = run_cli("info", "--arch", "efficientnet_b1", "--image-size", "64").output
+    assert table.startswith("EfficientNetB1 (arch efficientnet_b1, input 64x64x3")
 
 
 # multiply-adds at 224 px that the papers report (millions): ours counts only

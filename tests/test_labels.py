@@ -187,7 +187,7 @@ def test_hash_split_of_a_csv_is_stable_and_stratified(tmp_path):
 
 
 def test_missing_and_unreadable_rows_are_reported_and_skipped(tmp_path):
-    from transfer.commands.finetune import load_data
+    from transfer.train.run import load_data
     from transfer.train.options import resolve_options
 
     files = sample_files(per_class=3)
@@ -280,7 +280,7 @@ def test_thresholds_are_tuned_per_label_for_the_best_f1():
 
 def test_the_guard_counts_an_image_right_when_its_labels_rank_first():
     from transfer.runtime import correct_predictions
-    from transfer.train.phases import labels_ranked_first
+    from transfer.train.optim import labels_ranked_first
 
     labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=np.float32)
     probabilities = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.4], [0.6, 0.5, 0.55],

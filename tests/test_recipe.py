@@ -17,7 +17,10 @@ from transfer.data.pipeline import images_only
 from transfer.models.heads import set_standardization
 from transfer.models.names import HEAD_STANDARDIZE
 from transfer.runtime import run_inference
-from transfer.train import phases
+from transfer.train import fine_tune as phase2
+from transfer.train import head as phase1
+from transfer.train import optim, selection, standardize
+from transfer.train.phase import release_training_state
 from transfer.train.options import FinetuneOptions
 
 
@@ -40,13 +43,13 @@ def test_standardization_lives_in_the_model_and_reloads_in_safe_mode(tmp_path):
 
 def test_feature_statistics_match_numpy_in_chunks():
     features = np.random.default_rng(1).normal(3, 4, (1000, 7)).astype("float32")
-    mean, variance = phases.feature_statistics(features, chunk=128)
+    mean, variance = standardize.feature_statistics(features, chunk=128)
     np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(variance, features.var(axis=0), rtol=1e-4)
     # Several arrays (the refit's train and val features) count as their rows stacked.
     parts = [features[:300], features[300:]]
-    np.testing.assert_allclose(phases.feature_statistics(parts, chunk=128)[0], mean)
-    standardized = phases.standardizer(mean, np.sqrt(variance))(parts, np.float64)
+    np.testing.assert_allclose(standardize.feature_statistics(parts, chunk=128)[0], mean)
+    standardized = standardize.standardizer(mean, np.sqrt(variance))(parts, np.float64)
     assert standardized.dtype == np.float64
     np.testing.assert_allclose(standardized, (features - mean) / np.sqrt(variance), rtol=1e-6)
 
@@ -60,16 +63,16 @@ def test_feature_statistics_match_numpy_in_chunks():
 def test_head_epochs_auto_plans_from_the_data(images, cached, expected):
     options = FinetuneOptions(batch_size=32)
     assert options.head_epochs == "auto"
-    planned = phases.head_epochs(options, images, cached)
+    planned = phase1.head_epochs(options, images, cached)
     assert planned == expected
-    if cached and expected not in (phases.HEAD_MIN_EPOCHS, phases.HEAD_MAX_EPOCHS):
-        assert planned * math.ceil(images / options.batch_size) >= phases.HEAD_STEPS
+    if cached and expected not in (phase1.HEAD_MIN_EPOCHS, phase1.HEAD_MAX_EPOCHS):
+        assert planned * math.ceil(images / options.batch_size) >= phase1.HEAD_STEPS
     options.head_epochs = 3
-    assert phases.head_epochs(options, images, cached) == 3
+    assert phase1.head_epochs(options, images, cached) == 3
 
 
 def test_warmup_then_cosine_decay():
-    schedule = phases.warmup_cosine(1e-3, total_steps=100, steps_per_epoch=20)
+    schedule = optim.warmup_cosine(1e-3, total_steps=100, steps_per_epoch=20)
     rates = [float(schedule(step)) for step in range(101)]
     warmup = 10  # 10% of the steps, below one epoch's 20
     assert rates[0] == 0.0
@@ -84,8 +87,8 @@ def test_layer_decay_scales_each_groups_step():
     model = transfer.build_classifier(2, weights=None, image_size=32)
     transfer.unfreeze(model, "conv4")
     variables = model.trainable_variables
-    multipliers = phases.group_rate_multipliers(model, 0.5)
-    optimizer = phases.make_optimizer("sgd", 0.1, multipliers)
+    multipliers = optim.group_rate_multipliers(model, 0.5)
+    optimizer = optim.make_optimizer("sgd", 0.1, multipliers)
     optimizer.build(variables)
     before = [np.asarray(v) for v in variables]
     optimizer.apply([keras.ops.ones_like(v) for v in variables], variables)
@@ -102,8 +105,8 @@ def test_layer_decay_scales_each_groups_step():
 
 
 def test_no_layer_decay_builds_the_plain_optimizer():
-    assert type(phases.make_optimizer("adam", 1e-3, {1: 1.0})) is keras.optimizers.Adam
-    assert type(phases.make_optimizer("adam", 1e-3)) is keras.optimizers.Adam
+    assert type(optim.make_optimizer("adam", 1e-3, {1: 1.0})) is keras.optimizers.Adam
+    assert type(optim.make_optimizer("adam", 1e-3)) is keras.optimizers.Adam
 
 
 def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folder, caplog,
@@ -125,7 +128,7 @@ def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folde
     # traced for it (and kept alive through phase 2).
     assert "_transfer_inference" not in result.model.__dict__  # runtime._compiled_call's
     val = transfer.data.load_dataset(image_folder, val_split=0.2).splits["val"]
-    whole = phases.validation_score(
+    whole = selection.validation_score(
         run_inference(result.model, images_only(val, image_size=32, batch_size=8)), val.labels)
     assert kept["validation"]["head"]["accuracy"] == pytest.approx(whole["accuracy"])
     assert kept["validation"]["head"]["loss"] == pytest.approx(whole["loss"], rel=1e-4)
@@ -178,9 +181,9 @@ def test_tta_averages_each_image_with_its_mirror():
 
 
 def test_ema_optimizer_ends_with_the_average():
-    optimizer = phases.make_optimizer("adam", 1e-3, ema=True)
-    assert optimizer.use_ema and optimizer.ema_momentum == phases.EMA_MOMENTUM
-    assert not phases.make_optimizer("adam", 1e-3).use_ema
+    optimizer = optim.make_optimizer("adam", 1e-3, ema=True)
+    assert optimizer.use_ema and optimizer.ema_momentum == optim.EMA_MOMENTUM
+    assert not optim.make_optimizer("adam", 1e-3).use_ema
 
 
 def test_lr_find_writes_its_curve_and_suggests_a_rate(tmp_path, image_folder):
@@ -269,7 +272,7 @@ def test_phase_two_is_kept_only_when_clearly_better(gained, lost, kept):
     both = 50  # images both get right; they do not count
     fine_tune = np.array([True] * gained + [False] * lost + [True] * both)
     head = np.array([False] * gained + [True] * lost + [True] * both)
-    assert phases.clearly_better(fine_tune, head) is kept
+    assert selection.clearly_better(fine_tune, head) is kept
 
 
 @pytest.mark.parametrize("on_disk", [False, True], ids=["in-memory", "on-disk"])
@@ -315,7 +318,7 @@ def test_after_training_the_optimizer_goes_and_the_model_predicts_and_saves_the_
     x, y = np.random.default_rng(0).normal(size=(8, 4)).astype("float32"), np.arange(8) % 2
     model.fit(x, y, epochs=1, verbose=0)
     before, optimizer = np.asarray(model(x)), weakref.ref(model.optimizer)
-    phases.release_training_state(model)
+    release_training_state(model)
     gc.collect()
     assert optimizer() is None and not model.compiled  # nothing holds Adam's slots
     np.testing.assert_array_equal(np.asarray(model(x)), before)
@@ -386,8 +389,8 @@ def test_a_model_splits_at_a_group_into_frozen_prefix_and_trained_suffix(version
 def test_phase_two_on_the_frozen_groups_outputs_matches_training_the_whole_model(
         tmp_path, image_folder, monkeypatch, caplog):
     made = []
-    original = phases.cached_validation
-    monkeypatch.setattr(phases, "cached_validation",
+    original = phase2.cached_validation
+    monkeypatch.setattr(phase2, "cached_validation",
                         lambda suffix, *args: made.append(suffix.name) or original(suffix, *args))
     # Without a phase 1 (one run for both tests' worth of assertions): phase 2 is kept.
     # No augmentation: the training images' conv4 outputs are computed once, too.
@@ -405,14 +408,14 @@ def test_phase_two_on_the_frozen_groups_outputs_matches_training_the_whole_model
     assert {"val_loss", "val_accuracy", "val_top5_accuracy"} <= set(last)
     # The last epoch's logged validation is the whole model's on the validation images.
     val = transfer.data.load_dataset(image_folder, val_split=0.2).splits["val"]
-    whole = phases.validation_score(
+    whole = selection.validation_score(
         run_inference(result.model, images_only(val, image_size=32, batch_size=8)), val.labels)
     assert last["val_accuracy"] == pytest.approx(whole["accuracy"])
     assert last["val_loss"] == pytest.approx(whole["loss"], rel=1e-2)
     assert made == ["from_conv5"]  # phase 2 validated through conv5 and the head only
     # The same run through the whole model, with nothing cached, learns the same
     # weights: the cache (float16) changes only rounding.
-    monkeypatch.setattr(phases, "PREFIX_CACHE_BYTES", 0)
+    monkeypatch.setattr(phase2, "PREFIX_CACHE_BYTES", 0)
     whole_run = transfer.finetune(image_folder, out=tmp_path / "whole", **options)
     assert made == ["from_conv5"]
     for cached_row, whole_row in zip(result.history, whole_run.history):
@@ -440,11 +443,11 @@ def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
     set_trainable_from(model, "conv5")
     phase = type("Phase", (), {"strategy": tf.distribute.get_strategy()})
     options = FinetuneOptions(image_size=32, batch_size=8, augment="flip", fine_tune_from="conv5")
-    cache = phases.FrozenPrefix.of(model, dataset, options, phase)
+    cache = phase2.FrozenPrefix.of(model, dataset, options, phase)
     train = dataset.splits["train"]
     count = len(train)
     assert cache.orientations == 2 and cache.train.shape[0] == 2 * count
-    pixels = np.concatenate(list(phases.images_only(train, 32, 8)))
+    pixels = np.concatenate(list(phase2.images_only(train, 32, 8)))
     for outputs, images in ((cache.train[:count], pixels), (cache.train[count:], pixels[:, :, ::-1])):
         np.testing.assert_allclose(np.asarray(outputs, dtype="float32"),
                                    np.asarray(cache.prefix(images)), rtol=1e-2, atol=1e-2)
@@ -460,7 +463,7 @@ def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
     assert 0.4 < np.mean(mirrored) < 0.6
     # Random transforms of the pixels cannot be cached: phase 2 runs on images.
     options.augment = "default"
-    assert phases.FrozenPrefix.of(model, dataset, options, phase).train is None
+    assert phase2.FrozenPrefix.of(model, dataset, options, phase).train is None
 
 
 def test_decoded_images_are_whole_levels_kept_as_uint8(image_folder):

@@ -24,8 +24,9 @@ from transfer.data.pipeline import images_only
 from transfer.models.groups import groups
 from transfer.models.identify import find_backbone
 from transfer.report import calibration, gradcam
+from transfer.report.gather import summary_rows
 from transfer.report.html import SECTIONS
-from transfer.runs import load_model
+from transfer.runs import load_model, read_model_metadata
 
 FAST = ["--image-size", "32", "--batch-size", "16", "--head-epochs", "3",
         "--fine-tune-from", "none"]
@@ -118,6 +119,22 @@ def test_calibration_is_stored_in_the_model_and_loads_in_safe_mode(planted_run):
     probabilities = np.concatenate([np.asarray(loaded.model(x)) for x in images])
     assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(
         stored["ece_after"], abs=1e-4)
+    # Saved again with the class names inside it, as the run saved it first.
+    assert read_model_metadata(run / "model.keras")["class_names"] == loaded.class_names
+
+
+@pytest.mark.parametrize("options,expected", [
+    ({"arch": "efficientnet_b0", "depth": None, "version": None}, "EfficientNetB0"),
+    ({"arch": None, "depth": 50, "version": "v1"}, "ResNet50"),
+    ({"arch": None, "depth": 101, "version": "v2"}, "ResNet101V2"),
+])
+def test_the_report_names_the_runs_backbone(options, expected):
+    config = {"data": "flowers", "options": {**options, "head_epochs": 3,
+                                             "fine_tune_from": "none"},
+              "dataset": {"splits": {"train": 8, "val": 2}}}
+    rows = dict(summary_rows(config, {"kept": {"phase": "head", "reason": "r"}}, ["a", "b"]))
+    assert rows["model"] == expected
+    assert rows["model kept"] == "phase 1 (head): r"
 
 
 def test_expected_calibration_error_and_temperature_on_known_cases():

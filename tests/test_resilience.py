@@ -4,6 +4,7 @@ finetune, evaluate, predict and embed; unwritable and full output locations."""
 import json
 import os
 import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -159,4 +160,21 @@ def test_full_disk_never_leaves_a_model_that_looks_complete(full_disk, image_fol
     assert not [p for p in out.iterdir() if ".partial" in p.name]
     config = json.loads((out / "config.json").read_text())
     # never marked complete: failed, and why
+    assert config["status"] == "failed" and "No space left on device" in config["reason"]
+
+
+def test_full_disk_at_phase_one_checkpoint_fails_cleanly(full_disk, image_folder):
+    # Phase 1's checkpoint is the first large write of a run that fine-tunes. In a
+    # subprocess: a crash (h5py freeing a file after a failed write) must show as one.
+    out = full_disk / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "transfer", "finetune", "--data", str(image_folder),
+         "--weights", "none", "--out", str(out), "--image-size", "32", "--head-epochs", "1",
+         "--fine-tune-from", "conv5", "--no-report"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: Cannot write ") and "No space left on device" in last, last
+    assert "h5py" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
     assert config["status"] == "failed" and "No space left on device" in config["reason"]

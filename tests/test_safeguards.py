@@ -218,7 +218,7 @@ def test_a_stopped_run_says_why_in_config_json(tmp_path, monkeypatch, stop, stat
     def train_head(*args, **kwargs):
         raise stop
 
-    monkeypatch.setattr("transfer.commands.finetune.train_head", train_head)
+    monkeypatch.setattr("transfer.train.run.Run.train_head", train_head)
     data = make_image_folder(tmp_path / "images", {"cat": 4, "dog": 4}, size=(32, 32))
     out = tmp_path / "run"
     result = run_cli("finetune", "--data", data, "--out", out, "--weights", "none",
@@ -231,12 +231,48 @@ def test_a_stopped_run_says_why_in_config_json(tmp_path, monkeypatch, stop, stat
             f"Error: The run was interrupted. --resume --out {out} continues it."
 
 
+def test_ctrl_c_backs_up_the_epochs_done_before_the_first_periodic_backup(tmp_path, monkeypatch):
+    # Ctrl-C in phase 2's third epoch, long before a backup was due (--backup-interval
+    # 3600): the two epochs done are kept, and --resume goes on from the third.
+    import transfer.train.phase as phase_module
+
+    real_stop_on_nan = phase_module.stop_on_nan
+
+    def interrupting(name, model, falls_back=False):
+        def on_epoch_begin(epoch, logs=None):
+            if name == "fine-tune" and epoch == 2:
+                raise KeyboardInterrupt
+        callback = real_stop_on_nan(name, model, falls_back)
+        callback.on_epoch_begin = on_epoch_begin
+        return callback
+
+    monkeypatch.setattr(phase_module, "stop_on_nan", interrupting)
+    data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
+    out = tmp_path / "run"
+    flags = ["--data", data, "--out", out, "--no-report", "--weights", "none", "--image-size",
+             32, "--batch-size", 8, "--head-epochs", 1, "--fine-tune-from", "conv5",
+             "--fine-tune-epochs", 3, "--early-stopping", 0, "--augment", "none",
+             "--backup-interval", 3600]
+    result = run_cli("finetune", *flags)
+    assert result.exit_code == 130, result.output
+    backup = out / "checkpoints" / "backup-fine-tune" / "backup.json"
+    assert json.loads(backup.read_text())["epoch"] == 2
+
+    monkeypatch.setattr(phase_module, "stop_on_nan", real_stop_on_nan)
+    resumed = run_cli("finetune", *flags, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Resuming fine-tune from epoch 3 of 3" in resumed.stderr
+    with open(out / "history.csv") as f:
+        assert [line.split(",")[:2] for line in f.read().split()[1:]] == \
+            [["head", "1"], ["fine-tune", "1"], ["fine-tune", "2"], ["fine-tune", "3"]]
+
+
 def _interrupted_run(tmp_path, monkeypatch, data):
     """A run stopped (as by Ctrl-C) after config.json was written, before training."""
     def train_head(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("transfer.commands.finetune.train_head", train_head)
+    monkeypatch.setattr("transfer.train.run.Run.train_head", train_head)
     out = tmp_path / "run"
     result = run_cli("finetune", "--data", data, "--out", out, *TINY_FLAGS)
     assert result.exit_code == 130, result.output
@@ -274,7 +310,7 @@ def test_a_class_without_training_images_is_refused(tmp_path):
 
 
 def test_classes_with_few_training_images_are_named(tmp_path, monkeypatch):
-    from transfer.commands.finetune import load_data
+    from transfer.train.run import load_data
     from transfer.train.options import resolve_options
 
 
@@ -412,7 +448,7 @@ def test_images_too_large_are_skipped_unread(tmp_path, tiny_run):
     assert rows["bomb.png"]["error"].startswith("image too large (12000x8000)")
     assert not rows["img_000.png"]["error"] and not rows["img_001.JPG"]["error"]
     # finetune's limit is an option; a small one skips ordinary images, reported by path
-    from transfer.commands.finetune import load_data
+    from transfer.train.run import load_data
     from transfer.train.options import resolve_options
 
     data = make_image_folder(tmp_path / "train", {"cat": 6, "dog": 6}, size=(32, 32))
@@ -424,7 +460,7 @@ def test_images_too_large_are_skipped_unread(tmp_path, tiny_run):
 
 def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(tmp_path, tiny_run):
     from tests.conftest import write_image
-    from transfer.commands.finetune import load_data
+    from transfer.train.run import load_data
     from transfer.train.options import resolve_options
 
     data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))

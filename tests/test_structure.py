@@ -90,6 +90,74 @@ def test_layers_point_down():
             assert "transfer.cli" not in imported, f"{module} imports the CLI"
 
 
+# The code that knows the kinds of backbone (ResNet rows, keras.applications families) and
+# builds or recognises each; everything else uses only the `Backbone` interface.
+BACKBONE_MODULES = ("transfer.models.backbones", "transfer.models.architectures",
+                    "transfer.models.families", "transfer.models.resnet",
+                    "transfer.models.applications", "transfer.models.identify")
+KIND_MODULES = BACKBONE_MODULES[:3]  # where the kinds are defined
+
+
+def _kind_names():
+    """(classes, questions): the classes of the kind modules, and their functions that ask
+    whether a thing is of one kind (`is_...`) or which family a model is."""
+    classes, questions = set(), set()
+    for module in KIND_MODULES:
+        for node in ast.parse(MODULES[module].read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                classes.add(node.name)
+            elif isinstance(node, ast.FunctionDef) and (
+                    node.name.startswith("is_") or "family_of" in node.name):
+                questions.add(node.name)
+    return classes, questions
+
+
+def _called_name(node):
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+
+
+def _mentions(node, names):
+    return any((isinstance(n, ast.Name) and n.id in names)
+               or (isinstance(n, ast.Attribute) and n.attr in names) for n in ast.walk(node))
+
+
+def test_no_caller_outside_the_backbone_code_asks_which_kind_of_backbone_it_holds():
+    classes, questions = _kind_names()
+    assert {"Backbone", "Architecture", "Family"} <= classes
+    for name, path in MODULES.items():
+        if name in BACKBONE_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Call):
+                called = _called_name(node)
+                assert called not in questions, f"{where} asks which kind of backbone: {called}"
+                if called in ("isinstance", "issubclass") and len(node.args) == 2:
+                    assert not _mentions(node.args[1], classes), (
+                        f"{where} checks the class of a backbone; use the Backbone interface")
+            elif isinstance(node, ast.Compare):  # type(x) is Family, type(x) == Architecture
+                assert not _mentions(node, classes), (
+                    f"{where} compares with a backbone class; use the Backbone interface")
+
+
+def test_no_command_imports_another():
+    # A step two commands share belongs to the library (train/'s run, data/, runs).
+    graph = _graph()
+    for module, imported in graph.items():
+        if module.startswith("transfer.commands."):
+            others = {i for i in imported if i.startswith("transfer.commands.")}
+            assert not others, f"{module} imports {others}"
+
+
+def test_training_has_one_home():
+    # The recipe's steps live in transfer.train; a command only calls them.
+    graph = _graph()
+    for command in ("transfer.commands.finetune", "transfer.commands.lr_find"):
+        assert "transfer.train.run" in graph[command], command
+    assert not any(name.startswith("transfer.train.phases") for name in MODULES)
+
+
 def test_own_modules_are_imported_at_the_top_and_only_heavy_ones_later():
     for name, path in MODULES.items():
         for imported, node, at_top in _imports(path):

@@ -9,8 +9,8 @@ TensorFlow loads on first use (`transfer.lazy`), so `import transfer` is quick.
 import os
 
 # TensorFlow turns its oneDNN CPU kernels on only for CPUs with AVX-512-class
-# features. On the AVX2 machines this project runs on, turning them on trained
-# ResNet50 3-5x faster and ran inference up to 1.4x faster (README, "Speed").
+# features. On AVX2 machines they train and run a ResNet several times faster
+# (docs/benchmarks, "Speed": scripts/benchmark.py measures it).
 # TensorFlow reads this once, when it loads, so it takes effect when `transfer` is
 # imported before TensorFlow. TF_ENABLE_ONEDNN_OPTS=0 turns it off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

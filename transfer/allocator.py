@@ -4,9 +4,8 @@ handed back between a run's stages. Both are no-ops where the C library is not g
 glibc gives threads up to 8 arenas per core, each keeping what was freed in it for
 reuse; TensorFlow runs dozens of threads, and the freed memory they keep adds up.
 Capping the arenas at one per core (what MALLOC_ARENA_MAX does; Heroku recommends 2
-for threaded Ruby servers, for the same reason) lowered the peak RSS of a
-5,000-image `transfer finetune` at 32 px from 1,479 to 1,414 MB, in 283 s against
-289 s (2 cores, traced per stage; README, "Speed" (i)).
+for threaded Ruby servers, for the same reason) lowers a run's peak memory at no
+cost in time (docs/benchmarks: the memory rows of scripts/benchmark.py).
 """
 
 import ctypes
@@ -36,8 +35,7 @@ def limit_arenas():
 def return_freed_memory():
     """Give the memory freed since the last call back to the system. glibc keeps what
     was freed for reuse, and between a run's stages that is a lot: after phase 2, its
-    optimizer and traced steps (on a 1,800-image run at 64 px, RSS fell by 90 MB,
-    and the run's peak by 25 MB)."""
+    optimizer and traced steps."""
     gc.collect()
     trim = _glibc_function("malloc_trim")
     if trim is not None:

@@ -37,6 +37,7 @@ from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
 from transfer.models.families import ARCH_NAMES  # noqa: E402
 from transfer.models.heads import POOLINGS  # noqa: E402
 from transfer.models.weights.download import WEIGHTS_DIR_ENV  # noqa: E402
+from transfer.report.metrics import phase_label, scores_line, split_title  # noqa: E402
 from transfer.runtime import INFERENCE_BATCH_SIZE  # noqa: E402
 from transfer.startup_noise import filter_stderr  # noqa: E402
 from transfer.train import options as finetune_options  # noqa: E402
@@ -45,6 +46,7 @@ from transfer.train.feature_cache import CACHE_DIR_ENV  # noqa: E402
 
 DEBUG_ENV = "TRANSFER_DEBUG"
 FINETUNE = finetune_options.FinetuneOptions()  # the library's defaults
+BACKBONE_SIZE = "the backbone's ImageNet size"  # --image-size's default (FinetuneOptions' None)
 
 
 # ---------------------------------------------------------------- the boundary
@@ -276,14 +278,15 @@ calibrate_option = click.option(
 def _finetune_option(flag, name=None, **kwargs):
     """An option of `finetune` whose default is FinetuneOptions'."""
     name = name or flag.lstrip("-").replace("-", "_")
-    return click.option(flag, name, default=getattr(FINETUNE, name), show_default=True, **kwargs)
+    kwargs = {"show_default": True, **kwargs}
+    return click.option(flag, name, default=getattr(FINETUNE, name), **kwargs)
 
 
 # ---------------------------------------------------------------- commands
 
 
 @click.group(cls=TransferGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="transfer")
+@click.version_option(package_name="transfer-keras")  # transfer.version.DISTRIBUTION
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def cli(debug):
     """Transfer learning for image classification with ResNet on Keras 3.
@@ -297,7 +300,7 @@ def cli(debug):
 
 @cli.command()
 @architecture_options
-@click.option("--image-size", default=info_command.IMAGE_SIZE, show_default=True, type=int,
+@click.option("--image-size", type=int, show_default=BACKBONE_SIZE,
               help="Input height and width used for the output shapes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(arch, depth, version, image_size, as_json):
@@ -309,6 +312,7 @@ def info(arch, depth, version, image_size, as_json):
       transfer info --arch efficientnet_b0
     """
     summary = info_command.info(depth, version, image_size=image_size, arch=arch)
+    image_size = summary["image_size"]
     if as_json:
         echo(json.dumps(summary, indent=2))
         return
@@ -373,7 +377,7 @@ recipe_options = _options(
                       "(.h5, .weights.h5, .keras; for v1.5 a torchvision .pth or timm "
                       ".safetensors checkpoint)."),
     weights_dir_option,
-    _finetune_option("--image-size", type=int),
+    _finetune_option("--image-size", type=int, show_default=BACKBONE_SIZE),
     _finetune_option("--batch-size", type=int, help="Global batch size."),
     _finetune_option("--val-split", type=float,
                      help="Fraction of each class held out for validation (by a hash of its path)."),
@@ -496,9 +500,9 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     kept = result.metrics["kept"]
     if "validation" in kept:
         scores = kept["validation"]
-        echo(f"kept: {'phase 1 (head)' if kept['phase'] == 'head' else 'phase 2 (fine-tune)'}"
-             f" - {kept['reason']} (validation accuracy: phase 1 "
-             f"{scores['head']['accuracy']:.4f}, phase 2 {scores['fine-tune']['accuracy']:.4f})")
+        echo(f"kept: {phase_label(kept['phase'])} - {kept['reason']} (validation accuracy: "
+             f"phase 1 {scores['head']['accuracy']:.4f}, "
+             f"phase 2 {scores['fine-tune']['accuracy']:.4f})")
     if "refit" in kept:
         echo(f"refit: phase 1's probe on {kept['refit']['images']} training and validation "
              "images (the validation scores above are from before it)")
@@ -541,19 +545,7 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
 
 
 def _echo_metrics(name, m, log_loss=True):
-    if "mean_average_precision" in m:  # multi-label
-        parts = [f"mAP {m['mean_average_precision']:.4f} (chance {m['label_frequency']:.4f})",
-                 f"micro F1 {m['micro_f1']:.4f}", f"macro F1 {m['macro_f1']:.4f}",
-                 f"exact match {m['exact_match']:.4f}"]
-        echo(f"{name} ({m['images']} images): " + ", ".join(parts))
-        return
-    parts = [f"accuracy {m['accuracy']:.4f}"]
-    if "top5_accuracy" in m:
-        parts.append(f"top-5 {m['top5_accuracy']:.4f}")
-    parts.append(f"macro F1 {m['macro_f1']:.4f}")
-    if log_loss:
-        parts.append(f"log loss {m['log_loss']:.4f}")
-    echo(f"{name} ({m['images']} images): " + ", ".join(parts))
+    echo(f"{split_title(name, m)}: {scores_line(m, log_loss)}")
 
 
 @cli.command()
@@ -742,7 +734,8 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 @click.option("--weights", default=FINETUNE.weights, show_default=True,
               help="Without --model: imagenet, none or a weights file.")
 @weights_dir_option
-@_finetune_option("--image-size", type=int, help="Without --model: input size.")
+@_finetune_option("--image-size", type=int, show_default=BACKBONE_SIZE,
+                  help="Without --model: input size.")
 @_finetune_option("--pooling", type=Choice(POOLINGS))
 @batch_size_option
 @_finetune_option("--val-split", type=float,

@@ -109,8 +109,7 @@ MODEL_METADATA_MEMBER = "transfer.json"
 
 def save_model(model, path, metadata=None):
     """Save a Keras model atomically (Keras needs the `.keras` suffix on the temp file),
-    without its optimizer: Adam's state is twice the weights (a ResNet50's model.keras
-    was 215 MB for 102 MB of weights), and a saved model is for inference or a new
+    without its optimizer: Adam's state is twice the weights, and a saved model is for inference or a new
     fine-tuning, which starts its own optimizer. `metadata` (a dict) goes inside the
     file as MODEL_METADATA_MEMBER."""
     if getattr(model, "compiled", False):
@@ -119,8 +118,8 @@ def save_model(model, path, metadata=None):
         # all; a copy from its config held the weights twice more while saving).
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as unzipped:
-        # Zipping, Keras holds the whole weights file in memory first (a ResNet50's 100 MB,
-        # at the end of a run, when memory is fullest); unzipped, it writes the same
+        # Zipping, Keras holds the whole weights file in memory first (at the end of a
+        # run, when memory is fullest); unzipped, it writes the same
         # members to disk, and they are zipped from there, as Keras lays them out.
         try:
             model.save(Path(unzipped) / "model", zipped=False)
@@ -149,11 +148,22 @@ def _h5py_write_error(exc):
     return OSError(number, os.strerror(number))
 
 
-def save_weights(model, path):
-    """Save a model's weights atomically (`.weights.h5`)."""
-    with atomic_path(path) as tmp:
-        model.save_weights(tmp)
-    return Path(path)
+def save_weight_values(model, path):
+    """Every weight of `model`, in order, as an .npz written atomically: a run's own
+    checkpoint. Not through h5py: after a failed write (a full disk) its file objects
+    stay half-open and crash the process when they are freed."""
+    return write_npz(path, {f"weight_{i}": v for i, v in enumerate(model.weights)},
+                     compress=False)
+
+
+def load_weight_values(model, path):
+    """Load what `save_weight_values` wrote into `model` (built the same way)."""
+    with np.load(path, allow_pickle=False) as stored:
+        if len(stored.files) != len(model.weights):
+            raise ValueError(f"{path} holds {len(stored.files)} weights; the model has "
+                             f"{len(model.weights)}.")
+        for i, weight in enumerate(model.weights):
+            weight.assign(stored[f"weight_{i}"])
 
 
 def make_writable_dir(path):

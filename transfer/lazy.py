@@ -1,6 +1,6 @@
 """TensorFlow and Keras, imported on first use.
 
-Importing TensorFlow takes about 3 s; `transfer --help`, every `transfer CMD --help`
+Importing TensorFlow takes seconds; `transfer --help`, every `transfer CMD --help`
 and argument errors never need it. Modules write `from transfer.lazy import keras, tf`
 at the top and use them as the modules themselves.
 """

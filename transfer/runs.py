@@ -1,5 +1,6 @@
 """The run directory: the name of every file a run writes, its config.json, claiming
-a folder for a run, the resume check, and loading a run (or a bare model file) back.
+a folder for a run, the resume check, and loading a run (or a bare model file) and its
+data back.
 
     config.json    every resolved option, versions, dataset fingerprint, classes, status
     labels.txt     class names, one per line, in output order
@@ -26,14 +27,23 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.version import __version__
+from transfer.data.csv_labels import TABLE_OPTIONS
+from transfer.data.sources import load_dataset
+from transfer.data.splits import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
 from transfer.errors import InvalidArgumentError, first_line
-from transfer.io import MODEL_METADATA_MEMBER, make_writable_dir, write_failure, write_text
+from transfer.io import (
+    MODEL_METADATA_MEMBER,
+    make_writable_dir,
+    save_model,
+    write_failure,
+    write_text,
+)
 from transfer.lazy import keras, tf
 from transfer.models.architectures import image_size_pair
 from transfer.models.heads import MULTI_LABEL, is_classifier, task_of
 from transfer.models.names import CLASSIFIER
 from transfer.train.options import RESULT_NEUTRAL
+from transfer.version import __version__
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.txt"
@@ -86,7 +96,7 @@ class RunPaths:
     augmentation_preview = property(lambda self: self.root / AUGMENTATION_PREVIEW_FILE)
     checkpoints = property(lambda self: self.root / CHECKPOINTS_DIR)
     # Phase 1's result, kept so that a resumed run skips it.
-    head_weights = property(lambda self: self.checkpoints / "after-head.weights.h5")
+    head_weights = property(lambda self: self.checkpoints / "after-head.weights.npz")
     head_history = property(lambda self: self.checkpoints / "after-head.history.json")
 
     def logs(self, phase):
@@ -250,6 +260,33 @@ def read_config(run_dir):
     return json.loads(RunPaths(run_dir).config.read_text())
 
 
+def reopen_data(run, data=None, min_classes=2):
+    """The dataset of a run read again as its config.json says: the same source, CSV
+    options (`TABLE_OPTIONS`), split fractions and TFDS data folder, so the same images
+    in the same splits where the files have not changed (compare its fingerprint with
+    the config's). `run` is a run directory or its config (a dict; {} for a model
+    without a run). `data` reads other images in place of the run's, split with the
+    run's fractions; the CSV options apply to the run's own table only. Raises
+    DataError or InvalidArgumentError where the images cannot be read."""
+    config = run if isinstance(run, dict) else read_config(run)
+    options = config.get("options", {})
+    own = data is None or _same_path(data, config.get("data"))
+    data = config.get("data") if data is None else data
+    if data is None:
+        raise InvalidArgumentError("The run's config.json names no data: pass data=.")
+    table = {name: options[name] for name in TABLE_OPTIONS if name in options} if own else {}
+    return load_dataset(data, val_split=options.get("val_split", DEFAULT_VAL_SPLIT),
+                        test_split=options.get("test_split", DEFAULT_TEST_SPLIT),
+                        tfds_data_dir=options.get("tfds_data_dir"), min_classes=min_classes,
+                        **table)
+
+
+def _same_path(data, other):
+    if other is None or not isinstance(data, (str, os.PathLike)):
+        return False  # a DataFrame
+    return Path(data).expanduser().resolve() == Path(other).expanduser().resolve()
+
+
 def check_resume(run_dir, options):
     """A run can resume when its config exists, is not complete, and has our options."""
     paths = RunPaths(run_dir)
@@ -319,6 +356,14 @@ def read_model_metadata(model_file):
     except (KeyError, OSError, ValueError, zipfile.BadZipFile):
         return {}
     return found if isinstance(found, dict) else {}
+
+
+def resave_model(run_dir, model):
+    """Write `model` over the run's model.keras, keeping the metadata inside that file
+    (class names, task, thresholds): for a model changed in place, as calibration
+    changes its classifier."""
+    path = RunPaths(run_dir).model
+    return save_model(model, path, read_model_metadata(path) or None)
 
 
 def class_names_of(model_or_run):

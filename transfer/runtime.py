@@ -11,11 +11,12 @@ from transfer.progress import Progress
 
 logger = logging.getLogger("transfer")
 
-# Whether inference is XLA-compiled, per kind of device. On CPU, scripts/benchmark.py
-# measured XLA at par at 128-224 px and 5-8x slower at 32-64 px, with a longer
-# compile for every new batch shape (README, "Speed"); GPUs keep Keras' choice, XLA.
+# Whether inference is XLA-compiled, per kind of device. On CPUs XLA gains nothing at
+# large images and loses at small ones, and compiles again for every new batch shape
+# (scripts/benchmark.py measures it); GPUs keep Keras' choice, XLA.
 INFERENCE_JIT = {"CPU": False, "GPU": True}
 INFERENCE_BATCH_SIZE = 32  # of evaluate, predict and embed
+TOP_K = 3  # labels shown per image by predict and explain
 # A label is predicted when its probability reaches this, until per-label thresholds
 # are tuned on validation (transfer.report.metrics.tune_thresholds).
 MULTI_LABEL_THRESHOLD = 0.5
@@ -38,22 +39,32 @@ def precision_policy(mixed_precision):
     return "float32"
 
 
-def _compiled_call(model, jit_compile=None, tta=False):
-    """A tf.function calling `model` in inference mode, made once per model.
+WIDTH_AXIS = 2  # of a batch of images: (batch, height, width, channels)
 
-    With `tta`, the outputs are the mean of the image's and its mirror image's
-    (flip test-time augmentation, as timm's validate.py and fastai's tta do).
-    """
+
+def flip_averaged(predict, flip):
+    """`predict` averaged over each image and its horizontal mirror: flip test-time
+    augmentation, as timm's validate.py and fastai's tta do. `flip(batch, axis)`
+    mirrors a batch: np.flip for arrays, `tf.reverse` for tensors."""
+    return lambda batch: (predict(batch) + predict(flip(batch, WIDTH_AXIS))) / 2
+
+
+def _reverse(batch, axis):
+    return tf.reverse(batch, axis=[axis])
+
+
+def _compiled_call(model, jit_compile=None, tta=False):
+    """A tf.function calling `model` in inference mode (with `tta`, `flip_averaged`),
+    made once per model."""
     if jit_compile is None:
         jit_compile = INFERENCE_JIT[device_kind()]
     cache = model.__dict__.setdefault("_transfer_inference", {})
     if (jit_compile, tta) not in cache:
         def call(x):
-            outputs = model(x, training=False)
-            if tta:  # images are (batch, height, width, channels): axis 2 is the width
-                outputs = (outputs + model(tf.reverse(x, axis=[2]), training=False)) / 2
-            return outputs
+            return model(x, training=False)
 
+        if tta:
+            call = flip_averaged(call, _reverse)
         function = tf.function(call, jit_compile=jit_compile, reduce_retracing=True)
         # TensorFlow counts traces by the Python code object, so the first trace of each
         # new model (backbone, frozen prefix, head, the report's) reads as a "retrace"
@@ -77,19 +88,26 @@ def run_inference(model, images, verbose=0, jit_compile=None, description="Infer
     image's outputs with its horizontal mirror's. `dtype` converts each batch's
     outputs as they come (float16 halves what large outputs hold in memory).
     """
-    call = _compiled_call(model, jit_compile, tta)
-    cardinality = int(images.cardinality()) if hasattr(images, "cardinality") else -1
+    return collect_outputs(_compiled_call(model, jit_compile, tta), images,
+                           model.output.shape[1:], verbose, description, dtype)
+
+
+def collect_outputs(call, batches, output_shape, verbose=0, description="Inference",
+                    dtype=None):
+    """`call`'s outputs for each of `batches`, as one array (of `output_shape` per
+    image); with `verbose`, a progress line. `dtype` converts each batch's outputs."""
+    cardinality = int(batches.cardinality()) if hasattr(batches, "cardinality") else -1
     progress = Progress(description, cardinality if cardinality > 0 else None,
                         unit="batch") if verbose else None
     outputs = []
-    for step, batch in enumerate(images, start=1):
+    for step, batch in enumerate(batches, start=1):
         outputs.append(np.asarray(call(batch), dtype=dtype))
         if progress:
             progress.update(step)
     if progress:
         progress.done()
     if not outputs:
-        return np.zeros((0, *model.output.shape[1:]), dtype=dtype or np.float32)
+        return np.zeros((0, *output_shape), dtype=dtype or np.float32)
     return np.concatenate(outputs)
 
 

@@ -74,7 +74,7 @@ def evaluate(run_or_model, data, out, batch_size=INFERENCE_BATCH_SIZE, image_siz
                   thresholds=loaded.thresholds)
     if loaded.task == MULTI_LABEL:  # the report's sections are single-label ones
         return metrics
-    return write_report_or_warn(out, metrics, batch_size=batch_size, model=loaded)
+    return write_report_or_warn(out, metrics, batch_size=batch_size, model=loaded)[0]
 
 
 def _reference(loaded, compare):

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.commands.predict import TOP_K, images_to_read
 from transfer.data.dataset import Split
+from transfer.data.files import images_to_read
 from transfer.data.pipeline import images_only
 from transfer.io import make_writable_dir
 from transfer.report import gradcam
 from transfer.report.plots import plot_explanation
 from transfer.runs import load_model
-from transfer.runtime import INFERENCE_BATCH_SIZE
+from transfer.runtime import INFERENCE_BATCH_SIZE, TOP_K
 
 SUFFIX = ".gradcam.png"
 

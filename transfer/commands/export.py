@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.pipeline import drop_unreadable, images_only
-from transfer.data.sources import load_dataset
 from transfer.errors import DataError, InvalidArgumentError, first_line, unknown_choice
 from transfer.export import FORMATS, QUANTIZATIONS, ExportInfo, keras_format, open_model
 from transfer.export import compare as comparison
@@ -30,6 +29,7 @@ from transfer.runs import (
     load_model,
     own_labels_path,
     read_config,
+    reopen_data,
     write_labels,
 )
 from transfer.runtime import INFERENCE_BATCH_SIZE
@@ -114,21 +114,17 @@ def _check_out(out, format, overwrite, labels):
 
 
 def run_dataset(model_path, data):
-    """The images the model was trained on (its run's config.json), split as in that
-    run; or `data`, split with the default fractions. None, with a warning, where
-    there are none."""
+    """The images the model was trained on, reopened from its run's config.json
+    (`transfer.runs.reopen_data`); or `data`, split with the run's fractions (the
+    default ones without a run). None, with a warning, where there are none."""
     config_path = Path(model_path).parent / CONFIG_FILE
     config = read_config(config_path.parent) if config_path.exists() else {}
-    options = config.get("options", {})
-    data = data or config.get("data")
-    if data is None:
+    if data is None and config.get("data") is None:
         logger.warning("%s has no %s beside it naming its images: pass data= to compare the "
                        "export with it.", model_path, CONFIG_FILE)
         return None
     try:
-        dataset = load_dataset(data, val_split=options.get("val_split", 0.2),
-                               test_split=options.get("test_split", 0.0),
-                               tfds_data_dir=options.get("tfds_data_dir"), min_classes=1)
+        dataset = reopen_data(config, data, min_classes=1)
         drop_unreadable(dataset, progress=False)
     except (DataError, InvalidArgumentError) as exc:
         logger.warning("The images of %s cannot be read (%s): pass data= to compare the "

@@ -1,26 +1,24 @@
 """`transfer info`: an architecture's groups, shapes, parameters, FLOPs per image and
 published ImageNet checkpoints."""
 
-from transfer.models.families import is_family
 from transfer.models.pretrained import KERAS_APPLICATIONS
 from transfer.models.summary import describe
 
-IMAGE_SIZE = 224
 
-
-def info(depth, version, image_size=IMAGE_SIZE, arch=None):
-    """The summary of `transfer.models.summary.describe` as plain data (JSON-ready)."""
+def info(depth, version, image_size=None, arch=None):
+    """The summary of `transfer.models.summary.describe` as plain data (JSON-ready);
+    `image_size` defaults to the backbone's ImageNet size."""
     summary = describe(depth, version, input_size=image_size, arch=arch)
     arch = summary["architecture"]
-    family = is_family(arch)
     keras_files = [row for row in summary["checkpoints"] if row.source == KERAS_APPLICATIONS]
     torch_files = [row for row in summary["checkpoints"] if row.source != KERAS_APPLICATIONS]
     return {
         "name": arch.display_name,
         "arch": arch.name,
-        "depth": None if family else arch.depth,
-        "version": None if family else arch.version.name,
+        "depth": arch.option_values["depth"],
+        "version": arch.option_values["version"],
         "preprocessing": arch.preprocessing,
+        "image_size": summary["input_size"],
         "default_image_size": arch.default_size,
         "groups": [
             {"name": r.name, "layers": r.layers, "output_shape": list(r.output_shape[1:]),

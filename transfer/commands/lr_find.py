@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.commands.finetune import build_model, load_data, train_head
 from transfer.data.augment import augmentation
 from transfer.data.pipeline import epoch_batches, one_hot_images
 from transfer.errors import InvalidArgumentError
@@ -22,8 +21,9 @@ from transfer.lazy import keras, tf
 from transfer.models.groups import unfreeze
 from transfer.report.plots import plot_lr_find
 from transfer.runs import RunPaths, prepare_run_dir
+from transfer.train.optim import compile_model
 from transfer.train.options import resolve_options
-from transfer.train.phases import class_weights, compile_model
+from transfer.train.run import Run
 
 logger = logging.getLogger("transfer")
 
@@ -52,15 +52,14 @@ def lr_find(data, out, start_lr=START_LR, end_lr=END_LR, steps=STEPS, overwrite=
     options = resolve_options(options, **overrides)
     if options.fine_tune_from == "none":
         raise InvalidArgumentError("fine_tune_from=none: the range test is for phase 2.")
-    paths = RunPaths(prepare_run_dir(out, overwrite=overwrite))
+    run = Run(options, RunPaths(prepare_run_dir(out, overwrite=overwrite)),
+              tf.distribute.get_strategy())
     keras.utils.set_random_seed(options.seed)
-    strategy = tf.distribute.get_strategy()
-    dataset = load_data(data, options)
-    model = build_model(dataset, options, strategy)
-    weights = class_weights(options, dataset.splits["train"].labels, dataset.num_classes)
-    train_head(model, dataset, options, (options, paths, strategy, weights, dataset.num_classes),
-               resume=False, timings={})
-    learning_rates, losses = _range_test(model, dataset, options, start_lr, end_lr, steps)
+    run.prepare(data)
+    run.train_head()
+    learning_rates, losses = _range_test(run.model, run.dataset, options, start_lr, end_lr,
+                                         steps)
+    paths = run.paths
     suggested = _suggestion(learning_rates, losses)
     write_csv(paths.root / CSV_FILE, ["learning_rate", "smoothed_loss"],
               [[f"{r:.6g}", f"{loss:.6g}"] for r, loss in zip(learning_rates, losses)])

@@ -5,51 +5,15 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.dataset import Split, printable_path
-from transfer.data.pipeline import find_unreadable, images_only
-from transfer.data.sources import IMAGE_EXTENSIONS, NOT_AN_IMAGE
+from transfer.data.files import images_to_read
+from transfer.data.pipeline import images_only
 from transfer.errors import DataError, InvalidArgumentError
 from transfer.models.heads import MULTI_LABEL
 from transfer.runs import load_model
-from transfer.runtime import INFERENCE_BATCH_SIZE, MULTI_LABEL_THRESHOLD, run_inference
+from transfer.runtime import INFERENCE_BATCH_SIZE, MULTI_LABEL_THRESHOLD, TOP_K, run_inference
 
-TOP_K = 3
 OUTPUT_FORMATS = ("table", "csv", "json")  # how the command line prints the rows
 UNKNOWN = "unknown"  # the label of an image below min_confidence: the model abstains
-
-
-def list_image_files(paths):
-    """Files named directly (any extension) and files found in folders, in order.
-
-    Returns (files, skipped): `skipped` maps a path that does not exist, or a file in a
-    folder that is not an image (as `finetune` reports them), to the reason.
-    """
-    files, skipped = [], {}
-    for path in map(Path, paths):
-        if path.is_dir():
-            for found in sorted(path.rglob("*")):
-                if any(part.startswith(".") for part in found.relative_to(path).parts):
-                    continue
-                # Broken links are listed too: they get an error row, not silence.
-                if not (found.is_file() or found.is_symlink()):
-                    continue
-                files.append(str(found))
-                if found.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped[str(found)] = NOT_AN_IMAGE
-        elif path.exists():
-            files.append(str(path))
-        else:
-            files.append(str(path))
-            skipped[str(path)] = "file not found"
-    return files, skipped
-
-
-def images_to_read(paths):
-    """(every file listed, {unusable file: reason}, the readable images) of `paths`."""
-    files, bad = list_image_files(paths)
-    if not files:
-        raise DataError(f"No images found in {', '.join(map(str, paths))}.")
-    bad.update(find_unreadable([f for f in files if f not in bad], progress=False))
-    return files, bad, [f for f in files if f not in bad]
 
 
 def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, image_size=None,

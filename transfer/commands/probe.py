@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.commands.embed import load_embeddings
+from transfer.data.embeddings import load_embeddings
 from transfer.errors import DataError
 from transfer.io import write_json
 from transfer.report.metrics import compute_metrics, tune_thresholds, write_reports

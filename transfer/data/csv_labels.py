@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.dataset import Dataset, Split, printable_path
-from transfer.data.splits import fingerprint_of, hash_split
+from transfer.data.splits import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT, fingerprint_of, hash_split
 from transfer.errors import DataError, InvalidArgumentError, listing
 
 logger = logging.getLogger("transfer")
@@ -91,7 +91,8 @@ def _separator(cells, label_sep, multi_label):
 
 
 def load_table(data, images=None, path_column=None, label_column=None, split_column=None,
-               label_sep=None, multi_label=False, val_split=0.2, test_split=0.0, min_classes=2):
+               label_sep=None, multi_label=False, val_split=DEFAULT_VAL_SPLIT,
+               test_split=DEFAULT_TEST_SPLIT, min_classes=2):
     """A `Dataset` from a CSV file or a DataFrame (see the module docstring).
 
     Rows whose file is missing are reported and skipped, as unreadable files are;

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from transfer.data.dataset import printable_path
+from transfer.data.images import decode_upright, on_white
 from transfer.errors import DataError, listing
 from transfer.lazy import keras, tf
 from transfer.models.architectures import image_size_pair
@@ -25,11 +26,12 @@ MAX_PIXELS = 89_478_485
 def decode_image(contents, image_size):
     """Bytes of a JPEG/PNG/BMP/GIF -> float32 RGB (whole levels 0-255) of `image_size`.
 
-    Grayscale, RGBA and palette images become RGB; an animated GIF gives its first
-    frame. Resizing is bilinear, like `keras.utils.image_dataset_from_directory`.
+    As `transfer.data.images.decode_upright` decodes: grayscale and palette images
+    become RGB, transparent pixels are composited onto white, the EXIF orientation is
+    applied, an animated GIF gives its first frame. Resizing is bilinear, like
+    `keras.utils.image_dataset_from_directory`.
     """
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape([None, None, 3])
+    image = decode_upright(contents)
     return _whole_levels(tf.image.resize(image, image_size, method=RESIZE_METHOD))
 
 
@@ -58,7 +60,7 @@ def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
         (np.arange(len(paths), dtype=np.int64), list(paths)))
 
     def check(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = decode_upright(tf.io.read_file(path))  # exactly as training decodes
         tf.debugging.assert_positive(tf.size(image), message="empty image")
         return index
 
@@ -114,7 +116,7 @@ def _decode_error(path):
         contents = tf.io.read_file(path)
         if int(tf.strings.length(contents)) == 0:
             return "empty file (0 bytes)"
-        tf.io.decode_image(contents, channels=3, expand_animations=False)
+        decode_upright(contents)
         return "could not be decoded"
     except (tf.errors.OpError, ValueError) as exc:
         message = getattr(exc, "message", str(exc))
@@ -268,8 +270,8 @@ def _to_rgb(image):
     if image.shape.rank == 2:
         image = image[..., None]
     channels = image.shape[-1]
-    if channels == 1:
-        image = tf.image.grayscale_to_rgb(image)
-    elif channels == 4:
-        image = image[..., :3]
+    if channels in (1, 2):
+        image = tf.concat([tf.image.grayscale_to_rgb(image[..., :1]), image[..., 1:]], -1)
+    if channels in (2, 4):  # transparency: onto white, as decode_upright does
+        image = on_white(image[..., :3], image[..., 3:])
     return tf.cast(image, tf.float32)

@@ -14,7 +14,13 @@ import numpy as np
 
 from transfer.data.csv_labels import is_table, load_table
 from transfer.data.dataset import TFDS_PREFIX, Dataset, Split, label_counts, printable_path
-from transfer.data.splits import fingerprint_of, hash_split, split_fraction  # noqa: F401
+from transfer.data.splits import (  # noqa: F401
+    DEFAULT_TEST_SPLIT,
+    DEFAULT_VAL_SPLIT,
+    fingerprint_of,
+    hash_split,
+    split_fraction,
+)
 from transfer.data.tfds import load_tfds
 from transfer.errors import DataError, InvalidArgumentError, listing
 
@@ -114,7 +120,7 @@ def _records_to_split(records, class_index):
     return Split(paths, labels)
 
 
-def load_folder(root, val_split=0.2, test_split=0.0, min_classes=2):
+def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT, min_classes=2):
     """Scan an image folder into a `Dataset` (see the module docstring for layouts).
 
     `min_classes=1` accepts a single class folder (evaluating a model on one class).
@@ -208,8 +214,8 @@ def check_training_classes(dataset):
                            "learn it.", name, count, "" if count == 1 else "s")
 
 
-def load_dataset(data, val_split=0.2, test_split=0.0, tfds_data_dir=None, min_classes=2,
-                 **table_options):
+def load_dataset(data, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT,
+                 tfds_data_dir=None, min_classes=2, **table_options):
     """A `Dataset` from a folder path, `tfds:NAME`, or a CSV file or pandas DataFrame
     of paths and labels (`table_options`: those of `transfer.data.csv_labels.load_table`)."""
     if is_table(data):

@@ -4,6 +4,12 @@ assigned per group (a class, or a set of labels), so that it is stratified."""
 
 import hashlib
 
+# The shares of a dataset's images that go to validation and to test unless a caller
+# asks for others: the defaults of every loader, of FinetuneOptions, and of a run
+# reopened from a config.json that predates these options.
+DEFAULT_VAL_SPLIT = 0.2
+DEFAULT_TEST_SPLIT = 0.0
+
 
 def split_fraction(relative_path, salt="transfer-split-v1"):
     """A number in [0, 1) fixed by a name: a file's path inside its class folder, or

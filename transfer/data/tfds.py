@@ -5,6 +5,7 @@ import logging
 import numpy as np
 
 from transfer.data.dataset import Dataset, Split
+from transfer.data.splits import DEFAULT_VAL_SPLIT
 from transfer.errors import DataError, first_line
 
 logger = logging.getLogger("transfer")
@@ -16,7 +17,7 @@ def _percent(fraction):
     return int(round(100 * fraction))
 
 
-def load_tfds(name, val_split=0.2, data_dir=None):
+def load_tfds(name, val_split=DEFAULT_VAL_SPLIT, data_dir=None):
     """Prepare (download if needed) a TFDS image classification dataset."""
     import tensorflow_datasets as tfds
 

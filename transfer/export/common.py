@@ -11,7 +11,7 @@ import numpy as np
 from transfer.data.pipeline import images_only
 from transfer.lazy import tf
 from transfer.models.heads import MULTI_LABEL, SINGLE_LABEL, is_classifier
-from transfer.progress import Progress
+from transfer.runtime import collect_outputs, flip_averaged
 from transfer.version import __version__
 
 logger = logging.getLogger("transfer")
@@ -88,22 +88,9 @@ class Runner:
     def predict_split(self, split, batch_size, tta=False, verbose=0, description="Inference"):
         """Probabilities of a Split's images, decoded and resized as for training;
         `tta` averages each image's with its horizontal mirror's."""
-        batches = images_only(split, self.image_size, batch_size)
-        cardinality = int(batches.cardinality())
-        progress = Progress(description, cardinality if cardinality > 0 else None,
-                            unit="batch") if verbose else None
-        outputs = []
-        for step, batch in enumerate(batches, start=1):
+        predict = flip_averaged(self.predict, np.flip) if tta else self.predict
+        return collect_outputs(
             # decoded pixels are whole levels 0-255: uint8 holds them exactly
-            pixels = np.asarray(batch).astype(np.uint8)
-            probabilities = self.predict(pixels)
-            if tta:
-                probabilities = (probabilities + self.predict(pixels[:, :, ::-1])) / 2
-            outputs.append(np.asarray(probabilities, dtype=np.float32))
-            if progress:
-                progress.update(step)
-        if progress:
-            progress.done()
-        if not outputs:
-            return np.zeros((0, len(self.class_names or ())), dtype=np.float32)
-        return np.concatenate(outputs)
+            lambda batch: predict(np.asarray(batch).astype(np.uint8)),
+            images_only(split, self.image_size, batch_size), (len(self.class_names or ()),),
+            verbose, description, dtype=np.float32)

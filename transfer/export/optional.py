@@ -4,17 +4,19 @@ imported on first use, and a missing one names the extra that installs it."""
 import importlib
 
 from transfer.errors import MissingExtraError
+from transfer.version import DISTRIBUTION
 
 # module -> the extra of setup.cfg that installs it
 EXTRAS = {"tf2onnx": "onnx", "onnx": "onnx", "onnxruntime": "onnx", "ai_edge_litert": "litert"}
 
 
 def optional_module(name):
-    """Import `name`, or raise MissingExtraError naming `pip install transfer[extra]`."""
+    """Import `name`, or raise MissingExtraError naming `pip install 'DISTRIBUTION[extra]'`."""
     try:
         return importlib.import_module(name)
     except ImportError as exc:
         extra = EXTRAS[name.split(".")[0]]
         raise MissingExtraError(
-            f"{name} is not installed ({exc}); `pip install transfer[{extra}]` installs it."
+            f"{name} is not installed ({exc}); `pip install '{DISTRIBUTION}[{extra}]'` "
+            "installs it."
         ) from exc

@@ -109,8 +109,7 @@ def _calibrated(converter, info, model):
         return converter.convert()
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
-    # Minutes on a CPU (the whole int8 export of a ResNet50 on 2 cores: 109 s at 32 px,
-    # 3 minutes at 96 px; TFLite calibrates one image at a time), so say what it does.
+    # Minutes on a CPU (TFLite calibrates one image at a time), so say what it does.
     logger.info("int8: calibrating on %d training images (TFLite runs them one at a "
                 "time; minutes for a ResNet)...", len(images))
     # TFLite's selective quantisation: the debugger calibrates once, then quantises

@@ -1,8 +1,9 @@
-"""ResNet architectures (and keras.applications' other families), preprocessing,
-pretrained weights, layer groups and heads."""
+"""Backbones (the ResNet architectures and keras.applications' other families, behind
+one interface), preprocessing, pretrained weights, layer groups and heads."""
 
-from transfer.models.architectures import GROUPS, Architecture, get_architecture
 from transfer.models.applications import build_backbone
+from transfer.models.architectures import Architecture, get_architecture
+from transfer.models.backbones import GROUPS, Backbone
 from transfer.models.families import FAMILIES, resolve_architecture
 from transfer.models.groups import freeze, groups, unfreeze
 from transfer.models.heads import (

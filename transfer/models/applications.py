@@ -1,5 +1,5 @@
-"""Building any architecture's backbone: the from-scratch ResNet, or a row of
-`transfer.models.families` through keras.applications with its weights loaded."""
+"""Building a row of `transfer.models.families` through keras.applications, with its
+weights loaded, and `build_backbone`, which builds any `Backbone`."""
 
 from pathlib import Path
 
@@ -8,30 +8,30 @@ import numpy as np
 from transfer.errors import InvalidArgumentError, WeightsError, first_line
 from transfer.lazy import keras
 from transfer.models import names
-from transfer.models.families import MIN_INPUT_SIZE, is_family
-from transfer.models.resnet import ResNet
+from transfer.models.backbones import builds
+from transfer.models.families import Family
 from transfer.models.weights.download import imagenet_weights_path
 from transfer.models.weights.load import check_weights_argument
 
 
 def build_backbone(architecture, include_top=False, weights="imagenet", input_shape=None,
                    weights_dir=None):
-    """Any architecture's backbone: the from-scratch ResNet, or keras.applications'."""
-    if not is_family(architecture):
-        return ResNet(architecture.depth, architecture.version.name, include_top=include_top,
-                      weights=weights, input_shape=input_shape, weights_dir=weights_dir)
-    return build_family(architecture, include_top, weights, input_shape, weights_dir)
+    """The model of any `Backbone` (see `Backbone.build`)."""
+    return architecture.build(include_top=include_top, weights=weights,
+                              input_shape=input_shape, weights_dir=weights_dir)
 
 
+@builds(Family)
 def build_family(family, include_top=False, weights="imagenet", input_shape=None,
                  weights_dir=None):
     """keras.applications' model of `family` with `weights` (None, "imagenet" from the
     weights folder, Keras' cache or the network, or a path), without pooling."""
     check_weights_argument(weights)
     shape = tuple(input_shape) if input_shape is not None else (None, None, 3)
-    if any(d is not None and d < MIN_INPUT_SIZE for d in shape[:2]):
+    least = family.min_input_size
+    if any(d is not None and d < least for d in shape[:2]):
         raise InvalidArgumentError(
-            f"{family.display_name} needs images of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
+            f"{family.display_name} needs images of at least {least}x{least} "
             f"pixels. Received: input_shape={shape}")
     builder = getattr(keras.applications, family.builder)
     model = builder(include_top=include_top, weights=None, input_shape=shape,

@@ -1,4 +1,5 @@
-"""The table of ResNet variants: one row per version, one per depth.
+"""The table of ResNet variants: one row per version, one per depth; each ResNet is a
+`Backbone` (`transfer.models.backbones`), built by `transfer.models.resnet`.
 
 Everything else (builders, weights, groups, the CLI) reads these tables, so adding
 a variant is adding a row here.
@@ -7,8 +8,8 @@ a variant is adding a row here.
 from dataclasses import dataclass
 
 from transfer.errors import InvalidArgumentError
+from transfer.models.backbones import STAGES, Backbone
 
-STAGES = ("conv2", "conv3", "conv4", "conv5")
 STAGE_FILTERS = (64, 128, 256, 512)  # bottleneck width; block output is 4x this
 
 BLOCKS_PER_STAGE = {
@@ -17,11 +18,7 @@ BLOCKS_PER_STAGE = {
     152: (3, 8, 36, 3),
 }
 
-# The groups of every ResNet, in order; `post` exists in v2 only, `head` on a classifier.
-GROUPS = ("stem", *STAGES, "post", "head")
-
-MIN_INPUT_SIZE = 32
-DEFAULT_INPUT_SIZE = 224
+DEFAULT_INPUT_SIZE = 224  # ImageNet's, for every depth and version
 BN_EPSILON = 1.001e-5  # keras.applications' value, part of the weights' contract
 TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default, part of torchvision's weights
 
@@ -61,12 +58,18 @@ VERSIONS = {
 }
 
 
+# The first part of a ResNet layer's name -> its group: the layer names are keras.applications'.
+_PREFIX_GROUPS = {"conv1": "stem", "pool1": "stem", "post": "post",
+                  **{stage: stage for stage in STAGES}}
+
+
 @dataclass(frozen=True)
-class Architecture:
+class Architecture(Backbone):
     """One concrete ResNet: a depth and a version."""
 
     depth: int
     version: Version
+    summary_with_top = True  # `transfer info` shows keras.applications' model, top included
 
     @property
     def blocks(self):
@@ -90,6 +93,16 @@ class Architecture:
     def default_size(self):
         return DEFAULT_INPUT_SIZE
 
+    @property
+    def option_values(self):
+        """A ResNet is recorded by depth and version, whichever way it was named."""
+        return {"arch": None, "depth": self.depth, "version": self.version.name}
+
+    def group_of(self, layer_name, previous_group):
+        # Unnamed layers (the input, v2's shortcut max-pooling) belong with the layer
+        # before them: the shortcut pool follows the previous block of its own stage.
+        return _PREFIX_GROUPS.get(layer_name.split("_", 1)[0], previous_group)
+
 
 def get_architecture(depth=50, version="v1"):
     """Return the `Architecture` for `depth` and `version`, or raise naming both."""
@@ -108,6 +121,11 @@ def get_architecture(depth=50, version="v1"):
             f"Unknown ResNet version: {version!r}. Expected one of {', '.join(VERSIONS)}."
         )
     return Architecture(depth, VERSIONS[key])
+
+
+# Every ResNet of the table, by depth then version.
+ARCHITECTURES = tuple(Architecture(depth, version) for depth in BLOCKS_PER_STAGE
+                      for version in VERSIONS.values())
 
 
 def image_size_pair(image_size):

@@ -1,22 +1,21 @@
 """Backbones other than ResNet, built by `keras.applications`: one row per architecture
-(builder, preprocessing, default size, groups), and the `--arch` names of all of them.
+(builder, preprocessing, default size, layer names), each a `Backbone`
+(`transfer.models.backbones`), and the `--arch` names of every backbone.
 
 The from-scratch ResNet stays the core (`transfer.models.resnet`); these rows only say
-how to call keras.applications and how to read its layer names. Groups are named as
-ResNet's, by the stride their output has: stem, conv2 (/4), conv3 (/8), conv4 (/16),
-conv5 (/32), post (the last 1x1 convolution or norm), head. So `--fine-tune-from conv5`
-means the last stage of any family. `transfer.models.applications` builds them.
+how to call keras.applications and how to read its layer names into the groups every
+backbone shares. `transfer.models.applications` builds them.
 """
 
 import re
 from dataclasses import dataclass
 
 from transfer.errors import InvalidArgumentError
-from transfer.models.architectures import STAGES, get_architecture
+from transfer.models.architectures import ARCHITECTURES, get_architecture
+from transfer.models.backbones import STAGES, Backbone
 
 # The weights expect raw 0-255 pixels: keras.applications put the scaling in the model.
 INSIDE = "none"
-MIN_INPUT_SIZE = 32  # keras.applications' minimum for every family here
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ _CONVNEXT = LayerNames((
 
 
 @dataclass(frozen=True)
-class Family:
+class Family(Backbone):
     """One keras.applications architecture, as `transfer` uses it."""
 
     name: str  # the --arch name, the feature cache's and the weights' key
@@ -57,14 +56,16 @@ class Family:
     # EfficientNet's ImageNet build adds a Rescaling after its Normalization layer (the
     # file's variance is the std, tensorflow#49930); we fold it into that variance.
     imagenet_rescale: tuple = None
+    summary_with_top = False  # `transfer info` shows the backbone as fine-tuning uses it
 
     @property
     def display_name(self):
         return self.builder
 
     @property
-    def groups(self):
-        return ("stem", *STAGES, "post", "head")
+    def option_values(self):
+        """A family is recorded by its --arch name alone: depth and version are ResNet's."""
+        return {"arch": self.name, "depth": None, "version": None}
 
     def group_of(self, layer_name, previous_group):
         """The group of a backbone layer; unnamed layers (activations, adds) follow the
@@ -117,24 +118,22 @@ _ROWS = [
 FAMILIES = {row.name: row for row in _ROWS}
 _BY_MODEL_NAME = {row.model_name: row for row in _ROWS}
 
-# --arch names of the ResNets: (depth, version) rows of transfer.models.architectures.
-RESNET_NAMES = {f"resnet{d}{s}": (d, v) for d in (50, 101, 152)
-                for v, s in (("v1", ""), ("v1.5", "v1.5"), ("v2", "v2"))}
-ARCH_NAMES = (*RESNET_NAMES, *FAMILIES)
+# --arch names of the ResNets: every row of the architecture table, by its name.
+RESNET_NAMES = {architecture.name: architecture for architecture in ARCHITECTURES}
+BACKBONES = {**RESNET_NAMES, **FAMILIES}  # --arch name -> Backbone
+ARCH_NAMES = tuple(BACKBONES)
 SMALLEST = ("resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
             "efficientnet_v2_b0", "convnext_tiny")  # each family's smallest member
 
 
 def resolve_architecture(arch=None, depth=50, version="v1"):
-    """The architecture named by `arch` (an --arch name), or else the ResNet of
-    `depth` and `version`: an `Architecture` or a `Family`."""
+    """The `Backbone` named by `arch` (an --arch name), or else the ResNet of `depth` and
+    `version`."""
     if arch is None:
         return get_architecture(depth, version)
     key = str(arch).lower().replace("-", "_")
-    if key in RESNET_NAMES:
-        return get_architecture(*RESNET_NAMES[key])
-    if key in FAMILIES:
-        return FAMILIES[key]
+    if key in BACKBONES:
+        return BACKBONES[key]
     raise InvalidArgumentError(
         f"Unknown architecture: arch={arch!r}. Expected one of {', '.join(ARCH_NAMES)}.")
 
@@ -145,6 +144,3 @@ def family_of_model(model):
     # keras.applications names a MobileNetV2 by its input size unless told a name
     return _BY_MODEL_NAME.get(re.sub(r"^(mobilenetv2_1\.00)_\d+$", r"\1_224", name))
 
-
-def is_family(architecture):
-    return isinstance(architecture, Family)

@@ -11,24 +11,9 @@ from collections import OrderedDict
 from transfer.errors import InvalidArgumentError
 from transfer.lazy import keras
 from transfer.models import names
-from transfer.models.architectures import GROUPS, STAGES
-from transfer.models.families import is_family
 from transfer.models.identify import architecture_of, find_backbone
 
-_PREFIX_GROUPS = {"conv1": "stem", "pool1": "stem", "post": "post",
-                  **{stage: stage for stage in STAGES}}
 _HEAD_NAMES = {*names.TOP_POOLINGS, names.CLASSIFIER}
-
-
-def _backbone_group(layer_name, previous_group):
-    prefix = layer_name.split("_", 1)[0]
-    if prefix in _PREFIX_GROUPS:
-        return _PREFIX_GROUPS[prefix]
-    if layer_name in _HEAD_NAMES:
-        return "head"
-    # Unnamed layers (the input, v2's shortcut max-pooling) belong with the layer
-    # before them: the shortcut pool follows the previous block of its own stage.
-    return previous_group
 
 
 def groups(model):
@@ -40,9 +25,7 @@ def groups(model):
     """
     backbone = find_backbone(model)
     architecture = architecture_of(backbone)
-    family = is_family(architecture)
-    group_of = architecture.group_of if family else _backbone_group
-    result = OrderedDict((name, []) for name in (architecture.groups if family else GROUPS))
+    result = OrderedDict((name, []) for name in architecture.groups)
     outer = model.layers if backbone is not model else [backbone]
     seen_backbone = False
     for outer_layer in outer:
@@ -50,10 +33,10 @@ def groups(model):
             seen_backbone = True
             group = "stem"
             for layer in backbone.layers:
-                if family and (group == "head" or layer.name in _HEAD_NAMES):
+                if group == "head" or layer.name in _HEAD_NAMES:
                     group = "head"  # keras.applications' top, built with include_top
                 else:
-                    group = group_of(layer.name, group)
+                    group = architecture.group_of(layer.name, group)
                 result[group].append(layer)
         else:
             result["head" if seen_backbone else "stem"].append(outer_layer)

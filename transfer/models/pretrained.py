@@ -11,7 +11,7 @@ families' rows (`transfer.models.families`) are keras.applications' files too, n
 from dataclasses import dataclass
 
 from transfer.errors import WeightsError
-from transfer.models.architectures import VERSIONS
+from transfer.models.architectures import VERSIONS, get_architecture
 
 KERAS_APPLICATIONS = "keras.applications"
 TORCHVISION = "torchvision"
@@ -47,8 +47,8 @@ class Checkpoint:
 
     @property
     def model(self):
-        """The name of the architecture the file is for (`Architecture.name`)."""
-        return self.arch or f"resnet{self.depth}{VERSIONS[self.version].model_suffix}"
+        """The name of the backbone the file is for (`Backbone.name`)."""
+        return self.arch or get_architecture(self.depth, self.version).name
 
     @property
     def id(self):
@@ -62,7 +62,7 @@ class Checkpoint:
 
 
 def _keras_rows(depth, version, top_md5, notop_md5):
-    name = f"resnet{depth}{VERSIONS[version].model_suffix}"
+    name = get_architecture(depth, version).name
     rows = []
     for include_top, md5 in ((True, top_md5), (False, notop_md5)):
         file = f"{name}_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
@@ -165,8 +165,7 @@ assert len(CHECKPOINTS) == len(_ROWS), "checkpoint ids must be unique"
 
 
 def checkpoints(architecture, source=None):
-    """The rows of `architecture` (an `Architecture` or a `Family`), optionally of one
-    publisher."""
+    """The rows of `architecture` (a `Backbone`, by its name), optionally of one publisher."""
     return [row for row in CHECKPOINTS.values()
             if row.model == architecture.name and source in (None, row.source)]
 

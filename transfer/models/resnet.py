@@ -12,11 +12,12 @@ from transfer.lazy import keras, layers
 from transfer.models import names
 from transfer.models.architectures import (
     DEFAULT_INPUT_SIZE,
-    MIN_INPUT_SIZE,
     STAGE_FILTERS,
     STAGES,
+    Architecture,
     get_architecture,
 )
+from transfer.models.backbones import MIN_INPUT_SIZE, builds
 from transfer.models.weights.load import check_weights_argument, load_weights
 
 POOLING_MODES = (None, "avg", "max")
@@ -230,6 +231,14 @@ def ResNet(
     if weights is not None:
         load_weights(model, weights, architecture=arch, weights_dir=weights_dir)
     return model
+
+
+@builds(Architecture)
+def build_resnet(architecture, include_top=False, weights="imagenet", input_shape=None,
+                 weights_dir=None):
+    """`Backbone.build` of a ResNet of the table."""
+    return ResNet(architecture.depth, architecture.version.name, include_top=include_top,
+                  weights=weights, input_shape=input_shape, weights_dir=weights_dir)
 
 
 def _variant(depth, version):

@@ -7,7 +7,7 @@ import numpy as np
 
 from transfer.lazy import keras
 from transfer.models.applications import build_backbone
-from transfer.models.families import is_family, resolve_architecture
+from transfer.models.families import resolve_architecture
 from transfer.models.groups import groups
 from transfer.models.pretrained import checkpoints
 
@@ -46,16 +46,18 @@ def multiply_adds(model):
     return total
 
 
-def describe(depth=50, version="v1", input_size=224, arch=None):
+def describe(depth=50, version="v1", input_size=None, arch=None):
     """Build the architecture (no weights) and summarise it by group.
 
-    `checkpoints` lists the published ImageNet weights (`transfer.models.pretrained`):
-    keras.applications' files for v1, v2 and the other families, torchvision's and
-    timm's for v1.5. A ResNet is built with its ImageNet top, another family (`arch`)
-    as a backbone without it, as fine-tuning uses it.
+    `input_size` defaults to the backbone's ImageNet size. `checkpoints` lists the
+    published ImageNet weights (`transfer.models.pretrained`): keras.applications' files
+    for v1, v2 and the other families, torchvision's and timm's for v1.5. The backbone
+    is built with its ImageNet top where its `summary_with_top` says so (ResNet, as
+    keras.applications publishes it), else without it, as fine-tuning uses it.
     """
     arch = resolve_architecture(arch, depth, version)
-    model = build_backbone(arch, include_top=not is_family(arch), weights=None,
+    input_size = input_size or arch.default_size
+    model = build_backbone(arch, include_top=arch.summary_with_top, weights=None,
                            input_shape=(input_size, input_size, 3))
     rows = [
         GroupSummary(name, len(layers), tuple(layers[-1].output.shape),
@@ -64,6 +66,7 @@ def describe(depth=50, version="v1", input_size=224, arch=None):
     ]
     return {
         "architecture": arch,
+        "input_size": input_size,
         "groups": rows,
         "layers": len(model.layers),
         "params": model.count_params(),

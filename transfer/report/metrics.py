@@ -1,5 +1,6 @@
 """Classification metrics and reports with scikit-learn, and the files they go to;
-for multi-label models also the per-label thresholds, tuned on validation."""
+for multi-label models also the per-label thresholds, tuned on validation; and the
+words the command line and report.html both show them in."""
 
 from pathlib import Path
 
@@ -9,6 +10,36 @@ from transfer.io import write_csv, write_text
 from transfer.report.plots import plot_confusion_matrix
 from transfer.runs import report_file
 from transfer.runtime import MULTI_LABEL_THRESHOLD, score
+
+
+def scores_line(metrics, log_loss=True):
+    """One split's scores on one line: accuracy, top-5 (where there is one), macro F1
+    and log loss; for multi-label metrics the mean average precision (with chance's),
+    micro and macro F1 and exact match."""
+    m = metrics
+    if "mean_average_precision" in m:
+        parts = [f"mAP {m['mean_average_precision']:.4f} (chance {m['label_frequency']:.4f})",
+                 f"micro F1 {m['micro_f1']:.4f}", f"macro F1 {m['macro_f1']:.4f}",
+                 f"exact match {m['exact_match']:.4f}"]
+        return ", ".join(parts)
+    parts = [f"accuracy {m['accuracy']:.4f}"]
+    if "top5_accuracy" in m:
+        parts.append(f"top-5 {m['top5_accuracy']:.4f}")
+    parts.append(f"macro F1 {m['macro_f1']:.4f}")
+    if log_loss:
+        parts.append(f"log loss {m['log_loss']:.4f}")
+    return ", ".join(parts)
+
+
+def split_title(name, metrics):
+    """"validation (64 images)": a split's name and its number of images."""
+    return f"{name} ({metrics['images']} images)"
+
+
+def phase_label(phase):
+    """How a run's phase ("head" or "fine-tune", as metrics.json's kept names it) is
+    called where people read it."""
+    return "phase 1 (head)" if phase == "head" else "phase 2 (fine-tune)"
 
 
 def top_k_accuracy(y_true, probabilities, k):

@@ -24,9 +24,10 @@ def _save(fig, path):
 
 
 # The confusion matrix grows with the square of the class count: its figure stops
-# growing at MAX_MATRIX_INCHES (150 classes once took 2.7 GB), cells lose their count
-# above MAX_CELL_LABELS classes and the axes their class names above MAX_TICK_LABELS
-# (confusion_matrix.csv has them all). Names are cut so that none widens the figure.
+# growing at MAX_MATRIX_INCHES (drawing it takes memory in proportion to its area),
+# cells lose their count above MAX_CELL_LABELS classes and the axes their class names
+# above MAX_TICK_LABELS (confusion_matrix.csv has them all). Names are cut so that
+# none widens the figure.
 DPI = 120
 MAX_MATRIX_INCHES = 16
 MAX_CELL_LABELS = 30

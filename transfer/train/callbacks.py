@@ -195,11 +195,11 @@ def _changing_variables(model):
 def early_stopping(model, patience, path=None):
     """Keras' EarlyStopping(monitor="val_loss", restore_best_weights=True, verbose=1),
     keeping a copy of only the variables training changes: Keras copies every weight
-    of the model at each better epoch (94 MB for a ResNet50, while phase 2 from conv5
-    changes 60 MB of it), and holds the old copy while it makes the new one. With
+    of the model at each better epoch (phase 2 from conv5 changes about two thirds of
+    a ResNet50's), and holds the old copy while it makes the new one. With
     `path` (an .npz), the copy is written there instead of held in memory, one
     variable at a time: phase 2's peak is its memory's, and the file costs a tenth of
-    a second an improved epoch."""
+    moment an improved epoch."""
     variables = _changing_variables(model)
     state = {}
 
@@ -262,13 +262,7 @@ def resume_backup(model, directory, interval):
     def on_epoch_end(epoch, logs=None):
         if time.monotonic() - last[0] < interval:
             return
-        # The variables themselves: write_npz copies one at a time (Adam's state of
-        # conv5 and the head is 180 MB).
-        arrays = {f"model_{i}": v for i, v in enumerate(_changing_variables(model))}
-        arrays.update({f"optimizer_{i}": v for i, v in enumerate(model.optimizer.variables)})
-        directory.mkdir(parents=True, exist_ok=True)
-        write_npz(directory / BACKUP_FILE, arrays, compress=False)
-        write_json(directory / BACKUP_EPOCH_FILE, {"epoch": epoch + 1})  # after the weights
+        write_backup(model, directory, epoch + 1)
         last[0] = time.monotonic()
 
     def on_train_end(logs=None):
@@ -276,6 +270,19 @@ def resume_backup(model, directory, interval):
             (directory / name).unlink(missing_ok=True)
 
     return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end, on_train_end=on_train_end)
+
+
+def write_backup(model, directory, epochs):
+    """The model's changing variables and its optimizer's state in `directory`, for a
+    resumed phase to go on after `epochs` epochs."""
+    # The variables themselves: write_npz copies one at a time (Adam's state is twice
+    # the variables that train).
+    arrays = {f"model_{i}": v for i, v in enumerate(_changing_variables(model))}
+    arrays.update({f"optimizer_{i}": v for i, v in enumerate(model.optimizer.variables)})
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_npz(directory / BACKUP_FILE, arrays, compress=False)
+    write_json(directory / BACKUP_EPOCH_FILE, {"epoch": epochs})  # after the weights
 
 
 def backup_epoch(directory):

@@ -64,10 +64,8 @@ def fit_logistic_regression(features, labels, num_classes, folds=FOLDS, seed=0,
         warnings.filterwarnings("ignore", message="Label .* is present in all training")
         warnings.filterwarnings("ignore", message="Label not .* is present in all training")
         # One BLAS thread: lbfgs's small products spend more time syncing threads than
-        # computing (240 images x 2048 features on 2 cores: 74 s with two, 5 s with one).
-        # The cores go to the folds instead, in threads (the same fits, in parallel;
-        # no worker processes to start or copy the features to): on 1,467 x 2,048
-        # features on 2 cores, 37 s in one thread, 23 s in two, the same C.
+        # computing. The cores go to the folds instead, in threads (the same fits, in
+        # parallel; no worker processes to start or copy the features to).
         with threadpool_limits(limits=1, user_api="blas"), parallel_backend("threading",
                                                                             n_jobs=jobs):
             classifier.fit(features, labels)

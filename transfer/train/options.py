@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from transfer.data.augment import PRESETS
 from transfer.data.pipeline import MAX_PIXELS
+from transfer.data.splits import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
 from transfer.errors import InvalidArgumentError, unknown_choice
-from transfer.models.families import is_family, resolve_architecture
+from transfer.models.families import resolve_architecture
 from transfer.models.heads import POOLINGS
 from transfer.models.pretrained import check_imagenet_available
 from transfer.train.distribute import STRATEGIES
@@ -39,10 +40,10 @@ class FinetuneOptions:
     version: str = "v1"
     weights: str = "imagenet"  # "imagenet", a file path, or "none"
     weights_dir: str = None
-    image_size: int = 224
+    image_size: int = None  # None: the backbone's ImageNet size (its default_size)
     batch_size: int = 32  # global batch size
-    val_split: float = 0.2
-    test_split: float = 0.0
+    val_split: float = DEFAULT_VAL_SPLIT
+    test_split: float = DEFAULT_TEST_SPLIT
     head_init: str = "probe"  # phase 1 with head_epochs=auto: the probe's solution, or Adam
     head_epochs: int = AUTO  # or a number of epochs; see transfer.train.phases.head_epochs
     head_learning_rate: float = 1e-3
@@ -85,14 +86,16 @@ class FinetuneOptions:
 
     def validate(self):
         architecture = self.architecture
-        if is_family(architecture):
-            if str(self.depth) not in ("None", "50") or self.version not in (None, "v1"):
-                raise InvalidArgumentError(
-                    f"depth and version are ResNet's; arch={self.arch!r} names the whole "
-                    f"architecture. Received: depth={self.depth!r}, version={self.version!r}")
-            self.arch, self.depth, self.version = architecture.name, None, None
-        else:  # a ResNet is recorded by depth and version, whichever way it was named
-            self.arch, self.depth, self.version = None, architecture.depth, architecture.version.name
+        recorded = architecture.option_values  # a ResNet by depth and version, others by arch
+        if recorded["depth"] is None and (
+                str(self.depth) not in ("None", "50") or self.version not in (None, "v1")):
+            raise InvalidArgumentError(
+                f"depth and version are ResNet's; arch={self.arch!r} names the whole "
+                f"architecture. Received: depth={self.depth!r}, version={self.version!r}")
+        self.arch, self.depth, self.version = (
+            recorded["arch"], recorded["depth"], recorded["version"])
+        if self.image_size is None:
+            self.image_size = architecture.default_size
         checks = [
             (self.optimizer in OPTIMIZERS, "optimizer", tuple(OPTIMIZERS)),
             (self.augment in AUGMENT_PRESETS, "augment", AUGMENT_PRESETS),
@@ -150,7 +153,7 @@ class FinetuneOptions:
 
     @property
     def architecture(self):
-        """The `Architecture` (ResNet) or `Family` these options name."""
+        """The `Backbone` these options name."""
         return resolve_architecture(self.arch, self.depth, self.version)
 
     @property
