@@ -2,6 +2,7 @@
 are the numerical reference and are used here only."""
 
 import atexit
+import collections
 import os
 import shutil
 import tempfile
@@ -19,15 +20,32 @@ import pytest  # noqa: E402
 
 import transfer  # noqa: E402
 
-# pytest-xdist (--dist loadfile) hands out test files in collection order: the
-# slowest first (scripts/test --durations=0), so that the two workers end together.
-SLOWEST_FILES = ("test_scale.py", "test_recipe.py", "test_weights.py", "test_use.py",
-                 "test_speed.py", "test_finetune.py", "test_compat.py", "test_safeguards.py")
+# The test tiers (setup.cfg's markers, `scripts/test --fast`): a test that trains a model
+# or runs a command end to end is marked `trains` and stays out of the fast tier; one
+# over FAST_SECONDS without that mark is named at the end of a fast run.
+FAST_SECONDS = 10.0
+_unmarked_slow = []
 
 
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+    # pytest-xdist (--dist loadfile) hands out test files in collection order: the files
+    # with the most training first, so that the two workers end together.
+    training = collections.Counter(item.path.name for item in items
+                                   if item.get_closest_marker("trains"))
+    items.sort(key=lambda item: -training[item.path.name])  # stable: files stay whole
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.duration > FAST_SECONDS and \
+            not {"trains", "slow", "torch"} & set(report.keywords):
+        _unmarked_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unmarked_slow:
+        terminalreporter.section("slow tests without the trains marker")
+        for nodeid, seconds in _unmarked_slow:
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
 
 
 # (our builder, keras.applications builder name, depth, version): one row per variant.

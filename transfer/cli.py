@@ -9,8 +9,10 @@ command's flags (`--name value`).
 
 import contextlib
 import csv
+import difflib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -31,15 +33,17 @@ from transfer.commands import predict as predict_command  # noqa: E402
 from transfer.commands import probe as probe_command  # noqa: E402
 from transfer.commands import report as report_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
-from transfer.errors import RunInterruptedError, TransferError  # noqa: E402
+from transfer.data.sources import IMAGE_EXTENSIONS  # noqa: E402
+from transfer.errors import RunFailedError, RunInterruptedError, TransferError  # noqa: E402
 from transfer.export.compare import describe as describe_agreement  # noqa: E402
 from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
+from transfer.models.backbones import MIN_INPUT_SIZE  # noqa: E402
 from transfer.models.families import ARCH_NAMES  # noqa: E402
 from transfer.models.heads import POOLINGS  # noqa: E402
 from transfer.models.weights.download import WEIGHTS_DIR_ENV  # noqa: E402
 from transfer.report.metrics import phase_label, scores_line, split_title  # noqa: E402
 from transfer.runtime import INFERENCE_BATCH_SIZE  # noqa: E402
-from transfer.startup_noise import filter_stderr  # noqa: E402
+from transfer.startup_noise import filter_stderr, open_standard_streams  # noqa: E402
 from transfer.train import options as finetune_options  # noqa: E402
 from transfer.train.distribute import STRATEGIES  # noqa: E402
 from transfer.train.feature_cache import CACHE_DIR_ENV  # noqa: E402
@@ -100,6 +104,36 @@ def _params_in_scope(ctx):
 RESULTS_STREAM = "transfer.results"  # ctx.meta key: the real standard output
 
 
+class ResultsStream:
+    """Standard output for a command's results: a write that fails (a full disk, a closed
+    stdout) is a RunFailedError, one `Error:` line, never a traceback; what is still
+    buffered then goes to /dev/null, so that Python's last flush does not fail again."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._guarded(lambda: self._stream.write(text))
+
+    def flush(self):
+        return self._guarded(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def _guarded(self, call):
+        try:
+            return call()
+        except (OSError, ValueError) as exc:  # ValueError: a closed stream
+            with contextlib.suppress(OSError, ValueError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self._stream.fileno())
+                os.close(null)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise RunFailedError(f"Cannot write the results to standard output: {reason}.") \
+                from exc
+
+
 def results_stream():
     """Where a command's results go: standard output as it was before the command ran."""
     return click.get_current_context().meta.get(RESULTS_STREAM, sys.stdout)
@@ -114,10 +148,17 @@ class TransferCommand(click.Command):
     """A command whose library errors and warnings name its own flags, and whose
     standard output holds its results alone (`predict --format csv > out.csv`)."""
 
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            exc.possibilities = suggested_options(exc.option_name, self) or exc.possibilities
+            raise
+
     def invoke(self, ctx):
         params = _params_in_scope(ctx)
         _setup_logging(params)
-        ctx.meta[RESULTS_STREAM] = sys.stdout
+        ctx.meta[RESULTS_STREAM] = ResultsStream(sys.stdout)
         try:
             # Keras and TensorFlow print progress to sys.stdout: send it to stderr.
             with contextlib.redirect_stdout(sys.stderr):
@@ -127,6 +168,8 @@ class TransferCommand(click.Command):
                     raise
                 except KeyboardInterrupt as exc:  # else click reports "aborted", exit 1
                     raise RunInterruptedError("Interrupted.") from exc
+                finally:  # a full disk or a closed stdout is an error here, not at exit
+                    ctx.meta[RESULTS_STREAM].flush()
         except TransferError as exc:
             if ctx.find_root().params.get("debug") or os.environ.get(DEBUG_ENV) == "1":
                 raise
@@ -153,6 +196,8 @@ class TransferGroup(click.Group):
         except click.ClickException as exc:
             if debug:
                 raise
+            if isinstance(exc, click.UsageError) and help_hint(exc.ctx):
+                click.echo(help_hint(exc.ctx), err=True)
             click.echo(f"Error: {exc.format_message()}", err=True)
             code = exc.exit_code
         except TransferError as exc:  # raised outside a command
@@ -184,17 +229,120 @@ class Choice(click.Choice):
 
 
 class IntOrAuto(click.ParamType):
-    """A whole number, or `auto` for the library to plan it."""
+    """A whole number of 0 or more, or `auto` for the library to plan it."""
 
     name = "INTEGER|auto"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) or str(value).lower() == finetune_options.AUTO:
-            return value if isinstance(value, int) else finetune_options.AUTO
+        if str(value).lower() == finetune_options.AUTO:
+            return finetune_options.AUTO
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             self.fail(f"{value!r} is not a whole number or 'auto'.", param, ctx)
+        if number < 0:
+            self.fail(f"{number} is not 0 or more, nor 'auto'.", param, ctx)
+        return number
+
+
+class ImagePaths(click.Argument):
+    """The image files and folders after RUN_OR_MODEL; when there are none, the error
+    says which argument comes first (`transfer predict photo.jpg` names no model)."""
+
+    def process_value(self, ctx, value):
+        try:
+            return super().process_value(ctx, value)
+        except click.MissingParameter:
+            first = ctx.params.get("run_or_model")
+            looks = (f"{first} looks like an image, but " if first
+                     and os.path.splitext(first)[1].lower() in IMAGE_EXTENSIONS else "")
+            raise click.UsageError(
+                f"Missing the images: {looks}the first argument is a run directory or a .keras "
+                "model file, and the image files or folders come after it, as in "
+                f"`{ctx.command_path} runs/flowers photo.jpg`.", ctx) from None
+
+
+class FloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and infinity."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+# The ranges of numeric options, from the library's limits: a value outside is one
+# `Error:` line and exit code 2 before anything runs.
+AT_LEAST_ONE = click.IntRange(min=1)  # batch sizes, top-k, steps, hidden units, pixels
+COUNT = click.IntRange(min=0)  # epochs, patience
+SEED = click.IntRange(0, 2**32 - 1)  # NumPy's seeds
+IMAGE_SIZE = click.IntRange(min=MIN_INPUT_SIZE)  # the smallest input of every backbone
+FRACTION = FloatRange(0.0, 1.0, max_open=True)  # held-out splits, dropout, label smoothing
+PROBABILITY = FloatRange(0.0, 1.0)
+LEARNING_RATE = FloatRange(0.0, min_open=True)
+LAYER_DECAY = FloatRange(0.0, 1.0, min_open=True)
+SECONDS = FloatRange(0.0)
+POINTS = FloatRange(0.0, 100.0)  # accuracy points
+FOLDS = click.IntRange(min=2)  # cross-validation needs two folds
+
+
+def help_hint(ctx):
+    """click's "Try 'transfer finetune -h' for help." for a usage error in `ctx`."""
+    if ctx is None or ctx.command.get_help_option(ctx) is None:
+        return None
+    return f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help."
+
+
+# What other tools (Keras examples, timm, Ultralytics, fastai) call our flags: an
+# unknown option among these is answered with ours, besides click's near spellings.
+OPTION_ALIASES = {
+    "--epochs": ("--fine-tune-epochs", "--head-epochs"),
+    "--num-epochs": ("--fine-tune-epochs", "--head-epochs"),
+    "--max-epochs": ("--fine-tune-epochs", "--head-epochs"),
+    "--lr": ("--fine-tune-lr", "--head-lr", "--start-lr"),
+    "--lr0": ("--fine-tune-lr", "--head-lr"),
+    "--learning-rate": ("--fine-tune-lr", "--head-lr", "--start-lr"),
+    "--model": ("--arch", "--depth", "--weights"),
+    "--backbone": ("--arch", "--depth"),
+    "--network": ("--arch", "--depth"),
+    "--pretrained": ("--weights",),
+    "--img-size": ("--image-size",),
+    "--imgsz": ("--image-size",),
+    "--input-size": ("--image-size",),
+    "--size": ("--image-size",),
+    "--bs": ("--batch-size",),
+    "--batch": ("--batch-size",),
+    "--dataset": ("--data",),
+    "--data-dir": ("--data",),
+    "--train-dir": ("--data",),
+    "--output": ("--out",),
+    "--output-dir": ("--out",),
+    "--project": ("--out",),
+    "--patience": ("--early-stopping",),
+    "--unfreeze": ("--fine-tune-from",),
+    "--freeze": ("--fine-tune-from",),
+    "--aug": ("--augment",),
+    "--augmentation": ("--augment",),
+    "--amp": ("--mixed-precision",),
+    "--fp16": ("--mixed-precision",),
+    "--half": ("--mixed-precision",),
+    "--xla": ("--jit-compile",),
+    "--topk": ("--top-k",),
+    "--conf": ("--min-confidence",),
+    "--threshold": ("--min-confidence",),
+    "--quantization": ("--quantize",),
+    "--int8": ("--quantize",),
+}
+
+
+def suggested_options(name, command):
+    """The command's options that an unknown `name` may have meant: those other tools'
+    name (OPTION_ALIASES), else click's near spellings."""
+    own = [opt for param in command.params if isinstance(param, click.Option)
+           for opt in (*param.opts, *param.secondary_opts) if opt.startswith("--")]
+    aliased = [opt for opt in OPTION_ALIASES.get(name, ()) if opt in own]
+    return aliased or difflib.get_close_matches(name, own)
 
 
 def _setup_logging(params):
@@ -242,11 +390,12 @@ weights_dir_option = click.option(
     "--weights-dir", type=click.Path(file_okay=False), envvar=WEIGHTS_DIR_ENV,
     help="Folder of pre-downloaded official weight files, looked in before Keras' "
          f"cache and the network [env: {WEIGHTS_DIR_ENV}].")
-batch_size_option = click.option("--batch-size", type=int, default=INFERENCE_BATCH_SIZE,
+batch_size_option = click.option("--batch-size", type=AT_LEAST_ONE, default=INFERENCE_BATCH_SIZE,
                                   show_default=True)
-any_size_option = click.option("--image-size", type=int, help="Only for models that take any size.")
+any_size_option = click.option("--image-size", type=IMAGE_SIZE, help="Only for models that take any size.")
 tfds_data_dir_option = click.option("--tfds-data-dir", type=click.Path(),
-                                    help="TFDS data folder for tfds:NAME.")
+                                    help="TFDS data folder for tfds:NAME [default: TFDS' "
+                                         "own, $TFDS_DATA_DIR or ~/tensorflow_datasets].")
 strict_option = click.option("--strict", is_flag=True, help="Stop on unreadable or non-image "
                              "files instead of reporting and skipping them.")
 # Labels from a CSV file (--data labels.csv): the library's TABLE_OPTIONS.
@@ -269,10 +418,73 @@ reports_out_option = click.option("--out", required=True, type=click.Path(file_o
                                   help="Folder for the reports.")
 
 
+trust_model_option = click.option(
+    "--trust-model", is_flag=True,
+    help="Run a SavedModel that transfer did not write: its graph runs, and a graph can "
+         "read and write files. (A .keras file never runs code; see the deploying guide.)")
+
+
 calibrate_option = click.option(
     "--calibrate", is_flag=True,
     help="Fit a temperature on the validation images and store it in the model "
          "(report.html shows the calibration error before and after).")
+
+
+# --help of the recipe's commands (finetune, lr-find): section -> its options, in order.
+HELP_SECTIONS = {
+    "Data": ("data", "val_split", "test_split", "class_weight", "strict", "max_pixels",
+             "tfds_data_dir", "images", "path_column", "label_column", "split_column",
+             "label_sep", "multi_label"),
+    "Model and weights": ("arch", "depth", "version", "weights", "weights_dir", "image_size",
+                          "pooling", "dropout", "hidden_units", "standardize"),
+    "Phase 1 (the new head, backbone frozen)": ("head_init", "head_epochs",
+                                                "head_learning_rate", "refit"),
+    "Phase 2 (fine-tuning)": ("preset", "fine_tune_from", "fine_tune_epochs",
+                              "fine_tune_learning_rate", "lr_schedule", "layer_decay",
+                              "optimizer", "label_smoothing", "early_stopping_patience",
+                              "futility_stop", "train_bn", "ema", "keep"),
+    "Learning-rate range test": ("start_lr", "end_lr", "steps"),
+    "Augmentation (phase 2)": ("augment", "flip"),
+    "Run directory and output": ("out", "overwrite", "resume", "backup_interval", "seed",
+                                 "calibrate", "report"),
+    "Devices and performance": ("batch_size", "time_limit", "cache_features", "cache_dir",
+                                "mixed_precision", "jit_compile", "strategy"),
+}
+OTHER_OPTIONS = "Other options"  # options HELP_SECTIONS does not list (none, for finetune)
+
+
+class SectionedCommand(TransferCommand):
+    """A command whose --help lists its options in the sections of HELP_SECTIONS, each
+    with its default; -h/--help last."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["context_settings"] = {"show_default": True,
+                                      **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
+
+    def format_options(self, ctx, formatter):
+        records = {param.name: _with_default(param, param.get_help_record(ctx))
+                   for param in self.get_params(ctx) if isinstance(param, click.Option)}
+        records = {name: record for name, record in records.items() if record}
+        help_option = self.get_help_option(ctx)
+        help_record = records.pop(help_option.name, None) if help_option else None
+        for title, names in HELP_SECTIONS.items():
+            rows = [records.pop(name) for name in names if name in records]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        rows = list(records.values())
+        with formatter.section(OTHER_OPTIONS if rows else "Help"):
+            formatter.write_dl(rows + [help_record] if help_record else rows)
+
+
+def _with_default(param, record):
+    """A help record that names its default: an option without one (and without a
+    default in its own words) is not given, `none`; a flag is off unless given."""
+    if record is None or param.is_flag or param.required or param.hidden \
+            or "default:" in record[1].lower():
+        return record
+    return record[0], f"{record[1]}  [default: none]".lstrip()
 
 
 def _finetune_option(flag, name=None, **kwargs):
@@ -300,7 +512,7 @@ def cli(debug):
 
 @cli.command()
 @architecture_options
-@click.option("--image-size", type=int, show_default=BACKBONE_SIZE,
+@click.option("--image-size", type=IMAGE_SIZE, show_default=BACKBONE_SIZE,
               help="Input height and width used for the output shapes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(arch, depth, version, image_size, as_json):
@@ -369,6 +581,14 @@ def weights(arch, depth, version, include_top, weights_dir):
                                  weights_dir=weights_dir, arch=arch))
 
 
+def _given(options):
+    """The recipe options given on the command line (or by an environment variable):
+    the library fills in the rest, a --preset's values first."""
+    ctx = click.get_current_context()
+    return {name: value for name, value in options.items()
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+
+
 # The options of a fine-tuning recipe, shared by finetune and lr-find.
 recipe_options = _options(
     architecture_options,
@@ -377,11 +597,11 @@ recipe_options = _options(
                       "(.h5, .weights.h5, .keras; for v1.5 a torchvision .pth or timm "
                       ".safetensors checkpoint)."),
     weights_dir_option,
-    _finetune_option("--image-size", type=int, show_default=BACKBONE_SIZE),
-    _finetune_option("--batch-size", type=int, help="Global batch size."),
-    _finetune_option("--val-split", type=float,
+    _finetune_option("--image-size", type=IMAGE_SIZE, show_default=BACKBONE_SIZE),
+    _finetune_option("--batch-size", type=AT_LEAST_ONE, help="Global batch size."),
+    _finetune_option("--val-split", type=FRACTION,
                      help="Fraction of each class held out for validation (by a hash of its path)."),
-    _finetune_option("--test-split", type=float,
+    _finetune_option("--test-split", type=FRACTION,
                      help="Fraction of each class held out for a final test."),
     _finetune_option("--head-init", type=Choice(finetune_options.HEAD_INITS),
                      help="Phase 1 on cached features: probe fits a logistic regression (C by "
@@ -391,14 +611,14 @@ recipe_options = _options(
                      help="Phase 1: epochs for the new head on the frozen backbone; auto: the "
                           "probe, or (--head-init train) enough steps to converge on cached "
                           "features (at least 10 epochs)."),
-    _finetune_option("--head-lr", "head_learning_rate", type=float),
+    _finetune_option("--head-lr", "head_learning_rate", type=LEARNING_RATE),
     _finetune_option("--fine-tune-from",
                      help="Phase 2: first group to unfreeze (stem, conv2..conv5, post), or none."),
-    _finetune_option("--fine-tune-epochs", type=int),
-    _finetune_option("--fine-tune-lr", "fine_tune_learning_rate", type=float),
+    _finetune_option("--fine-tune-epochs", type=COUNT),
+    _finetune_option("--fine-tune-lr", "fine_tune_learning_rate", type=LEARNING_RATE),
     _finetune_option("--lr-schedule", type=Choice(finetune_options.LR_SCHEDULES),
                      help="Phase 2: cosine warms up over the first epoch, then decays to 0."),
-    _finetune_option("--layer-decay", type=float,
+    _finetune_option("--layer-decay", type=LAYER_DECAY,
                      help="Phase 2: each group below the head learns this much slower "
                           "(1: one learning rate for all)."),
     click.option("--ema", is_flag=True,
@@ -413,10 +633,11 @@ recipe_options = _options(
                  help="Let BatchNormalization of unfrozen groups train (default: inference mode)."),
     _finetune_option("--optimizer", type=Choice(tuple(finetune_options.OPTIMIZERS)),
                      help="sgd uses momentum 0.9."),
-    _finetune_option("--label-smoothing", type=float),
-    _finetune_option("--dropout", type=float),
+    _finetune_option("--label-smoothing", type=FRACTION),
+    _finetune_option("--dropout", type=FRACTION),
     _finetune_option("--pooling", type=Choice(POOLINGS)),
-    click.option("--hidden-units", type=int, default=None, help="Add a hidden ReLU layer to the head."),
+    click.option("--hidden-units", type=AT_LEAST_ONE, default=None, show_default="none",
+                 help="Add a hidden ReLU layer to the head."),
     click.option("--standardize/--no-standardize", default=FINETUNE.standardize, show_default=True,
                  help="Standardise the pooled features inside the head (training statistics)."),
     _finetune_option("--class-weight", type=Choice(finetune_options.CLASS_WEIGHT_MODES),
@@ -427,19 +648,30 @@ recipe_options = _options(
                           "zoom, contrast), strong (flip, RandAugment, random erasing)."),
     click.option("--flip/--no-flip", default=FINETUNE.flip, show_default=True,
                  help="Horizontal flips in the augmentation (--no-flip for digits and text)."),
-    _finetune_option("--early-stopping", "early_stopping_patience", type=int,
+    _finetune_option("--early-stopping", "early_stopping_patience", type=COUNT,
                      help="Stop a phase after this many epochs without a better val_loss, and "
                           "restore the best weights (0: off)."),
-    _finetune_option("--seed", type=int),
-    _finetune_option("--backup-interval", type=float,
+    click.option("--futility-stop/--no-futility-stop", default=FINETUNE.futility_stop,
+                 show_default=True,
+                 help="Phase 2 stops as soon as it cannot plausibly beat phase 1 on "
+                      "validation in the epochs left (with --keep best)."),
+    click.option("--time-limit", metavar="DURATION",
+                 help="Plan the run to end within this time (90s, 10m, 2h): phase 1, then as "
+                      "many phase-2 epochs as fit, the end of the run reserved."),
+    click.option("--preset", type=Choice(tuple(finetune_options.RECIPE_PRESETS)),
+                 help="fast: a short phase 2 on the frozen groups' cached outputs; balanced: "
+                      "the defaults; best: more epochs, strong augmentation, EMA. Options "
+                      "given explicitly win."),
+    _finetune_option("--seed", type=SEED),
+    _finetune_option("--backup-interval", type=SECONDS,
                      help="Seconds between the backups that --resume continues from (written "
                           "at the end of an epoch; 0: every epoch)."),
     strict_option,
-    _finetune_option("--max-pixels", type=int,
+    _finetune_option("--max-pixels", type=AT_LEAST_ONE,
                      help="Images whose header declares more pixels are skipped unread "
                           "(Pillow's decompression-bomb limit)."),
     click.option("--no-cache", "cache_features", flag_value=False, default=True,
-                 help="Train phase 1 through the frozen backbone instead of on cached features."),
+                 show_default=False, help="Train phase 1 through the frozen backbone instead of on cached features."),
     click.option("--cache-dir", type=click.Path(file_okay=False),
                  help="Where phase-1 features are kept for reuse "
                       f"[default: ${CACHE_DIR_ENV} or ~/.cache/transfer/features]."),
@@ -457,7 +689,7 @@ recipe_options = _options(
 )
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @click.option("--data", "--labels", "data", required=True,
               help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
                    "or a CSV file of image paths and labels.")
@@ -492,7 +724,8 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     if resume and not out:
         raise click.UsageError("--resume needs the --out of the run to continue.")
     result = finetune_command.finetune(data, out=out, overwrite=overwrite, resume=resume,
-                                       calibrate=calibrate, report=report, **options)
+                                       calibrate=calibrate, report=report,
+                                       **_given(options))
     echo("")
     for split, name in (("val", "validation"), ("test", "test")):
         if split in result.metrics:
@@ -517,14 +750,14 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     echo(f"run directory: {result.run_dir}")
 
 
-@cli.command("lr-find")
+@cli.command("lr-find", cls=SectionedCommand)
 @click.option("--data", "--labels", "data", required=True,
               help="Image folder, tfds:NAME or a CSV file of paths and labels.")
 @reports_out_option
 @click.option("--overwrite", is_flag=True, help="Replace the files in a non-empty --out.")
-@click.option("--start-lr", type=float, default=lr_find_command.START_LR, show_default=True)
-@click.option("--end-lr", type=float, default=lr_find_command.END_LR, show_default=True)
-@click.option("--steps", type=int, default=lr_find_command.STEPS, show_default=True,
+@click.option("--start-lr", type=LEARNING_RATE, default=lr_find_command.START_LR, show_default=True)
+@click.option("--end-lr", type=LEARNING_RATE, default=lr_find_command.END_LR, show_default=True)
+@click.option("--steps", type=AT_LEAST_ONE, default=lr_find_command.STEPS, show_default=True,
               help="Batches over which the learning rate grows from --start-lr to --end-lr.")
 @recipe_options
 def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
@@ -539,7 +772,7 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
       transfer lr-find --data ./flowers --out runs/flowers-lr
     """
     result = lr_find_command.lr_find(data, out, start_lr=start_lr, end_lr=end_lr, steps=steps,
-                                     overwrite=overwrite, **options)
+                                     overwrite=overwrite, **_given(options))
     echo(f"suggested: --fine-tune-lr {result.suggested:.2g} "
          f"(plot: {result.out / lr_find_command.PLOT_FILE})")
 
@@ -563,9 +796,15 @@ def _echo_metrics(name, m, log_loss=True):
 @click.option("--compare", type=click.Path(),
               help="Run or .keras model to compare with (top-1 agreement, accuracy "
                    "difference); an export of transfer names its own run by default.")
+@click.option("--split", type=Choice(evaluate_command.SPLITS),
+              help="Images to score. On the run's own data: its val or test split, or all "
+                   "(training images included) [default: test, else val]. On other data: "
+                   "its val/ or test/ folder (or split column), or all [default: test/, "
+                   "else val/, else all, less the run's training images].")
+@trust_model_option
 @table_options
 def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_data_dir, strict,
-             tta, compare, **table):
+             tta, compare, split, trust_model, **table):
     """Evaluate a trained classifier, or an export of one, on labelled images.
 
     RUN_OR_MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite
@@ -573,19 +812,28 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
 
     Writes classification_report.txt, confusion_matrix.png/.csv, predictions.csv,
     metrics.json and report.html to --out. Images of classes the model does not know are
-    counted and reported apart.
+    counted and reported apart. The images the model's run trained on are never scored
+    unless --split all asks for them, and then they are counted.
 
     \b
-    Example:
+    Examples:
       transfer evaluate runs/flowers --data ./flowers-test --out reports/flowers-test
+      transfer evaluate runs/flowers --data ./flowers --out reports/flowers-val
       transfer evaluate flowers-int8.tflite --data ./flowers-test --out reports/int8
     """
     metrics = evaluate_command.evaluate(run_or_model, data, out, batch_size=batch_size,
                                         image_size=image_size, tfds_data_dir=tfds_data_dir,
                                         overwrite=overwrite, strict=strict, tta=tta,
-                                        compare=compare, **table)
+                                        compare=compare, split=split, trust_model=trust_model,
+                                        **table)
     echo("")
     _echo_metrics(f"{metrics['split']} split", metrics)
+    if metrics.get("training_images_scored"):
+        echo(f"training images scored: {metrics['training_images_scored']} of "
+             f"{metrics['images']} (not a held-out score)")
+    if metrics.get("training_images_left_out"):
+        echo(f"training images left out: {metrics['training_images_left_out']} "
+             "(--split all scores them)")
     if metrics.get("agreement"):
         echo(f"agreement with {metrics['compared_with']}: "
              f"{describe_agreement(metrics['agreement'])}")
@@ -597,15 +845,15 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
 
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", type=int, default=predict_command.TOP_K, show_default=True)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), cls=ImagePaths)
+@click.option("--top-k", type=AT_LEAST_ONE, default=predict_command.TOP_K, show_default=True)
 @click.option("--format", "output_format", default=predict_command.OUTPUT_FORMATS[0],
               show_default=True, type=Choice(predict_command.OUTPUT_FORMATS, name="format"))
 @batch_size_option
 @any_size_option
 @click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
                                           "horizontal mirror's (not for digits or text).")
-@click.option("--min-confidence", type=float,
+@click.option("--min-confidence", type=PROBABILITY,
               help=f"Label an image '{predict_command.UNKNOWN}' when its top probability is "
                    "below this (report.html shows accuracy against coverage; single-label "
                    "models).")
@@ -614,7 +862,8 @@ def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, t
     """Top-k labels and probabilities for image files and folders (for a multi-label
     model: every label above its threshold).
 
-    An unreadable file gets its error in its own row; the others go on.
+    An unreadable or missing file gets its error in its own row; the others go on,
+    and the exit code is 1 (0 when every image was predicted, 2 for bad usage).
 
     \b
     Examples:
@@ -628,6 +877,10 @@ def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, t
     errors = sum(1 for r in rows if r["error"])
     if errors:
         click.echo(f"{errors} of {len(rows)} files could not be read.", err=True)
+        click.get_current_context().exit(NOT_ALL_PREDICTED)
+
+
+NOT_ALL_PREDICTED = 1  # predict's exit code when a row holds an error instead of labels
 
 
 def _label(r):
@@ -692,7 +945,7 @@ assert set(PREDICTION_PRINTERS) == set(predict_command.OUTPUT_FORMATS)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--data", help="Images for int8 calibration and the comparison with the Keras "
                              "model, instead of the run's own (its config.json).")
-@click.option("--max-drop", default=export_command.MAX_DROP, show_default=True, type=float,
+@click.option("--max-drop", default=export_command.MAX_DROP, show_default=True, type=POINTS,
               help="Warn when the export's accuracy is more than this many points below the "
                    "Keras model's.")
 @click.option("--no-compare", is_flag=True,
@@ -716,12 +969,11 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
       transfer export runs/flowers --feature-extractor --group conv4 --out conv4.keras
       transfer export runs/source --format h5 --out source_notop.h5
     """
-    path = export_command.export(run_or_model, out, format=format,
-                                 feature_extractor=feature_extractor, group=group,
-                                 pooling=None if pooling == "none" else pooling,
-                                 image_size=image_size, overwrite=overwrite, quantize=quantize,
-                                 data=data, max_drop=max_drop, compare=not no_compare)
-    echo(f"exported: {path}")
+    # the library's log line names what was written, and where: once
+    export_command.export(run_or_model, out, format=format, feature_extractor=feature_extractor,
+                          group=group, pooling=None if pooling == "none" else pooling,
+                          image_size=image_size, overwrite=overwrite, quantize=quantize,
+                          data=data, max_drop=max_drop, compare=not no_compare)
 
 
 @cli.command()
@@ -734,13 +986,13 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
 @click.option("--weights", default=FINETUNE.weights, show_default=True,
               help="Without --model: imagenet, none or a weights file.")
 @weights_dir_option
-@_finetune_option("--image-size", type=int, show_default=BACKBONE_SIZE,
+@_finetune_option("--image-size", type=IMAGE_SIZE, show_default=BACKBONE_SIZE,
                   help="Without --model: input size.")
 @_finetune_option("--pooling", type=Choice(POOLINGS))
 @batch_size_option
-@_finetune_option("--val-split", type=float,
+@_finetune_option("--val-split", type=FRACTION,
                   help="Marks each image's split (by a hash of its path), as finetune does.")
-@_finetune_option("--test-split", type=float)
+@_finetune_option("--test-split", type=FRACTION)
 @tfds_data_dir_option
 @strict_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
@@ -767,9 +1019,9 @@ def embed(data, out, model, arch, depth, version, weights, weights_dir, image_si
 @cli.command()
 @click.argument("embeddings", type=click.Path())
 @reports_out_option
-@click.option("--folds", type=int, default=probe_command.FOLDS, show_default=True,
+@click.option("--folds", type=FOLDS, default=probe_command.FOLDS, show_default=True,
               help="Cross-validation folds for choosing the regularisation.")
-@click.option("--seed", type=int, default=probe_command.SEED, show_default=True)
+@click.option("--seed", type=SEED, default=probe_command.SEED, show_default=True)
 @click.option("--overwrite", is_flag=True)
 def probe(embeddings, out, folds, seed, overwrite):
     """Linear probe: logistic regression on embeddings from `transfer embed`.
@@ -814,15 +1066,18 @@ def report(run_dir, calibrate, batch_size):
     if leaked.get("checked"):
         echo("leaked duplicates: " + ", ".join(f"{split} {leaked[split]}"
                                                for split in ("val", "test") if split in leaked))
+    if metrics.get("training_images_scored"):
+        echo(f"training images scored: {metrics['training_images_scored']} of "
+             f"{metrics['images']} (not a held-out score)")
     echo(f"report: {path}")
 
 
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), cls=ImagePaths)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for the overlays (<image name>.gradcam.png).")
-@click.option("--top-k", type=int, default=predict_command.TOP_K, show_default=True)
+@click.option("--top-k", type=AT_LEAST_ONE, default=predict_command.TOP_K, show_default=True)
 @click.option("--group", help="Convolutional group to explain (conv2..conv5, post) "
                               "[default: the last one at least 4 cells wide].")
 @any_size_option

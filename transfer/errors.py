@@ -7,6 +7,8 @@ flags (`--out runs/a`, `--overwrite`) at its boundary, so a Python caller never
 gets advice about flags it did not pass.
 """
 
+import numbers
+
 SHOWN_ITEMS = 5  # items named in a message before "and N more"
 
 
@@ -65,6 +67,15 @@ def listing(items, limit=SHOWN_ITEMS, separator=", "):
     items = [str(item) for item in items]
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return separator.join(items[:limit]) + more
+
+
+def check_whole_number(name, value, minimum=1):
+    """`value` as an int; an InvalidArgumentError naming it unless it is a whole number
+    of at least `minimum` (a batch size or top-k of 0 must not reach TensorFlow)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InvalidArgumentError(
+            f"{name} must be a whole number of at least {minimum}. Received: {name}={value!r}")
+    return int(value)
 
 
 def unknown_choice(name, value, accepted):

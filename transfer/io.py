@@ -73,11 +73,46 @@ def write_json(path, data):
 
 
 def write_csv(path, header, rows):
+    """A CSV file whose text cells cannot run as spreadsheet formulas (`escape_cell`);
+    read it back with `unescape_cell` on every cell."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow(escaped_row(header))
+    writer.writerows(escaped_row(row) for row in rows)
     return write_text(path, buffer.getvalue())
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's CSV
+# injection list): a class name such as =HYPERLINK(...) must stay text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _is_formula(text):
+    """Whether a cell (after any leading quotes) would start a formula: it starts with
+    one of FORMULA_STARTS and is not a plain number such as -0.5."""
+    body = text.lstrip("'")
+    return body[:1] in FORMULA_STARTS and not _PLAIN_NUMBER.fullmatch(body)
+
+
+def escape_cell(value):
+    """A CSV cell as text no spreadsheet runs: text that would start a formula gets a
+    leading single quote, as OWASP advises; numbers, and text that is a plain number,
+    stay as they are. Text that already starts with quotes before such a character
+    gets one more, so that `unescape_cell` gives back exactly what was written."""
+    if isinstance(value, str) and _is_formula(value):
+        return "'" + value
+    return value
+
+
+def unescape_cell(text):
+    """The text `escape_cell` was given, from the cell it wrote."""
+    return text[1:] if text.startswith("'") and _is_formula(text) else text
+
+
+def escaped_row(cells):
+    """A row of cells for csv.writer, each through `escape_cell`."""
+    return [escape_cell(cell) for cell in cells]
 
 
 def write_npz(path, arrays, compress=True):

@@ -15,7 +15,9 @@ data back.
 """
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.csv_labels import TABLE_OPTIONS
+from transfer.data.dataset import TFDS_PREFIX
 from transfer.data.sources import load_dataset
 from transfer.data.splits import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
 from transfer.errors import InvalidArgumentError, first_line
@@ -45,6 +48,8 @@ from transfer.models.names import CLASSIFIER
 from transfer.train.options import RESULT_NEUTRAL
 from transfer.version import __version__
 
+logger = logging.getLogger("transfer")
+
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.keras"
@@ -55,6 +60,7 @@ AUGMENTATION_PREVIEW_FILE = "augmentation_preview.png"
 REPORT_HTML = "report.html"  # transfer.report.html: the page built from the files above
 REPORT_FILES = ("classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
                 "predictions.csv")
+HEAD, FINE_TUNE = "head", "fine-tune"  # the phases' names in history.csv, logs/ and backups
 TEST_PREFIX = "test_"  # the test split's reports: test_predictions.csv, ...
 LOGS_DIR = "logs"
 CHECKPOINTS_DIR = "checkpoints"
@@ -63,6 +69,9 @@ CHECKPOINTS_DIR = "checkpoints"
 MARKER_FILE = ".transfer"
 LOCK_FILE = ".transfer.lock"  # the pid of the run that holds the folder now
 LOCK_WRITE_SECONDS = 10  # a lock without a pid yet is being written for this long at most
+# The temporary name of an atomic write (transfer.io.atomic_path) unchanged this long was
+# left by a process that died (kill -9): a run that claims the folder removes it.
+STALE_PARTIAL_SECONDS = 300
 
 # The files and folders a run writes; overwrite=True removes exactly these.
 RUN_FILES = (CONFIG_FILE, LABELS_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE,
@@ -121,10 +130,10 @@ def default_run_dir(data):
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
 
 
-def prepare_run_dir(path, overwrite=False, keep=False):
-    """Create the run directory; refuse a non-empty one unless `overwrite` (which
-    removes the files of the earlier run, only if a command of ours wrote it) or
-    `keep` (resuming it). Marks the folder as ours."""
+def check_run_dir(path, overwrite=False, keep=False):
+    """Refuse `path` as a run directory as `prepare_run_dir` would, changing nothing
+    (a command checks it before anything heavy loads). Returns whether it holds an
+    earlier run that `overwrite` replaces."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InvalidArgumentError(f"out={path} is a file, not a folder.")
@@ -138,6 +147,16 @@ def prepare_run_dir(path, overwrite=False, keep=False):
                 f"out={path} is not empty and was not written by transfer (no {MARKER_FILE} "
                 f"or {CONFIG_FILE} of a run in it): overwrite=True replaces only a folder of "
                 "ours. Choose another folder, or empty this one yourself.")
+        return True
+    return False
+
+
+def prepare_run_dir(path, overwrite=False, keep=False):
+    """Create the run directory; refuse a non-empty one unless `overwrite` (which
+    removes the files of the earlier run, only if a command of ours wrote it) or
+    `keep` (resuming it). Marks the folder as ours."""
+    path = Path(path)
+    if check_run_dir(path, overwrite, keep):
         for name in RUN_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (path / name).unlink()
@@ -176,10 +195,36 @@ def claimed_run_dir(path, overwrite=False, keep=False):
     make_writable_dir(path)
     lock = _take_lock(path)
     try:
+        remove_stale_partials(path)
         yield prepare_run_dir(path, overwrite=overwrite, keep=keep)
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
+
+
+def remove_stale_partials(folder, max_age=STALE_PARTIAL_SECONDS):
+    """Remove what atomic writes of a killed process left in `folder` and below: hidden
+    `.<name>.<random>.partial<suffix>` files (and `.<name>.partial-<random>` folders)
+    unchanged for `max_age` seconds. Returns how many were removed."""
+    now, removed = time.time(), 0
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            if not (name.startswith(".") and ".partial" in name):
+                continue
+            partial = Path(root) / name
+            with contextlib.suppress(OSError):  # gone already, or not ours to remove
+                if now - partial.lstat().st_mtime <= max_age:
+                    continue
+                if partial.is_dir() and not partial.is_symlink():
+                    shutil.rmtree(partial)
+                else:
+                    partial.unlink()
+                removed += 1
+        dirs[:] = [d for d in dirs if (Path(root) / d).exists()]
+    if removed:
+        logger.info("Removed %d temporary file%s that an interrupted process left in %s.",
+                    removed, "" if removed == 1 else "s", folder)
+    return removed
 
 
 def _take_lock(folder):
@@ -246,7 +291,8 @@ def versions():
 def run_config(data, out, options, dataset, replicas):
     """config.json of a run that starts now; `status` and timings come later."""
     task = {"task": dataset.task} if dataset.task == MULTI_LABEL else {}
-    return {"data": str(data), "out": str(out), "options": options.as_dict(), **task,
+    return {"data": str(data), "out": str(out), "working_dir": os.getcwd(),
+            "options": options.as_dict(), **task,
             "dataset": {"name": dataset.name, "source": dataset.source,
                         "fingerprint": dataset.fingerprint,
                         "splits": {k: len(v) for k, v in dataset.splits.items()},
@@ -269,9 +315,11 @@ def reopen_data(run, data=None, min_classes=2):
     run's fractions; the CSV options apply to the run's own table only. Raises
     DataError or InvalidArgumentError where the images cannot be read."""
     config = run if isinstance(run, dict) else read_config(run)
-    options = config.get("options", {})
-    own = data is None or _same_path(data, config.get("data"))
-    data = config.get("data") if data is None else data
+    base = recorded_base(config, None if isinstance(run, dict) else run)
+    options = {name: recorded_path(value, base) if name in RECORDED_PATH_OPTIONS else value
+               for name, value in config.get("options", {}).items()}
+    own = data is None or is_run_data(config, data, base)
+    data = recorded_path(config.get("data"), base) if data is None else data
     if data is None:
         raise InvalidArgumentError("The run's config.json names no data: pass data=.")
     table = {name: options[name] for name in TABLE_OPTIONS if name in options} if own else {}
@@ -281,10 +329,131 @@ def reopen_data(run, data=None, min_classes=2):
                         **table)
 
 
+def is_run_data(run, data, base=None):
+    """Whether `data` names the images a run trained on: the same folder or CSV file
+    (resolved), or the same TFDS dataset. `run` is a run directory or its config."""
+    config = run if isinstance(run, dict) else read_config(run)
+    if base is None and not isinstance(run, dict):
+        base = recorded_base(config, run)
+    return _same_path(data, recorded_path(config.get("data"), base))
+
+
 def _same_path(data, other):
     if other is None or not isinstance(data, (str, os.PathLike)):
         return False  # a DataFrame
+    if str(data).startswith(TFDS_PREFIX) or str(other).startswith(TFDS_PREFIX):
+        return str(data) == str(other)
     return Path(data).expanduser().resolve() == Path(other).expanduser().resolve()
+
+
+# Options of config.json that name files or folders: relative ones are relative to the
+# run's working_dir, as its data is.
+RECORDED_PATH_OPTIONS = ("images", "tfds_data_dir")
+
+
+def recorded_base(record, folder=None):
+    """The folder that relative paths in `record` (a run's config.json, or the
+    metrics.json of an `evaluate` folder) were given from: its `working_dir` where that
+    still exists; else, for a run, the folder its relative `out` was given from, found
+    from where the run's `folder` is now. None where neither says (the current folder)."""
+    working_dir = record.get("working_dir")
+    if working_dir and Path(working_dir).is_dir():
+        return Path(working_dir)
+    out = record.get("out")
+    if folder is None or not out or Path(out).is_absolute() or ".." in Path(out).parts:
+        return None
+    here, parts = Path(folder).resolve().parts, Path(out).parts
+    if len(parts) >= len(here) or here[-len(parts):] != parts:
+        return None  # moved or renamed since
+    return Path(*here[:-len(parts)])
+
+
+def recorded_path(path, base):
+    """A path stored in a run or `evaluate` folder, as this process opens it: a relative
+    one is joined to `base` (`recorded_base`) unless that is the current folder; TFDS
+    names and absolute paths are kept."""
+    if base is None or not isinstance(path, (str, os.PathLike)) or os.path.isabs(path) \
+            or str(path).startswith(TFDS_PREFIX) or base.resolve() == Path.cwd().resolve():
+        return path
+    return str(base / path)
+
+
+def path_key(path):
+    """An image as two lists of images compare it: its resolved path (a TFDS image, its
+    name)."""
+    path = str(path)
+    return path if path.startswith(TFDS_PREFIX) else os.path.realpath(path)
+
+
+def run_of_model(path, metadata=None):
+    """The run directory a model came from, or None: a run directory itself, the folder
+    of a model file with a config.json beside it, or the run (or its model.keras) that an
+    export names as its source (`metadata["source"]`)."""
+    candidates = [Path(path)]
+    if metadata and metadata.get("source"):
+        candidates.append(Path(metadata["source"]))
+    for candidate in candidates:
+        folder = candidate if candidate.is_dir() else candidate.parent
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    return None
+
+
+def training_images(run_dir):
+    """The `path_key`s of a run's training images, reopened from its config.json, to
+    look for among other data than the run's own; None (with the reason logged) where
+    they cannot be read again."""
+    if str(read_config(run_dir).get("data", "")).startswith(TFDS_PREFIX):
+        return set()  # a TFDS dataset's images are named by it: no other data holds them
+    try:
+        dataset = reopen_data(run_dir, min_classes=1)
+    except Exception as exc:  # moved, deleted, or not readable here
+        logger.warning("The training images of %s cannot be read again (%s): whether any "
+                       "of them are among these images is not known.", run_dir, first_line(exc))
+        return None
+    return {path_key(p) for p in dataset.splits["train"].paths}
+
+
+def model_identity(path):
+    """What tells a model file (or SavedModel folder) from any other: its size in bytes
+    and SHA-256 (for a folder, of its files' names and contents)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest, size = hashlib.sha256(), 0
+    for file in files:
+        if file != path:
+            digest.update(f"{file.relative_to(path).as_posix()}\n".encode("utf8"))
+        size += file.stat().st_size
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def recorded_model(folder, metrics):
+    """The model an `evaluate` folder's metrics.json names, as this process opens it: its
+    path is relative to the folder (or absolute), and it must be the file evaluated (the
+    size and SHA-256 of `model_file`). Folders from before that record name a path
+    relative to where `evaluate` ran: read as they are, where the path resolves."""
+    folder = Path(folder)
+    stored = metrics.get("model")
+    if not stored:
+        raise InvalidArgumentError(f"{folder / METRICS_FILE} names no model.")
+    recorded = metrics.get("model_file")
+    if recorded is None:  # an older evaluation folder
+        return Path(stored)
+    path = folder / stored  # an absolute path stays itself
+    if not path.exists():
+        raise InvalidArgumentError(
+            f"{path}, the model {folder} was evaluated with, does not exist any more. "
+            "Evaluate the model again to report on it.")
+    found = model_identity(path)
+    if found != {k: recorded.get(k) for k in found}:
+        raise InvalidArgumentError(
+            f"{path} is not the model {folder} was evaluated with (its size or SHA-256 "
+            f"differs from the model_file of {METRICS_FILE}). Evaluate it again to report "
+            "on it.")
+    return path
 
 
 def check_resume(run_dir, options):

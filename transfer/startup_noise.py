@@ -5,10 +5,17 @@ TF_CPP_MIN_LOG_LEVEL does not reach those lines: "All log messages before
 absl::InitializeLog()", "Could not find cuda drivers", the CPU-feature notice and,
 on a machine without a GPU, "failed call to cuInit". They go straight to file
 descriptor 2. `filter_stderr` puts a pipe there and passes on every other line,
-real warnings and errors included.
+real warnings and errors included. oneDNN's notes on the data types it leaves to
+Eigen (`util.cc] oneDNN supports DT_HALF only on platforms with AVX-512`), printed
+at run time, are of the same kind.
+
+`open_standard_streams` first gives a closed standard file descriptor a stand-in, so
+that no file opened later (the filter's own copy of stderr included) takes number 0,
+1 or 2 and receives what was meant for the terminal.
 """
 
 import atexit
+import fcntl
 import os
 import re
 import sys
@@ -23,7 +30,9 @@ NOISE = re.compile(
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
     rb"|[EW]\d{4} \S+\s+\d+ (cuda_platform|cuda_dnn|cuda_fft|cuda_blas"
     rb"|computation_placer)\.cc:\d+\] (failed call to cuInit|Unable to register"
-    rb"|computation placer already registered))"
+    rb"|computation placer already registered)"
+    # oneDNN leaves float16 and uint8 ops to Eigen on CPUs without AVX-512: nothing to act on
+    rb"|E\d{4} \S+\s+\d+ util\.cc:\d+\] oneDNN supports DT_\w+ only on platforms with)"
 )
 
 
@@ -31,10 +40,32 @@ def is_noise(line):
     return bool(NOISE.match(line))
 
 
+def open_standard_streams():
+    """Give each closed standard file descriptor (0, 1, 2) a stand-in: /dev/null for
+    reading, so that a write to a closed stdout or stderr still fails (EBADF) rather
+    than landing in whatever file the process opens next. Returns the closed ones;
+    for a closed stdout, `sys.stdout` becomes a stream whose writes fail."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        stand_in = os.open(os.devnull, os.O_RDONLY)
+        if stand_in != fd:
+            os.dup2(stand_in, fd)
+            os.close(stand_in)
+    if 1 in closed and sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  (its writes fail: EBADF)
+    return closed
+
+
 def filter_stderr():
     """Route file descriptor 2 through a filter until the process exits."""
     try:
-        real_stderr = os.dup(2)
+        # above 2: with a standard descriptor closed, os.dup would take its number
+        real_stderr = fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3)
         read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
         os.close(write_end)

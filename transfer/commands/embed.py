@@ -10,7 +10,7 @@ from transfer.data.csv_labels import TABLE_OPTIONS
 from transfer.data.embeddings import EMBEDDING_KEYS
 from transfer.data.pipeline import drop_unreadable, images_only
 from transfer.data.sources import load_dataset
-from transfer.errors import InvalidArgumentError
+from transfer.errors import InvalidArgumentError, check_whole_number
 from transfer.io import write_npz
 from transfer.models.applications import build_backbone
 from transfer.models.architectures import image_size_pair
@@ -36,6 +36,7 @@ def embed(data, out=None, model=None, batch_size=INFERENCE_BATCH_SIZE, overwrite
     indices, or rows of 0/1 per class for multi-label data), paths, splits,
     class_names; with `out`, also writes them to a .npz file.
     """
+    batch_size = check_whole_number("batch_size", batch_size)
     if model is not None:  # the model's own backbone: no weights to fetch or check
         overrides = {**overrides, "weights": None}
     options = resolve_options(options, **overrides)

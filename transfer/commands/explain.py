@@ -8,6 +8,7 @@ import numpy as np
 from transfer.data.dataset import Split
 from transfer.data.files import images_to_read
 from transfer.data.pipeline import images_only
+from transfer.errors import check_whole_number
 from transfer.io import make_writable_dir
 from transfer.report import gradcam
 from transfer.report.plots import plot_explanation
@@ -22,6 +23,8 @@ def explain(run_or_model, paths, out, top_k=TOP_K, group=None, image_size=None,
     """For each image, `out`/<name>.gradcam.png: the image, then its Grad-CAM for each
     of the top-k classes with their probabilities. Returns [(image, written file or
     None, top-k [(label, probability)], error or None)]."""
+    top_k = check_whole_number("top_k", top_k)
+    batch_size = check_whole_number("batch_size", batch_size)
     loaded = load_model(run_or_model, image_size=image_size)
     files, bad, good = images_to_read(paths)
     cam = gradcam.cam_model(loaded.model, group)

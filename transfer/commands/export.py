@@ -26,10 +26,14 @@ from transfer.runs import (
     LABELS_FILE,
     MARKER_FILE,
     is_ours,
+    is_run_data,
     load_model,
     own_labels_path,
+    path_key,
     read_config,
     reopen_data,
+    run_of_model,
+    training_images,
     write_labels,
 )
 from transfer.runtime import INFERENCE_BATCH_SIZE
@@ -86,8 +90,18 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
                 "feature extractor" if feature_extractor else "classifier", out, format,
                 f", {quantize} quantisation" if quantize != "none" else "")
     if compare and not feature_extractor and dataset is not None:
-        compare_with_keras(loaded, out, dataset, max_drop)
+        compare_with_keras(loaded, out, dataset, max_drop,
+                           training=_training_images_of(loaded.path, data))
     return out
+
+
+def _training_images_of(model_path, data):
+    """The `path_key`s of the training images of the model's run, where `data` is other
+    images than the run's own (which are split as the run split them); else None."""
+    run = run_of_model(model_path)
+    if data is None or run is None or is_run_data(run, data):
+        return None
+    return training_images(run)
 
 
 def _labels_path(out, format):
@@ -146,11 +160,15 @@ def _representative(dataset, image_size, count=REPRESENTATIVE_IMAGES, seed=0):
 INT8_HINT_AGREEMENT = 0.98  # below it, export suggests int16x8
 
 
-def compare_with_keras(loaded, out, dataset, max_drop=MAX_DROP):
+def compare_with_keras(loaded, out, dataset, max_drop=MAX_DROP, training=None):
     """Run the export and the Keras model on the validation images (all images where
-    the run had no validation split); log the agreement, warn on a drop."""
+    the run had no validation split); log the agreement, warn on a drop. `training`
+    (the `path_key`s of the run's training images, for data other than the run's own):
+    those among the images compared are counted (`training_images_compared`) and
+    named in a warning."""
     split_name = "val" if len(dataset.splits.get("val", ())) else "train"
     split = dataset.splits[split_name]
+    trained = sum(path_key(p) in training for p in split.paths) if training else 0
     if list(dataset.class_names) != list(loaded.class_names):
         logger.warning("Not compared: the classes of %s are not the model's.", dataset.name)
         return None
@@ -160,6 +178,12 @@ def compare_with_keras(loaded, out, dataset, max_drop=MAX_DROP):
     result = comparison.agreement(np.asarray(split.labels), reference, probabilities)
     logger.info("Compared with the Keras model on the %s split: %s.", split_name,
                 comparison.describe(result))
+    if training is not None:
+        result["training_images_compared"] = trained
+    if trained:
+        logger.warning("%d of the %d images compared are training images of the model's run: "
+                       "the accuracies are not held-out ones (the agreement still holds).",
+                       trained, len(split))
     drop = 0.0 - result["accuracy_difference_points"]
     if drop > max_drop:
         logger.warning("The export is %.2f accuracy points below the Keras model (more than "

@@ -5,12 +5,13 @@ import logging
 from pathlib import Path
 
 from transfer.data.csv_labels import table_name
+from transfer.data.sources import check_source_exists
 from transfer.errors import RunInterruptedError
 from transfer.lazy import keras
 from transfer.models.heads import MULTI_LABEL
 from transfer.report.html import write_report_or_warn
-from transfer.runs import REPORT_HTML, RunPaths, default_run_dir, resave_model
-from transfer.train.distribute import is_chief, local_copy, make_strategy
+from transfer.runs import REPORT_HTML, RunPaths, check_run_dir, default_run_dir, resave_model
+from transfer.train.distribute import in_a_cluster, is_chief, local_copy, make_strategy
 from transfer.train.options import resolve_options
 from transfer.train.run import Run, RunResult, claim_run_dir
 
@@ -33,8 +34,12 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, calibr
     Returns a `RunResult` with the run directory, the metrics and the model.
     """
     options = resolve_options(options, **overrides)
-    strategy = make_strategy(options.strategy)  # first: multi-worker needs it before any op
     out = Path(out or default_run_dir(table_name(data)))
+    # Refused in a moment, before TensorFlow loads: data that is not there, an --out in use.
+    check_source_exists(data)
+    if not resume and not in_a_cluster():
+        check_run_dir(out, overwrite=overwrite)
+    strategy = make_strategy(options.strategy)  # first: multi-worker needs it before any op
     chief = is_chief(strategy)
     with claim_run_dir(out, options, chief, overwrite, resume) as root:
         run = Run(options, RunPaths(root), strategy, chief, resume)
@@ -42,13 +47,13 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, calibr
         run.prepare(data)
         run.record_start(data, out)
         single_label = run.dataset.task != MULTI_LABEL
+        # The report's image sections need the training images' features too.
+        run.report_features = chief and (report or calibrate) and single_label
         try:
             run.train_head()
             run.fine_tune()
             run.keep_the_better_phase()
-            # The report's image sections need the training images' features too.
-            result = run.finish(out, report_features=chief and (report or calibrate)
-                                and single_label)
+            result = run.finish(out)
         except BaseException as exc:
             run.record_stop(exc)
             if isinstance(exc, KeyboardInterrupt):

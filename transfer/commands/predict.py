@@ -7,7 +7,7 @@ import numpy as np
 from transfer.data.dataset import Split, printable_path
 from transfer.data.files import images_to_read
 from transfer.data.pipeline import images_only
-from transfer.errors import DataError, InvalidArgumentError
+from transfer.errors import DataError, InvalidArgumentError, check_whole_number
 from transfer.models.heads import MULTI_LABEL
 from transfer.runs import load_model
 from transfer.runtime import INFERENCE_BATCH_SIZE, MULTI_LABEL_THRESHOLD, TOP_K, run_inference
@@ -28,6 +28,8 @@ def predict(run_or_model, paths, top_k=TOP_K, batch_size=INFERENCE_BATCH_SIZE, i
     With `min_confidence`, each row also has a "label": the top class, or UNKNOWN where
     its probability is below `min_confidence` (report.html shows the trade-off).
     """
+    top_k = check_whole_number("top_k", top_k)
+    batch_size = check_whole_number("batch_size", batch_size)
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise InvalidArgumentError(
             f"min_confidence={min_confidence!r} is not a probability: expected a value in "

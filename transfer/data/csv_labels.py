@@ -3,7 +3,12 @@
 joined by a separator, make the data set multi-label), and optionally a split column
 (train, val, test) used as given. The result is the same `Dataset` class folders give:
 without a split column, images go to validation and test by the hash of their path,
-per label set, as class folders do per class."""
+per label set, as class folders do per class.
+
+Labels are normalised to Unicode NFC ("café" in NFC and in NFD is one class); a label
+holding a control character (a newline, a tab) is refused. Images keep to the image
+folder as class folders' do (`transfer.data.sources`): a path written outside it is
+an error; a link that leads outside it, once resolved, is skipped and reported."""
 
 import csv
 import logging
@@ -13,8 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data.dataset import Dataset, Split, printable_path
-from transfer.data.splits import DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT, fingerprint_of, hash_split
+from transfer.data.dataset import (
+    Dataset,
+    Split,
+    class_name,
+    control_characters,
+    printable_path,
+)
+from transfer.data.splits import (
+    DEFAULT_TEST_SPLIT,
+    DEFAULT_VAL_SPLIT,
+    file_stamp,
+    fingerprint_of,
+    hash_split,
+)
 from transfer.errors import DataError, InvalidArgumentError, listing
 
 logger = logging.getLogger("transfer")
@@ -108,6 +125,7 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
     else:
         root = Path(data).expanduser().parent if not hasattr(data, "columns") else Path.cwd()
     root = Path(os.path.abspath(root))
+    inside = os.path.realpath(root)  # where files must lie once links are resolved
     path_at = _column(header, path_column, PATH_COLUMNS, "path", source, "path_column")
     label_at = _column(header, label_column, LABEL_COLUMNS, "label", source, "label_column")
     split_at = _column(header, split_column, SPLIT_COLUMNS, "split", source, "split_column")
@@ -120,7 +138,7 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
     width = len(header)
     rows = [row + [""] * (width - len(row)) for row in rows]
     separator = _separator([row[label_at] for row in rows], label_sep, multi_label)
-    entries, skipped, outside, seen = [], [], [], {}
+    entries, skipped, outside, unprintable, seen = [], [], [], [], {}
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         where = f"row {number} of {source}"
         cell = row[path_at].strip()
@@ -137,17 +155,28 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
             continue
         seen[str(path)] = number
         labels = _labels_of(row[label_at], separator)
+        for label in labels:
+            if control_characters(label):
+                unprintable.append(f"{label!r} ({where})")
         if not labels and separator is None:
             skipped.append({"path": printable_path(path), "reason": f"no label ({where})"})
             continue
         if not path.is_file():
             skipped.append({"path": printable_path(path), "reason": f"file not found ({where})"})
             continue
+        if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
+            skipped.append({"path": printable_path(path),
+                            "reason": f"link to a file outside the image folder, not read "
+                                      f"({where})"})
+            continue
         split = _split_name(row[split_at], where) if split_at is not None else None
         entries.append((path, labels, split))
     if outside:
         raise DataError(f"Paths outside the image folder {root}: {listing(outside)}. Every "
                         "path must lead to a file inside it (pass images=DIR to choose it).")
+    if unprintable:
+        raise DataError(f"Labels with control characters (a class name is one line of "
+                        f"text): {listing(unprintable)}. Remove them from {source}.")
     if not entries:
         reasons = listing((f"{s['path']}: {s['reason']}" for s in skipped), separator="; ")
         raise DataError(f"{source} has no usable rows{': ' + reasons if reasons else ''}.")
@@ -166,7 +195,7 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
     if not len(splits["train"]):
         raise DataError(f"{source} leaves no images for training.")
     fingerprint = fingerprint_of(
-        (split, os.path.relpath(p, root), os.path.getsize(p), sorted(labels))
+        (split, os.path.relpath(p, root), *file_stamp(p), sorted(labels))
         for split, recs in records.items() for p, labels in recs)
     name = Path(data).stem if not hasattr(data, "columns") else "dataframe"
     return Dataset(name, "csv" if split_at is None else "csv-splits", class_names, splits,
@@ -174,7 +203,8 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
 
 
 def _labels_of(cell, separator):
-    cell = cell.strip()
+    """The labels of a cell, as class names (NFC)."""
+    cell = class_name(cell.strip())
     if separator is None:
         return [cell] if cell else []
     return sorted({label.strip() for label in cell.split(separator) if label.strip()})

@@ -3,6 +3,7 @@ TFDS split) with their labels: integer class indices (single-label), or rows of 
 per class (multi-label, float32)."""
 
 import os
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +62,20 @@ class Dataset:
     def describe(self):
         sizes = ", ".join(f"{name} {len(split)}" for name, split in self.splits.items())
         return f"{self.name}: {self.num_classes} classes, {sizes} images"
+
+
+def class_name(text):
+    """A label as a class name: Unicode NFC, so that "café" typed or stored in either
+    of its two encodings (NFC, NFD) is one class. See `control_characters`."""
+    return unicodedata.normalize("NFC", text)
+
+
+def control_characters(text):
+    """The control characters in `text` (as escapes: '\\n', '\\t'), which a class name
+    may not hold: it is one line of labels.txt, of a report's table, of a model's
+    metadata. Line and paragraph separators count, as str.splitlines splits on them."""
+    found = {c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")}
+    return [repr(c)[1:-1] for c in sorted(found)]
 
 
 def printable_path(path):

@@ -18,6 +18,8 @@ ORIENTATION_ENTRY = (r"^\C*?(?:Exif\x00\x00|eXIf)\C*?(?:"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GIF_HEADER_BYTES = 1 << 11  # its colour table (768 bytes at most) and first blocks
 GIF_LOOP_BLOCK = 19  # bytes of the application block that makes an animation loop
+# A graphic control block: introducer, label, size 4, ..., terminator; then a frame.
+GIF_CONTROL_AT, GIF_CONTROL = [0, 1, 2, 7, 8], [0x21, 0xF9, 4, 0, 0x2C]
 BYTE_STRINGS = [bytes([value]) for value in range(256)]
 BACKGROUND = 255  # white: transparent pixels become it
 
@@ -98,48 +100,40 @@ def _gif_on_white(contents):
     """A GIF whose first frame's transparent colour is made white and opaque; other
     bytes unchanged. TensorFlow's decoder makes transparent pixels black: all of them
     use this one palette entry, so they become the white every other format gets."""
-    head = tf.strings.substr(contents, 0, GIF_HEADER_BYTES)
-    data = tf.concat([tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64), [0]], 0)
-    end = tf.cast(tf.strings.length(head), tf.int64)
-
-    def byte(i):  # 0 beyond the head: a crafted offset reads zeros, never fails
-        i = tf.cast(i, tf.int64)
-        return tf.gather(data, tf.where((i >= 0) & (i < end), i, end))
-
-    global_colours = _colour_table_size(byte(10))
-    # The first graphic control block: right after the global colour table, or after an
-    # animation's loop block (NETSCAPE2.0, 19 bytes). Not a walk of every block: in
-    # TensorFlow ops that cost more than decoding the GIF.
-    candidates = 13 + 3 * global_colours + tf.constant([0, GIF_LOOP_BLOCK], tf.int64)
-    found = (byte(candidates) == 0x21) & (byte(candidates + 1) == 0xF9) \
-        & (byte(candidates + 2) == 4)
-    control = tf.reduce_min(tf.where(found, candidates, tf.int64.max))
-    control = tf.where(control < tf.int64.max, control, -1)
-    descriptor = control + 8  # the frame it controls, right after it
-    local_colours = _colour_table_size(byte(descriptor + 9))
-    table = tf.where(local_colours > 0, descriptor + 10, 13)
+    # Zero-padded: a crafted offset reads zeros, never fails.
+    data = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, 0, GIF_HEADER_BYTES),
+                                    tf.uint8, fixed_length=GIF_HEADER_BYTES + 1), tf.int32)
+    global_colours = _colour_table_size(data[10])
+    # The first graphic control block (8 bytes) and the frame descriptor after it (10):
+    # right after the global colour table, or after an animation's loop block. Not a
+    # walk of every block: in TensorFlow ops, that cost more than decoding the GIF.
+    starts = 13 + 3 * global_colours + tf.constant([[0], [GIF_LOOP_BLOCK]])
+    blocks = tf.gather(data, tf.minimum(starts + tf.range(18), GIF_HEADER_BYTES))
+    found = tf.reduce_all(tf.equal(tf.gather(blocks, GIF_CONTROL_AT, axis=1), GIF_CONTROL),
+                          axis=1)
+    which = tf.argmax(tf.cast(found, tf.int32), output_type=tf.int32)
+    control, block = tf.gather(starts[:, 0], which), tf.gather(blocks, which)
+    local_colours = _colour_table_size(block[17])
     colours = tf.where(local_colours > 0, local_colours, global_colours)
-    flags, index = byte(control + 3), byte(control + 6)
-    colour = table + 3 * index
-    transparent = (control >= 0) & (byte(control + 7) == 0) & (byte(descriptor) == 0x2C) \
-        & (flags % 2 == 1) & (index < colours) & (colour + 3 <= end)
-
-    # Without a condition (one inside another made every image slower to decode):
-    # where there is nothing to change, nothing (no bytes at 0) is replaced.
+    colour = tf.where(local_colours > 0, control + 18, 13) + 3 * block[6]
+    transparent = tf.reduce_any(found) & (block[3] % 2 == 1) & (block[6] < colours) \
+        & (colour + 3 <= GIF_HEADER_BYTES)
+    # Without a condition (one more made every image slower to decode): where there is
+    # nothing to change, nothing (no bytes at 0) is replaced.
     colour_bytes = tf.where(transparent, b"\xff\xff\xff", b"")
-    flag_byte = tf.where(transparent, tf.gather(BYTE_STRINGS, (flags - 1) % 256), b"")
-    size = tf.where(transparent, tf.constant([3, 1], tf.int64), 0)
-    patched = _replace(contents, tf.where(transparent, colour, 0), colour_bytes, size[0])
-    return _replace(patched, tf.where(transparent, control + 3, 0), flag_byte, size[1])
+    flag_byte = tf.where(transparent, tf.gather(BYTE_STRINGS, block[3] & 0xFE), b"")
+    patched = _replace(contents, tf.where(transparent, colour, 0), colour_bytes,
+                       tf.where(transparent, 3, 0))
+    return _replace(patched, tf.where(transparent, control + 3, 0), flag_byte,
+                    tf.where(transparent, 1, 0))
 
 
 def _colour_table_size(flags):
     """Colours in the table that a GIF's screen or image descriptor flags announce."""
-    return tf.where(flags >= 128, tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
+    return tf.where(flags >= 128, tf.bitwise.left_shift(2, flags % 8), 0)
 
 
 def _replace(contents, at, new, length):
     """`contents` with `length` bytes at `at` replaced by as many others."""
-    rest = tf.cast(tf.strings.length(contents), tf.int64)
-    return tf.strings.join([tf.strings.substr(contents, tf.constant(0, tf.int64), at), new,
-                            tf.strings.substr(contents, at + length, rest)])
+    return tf.strings.join([tf.strings.substr(contents, 0, at), new,
+                            tf.strings.substr(contents, at + length, tf.strings.length(contents))])

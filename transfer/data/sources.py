@@ -4,6 +4,15 @@ A folder is either one sub-folder per class, or `train/` (and optionally `val/`,
 `test/`) each holding class sub-folders. Without explicit splits, each file goes to
 validation or test by a hash of its path inside its class folder: deterministic,
 stratified by class, and stable when images are added later.
+
+Class names are the folder names in Unicode NFC (two folders that differ only in
+how an accent is encoded are one class); a name with a control character is refused.
+
+Only files inside the image folder are read, once links are resolved: a link (to a
+file, or a class folder that is a link) that leads outside the folder is skipped and
+reported, as an unreadable file is (`strict=True` makes it an error), so that a
+folder cannot bring in, and a report show, images from elsewhere on the machine. A
+CSV's images keep to its image folder by the same rule (`transfer.data.csv_labels`).
 """
 
 import logging
@@ -13,10 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.csv_labels import is_table, load_table
-from transfer.data.dataset import TFDS_PREFIX, Dataset, Split, label_counts, printable_path
+from transfer.data.dataset import (
+    TFDS_PREFIX,
+    Dataset,
+    Split,
+    class_name,
+    control_characters,
+    label_counts,
+    printable_path,
+)
 from transfer.data.splits import (  # noqa: F401
     DEFAULT_TEST_SPLIT,
     DEFAULT_VAL_SPLIT,
+    file_stamp,
     fingerprint_of,
     hash_split,
     split_fraction,
@@ -38,11 +56,24 @@ def _is_hidden(path):
     return path.name.startswith(".")
 
 
-def _list_class_files(class_dir, skipped):
+OUTSIDE_FOLDER = "link to a folder outside the image folder, not followed"
+OUTSIDE_FILE = "link to a file outside the image folder, not read"
+
+
+def is_inside(path, root):
+    """Whether `path`, links resolved, lies in the folder `root` (resolved already)."""
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
+def _list_class_files(class_dir, skipped, inside):
     """Image files of one class folder, recursively, sorted; others reported.
 
-    Links to files are followed, links to folders are not (as Keras'
-    image_dataset_from_directory with follow_links=False): a link can make a loop."""
+    Links to folders are not followed (as Keras' image_dataset_from_directory with
+    follow_links=False): a link can make a loop. Links to files are, when the file
+    lies inside the resolved image folder `inside` (see the module docstring)."""
+    if not is_inside(class_dir, inside):
+        skipped.append({"path": printable_path(class_dir), "reason": OUTSIDE_FOLDER})
+        return []
     files = []
     for root, dirs, names in os.walk(class_dir):
         for name in sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
@@ -62,6 +93,10 @@ def _list_class_files(class_dir, skipped):
                 skipped.append({"path": printable_path(path),
                                 "reason": "broken link or not a file"})
                 continue
+            # Only a link can lead out: the folders walked are inside, none a link.
+            if path.is_symlink() and not is_inside(path, inside):
+                skipped.append({"path": printable_path(path), "reason": OUTSIDE_FILE})
+                continue
             files.append(path)
     return files
 
@@ -75,19 +110,22 @@ def _check_class_names(dirs):
     that cannot be one."""
     bad = []
     for d in dirs:
-        if any(c in d.name for c in "\n\r"):
-            bad.append(f"{printable_path(d)!r} (holds a line break)")
-        elif printable_path(d.name) != d.name:
+        if printable_path(d.name) != d.name:
             bad.append(f"{printable_path(d)!r} (not valid UTF-8)")
+        elif control_characters(d.name):
+            bad.append(f"{printable_path(d)!r} (holds the control characters "
+                       f"{' '.join(control_characters(d.name))})")
     if bad:
         raise DataError(f"Class folder names that cannot be class names: {listing(bad)}. "
                         "Rename the folders.")
 
 
-def _scan_class_folders(root, skipped, class_names=None):
-    """{class name: [files]} of a folder with one sub-folder per class."""
+def _scan_class_folders(root, skipped, inside, class_names=None):
+    """{class name: [files]} of a folder with one sub-folder per class; files inside
+    the resolved image folder `inside` only."""
     dirs = _class_dirs(root)
     _check_class_names(dirs)
+    names = {d: class_name(d.name) for d in dirs}
     if class_names is None:
         if not dirs:
             stray = [p for p in root.iterdir() if p.is_file() and not _is_hidden(p)]
@@ -96,7 +134,7 @@ def _scan_class_folders(root, skipped, class_names=None):
                 f"No class folders in {root}{hint}. Expected one sub-folder per class, "
                 "or train/ (and optionally val/, test/) holding class sub-folders."
             )
-        files = {d.name: _list_class_files(d, skipped) for d in dirs}
+        files = _files_by_class(dirs, names, skipped, inside)
         empty = [name for name, found in files.items() if not found]
         if empty:
             raise DataError(
@@ -105,13 +143,21 @@ def _scan_class_folders(root, skipped, class_names=None):
                 f"no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})."
             )
         return files
-    unknown = [d.name for d in dirs if d.name not in class_names]
+    unknown = [d.name for d in dirs if names[d] not in class_names]
     if unknown:
         raise DataError(
             f"{root} has class folders that train/ does not: {', '.join(unknown)}. "
             f"Known classes: {', '.join(class_names)}."
         )
-    return {d.name: _list_class_files(d, skipped) for d in dirs}
+    return _files_by_class(dirs, names, skipped, inside)
+
+
+def _files_by_class(dirs, names, skipped, inside):
+    """{class name: files}: folders whose names are one class name share it."""
+    files = {}
+    for d in dirs:
+        files.setdefault(names[d], []).extend(_list_class_files(d, skipped, inside))
+    return files
 
 
 def _records_to_split(records, class_index):
@@ -136,15 +182,17 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
             f"Received: val_split={val_split}, test_split={test_split}"
         )
     skipped = []
+    inside = os.path.realpath(root)
     subdirs = {d.name.lower(): d for d in _class_dirs(root)}
     if "train" in subdirs and set(subdirs) <= set(SPLIT_FOLDERS):
         source = "split-folders"
-        train_files = _scan_class_folders(subdirs["train"], skipped)
+        train_files = _scan_class_folders(subdirs["train"], skipped, inside)
         class_names = sorted(train_files)
         by_split = {"train": train_files}
         for folder, dir_path in subdirs.items():
             if SPLIT_FOLDERS[folder] != "train":
-                by_split[SPLIT_FOLDERS[folder]] = _scan_class_folders(dir_path, skipped, class_names)
+                by_split[SPLIT_FOLDERS[folder]] = _scan_class_folders(dir_path, skipped, inside,
+                                                                      class_names)
         records = {
             split: [(p, c) for c in sorted(files) for p in files[c]]
             for split, files in by_split.items()
@@ -154,7 +202,7 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
                                                           val_split, 0.0)[:2]
     else:
         source = "folder"
-        files = _scan_class_folders(root, skipped)
+        files = _scan_class_folders(root, skipped, inside)
         class_names = sorted(files)
         train, val, test = _hash_split(files, root, val_split, test_split)
         records = {"train": train, "val": val}
@@ -170,7 +218,7 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
     if not len(splits["train"]):
         raise DataError(f"{root} leaves no images for training.")
     fingerprint = fingerprint_of(
-        (split, os.path.relpath(p, root), os.path.getsize(p))
+        (split, os.path.relpath(p, root), *file_stamp(p))
         for split, s in splits.items() for p in s.paths
     )
     dataset = Dataset(root.resolve().name, source, class_names, splits, skipped, fingerprint)
@@ -180,9 +228,9 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
 
 
 def _hash_split(files, root, val_split, test_split):
-    """Per class, assign each file by the hash of its path within the class folder."""
+    """Per class, assign each file by the hash of its path within its class folder."""
     return hash_split(files, val_split, test_split,
-                      key=lambda path, class_name: path.relative_to(root / class_name).as_posix())
+                      key=lambda path, _: Path(*path.relative_to(root).parts[1:]).as_posix())
 
 
 def _warn_small_validation(dataset):
@@ -208,10 +256,26 @@ def check_training_classes(dataset):
             f"{listing(repr(name) for name in empty)} of {dataset.name}: their images all went "
             "to validation or test, or could not be read. Add images or lower val_split "
             "and test_split.")
-    for name, count in zip(dataset.class_names, counts):
-        if count < FEW_TRAINING_IMAGES:
-            logger.warning("Class %r has only %d training image%s: the model will hardly "
-                           "learn it.", name, count, "" if count == 1 else "s")
+    few = [(name, int(count)) for name, count in zip(dataset.class_names, counts)
+           if count < FEW_TRAINING_IMAGES]
+    if len(few) == 1:
+        name, count = few[0]
+        logger.warning("Class %r has only %d training image%s: the model will hardly "
+                       "learn it.", name, count, "" if count == 1 else "s")
+    elif few:  # one line, however many classes
+        logger.warning("%d classes have fewer than %d training images: the model will "
+                       "hardly learn them (%s).", len(few), FEW_TRAINING_IMAGES,
+                       listing(f"{name!r} {count}" for name, count in few))
+
+
+def check_source_exists(data):
+    """Refuse a folder or CSV file that does not exist, as loading it would, before
+    anything heavy loads."""
+    if hasattr(data, "columns") or str(data).startswith(TFDS_PREFIX):
+        return
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataError(f"data={path} does not exist.")
 
 
 def load_dataset(data, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT,

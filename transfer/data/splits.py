@@ -3,6 +3,7 @@ name, so the split is deterministic, and stable when items are added later;
 assigned per group (a class, or a set of labels), so that it is stratified."""
 
 import hashlib
+import os
 
 # The shares of a dataset's images that go to validation and to test unless a caller
 # asks for others: the defaults of every loader, of FinetuneOptions, and of a run
@@ -25,6 +26,13 @@ def split_of(fraction, val_split, test_split):
     if fraction < val_split + test_split:
         return "test"
     return "train"
+
+
+def file_stamp(path):
+    """(size, modification time in ns) of a file: what a dataset's fingerprint keeps of
+    each image, so that an image changed in place (same name, same size) changes it."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
 
 
 def fingerprint_of(entries):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from transfer.data.pipeline import images_only
+from transfer.errors import InvalidArgumentError
 from transfer.lazy import tf
 from transfer.models.heads import MULTI_LABEL, SINGLE_LABEL, is_classifier
 from transfer.runtime import collect_outputs, flip_averaged
@@ -66,10 +67,13 @@ class Runner:
     """An exported model read back: probabilities from uint8 pixels.
 
     Subclasses set `format`, `path`, `class_names`, `image_size` and `metadata`,
-    and implement `predict`.
+    and implement `predict`; those that read another runtime's file also set the
+    shapes its input and outputs declare (None for a dimension of any size).
     """
 
     format = None
+    input_shape = None  # e.g. (None, 224, 224, 3); None: not declared
+    output_shapes = None  # one shape per output; the first is the probabilities
 
     @property
     def task(self):
@@ -89,8 +93,47 @@ class Runner:
         """Probabilities of a Split's images, decoded and resized as for training;
         `tta` averages each image's with its horizontal mirror's."""
         predict = flip_averaged(self.predict, np.flip) if tta else self.predict
-        return collect_outputs(
+        probabilities = collect_outputs(
             # decoded pixels are whole levels 0-255: uint8 holds them exactly
             lambda batch: predict(np.asarray(batch).astype(np.uint8)),
             images_only(split, self.image_size, batch_size), (len(self.class_names or ()),),
             verbose, description, dtype=np.float32)
+        check_probabilities(self.path, probabilities)
+        return probabilities
+
+
+PROBABILITY_TOLERANCE = 1e-3  # float16 and int8 exports round their softmax outputs
+
+
+def check_classifier(runner):
+    """An InvalidArgumentError unless `runner` declares (where its file says) an input of
+    images, (batch, height, width, 3), and a first output of one value per class."""
+    classes = len(runner.class_names)
+    shape = runner.input_shape
+    if shape is not None and (len(shape) != 4 or shape[-1] not in (None, 3)):
+        raise InvalidArgumentError(
+            f"{runner.path} takes an input of shape {_shape(shape)}, not images: expected "
+            "(batch, height, width, 3), as a classifier exported by transfer takes.")
+    outputs = runner.output_shapes
+    if outputs is not None and (not outputs or len(outputs[0]) != 2
+                                or outputs[0][-1] not in (None, classes)):
+        found = ", ".join(_shape(s) for s in outputs) or "none"
+        raise InvalidArgumentError(
+            f"{runner.path} is not a classifier of its {classes} classes: it outputs "
+            f"{found}; expected (batch, {classes}), one probability per class.")
+
+
+def check_probabilities(path, probabilities):
+    """An InvalidArgumentError when a model's outputs are not probabilities (logits, or
+    a model that is not a classifier); non-finite outputs are left to the metrics."""
+    finite = probabilities[np.isfinite(probabilities)]
+    if finite.size and (finite.min() < -PROBABILITY_TOLERANCE
+                        or finite.max() > 1 + PROBABILITY_TOLERANCE):
+        raise InvalidArgumentError(
+            f"{path} outputs values from {finite.min():.4g} to {finite.max():.4g}, not "
+            "probabilities in [0, 1]: expected a classifier that ends in a softmax (or a "
+            "sigmoid), as transfer's exports do; a model that outputs logits needs one.")
+
+
+def _shape(shape):
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"

@@ -86,12 +86,19 @@ class OnnxRunner(Runner):
         self.class_names = (self.metadata.get("class_names")
                             or read_labels(labels_beside(path)))
         self._input = self.session.get_inputs()[0]
+        self.input_shape = _declared(self._input.shape)
+        self.output_shapes = [_declared(o.shape) for o in self.session.get_outputs()]
         self.image_size = tuple(image_size or self.metadata.get("image_size")
                                 or self._input.shape[1:3])
 
     def predict(self, images):
         return np.asarray(self.session.run(None, {self._input.name: images})[0],
                           dtype=np.float32)
+
+
+def _declared(shape):
+    """An ONNX shape with its named (symbolic) dimensions as None."""
+    return tuple(d if isinstance(d, int) else None for d in shape)
 
 
 def load(path, image_size=None):

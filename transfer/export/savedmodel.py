@@ -3,6 +3,7 @@ bytes, in; probabilities and the top-k class names and scores (TF Serving's
 classify outputs, `classes` and `scores`) out. labels.txt and metadata.json inside."""
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.data.pipeline import RESIZE_METHOD, decode_image
+from transfer.errors import InvalidArgumentError, RunFailedError, first_line
 from transfer.export.common import (
     METADATA_FILE,
     SERVING_INPUT,
@@ -26,6 +28,8 @@ KIND = "SavedModel"
 BYTES_INPUT = "image_bytes"
 BYTES_SIGNATURE = "serve_bytes"
 TOP_K = 5  # class names and scores returned, at most the number of classes
+SERVING_SIGNATURE = "serving_default"  # the signature that evaluate runs
+PROBABILITIES = "probabilities"  # its output, a classifier's (common.output_name)
 
 
 def _outputs(model, class_names):
@@ -75,14 +79,27 @@ def write(model, out, info):
         for endpoint, function in serving_functions(model, info.image_size,
                                                     info.class_names).items():
             archive.add_endpoint(endpoint, function)
-        archive.write_out(str(tmp / "export"), verbose=False)
+        try:
+            archive.write_out(str(tmp / "export"), verbose=False)
+        except tf.errors.OpError as exc:  # a full disk is ResourceExhaustedError, 65 lines
+            raise RunFailedError(f"Cannot write {out}: {_reason(exc)}.") from exc
         write_text(tmp / "export" / METADATA_FILE, metadata_json(info.metadata()))
         mark_as_ours(tmp / "export")
         if out.exists():
             shutil.rmtree(out)
         (tmp / "export").rename(out)
+    except OSError as exc:
+        raise write_failure(out, exc) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reason(error):
+    """What a TensorFlow error says after the op and file it names: "No space left on
+    device" from "{{function_node ...}} path/...; No space left on device [Op:SaveV2]"."""
+    lines = str(getattr(error, "message", error)).strip().splitlines()
+    message = re.sub(r"\s*\[Op:\w+\]$", "", lines[0]) if lines else type(error).__name__
+    return first_line(message.rsplit("; ", 1)[-1])
 
 
 def is_savedmodel(path):
@@ -99,10 +116,25 @@ class SavedModelRunner(Runner):
         self.class_names = (self.metadata.get("class_names")
                             or read_labels(self.path / LABELS_FILE))
         self.image_size = tuple(image_size or self.metadata.get("image_size") or ())
-        self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        signatures = tf.saved_model.load(str(path)).signatures
+        if SERVING_SIGNATURE not in signatures:
+            raise InvalidArgumentError(
+                f"{path} has no {SERVING_SIGNATURE} signature (it has "
+                f"{', '.join(signatures) or 'none'}): expected a SavedModel exported by "
+                "transfer.")
+        self.serve = signatures[SERVING_SIGNATURE]
+        inputs = self.serve.structured_input_signature[1]
+        outputs = self.serve.structured_outputs
+        if SERVING_INPUT not in inputs or PROBABILITIES not in outputs:
+            raise InvalidArgumentError(
+                f"{path}: its {SERVING_SIGNATURE} signature takes {', '.join(inputs)} and "
+                f"gives {', '.join(outputs)}; expected '{SERVING_INPUT}' in and "
+                f"'{PROBABILITIES}' out, as a classifier exported by transfer.")
+        self.input_shape = tuple(inputs[SERVING_INPUT].shape)
+        self.output_shapes = [tuple(outputs[PROBABILITIES].shape)]
 
     def predict(self, images):
-        return np.asarray(self.serve(**{SERVING_INPUT: tf.constant(images)})["probabilities"])
+        return np.asarray(self.serve(**{SERVING_INPUT: tf.constant(images)})[PROBABILITIES])
 
 
 def load(path, image_size=None):

@@ -43,6 +43,9 @@ COARSE_STEP = 8  # best_range tries every 8th scale, then the 15 around the best
 # the images (94.3% against 70.0%); they tied on the demo run. README: Export.
 RANGE_WEIGHINGS = ("absolute", "per image")
 
+# The warning tf.lite.Interpreter gives each time one is made (TensorFlow 2.16 on).
+INTERPRETER_DEPRECATION = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
+
 logger = logging.getLogger("transfer")
 
 
@@ -113,24 +116,27 @@ def _calibrated(converter, info, model):
     logger.info("int8: calibrating on %d training images (TFLite runs them one at a "
                 "time; minutes for a ResNet)...", len(images))
     # TFLite's selective quantisation: the debugger calibrates once, then quantises
-    # with these ops, and then these tensors, left float.
+    # with these ops, and then these tensors, left float. It builds tf.lite
+    # Interpreters of its own, each of which warns (7 lines) that it is deprecated.
     options = tf.lite.experimental.QuantizationDebugOptions
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative,
-        debug_options=options(denylisted_ops=FLOAT_OPS))
-    float_layers = feature_and_head_layers(model)
-    if float_layers:
-        nodes = tensors_of_layers(debugger.get_nondebug_quantized_model(), float_layers)
-        debugger.options = options(denylisted_ops=FLOAT_OPS, denylisted_nodes=nodes)
-    calibrated = debugger.calibrated_model
-    logger.info("int8: fitting each activation's range (%s)...",
-                " and ".join(RANGE_WEIGHINGS))
-    values = calibration_values(calibrated, images)
-    expected = np.asarray(model.predict(images.astype(np.float32), verbose=0))
-    candidates = []
-    for weighing in RANGE_WEIGHINGS:
-        debugger.calibrated_model = fitted_ranges(calibrated, values, weighing)
-        candidates.append(debugger.get_nondebug_quantized_model())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=INTERPRETER_DEPRECATION)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative,
+            debug_options=options(denylisted_ops=FLOAT_OPS))
+        float_layers = feature_and_head_layers(model)
+        if float_layers:
+            nodes = tensors_of_layers(debugger.get_nondebug_quantized_model(), float_layers)
+            debugger.options = options(denylisted_ops=FLOAT_OPS, denylisted_nodes=nodes)
+        calibrated = debugger.calibrated_model
+        logger.info("int8: fitting each activation's range (%s)...",
+                    " and ".join(RANGE_WEIGHINGS))
+        values = calibration_values(calibrated, images)
+        expected = np.asarray(model.predict(images.astype(np.float32), verbose=0))
+        candidates = []
+        for weighing in RANGE_WEIGHINGS:
+            debugger.calibrated_model = fitted_ranges(calibrated, values, weighing)
+            candidates.append(debugger.get_nondebug_quantized_model())
     logger.info("int8: keeping the one of %d quantised models closest to the Keras model "
                 "on the calibration images...", len(candidates))
     return max(candidates, key=lambda flatbuffer: fidelity(flatbuffer, images, expected))
@@ -250,9 +256,14 @@ def best_range(images, low, high, weighing="absolute", levels=256):
 
 
 def _interpreter(flatbuffer, **options):
-    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation: the debugger's own
+    """LiteRT's interpreter (the litert extra), else TensorFlow's deprecated one."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+    except ImportError:
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    with warnings.catch_warnings():  # the deprecation, preserve_all_tensors' memory note
         warnings.simplefilter("ignore")
-        return tf.lite.Interpreter(model_content=flatbuffer, **options)
+        return Interpreter(model_content=flatbuffer, **options)
 
 
 def feature_and_head_layers(model):
@@ -302,6 +313,8 @@ class TFLiteRunner(Runner):
         self.interpreter = interpreter_module.Interpreter(model_path=str(path))
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
+        self.input_shape = _declared(self._input)
+        self.output_shapes = [_declared(d) for d in self.interpreter.get_output_details()]
         self.image_size = tuple(image_size or self._input["shape"][1:3])
         self._batch = None
 
@@ -313,6 +326,12 @@ class TFLiteRunner(Runner):
         self.interpreter.set_tensor(self._input["index"], images.astype(self._input["dtype"]))
         self.interpreter.invoke()
         return np.array(self.interpreter.get_tensor(self._output["index"]), dtype=np.float32)
+
+
+def _declared(details):
+    """A tensor's shape as the file declares it, None where any size goes."""
+    shape = details.get("shape_signature", details["shape"])
+    return tuple(None if d < 0 else int(d) for d in shape)
 
 
 def load(path, image_size=None):

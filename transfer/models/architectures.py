@@ -17,6 +17,9 @@ BLOCKS_PER_STAGE = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
+# What a depth below 50 (ResNet18/34 elsewhere) points to: smaller families of
+# transfer.models.families, by their arch names.
+SMALLER_FAMILIES = "arch=mobilenet_v3_small or arch=efficientnet_b0, for example"
 
 DEFAULT_INPUT_SIZE = 224  # ImageNet's, for every depth and version
 BN_EPSILON = 1.001e-5  # keras.applications' value, part of the weights' contract
@@ -111,9 +114,11 @@ def get_architecture(depth=50, version="v1"):
     except (TypeError, ValueError):
         depth = depth  # reported as given below
     if depth not in BLOCKS_PER_STAGE:
+        smaller = (f" For a smaller model, pass another family: {SMALLER_FAMILIES}."
+                   if isinstance(depth, int) and depth < min(BLOCKS_PER_STAGE) else "")
         raise InvalidArgumentError(
             f"Unsupported ResNet depth: {depth!r}. "
-            f"Expected one of {', '.join(str(d) for d in BLOCKS_PER_STAGE)}."
+            f"Expected one of {', '.join(str(d) for d in BLOCKS_PER_STAGE)}.{smaller}"
         )
     key = str(version).lower()
     if key not in VERSIONS:

@@ -33,6 +33,9 @@ from transfer.runs import (
     load_model,
     read_config,
     read_labels,
+    recorded_base,
+    recorded_model,
+    recorded_path,
     reopen_data,
     report_file,
 )
@@ -114,7 +117,8 @@ def gather_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, mode
             f"{folder} holds a multi-label model: report.html is for single-label runs; its "
             "metrics.json, classification_report.txt and confusion_matrix.csv hold the "
             "per-label results.")
-    splits = [_evaluated(folder, prefix, name, loaded.class_names)
+    base = recorded_base(config if is_run else metrics, folder)
+    splits = [_evaluated(folder, prefix, name, loaded.class_names, base)
               for prefix, name in (("", "val" if is_run else metrics.get("split", "data")),
                                    (TEST_PREFIX, "test"))]
     splits = [s for s in splits if s is not None]
@@ -132,8 +136,8 @@ def gather_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, mode
         page["no_images"] = (f"{loaded.path} is an export, not a Keras model; evaluate the "
                              "run it came from for Grad-CAM, calibration and duplicates")
     elif splits[0].readable:
-        page.update(_image_sections(loaded, config, metrics, splits, calibrate, batch_size,
-                                    features or {}))
+        page.update(_image_sections(loaded, folder, config, metrics, splits, calibrate,
+                                    batch_size, features or {}))
         gathered.calibrated = loaded.model if calibrate else None
     else:
         page["no_images"] = f"the images of {folder / report_file('predictions.csv')} " \
@@ -142,8 +146,14 @@ def gather_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, mode
 
 
 def _loaded_model(folder, metrics, is_run, model):
+    if model is None and not is_run and metrics.get("format", "keras") != "keras":
+        # an export's evaluation: the page comes from its saved predictions; nothing runs
+        per_class = metrics.get("per_class", {})
+        thresholds = [v["threshold"] for v in per_class.values() if "threshold" in v]
+        return LoadedModel(None, Path(metrics["model"]), list(per_class), None,
+                           thresholds or None)
     if model is None:
-        return load_model(folder if is_run else metrics["model"])
+        return load_model(folder if is_run else recorded_model(folder, metrics))
     if isinstance(model, LoadedModel):  # evaluate's, already loaded
         return model
     if isinstance(model, KerasRunner):  # evaluate's reader of a Keras model
@@ -155,11 +165,11 @@ def _loaded_model(folder, metrics, is_run, model):
                        tuple(model.input_shape[1:3]))
 
 
-def _image_sections(loaded, config, metrics, splits, calibrate, batch, known):
+def _image_sections(loaded, folder, config, metrics, splits, calibrate, batch, known):
     """The sections that need the images and the model: calibration, Grad-CAM,
     leaked duplicates. Updates `metrics` with what they find."""
     model, size = loaded.model, loaded.image_size
-    train, no_train = _training_split(config, metrics.get("skipped_files", []))
+    train, no_train = _training_split(folder, config, metrics.get("skipped_files", []))
     splits = [s for s in splits if s.readable]
     main = splits[0]
     train_features = _embed_and_predict(model, train, splits, size, batch, known)
@@ -186,12 +196,14 @@ def _read_predictions(path, class_names):
     return [r["path"] for r in rows], np.array([index[r["true_label"]] for r in rows], np.int64)
 
 
-def _evaluated(folder, prefix, name, class_names):
-    """A split's images, from its predictions.csv."""
+def _evaluated(folder, prefix, name, class_names, base=None):
+    """A split's images, from its predictions.csv (its relative paths are relative to
+    `base`, see `transfer.runs.recorded_base`)."""
     path = folder / report_file("predictions.csv", prefix)
     if not path.is_file():
         return None
     paths, labels = _read_predictions(path, class_names)
+    paths = [recorded_path(p, base) for p in paths]
     return Evaluated(name, paths, labels, bool(paths) and not find_unreadable(paths,
                                                                            progress=False))
 
@@ -232,12 +244,12 @@ def _embed_and_predict(model, train, splits, size, batch, known):
     return found.get("train")
 
 
-def _training_split(config, skipped_files):
+def _training_split(folder, config, skipped_files):
     """The run's training images, found again from config.json (None: cannot be)."""
     if not config:
         return None, "this folder is not a run directory (no training images to compare)"
     try:
-        dataset = reopen_data(config)
+        dataset = reopen_data(folder)
     except Exception as exc:  # moved, deleted, or not readable here
         return None, f"the training data cannot be read again ({exc})"
     if dataset.source == "tfds":
@@ -245,7 +257,8 @@ def _training_split(config, skipped_files):
     if dataset.fingerprint != config.get("dataset", {}).get("fingerprint"):
         return None, f"the images in {config['data']} changed since the run"
     train = dataset.splits["train"]
-    skipped = {s["path"] for s in skipped_files}  # unreadable: the run left them out
+    base = recorded_base(config, folder)  # unreadable: the run left them out
+    skipped = {printable_path(recorded_path(s["path"], base)) for s in skipped_files}
     keep = [i for i, p in enumerate(train.paths) if printable_path(p) not in skipped]
     return Split([train.paths[i] for i in keep], train.labels[keep]), None
 
@@ -293,6 +306,8 @@ def summary_rows(config, metrics, class_names):
                  ("wall time", f"{metrics.get('timings', {}).get('total_seconds', 0):.0f} s")]
     else:
         rows += [("model", metrics.get("model")), ("split", metrics.get("split"))]
+        if "training_images_scored" in metrics:
+            rows.append(("training images scored", training_images_line(metrics)))
     rows.append(("classes", f"{len(class_names)}: {', '.join(class_names)}"))
     for split in ("val", "test") if config else ("",):
         values = metrics.get(split, {}) if split else metrics
@@ -301,6 +316,17 @@ def summary_rows(config, metrics, class_names):
         label = {"val": "validation", "test": "test", "": "evaluation"}[split]
         rows.append((split_title(label, values), scores_line(values)))
     return rows
+
+
+def training_images_line(metrics):
+    """How many of an evaluation's images the model's run trained on, in words."""
+    scored, left_out = metrics.get("training_images_scored"), metrics.get(
+        "training_images_left_out")
+    if scored is None:
+        return "not known: the model names no run whose images can be read"
+    line = f"{scored} of {metrics.get('images')}" + (
+        ": the run trained on them, so these scores are not held-out" if scored else "")
+    return line + (f" ({left_out} left out)" if left_out else "")
 
 
 def backbone_name(options):

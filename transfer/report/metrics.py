@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.io import write_csv, write_text
-from transfer.report.plots import plot_confusion_matrix
+from transfer.report.plots import plot_confusion_matrix, report_step
 from transfer.runs import report_file
 from transfer.runtime import MULTI_LABEL_THRESHOLD, score
 
@@ -83,7 +83,8 @@ def compute_metrics(y_true, probabilities, class_names, thresholds=None):
 def write_reports(out_dir, y_true, probabilities, class_names, paths, prefix="",
                   thresholds=None):
     """classification_report.txt, confusion_matrix.csv/.png and predictions.csv
-    (multi-label: see `write_multi_label_reports`)."""
+    (multi-label: see `write_multi_label_reports`). The classification report and the
+    figure are `report_step`s: a failure is a warning."""
     from sklearn import metrics as skm
 
     out_dir = Path(out_dir)
@@ -94,19 +95,29 @@ def write_reports(out_dir, y_true, probabilities, class_names, paths, prefix="",
                                          prefix, thresholds)
     y_pred = probabilities.argmax(axis=1)
     labels = list(range(len(class_names)))
-    report = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
-                                       digits=4, zero_division=0)
-    write_text(out_dir / report_file("classification_report.txt", prefix), report)
+    report_path = out_dir / report_file("classification_report.txt", prefix)
+    report = report_step(report_path.name, _write_classification_report, report_path,
+                         y_true, y_pred, labels, class_names)
     matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
     write_csv(out_dir / report_file("confusion_matrix.csv", prefix),
               ["true \\ predicted", *class_names],
               [[name, *row] for name, row in zip(class_names, matrix.tolist())])
-    plot_confusion_matrix(matrix, class_names, out_dir / report_file("confusion_matrix.png", prefix))
+    figure = out_dir / report_file("confusion_matrix.png", prefix)
+    report_step(figure.name, plot_confusion_matrix, matrix, class_names, figure)
     write_csv(
         out_dir / report_file("predictions.csv", prefix), ["path", "true_label", "predicted_label", "confidence"],
         [[path, class_names[t], class_names[p], f"{probs[p]:.6f}"]
          for path, t, p, probs in zip(paths, y_true, y_pred, probabilities)],
     )
+    return report
+
+
+def _write_classification_report(path, y_true, y_pred, labels, class_names):
+    from sklearn import metrics as skm
+
+    report = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
+                                       digits=4, zero_division=0)
+    write_text(path, report)
     return report
 
 

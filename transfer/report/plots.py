@@ -1,10 +1,47 @@
-"""Plots for a run: confusion matrix and training curves, drawn with matplotlib."""
+"""Plots for a run: confusion matrix and training curves, drawn with matplotlib.
 
+Every text in them is drawn as written: a class name such as `$x^$` is not matplotlib
+mathtext (nor LaTeX, whatever the user's matplotlibrc says). The figures a run or an
+evaluation writes at its end go through `report_step`: one that cannot be drawn is a
+warning, never a failed run."""
+
+import functools
 import io
+import logging
 
 import numpy as np
 
+from transfer.errors import first_line
 from transfer.io import atomic_path
+
+logger = logging.getLogger("transfer")
+
+
+def report_step(what, step, *args, **kwargs):
+    """`step(*args, **kwargs)`, one step that writes a report file of a run or an
+    evaluation (a figure, the classification report), after its model and metrics are
+    safe: a failure is a warning that names `what`, not a failed run. Returns the step's
+    result, None when it failed."""
+    try:
+        return step(*args, **kwargs)
+    except Exception as exc:  # the model and metrics do not depend on it
+        logger.warning("%s could not be written (%s: %s); the rest of the run is kept.", what,
+                       type(exc).__name__, first_line(exc))
+        return None
+
+
+def _plain_text(plot):
+    """Draw `plot`'s texts as written: no mathtext, no LaTeX (both are read when a text
+    is made, so the whole plot runs under these settings)."""
+
+    @functools.wraps(plot)
+    def draw(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return plot(*args, **kwargs)
+
+    return draw
 
 
 def _pyplot():
@@ -35,6 +72,7 @@ MAX_TICK_LABELS = 100
 MAX_NAME_CHARS = 24
 
 
+@_plain_text
 def plot_confusion_matrix(matrix, class_names, path):
     """Counts and row-normalised colours, so small classes stay readable."""
     matrix = np.asarray(matrix)
@@ -69,32 +107,74 @@ def _shorten(name):
     return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS - 1] + "…"
 
 
+KEPT_PHASE_ONE = "kept: phase 1 (phase 2 did not beat it)"
+# A phase-2 loss above this many times phase 1's highest is drawn clipped at the top of
+# the plot (and marked), so that phase 1's curve keeps its height.
+SPIKE_FACTOR = 2.0
+
+
+@_plain_text
 def plot_training_curves(history_rows, path, kept=None):
     """Loss and accuracy per epoch for both phases, with the phase boundary marked and,
-    when phase 2 did not beat phase 1, a note that phase 1's model was kept."""
-    fig, (loss_ax, acc_ax) = _pyplot().subplots(1, 2, figsize=(11, 4))
+    when phase 2 did not beat phase 1, a note that phase 1's model was kept. The legend
+    is above both plots and the note below them: neither covers a curve or the other."""
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import blended_transform_factory, offset_copy
+
+    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     epochs = np.arange(1, len(history_rows) + 1)
-    for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+    phases = [row["phase"] for row in history_rows]
+    boundaries = [i for i in range(1, len(phases)) if phases[i] != phases[i - 1]]
+    for ax, key in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = [row.get(prefix + key) for row in history_rows]
             if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style, marker="o",
-                        markersize=3, label="validation" if prefix else "training")
-        phases = [row["phase"] for row in history_rows]
-        for i in range(1, len(phases)):
-            if phases[i] != phases[i - 1]:
-                ax.axvline(i + 0.5, color="gray", linestyle=":", linewidth=1)
-                ax.text(i + 0.6, ax.get_ylim()[1], " fine-tune", va="top", fontsize=8, color="gray")
+                ax.plot(epochs, [np.nan if v is None else float(v) for v in values], style,
+                        marker="o", markersize=3, label="validation" if prefix else "training")
+        ax.set_xlim(0.5, len(history_rows) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(key)
+        if key == "loss" and boundaries:
+            _clip_spikes(ax, boundaries[0])
+        along_line = offset_copy(blended_transform_factory(ax.transData, ax.transAxes), fig=fig,
+                                 x=2, units="points")
+        for i in boundaries:
+            ax.axvline(i + 0.5, color="gray", linestyle=":", linewidth=1)
+            ax.text(i + 0.5, 0.98, "fine-tune", transform=along_line, rotation=90, ha="left",
+                    va="top", fontsize=8, color="gray", clip_on=True)
         ax.set_xlabel("epoch")
-        if kept == "head" and len(set(phases)) > 1:
-            ax.text(0.02, 0.02, "kept: phase 1 (phase 2 did not beat it)",
-                    transform=ax.transAxes, fontsize=8, color="firebrick")
-        ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncol=len(handles),
+                   frameon=False)
+    if kept == "head" and boundaries:
+        fig.supxlabel(KEPT_PHASE_ONE, fontsize=9, color="firebrick")
     _save(fig, path)
 
 
+def _clip_spikes(ax, phase_two_start):
+    """Clip the y-range of a loss plot at SPIKE_FACTOR times phase 1's highest value
+    where phase 2 goes above it; the clipped points are drawn as triangles on the top
+    edge, and the title says where it was cut."""
+    values = np.array([line.get_ydata() for line in ax.get_lines()], dtype=float)
+    phase_one = values[:, :phase_two_start]
+    if not np.isfinite(phase_one).any() or not np.isfinite(values).any():
+        return
+    low, highest = np.nanmin(values), np.nanmax(values)
+    top = SPIKE_FACTOR * np.nanmax(phase_one)
+    if not top > 0 or highest <= top:
+        return
+    ax.set_ylim(low - 0.05 * (top - low), top)
+    for line in list(ax.get_lines()):
+        x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata(), dtype=float)
+        over = np.nan_to_num(y, nan=-np.inf) > top
+        ax.plot(x[over], np.full(over.sum(), top), "^", color=line.get_color(), markersize=6,
+                clip_on=False)
+    ax.set_title(f"loss (cut at {top:.3g}; highest {highest:.3g})")
+
+
+@_plain_text
 def plot_image_grid(images, path, columns=8, title=None):
     """A grid of images (0-255 pixels), e.g. augmented training images."""
     images = np.clip(np.asarray(images), 0, 255).astype("uint8")
@@ -110,6 +190,7 @@ def plot_image_grid(images, path, columns=8, title=None):
     _save(fig, path)
 
 
+@_plain_text
 def plot_lr_find(learning_rates, losses, suggested, path):
     """The range test's smoothed loss against the learning rate (log scale)."""
     fig, ax = _pyplot().subplots(figsize=(6, 4))
@@ -135,6 +216,7 @@ def png_of(fig):
     return buffer.getvalue()
 
 
+@_plain_text
 def plot_reliability(bins, ece, ece_before=None):
     """Reliability diagram: accuracy against confidence per bin, with the diagonal of a
     calibrated model and the share of images per bin below. PNG bytes."""
@@ -160,25 +242,70 @@ def plot_reliability(bins, ece, ece_before=None):
     return png_of(fig)
 
 
+@_plain_text
 def plot_coverage(coverage, accuracy, thresholds):
     """Accuracy of the images kept against the share kept when the model abstains
-    below a confidence threshold (some thresholds marked). PNG bytes."""
+    below a confidence threshold (some thresholds marked, each label placed where it
+    covers neither the curve nor another label). PNG bytes."""
     fig, ax = _pyplot().subplots(figsize=(4.6, 3.6))
     ax.plot(coverage, accuracy, color="navy")
+    marked = []
     for p in (0.5, 0.7, 0.9):
         kept = np.flatnonzero(thresholds >= p)
         if len(kept):
             i = kept[-1]
             ax.plot(coverage[i], accuracy[i], "o", color="firebrick", markersize=4)
-            ax.annotate(f"P={p}", (coverage[i], accuracy[i]), fontsize=8,
-                        textcoords="offset points", xytext=(4, -10))
+            marked.append(((coverage[i], accuracy[i]), f"P={p}"))
     ax.set_xlabel("coverage (share of images answered)")
     ax.set_ylabel("accuracy on the images answered")
     ax.set_xlim(0, 1.02)
+    ax.set_ylim(ax.get_ylim())  # fixed before the labels are placed in screen space
     ax.grid(alpha=0.3)
+    _label_clear_of(ax, np.column_stack([coverage, accuracy]), marked)
     return png_of(fig)
 
 
+# Where a point's label may go, in points from it (right of, left of or centred on it;
+# below, above or beside it), in the order tried.
+LABEL_OFFSETS = ((6, -10), (-6, -10), (0, -14), (6, 10), (-6, 10), (0, 14), (8, -22),
+                 (-8, -22), (0, -26), (8, 22), (-8, 22), (0, 26), (14, 0), (-14, 0))
+
+
+def _label_clear_of(ax, curve, marked):
+    """Annotate each (xy, text) of `marked` at the first of LABEL_OFFSETS where its box
+    stays inside the axes and covers neither the curve nor a label placed before."""
+    renderer = ax.figure.canvas.get_renderer()
+    shown = _densified(ax.transData.transform(curve[np.isfinite(curve).all(axis=1)]))
+    inside, placed = ax.get_window_extent(renderer), []
+    for xy, text in marked:
+        for dx, dy in LABEL_OFFSETS:
+            label = ax.annotate(text, xy, fontsize=8, textcoords="offset points",
+                                xytext=(dx, dy), va="center",
+                                ha="left" if dx > 0 else "right" if dx < 0 else "center")
+            box = label.get_window_extent(renderer).padded(2)
+            if (inside.containsx(box.x0) and inside.containsx(box.x1)
+                    and inside.containsy(box.y0) and inside.containsy(box.y1)
+                    and not box.count_contains(shown)
+                    and not any(box.overlaps(other) for other in placed)):
+                break
+            if (dx, dy) != LABEL_OFFSETS[-1]:
+                label.remove()
+        placed.append(box)
+
+
+def _densified(points, step=1.0):
+    """The points of a polyline (screen pixels) with points added every `step` pixels
+    along its segments, so that a box that a segment crosses contains one of them."""
+    if len(points) < 2:
+        return points
+    gaps = np.diff(points, axis=0)
+    counts = np.maximum(1, np.ceil(np.hypot(*gaps.T) / step).astype(int))
+    parts = [start + np.arange(n)[:, None] / n * gap
+             for start, gap, n in zip(points[:-1], gaps, counts)]
+    return np.concatenate([*parts, points[-1:]])
+
+
+@_plain_text
 def plot_explanation(image, overlays, labels, path, group):
     """An image, then its Grad-CAM overlay for each of its top classes, titled with
     the class and its probability."""

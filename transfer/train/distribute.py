@@ -17,6 +17,11 @@ def _cluster_size():
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
+def in_a_cluster():
+    """Whether TF_CONFIG names several workers (they share one --out; the chief writes)."""
+    return _cluster_size() > 1
+
+
 def make_strategy(name="auto"):
     """The tf.distribute strategy `name` stands for on this machine.
 

@@ -1,6 +1,8 @@
 """A run's pooled backbone features: through the feature cache while the backbone is
 the frozen one phase 1 started from, computed afresh after phase 2 changed it."""
 
+from pathlib import Path
+
 from transfer.data.pipeline import images_only
 from transfer.models.heads import pooled_features
 from transfer.models.identify import architecture_of
@@ -18,11 +20,20 @@ def run_extractor(run):
     return pooled_features(local_copy(run.model, run.strategy)), architecture_of(run.model).name
 
 
+def split_cache_key(split, options, architecture_name):
+    """The feature cache's key of a split's pooled features at the run's start."""
+    # The key holds the seed for random initialisation: same seed, same backbone.
+    return cache_key(weights_identity(options.weights, options.seed), architecture_name,
+                     options.image_size, options.pooling, split.paths)
+
+
+def is_cached(key, options):
+    return (Path(options.cache_dir or default_cache_dir()) / f"{key}.npy").is_file()
+
+
 def cached_features(extractor, split, options, architecture_name):
     """The pooled features of `split`, from the cache when they are there."""
-    # The key holds the seed for random initialisation: same seed, same backbone.
-    key = cache_key(weights_identity(options.weights, options.seed), architecture_name,
-                    options.image_size, options.pooling, split.paths)
+    key = split_cache_key(split, options, architecture_name)
     return compute_features(extractor, images_only(split, options.image_size, options.batch_size),
                             len(split), extractor.output.shape[-1],
                             cache_dir=options.cache_dir or default_cache_dir(), key=key)

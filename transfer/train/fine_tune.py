@@ -26,13 +26,13 @@ PRECISE_BN_IMAGES = 512
 PREFIX_CACHE_BYTES = 2 * 2**30
 
 
-def fine_tune_schedule(options, augment):
+def fine_tune_schedule(options, augment, planned_epochs=None):
     return Schedule(options.fine_tune_epochs, options.fine_tune_learning_rate, augment=augment,
                     cosine=options.lr_schedule == "cosine", layer_decay=options.layer_decay,
-                    ema=options.ema)
+                    ema=options.ema, planned_epochs=planned_epochs)
 
 
-def fine_tune_on_images(run, phase):
+def fine_tune_on_images(run, phase, planned_epochs=None):
     """Phase 2: augmented images, warmup and cosine decay, rates falling with depth;
     BatchNormalization that trains gets precise statistics at each epoch's end. The
     frozen groups' outputs are computed once where they fit (`FrozenPrefix`): for the
@@ -58,12 +58,12 @@ def fine_tune_on_images(run, phase):
         validation = validation_callback(
             model, images_only(val, options.image_size, options.batch_size), val.labels)
     if train_on_prefix:
-        schedule = fine_tune_schedule(options, cached.train_inputs(options.seed))
+        schedule = fine_tune_schedule(options, cached.train_inputs(options.seed), planned_epochs)
         return phase.fit(model, labelled(np.arange(len(train)), train.labels, dataset.num_classes),
                          len(train), None, schedule, validation=validation,
                          recalibrate=recalibrate, fitted=cached.suffix)
-    schedule = fine_tune_schedule(options, augmentation(options.seed, options.augment,
-                                                        options.flip))
+    schedule = fine_tune_schedule(
+        options, augmentation(options.seed, options.augment, options.flip), planned_epochs)
     return phase.fit_on_images(model, schedule, validation=validation, recalibrate=recalibrate)
 
 

@@ -15,12 +15,13 @@ from transfer.lazy import tf
 from transfer.models import names
 from transfer.models.heads import has_hidden_layer, has_standardization, head_model
 from transfer.progress import seconds_since_start
+from transfer.runs import HEAD
 from transfer.runtime import run_inference, score
 from transfer.train.callbacks import ELAPSED
 from transfer.train.features import cached_features, run_extractor
 from transfer.train.logistic import fit_logistic_regression, fitted_c, output_weights
 from transfer.train.options import AUTO
-from transfer.train.phase import HEAD, Schedule
+from transfer.train.phase import Schedule
 from transfer.train.standardize import standardize_head
 
 logger = logging.getLogger("transfer")

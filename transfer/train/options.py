@@ -12,6 +12,7 @@ from transfer.errors import InvalidArgumentError, unknown_choice
 from transfer.models.families import resolve_architecture
 from transfer.models.heads import POOLINGS
 from transfer.models.pretrained import check_imagenet_available
+from transfer.train.budget import parse_duration
 from transfer.train.distribute import STRATEGIES
 
 # optimizer -> (class in keras.optimizers, its arguments besides the learning rate)
@@ -27,7 +28,18 @@ LR_SCHEDULES = ("cosine", "constant")  # of phase 2: warmup then cosine decay, o
 KEEP_MODES = ("best", "last")  # best: phase 1's model when phase 2 does not clearly beat it
 HEAD_INITS = ("probe", "train")  # phase 1: fit a logistic regression, or train the head
 # Options that cannot change a run's result: a resumed run may give others.
-RESULT_NEUTRAL = ("backup_interval", "cache_dir")
+# (A resumed run plans its own time_limit, counted from the resume.)
+RESULT_NEUTRAL = ("backup_interval", "cache_dir", "time_limit")
+# --preset: option values for a goal, one row each; options given explicitly win. Each
+# is justified by a measurement on the benchmarks page (docs/benchmarks.md, "Presets").
+RECIPE_PRESETS = {
+    # phase 1, then a short phase 2 on the frozen groups' cached outputs (flips only)
+    "fast": {"fine_tune_epochs": 3, "augment": "flip"},
+    "balanced": {},  # the defaults
+    # more epochs, stronger augmentation and an average of the weights
+    "best": {"fine_tune_epochs": 10, "augment": "strong", "ema": True,
+             "early_stopping_patience": 4},
+}
 AUTO = "auto"  # head_epochs: planned from the number of training images
 # jit_compile -> model.compile's value; "auto" is Keras' choice: XLA on GPUs, not on CPUs
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
@@ -66,6 +78,9 @@ class FinetuneOptions:
     keep: str = "best"  # which model the run keeps: the best validated phase, or the last
     refit: bool = True  # a kept probe head is fitted again on training + validation images
     early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 turns it off
+    futility_stop: bool = True  # phase 2 stops once it cannot beat phase 1 (keep="best")
+    time_limit: float = None  # seconds, or "90s", "10m", "2h": phases planned to end in time
+    preset: str = None  # a row of RECIPE_PRESETS: fast, balanced or best
     seed: int = 42
     backup_interval: float = 60.0  # seconds between backups for --resume (at epoch ends)
     strict: bool = False
@@ -143,6 +158,9 @@ class FinetuneOptions:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InvalidArgumentError(
                 f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
+        self.time_limit = parse_duration(self.time_limit)
+        if self.preset is not None and self.preset not in RECIPE_PRESETS:
+            raise unknown_choice("preset", self.preset, tuple(RECIPE_PRESETS))
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
         if self.weights == "imagenet":  # fail before the data is read, not after
@@ -165,7 +183,9 @@ class FinetuneOptions:
 
 
 def resolve_options(options=None, **overrides):
-    """A validated copy of `options` (or the defaults) with `overrides` applied."""
+    """A validated copy of `options` (or the defaults) with `overrides` applied. A
+    preset's values fill the options that `overrides` and `options` leave at their
+    defaults."""
     base = options or FinetuneOptions()
     names = {f.name for f in dataclasses.fields(FinetuneOptions)}
     unknown = sorted(set(overrides) - names)
@@ -173,4 +193,12 @@ def resolve_options(options=None, **overrides):
         raise InvalidArgumentError(
             f"Unknown fine-tuning option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}."
         )
+    preset = overrides.get("preset", base.preset)
+    if preset is not None:
+        if preset not in RECIPE_PRESETS:
+            raise unknown_choice("preset", preset, tuple(RECIPE_PRESETS))
+        defaults = FinetuneOptions()
+        base = dataclasses.replace(base, **{
+            name: value for name, value in RECIPE_PRESETS[preset].items()
+            if name not in overrides and getattr(base, name) == getattr(defaults, name)})
     return dataclasses.replace(base, **overrides).validate()

@@ -10,6 +10,8 @@ from transfer.allocator import return_freed_memory
 from transfer.data.pipeline import epoch_batches, image_dataset, one_hot_images
 from transfer.lazy import keras
 from transfer.progress import fit_verbosity
+from transfer.runs import FINE_TUNE, HEAD
+from transfer.train.budget import deadline_callback, futility_callback, planned_cosine
 from transfer.train.callbacks import (
     backup_epoch,
     early_stopping,
@@ -21,11 +23,15 @@ from transfer.train.callbacks import (
     write_backup,
 )
 from transfer.train.distribute import keras_multi_worker_fit
-from transfer.train.optim import compile_model, group_rate_multipliers, warmup_cosine
+from transfer.train.optim import (
+    WARMUP_FRACTION,
+    compile_model,
+    group_rate_multipliers,
+    warmup_cosine,
+)
+from transfer.train.selection import KEEP_MARGIN
 
 logger = logging.getLogger("transfer")
-
-HEAD, FINE_TUNE = "head", "fine-tune"  # the phases' names in history.csv and logs/
 
 
 @dataclass
@@ -40,6 +46,9 @@ class Schedule:
     cosine: bool = False
     layer_decay: float = 1.0
     ema: bool = False
+    # Epochs planned to a deadline (None: `epochs`): the cosine decays over them, and
+    # the phase replans them as it measures its epochs (`budget.deadline_callback`).
+    planned_epochs: int = None
 
     @property
     def compiles_twice(self):
@@ -91,12 +100,12 @@ class Phase:
 
         train = batches(first)
         steps = train_count // batch if drop_remainder else math.ceil(train_count / batch)
+        rate = None
         if schedule.compiles_twice:
-            rate = (warmup_cosine(schedule.learning_rate, steps * epochs, steps)
-                    if schedule.cosine else schedule.learning_rate)
             multipliers = (group_rate_multipliers(model, schedule.layer_decay)
                            if schedule.layer_decay != 1.0 else None)
             with self.strategy.scope():
+                rate = self._rate(schedule, steps)
                 compile_model(fitted, options, rate, num_classes, replicas, multipliers,
                               schedule.ema)
         if first and not restore_backup(fitted, self.backup_dir):
@@ -121,6 +130,7 @@ class Phase:
                       # Scalars only: the graph and histograms cost seconds an epoch.
                       keras.callbacks.TensorBoard(log_dir=str(self.paths.logs(self.name)),
                                                   write_graph=False, histogram_freq=0)]
+        callbacks += self._planning(schedule, rate)
         if options.early_stopping_patience:
             callbacks.append(early_stopping(fitted, options.early_stopping_patience,
                                             self.paths.best_weights(self.name)))
@@ -136,6 +146,34 @@ class Phase:
                 self._back_up_when_interrupted(fitted, len(rows))
                 raise
         return rows
+
+    @staticmethod
+    def _rate(schedule, steps):
+        """The learning rate or its schedule over the phase's (planned) epochs."""
+        if not schedule.cosine:
+            return schedule.learning_rate
+        if schedule.planned_epochs is not None:
+            return planned_cosine(schedule.learning_rate, steps, schedule.planned_epochs,
+                                  WARMUP_FRACTION)
+        return warmup_cosine(schedule.learning_rate, steps * schedule.epochs, steps)
+
+    def _planning(self, schedule, rate):
+        """Phase 2's stops: at the deadline of a time-limited run, and as soon as it
+        cannot beat phase 1 (with keep="best" and a phase 1 that trained)."""
+        run, options = self.run, self.options
+        found = []
+        if self.name != FINE_TUNE:
+            return found
+        record = run.phase_two
+        if run.plan is not None and schedule.planned_epochs is not None:
+            found.append(deadline_callback(
+                run.plan, run.reserve, schedule.planned_epochs, schedule.epochs,
+                rate if hasattr(rate, "set_epochs") else None, record))
+        if options.futility_stop and options.keep == "best" and run.head_score is not None:
+            found.append(futility_callback(run.head_score["accuracy"],
+                                           len(run.dataset.splits["val"]), schedule.epochs,
+                                           KEEP_MARGIN, record))
+        return found
 
     def _back_up_when_interrupted(self, fitted, epochs_done):
         """Ctrl-C: keep what the phase learned, whatever the backup interval. The

@@ -25,10 +25,12 @@ from transfer.lazy import keras
 from transfer.models.groups import freeze, groups, unfreeze
 from transfer.models.heads import MULTI_LABEL, build_classifier, head_model
 from transfer.report.metrics import compute_metrics, tune_thresholds, write_reports
-from transfer.report.plots import plot_image_grid, plot_training_curves
+from transfer.report.plots import plot_image_grid, plot_training_curves, report_step
 from transfer.runs import (
     COMPLETE,
     FAILED,
+    FINE_TUNE,
+    HEAD,
     INTERRUPTED,
     RUNNING,
     TEST_PREFIX,
@@ -41,8 +43,9 @@ from transfer.runs import (
     write_labels,
 )
 from transfer.runtime import INFERENCE_BATCH_SIZE, precision_policy, run_inference
+from transfer.train.budget import TimePlan, describe_seconds
 from transfer.train.distribute import local_copy
-from transfer.train.features import split_features
+from transfer.train.features import is_cached, run_extractor, split_cache_key, split_features
 from transfer.train.fine_tune import fine_tune_on_images
 from transfer.train.head import (
     head_is_probe,
@@ -52,7 +55,7 @@ from transfer.train.head import (
     train_head_on_images,
 )
 from transfer.train.optim import class_weights
-from transfer.train.phase import FINE_TUNE, HEAD, Phase, release_training_state
+from transfer.train.phase import Phase, release_training_state
 from transfer.train.selection import choose_phase, validation_score
 
 logger = logging.getLogger("transfer")
@@ -119,10 +122,16 @@ def claim_run_dir(out, options, chief, overwrite, resume):
 class Run:
     """One fine-tuning run in the folder of `paths` (a `RunPaths`)."""
 
-    def __init__(self, options, paths, strategy, chief=True, resume=False):
+    def __init__(self, options, paths, strategy, chief=True, resume=False,
+                 report_features=False):
         self.options, self.paths, self.strategy = options, paths, strategy
         self.chief, self.resume = chief, resume
+        # Whether the end of the run computes the training images' features (report.html)
+        self.report_features = report_features
         self.started = time.monotonic()
+        self.plan = TimePlan(options.time_limit, self.started) if options.time_limit else None
+        self.reserve = 0.0  # seconds kept for the end of a time-limited run
+        self.phase_two = {}  # phase 2's plan and why it stopped, for metrics.json
         self.dataset = self.model = self.class_weight = self.config = None
         self.history, self.timings = [], {}
         self.head_score = None  # phase 1's validation score, where phase 2 must beat it
@@ -167,6 +176,8 @@ class Run:
             self._load_phase_one()
             self.history = json.loads(paths.head_history.read_text())
         elif options.head_epochs:
+            if self.plan is not None:
+                self._check_phase_one_fits()
             phase = Phase(HEAD, self)
             train = (train_head_on_cached_features if options.cache_features
                      else train_head_on_images)
@@ -192,12 +203,26 @@ class Run:
             logger.warning("The backbone is randomly initialised but its BatchNormalization "
                            "stays in inference mode; pass train_bn=True to let it learn "
                            "statistics.")
+        planned = None
+        if self.plan is not None:
+            planned, self.reserve = self.plan.phase_two_epochs(
+                self._end_images(), len(self.dataset.splits["train"]), options.fine_tune_epochs)
+            self.phase_two["fine_tune_epochs_planned"] = planned
+            if not planned:
+                self.phase_two["stopped"] = "no time for phase 2 within the time limit"
+                logger.warning("No time for phase 2 within the time limit (%s left, %s kept "
+                               "for the end of the run): keeping phase 1.",
+                               describe_seconds(self.plan.left()),
+                               describe_seconds(self.reserve))
+                release_training_state(self.model)
+                return []
         unfreeze(self.model, options.fine_tune_from, train_bn=options.train_bn)
-        logger.info("Phase 2: fine-tuning from %s (learning rate %g)...",
-                    options.fine_tune_from, options.fine_tune_learning_rate)
+        logger.info("Phase 2: fine-tuning from %s (learning rate %g%s)...",
+                    options.fine_tune_from, options.fine_tune_learning_rate,
+                    f", {planned} epochs planned to the time limit" if planned else "")
         phase_start = time.monotonic()
         phase = Phase(FINE_TUNE, self)
-        history = fine_tune_on_images(self, phase)
+        history = fine_tune_on_images(self, phase, planned_epochs=planned)
         self.timings["fine_tune_seconds"] = round(time.monotonic() - phase_start, 2)
         self.timings["fine_tune_xla"] = phase.jit_compile
         self.history += history
@@ -218,11 +243,12 @@ class Run:
             self._load_phase_one()
         return self.kept
 
-    def finish(self, out, report_features=False):
+    def finish(self, out):
         """Predictions, the refit, the model and its history, the reports of each split,
         metrics.json and config.json saying the run is complete. Keeps in `features`
         the pooled features of the validation and test images (and the training images'
         with `report_features`) for report.html. Returns the `RunResult`."""
+        report_features = self.report_features
         options, dataset, paths, kept = self.options, self.dataset, self.paths, self.kept
         # One set of pooled features per split gives the predictions (through the head)
         # and, with the training images', the report's sections: no second backbone pass.
@@ -250,6 +276,11 @@ class Run:
                 metrics[split_name] = self._report_split(split_name, probabilities, thresholds)
         self.timings["total_seconds"] = round(time.monotonic() - self.started, 2)
         metrics.update(kept=kept, timings=self.timings, skipped_files=dataset.skipped)
+        if self.phase_two.get("stopped"):
+            kept["fine_tune_stopped"] = self.phase_two["stopped"]
+        if self.plan is not None:
+            metrics["time_plan"] = {**self.plan.record, **self.phase_two,
+                                    "spent_seconds": self.timings["total_seconds"]}
         write_json(paths.metrics, metrics)
         write_json(paths.config, {
             **self.config, "status": COMPLETE, "kept": kept["phase"], "timings": self.timings,
@@ -278,6 +309,24 @@ class Run:
 
     # ---------------------------------------------------------------- helpers
 
+    def _end_images(self):
+        """Images the end of the run passes the backbone over when phase 2 is kept: the
+        test split's, and the training images' for the report."""
+        splits = self.dataset.splits
+        return len(splits.get("test", ())) + \
+            (len(splits["train"]) if self.report_features else 0)
+
+    def _check_phase_one_fits(self):
+        """A time-limited run measures its backbone first and is refused at once, with
+        the estimate, when phase 1 cannot fit in the limit."""
+        options, splits = self.options, self.dataset.splits
+        extractor, name = run_extractor(self)
+        self.plan.measure_backbone(extractor, splits["train"], options)
+        to_embed = sum(len(splits[s]) for s in ("train", "val")
+                       if not options.cache_features
+                       or not is_cached(split_cache_key(splits[s], options, name), options))
+        self.plan.check_phase_one(to_embed, self._end_images())
+
     def _load_phase_one(self):
         load_weight_values(self.model, self.paths.head_weights)
 
@@ -304,10 +353,11 @@ class Run:
         images = next(iter(images_only(train, options.image_size, PREVIEW_IMAGES)))
         rows = [np.asarray(images)] + [np.asarray(augment(images, training=True))
                                        for _ in range(PREVIEW_DRAWS)]
-        plot_image_grid(np.concatenate(rows), self.paths.augmentation_preview,
-                        columns=len(images),
-                        title=f"first row: training images; below: augment='{options.augment}', "
-                              f"flip={options.flip}")
+        report_step(self.paths.augmentation_preview.name, plot_image_grid,
+                    np.concatenate(rows), self.paths.augmentation_preview,
+                    columns=len(images),
+                    title=f"first row: training images; below: augment='{options.augment}', "
+                          f"flip={options.flip}")
 
     def _val_features(self, backbone_as_cached=False):
         """The validation images' pooled features: after phase 1, the ones it cached."""
@@ -347,4 +397,5 @@ class Run:
             write_csv(paths.history, ["phase", "epoch", *columns],
                       [[row["phase"], row["epoch"], *[row.get(c, "") for c in columns]]
                        for row in history])
-            plot_training_curves(history, paths.curves, kept=self.kept["phase"])
+            report_step(paths.curves.name, plot_training_curves, history, paths.curves,
+                        kept=self.kept["phase"])

@@ -5,8 +5,8 @@ import logging
 
 import numpy as np
 
+from transfer.runs import FINE_TUNE, HEAD
 from transfer.runtime import correct_predictions, score
-from transfer.train.phase import FINE_TUNE, HEAD
 
 logger = logging.getLogger("transfer")
 

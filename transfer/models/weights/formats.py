@@ -207,13 +207,36 @@ def _collect_by_config(group, layer_configs, layers):
                 layers[config["config"]["name"]] = values
 
 
+# A .keras archive's members are read into memory: refuse, before reading, a member
+# that declares more than any weights file holds, or that compresses better than
+# weights ever do (a zip bomb: a few MB of zeros that unpack to many GB). Weights
+# barely compress; below SMALL_MEMBER_BYTES any ratio is harmless.
+MAX_MEMBER_BYTES = 8 << 30
+MAX_COMPRESSION_RATIO = 100
+SMALL_MEMBER_BYTES = 16 << 20
+
+
+def _read_member(archive, name, path):
+    """The bytes of one member of a zip archive, its declared sizes checked first
+    (zipfile stops at the declared size, so the check bounds what is read)."""
+    info = archive.getinfo(name)
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > MAX_MEMBER_BYTES or (
+            info.file_size > SMALL_MEMBER_BYTES and ratio > MAX_COMPRESSION_RATIO):
+        raise WeightsError(
+            f"Not allowed: {path} declares a {name} of {info.file_size:,} bytes, compressed "
+            f"{ratio:,.0f}:1 into {info.compress_size:,}: no weights file is that large or "
+            f"compresses better than {MAX_COMPRESSION_RATIO}:1 (a zip bomb?).")
+    return archive.read(name)
+
+
 def _read_keras_archive(path):
     with zipfile.ZipFile(path) as archive:
         archive_names = archive.namelist()
         if "config.json" not in archive_names or "model.weights.h5" not in archive_names:
             raise WeightsError(f"{path} is a zip file but not a .keras model archive.")
-        config = json.loads(archive.read("config.json"))
-        data = io.BytesIO(archive.read("model.weights.h5"))
+        config = json.loads(_read_member(archive, "config.json", path))
+        data = io.BytesIO(_read_member(archive, "model.weights.h5", path))
     layers = {}
     with h5py.File(data, "r") as f:
         check_self_contained(f, path)
