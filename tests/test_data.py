@@ -1,12 +1,14 @@
 """Data sources: class folders, split folders, TFDS; splits; decoding; bad files."""
 
 
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from tests.conftest import make_image_folder, mock_tfds_metadata
 from transfer.data import drop_unreadable, image_dataset, load_dataset, load_folder
+from transfer.data.augment import augmentation
 from transfer.errors import DataError
 
 
@@ -150,7 +152,6 @@ def test_tfds_unknown_dataset():
 def test_augmentation_seeds_each_layer_apart_and_repeats_with_the_seed(image_folder):
     """Layers sharing one seed draw the same numbers (every flip with the same zoom):
     each layer gets its own. The same seed gives the same augmented images."""
-    from transfer.data.augment import augmentation
 
     seeds = [layer.seed for layer in augmentation(seed=7).layers]
     assert len(set(seeds)) == len(seeds) == 4
@@ -161,3 +162,22 @@ def test_augmentation_seeds_each_layer_apart_and_repeats_with_the_seed(image_fol
     again = augmentation(seed=7)(images, training=True)
     np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
     assert not np.array_equal(np.asarray(first), np.asarray(images))
+
+
+def test_decoded_images_are_whole_levels_kept_as_uint8(image_folder):
+    from transfer.data.pipeline import decoded_images, one_hot_images
+    from transfer.data.sources import load_dataset
+
+    train = load_dataset(image_folder, val_split=0.2).splits["train"]
+    cached = list(decoded_images(train, 24, cache=True))
+    plain = list(decoded_images(train, 24, cache=False))
+    for (x, y), (raw, label) in zip(cached, plain):
+        assert x.dtype == "float32" and int(y) == int(label)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(raw))
+        assert np.array_equal(np.asarray(x), np.round(np.asarray(x)))  # whole levels
+    repeated = [np.asarray(x) for x, _ in decoded_images(train, 24, cache=True)]
+    assert len(repeated) == len(cached) == len(train)
+    # Training shuffles uint8 pixels (a quarter of the bytes); the model casts them.
+    for (x, _), (pixels, label) in zip(cached, one_hot_images(train, 24, 3)):
+        assert pixels.dtype == "uint8" and int(np.argmax(label)) >= 0
+        np.testing.assert_array_equal(np.asarray(pixels, dtype="float32"), np.asarray(x))

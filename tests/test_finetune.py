@@ -54,7 +54,7 @@ def test_the_run_says_which_phase_it_kept(sample_run):
     kept = metrics["kept"]
     assert kept["phase"] in ("head", "fine-tune")
     head, fine_tune = kept["validation"]["head"], kept["validation"]["fine-tune"]
-    if kept["phase"] == "fine-tune":  # kept only when clearly better (tests/test_recipe.py)
+    if kept["phase"] == "fine-tune":  # kept only when clearly better (tests/test_train_phases.py)
         assert fine_tune["accuracy"] > head["accuracy"]
     assert json.loads((out / "config.json").read_text())["kept"] == kept["phase"]
     assert "kept: phase " in output

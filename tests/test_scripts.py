@@ -149,8 +149,8 @@ def test_standin_trains_without_the_sample_and_saves_what_transfer_loads(
     train split less the sample's first 30 of each class, and its backbone's weights
     file loads into transfer's ResNet50 (as `--weights` does) with the same outputs."""
     import keras
-
     import pretrain_standin
+
     import transfer
 
     x, y, x_test, y_test = pretrain_standin.training_images(idx_with_sample_first)

@@ -17,9 +17,9 @@ from tests.conftest import (
     VARIANT_IDS,
     VARIANTS,
     build_fresh,
-    trust_notop_file,
     random_images,
     randomize,
+    trust_notop_file,
 )
 from transfer.models import pretrained
 from transfer.models.weights import formats
@@ -40,7 +40,7 @@ def tf_keras_file(path, ref_name, include_top, input_shape, seed=0, **kwargs):
 
 # The default run reads ResNet50's top and notop files and ResNet152's notop file (the
 # one fine-tuning loads), for v1 and v2; the loader goes by layer name, the same at
-# every depth, and test_compat checks every depth's names, shapes and outputs. The top
+# every depth, and test_resnet_compat checks every depth's names, shapes and outputs. The top
 # adds the same `predictions` layer at every depth. The rest are in the slow run.
 DEFAULT_LEGACY_CASES = {(50, True), (50, False), (152, False)}
 LEGACY_CASES = [pytest.param(*variant, top, id=f"{variant_id}-{'top' if top else 'notop'}",

@@ -122,6 +122,8 @@ class ResultsStream:
         return getattr(self._stream, name)
 
     def _guarded(self, call):
+        if self._stream is None:  # Python found no file descriptor 1
+            raise RunFailedError("Cannot write the results: standard output is closed.")
         try:
             return call()
         except (OSError, ValueError) as exc:  # ValueError: a closed stream
@@ -1098,6 +1100,7 @@ def explain(run_or_model, paths, out, top_k, group, image_size):
 
 
 def main():
+    open_standard_streams()  # results go to stdout or nowhere, never to stderr (`>&-`)
     if os.environ.get(DEBUG_ENV) != "1" and "--debug" not in sys.argv:
         filter_stderr()
     cli(prog_name="transfer")

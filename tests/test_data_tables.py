@@ -187,8 +187,8 @@ def test_hash_split_of_a_csv_is_stable_and_stratified(tmp_path):
 
 
 def test_missing_and_unreadable_rows_are_reported_and_skipped(tmp_path):
-    from transfer.train.run import load_data
     from transfer.train.options import resolve_options
+    from transfer.train.run import load_data
 
     files = sample_files(per_class=3)
     for _, path in files:

@@ -1,9 +1,8 @@
-"""The fine-tuning recipe's mechanisms: standardised features inside the head, the
-planned phase 1, phase 2's schedule and per-group learning rates, the guard that
-keeps phase 1 when phase 2 does not beat it, and the augmentation presets."""
+"""The phase runner and phase 2: the guard that keeps phase 1 when phase 2 does not clearly
+beat it, early stopping and backups of what trains, the frozen prefix computed once, the
+learning-rate range test, repeatability."""
 
 import json
-import math
 
 import keras
 import numpy as np
@@ -12,101 +11,12 @@ import pytest
 import transfer
 from tests.conftest import random_images, randomize
 from tests.test_finetune import _backbone_after, _weights_file
-from transfer.data.augment import PRESETS, augmentation
 from transfer.data.pipeline import images_only
-from transfer.models.heads import set_standardization
-from transfer.models.names import HEAD_STANDARDIZE
 from transfer.runtime import run_inference
 from transfer.train import fine_tune as phase2
-from transfer.train import head as phase1
-from transfer.train import optim, selection, standardize
-from transfer.train.phase import release_training_state
+from transfer.train import selection
 from transfer.train.options import FinetuneOptions
-
-
-def test_standardization_lives_in_the_model_and_reloads_in_safe_mode(tmp_path):
-    model = transfer.build_classifier(3, weights=None, image_size=32, standardize=True)
-    rng = np.random.default_rng(0)
-    mean, variance = rng.normal(5, 2, 2048), rng.uniform(1, 9, 2048)
-    images = random_images((4, 32, 32, 3))
-    before = np.asarray(model(images))
-    set_standardization(model, mean, variance)
-    after = np.asarray(model(images))
-    assert not np.allclose(before, after)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
-    np.testing.assert_allclose(np.asarray(loaded(images)), after, rtol=1e-6, atol=1e-6)
-    layer = loaded.get_layer(HEAD_STANDARDIZE)
-    np.testing.assert_allclose(np.asarray(layer.mean).ravel(), mean, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(layer.variance).ravel(), variance, rtol=1e-6)
-
-
-def test_feature_statistics_match_numpy_in_chunks():
-    features = np.random.default_rng(1).normal(3, 4, (1000, 7)).astype("float32")
-    mean, variance = standardize.feature_statistics(features, chunk=128)
-    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(variance, features.var(axis=0), rtol=1e-4)
-    # Several arrays (the refit's train and val features) count as their rows stacked.
-    parts = [features[:300], features[300:]]
-    np.testing.assert_allclose(standardize.feature_statistics(parts, chunk=128)[0], mean)
-    standardized = standardize.standardizer(mean, np.sqrt(variance))(parts, np.float64)
-    assert standardized.dtype == np.float64
-    np.testing.assert_allclose(standardized, (features - mean) / np.sqrt(variance), rtol=1e-6)
-
-
-@pytest.mark.parametrize("images,cached,expected", [
-    (240, True, 75),      # 8 steps an epoch: 600 steps take 75 epochs
-    (100_000, True, 10),  # 3125 steps an epoch: the floor of 10 epochs
-    (16, True, 200),      # 1 step an epoch: capped at 200 (early stopping ends it sooner)
-    (240, False, 10),     # through the backbone an epoch costs a pass over the images
-])
-def test_head_epochs_auto_plans_from_the_data(images, cached, expected):
-    options = FinetuneOptions(batch_size=32)
-    assert options.head_epochs == "auto"
-    planned = phase1.head_epochs(options, images, cached)
-    assert planned == expected
-    if cached and expected not in (phase1.HEAD_MIN_EPOCHS, phase1.HEAD_MAX_EPOCHS):
-        assert planned * math.ceil(images / options.batch_size) >= phase1.HEAD_STEPS
-    options.head_epochs = 3
-    assert phase1.head_epochs(options, images, cached) == 3
-
-
-def test_warmup_then_cosine_decay():
-    schedule = optim.warmup_cosine(1e-3, total_steps=100, steps_per_epoch=20)
-    rates = [float(schedule(step)) for step in range(101)]
-    warmup = 10  # 10% of the steps, below one epoch's 20
-    assert rates[0] == 0.0
-    assert rates[warmup // 2] == pytest.approx(5e-4, rel=1e-5)
-    assert rates[warmup] == pytest.approx(1e-3, rel=1e-5)
-    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))
-    assert rates[warmup + 45] == pytest.approx(5e-4, rel=1e-3)  # half way down the cosine
-    assert rates[100] == pytest.approx(0.0, abs=1e-9)
-
-
-def test_layer_decay_scales_each_groups_step():
-    model = transfer.build_classifier(2, weights=None, image_size=32)
-    transfer.unfreeze(model, "conv4")
-    variables = model.trainable_variables
-    multipliers = optim.group_rate_multipliers(model, 0.5)
-    optimizer = optim.make_optimizer("sgd", 0.1, multipliers)
-    optimizer.build(variables)
-    before = [np.asarray(v) for v in variables]
-    optimizer.apply([keras.ops.ones_like(v) for v in variables], variables)
-    found = transfer.groups(model)
-    expected = {}
-    for distance, name in enumerate(("head", "conv5", "conv4")):
-        for layer in found[name]:
-            for variable in layer.trainable_weights:
-                expected[id(variable)] = 0.1 * 0.5 ** distance
-    assert len(expected) == len(variables)
-    for variable, old in zip(variables, before):
-        step = old - np.asarray(variable)  # SGD's first step with momentum: lr * gradient
-        np.testing.assert_allclose(step, expected[id(variable)], rtol=1e-5)
-
-
-def test_no_layer_decay_builds_the_plain_optimizer():
-    assert type(optim.make_optimizer("adam", 1e-3, {1: 1.0})) is keras.optimizers.Adam
-    assert type(optim.make_optimizer("adam", 1e-3)) is keras.optimizers.Adam
+from transfer.train.phase import release_training_state
 
 
 def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folder, caplog,
@@ -142,50 +52,6 @@ def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folde
     assert (result.run_dir / "augmentation_preview.png").exists() is False  # augment none
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
-def test_presets_repeat_with_their_seed_and_leave_out_the_flip(preset):
-    images = random_images((4, 32, 32, 3)).astype("float32")
-    first = np.asarray(augmentation(seed=3, preset=preset)(images, training=True))
-    again = np.asarray(augmentation(seed=3, preset=preset)(images, training=True))
-    np.testing.assert_array_equal(first, again)
-    assert first.shape == images.shape
-    without_flip = augmentation(3, preset, flip=False)
-    if preset == "flip":  # nothing left
-        assert without_flip is None
-    else:
-        names = [type(layer).__name__ for layer in without_flip.layers]
-        assert "RandomFlip" not in names and names
-    assert augmentation(3, "none") is None
-
-
-def test_unknown_preset_names_the_choices():
-    with pytest.raises(transfer.InvalidArgumentError,
-                       match="Unknown augment: 'wild'. Expected one of none, flip, light, "
-                             "default, strong."):
-        augmentation(0, "wild")
-
-
-def test_tta_averages_each_image_with_its_mirror():
-    import tensorflow as tf
-
-    from transfer.runtime import run_inference
-
-    model = transfer.build_classifier(3, weights=None, image_size=32)
-    images = random_images((6, 32, 32, 3)).astype("float32")
-    batches = tf.data.Dataset.from_tensor_slices(images).batch(4)
-    plain = np.asarray(model(images))
-    mirrored = np.asarray(model(images[:, :, ::-1]))
-    np.testing.assert_allclose(run_inference(model, batches, tta=True), (plain + mirrored) / 2,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(run_inference(model, batches), plain, rtol=1e-5, atol=1e-6)
-
-
-def test_ema_optimizer_ends_with_the_average():
-    optimizer = optim.make_optimizer("adam", 1e-3, ema=True)
-    assert optimizer.use_ema and optimizer.ema_momentum == optim.EMA_MOMENTUM
-    assert not optim.make_optimizer("adam", 1e-3).use_ema
-
-
 def test_lr_find_writes_its_curve_and_suggests_a_rate(tmp_path, image_folder):
     from click.testing import CliRunner
 
@@ -203,61 +69,6 @@ def test_lr_find_writes_its_curve_and_suggests_a_rate(tmp_path, image_folder):
     rates = [float(row.split(",")[0]) for row in rows[1:]]
     assert rates[0] == pytest.approx(1e-6) and all(b > a for a, b in zip(rates, rates[1:]))
     assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 1000
-
-
-@pytest.mark.parametrize("classes", [2, 4])
-def test_the_probe_becomes_a_dense_softmax_with_the_same_probabilities(classes):
-    from transfer.train.logistic import fit_logistic_regression, softmax_weights
-
-    rng = np.random.default_rng(classes)
-    labels = np.arange(120) % classes
-    features = rng.normal(size=(120, 16)) + labels[:, None] * 0.7
-    classifier = fit_logistic_regression(features, labels, classes, folds=3, standardize=False)
-    kernel, bias = softmax_weights(classifier, classes)
-    dense = keras.layers.Dense(classes, activation="softmax")
-    dense.build((None, 16))
-    dense.set_weights([kernel, bias])
-    np.testing.assert_allclose(np.asarray(dense(features.astype("float32"))),
-                               classifier.predict_proba(features), rtol=1e-4, atol=1e-5)
-
-
-def test_phase_one_from_the_probe_matches_the_probe(tmp_path, image_folder):
-    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
-                               batch_size=8, fine_tune_from="none", seed=1)
-    rows = result.history
-    assert len(rows) == 1 and rows[0]["phase"] == "head" and rows[0]["probe_C"] > 0
-    # The head is the regression: its validation accuracy is the run's (validation
-    # judges the model before the refit).
-    assert rows[0]["val_accuracy"] == pytest.approx(result.metrics["val"]["accuracy"])
-
-
-def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image_folder):
-    from transfer.data.pipeline import images_only
-    from transfer.data.sources import load_dataset
-    from transfer.models.heads import pooled_features
-
-    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
-                               batch_size=8, fine_tune_from="none", seed=1)
-    splits = load_dataset(image_folder, val_split=FinetuneOptions.val_split).splits
-    train, val = splits["train"], splits["val"]
-    assert result.metrics["kept"]["refit"]["images"] == len(train) + len(val)
-    # With phase 1's C, as a search's refit fits the C it chose.
-    assert result.metrics["kept"]["refit"]["C"] == result.history[0]["probe_C"]
-    # The standardisation now has the statistics of the training and validation images.
-    extractor = pooled_features(result.model)
-    features = np.concatenate([np.asarray(extractor(batch)) for split in (train, val)
-                               for batch in images_only(split, 32, 8)])
-    mean = np.asarray(result.model.get_layer(HEAD_STANDARDIZE).mean).ravel()
-    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-4, atol=1e-5)
-    # ... and the refit model is the one saved.
-    reloaded = keras.models.load_model(result.run_dir / "model.keras", safe_mode=True)
-    images = next(iter(images_only(val, 32, 8)))
-    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(result.model(images)),
-                               rtol=1e-5, atol=1e-6)
-    plain = transfer.finetune(image_folder, report=False, out=tmp_path / "plain", weights=None, image_size=32,
-                              batch_size=8, fine_tune_from="none", seed=1, refit=False)
-    assert "refit" not in plain.metrics["kept"]
-    assert plain.metrics["val"] == result.metrics["val"]
 
 
 @pytest.mark.parametrize("gained,lost,kept", [
@@ -466,26 +277,7 @@ def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
     assert phase2.FrozenPrefix.of(model, dataset, options, phase).train is None
 
 
-def test_decoded_images_are_whole_levels_kept_as_uint8(image_folder):
-    from transfer.data.pipeline import decoded_images, one_hot_images
-    from transfer.data.sources import load_dataset
-
-    train = load_dataset(image_folder, val_split=0.2).splits["train"]
-    cached = list(decoded_images(train, 24, cache=True))
-    plain = list(decoded_images(train, 24, cache=False))
-    for (x, y), (raw, label) in zip(cached, plain):
-        assert x.dtype == "float32" and int(y) == int(label)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(raw))
-        assert np.array_equal(np.asarray(x), np.round(np.asarray(x)))  # whole levels
-    repeated = [np.asarray(x) for x, _ in decoded_images(train, 24, cache=True)]
-    assert len(repeated) == len(cached) == len(train)
-    # Training shuffles uint8 pixels (a quarter of the bytes); the model casts them.
-    for (x, _), (pixels, label) in zip(cached, one_hot_images(train, 24, 3)):
-        assert pixels.dtype == "uint8" and int(np.argmax(label)) >= 0
-        np.testing.assert_array_equal(np.asarray(pixels, dtype="float32"), np.asarray(x))
-
-
-# A minute, two whole runs; the default run keeps the killed-run test (tests/test_scale.py),
+# A minute, two whole runs; the default run keeps the killed-run test (tests/test_distribute.py),
 # whose straight and resumed runs agree to 1e-5, to keep the suite under 20 minutes.
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_model(tmp_path, image_folder):

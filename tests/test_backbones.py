@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import transfer
-from tests.conftest import make_image_folder, md5_of, randomize, random_images
+from tests.conftest import make_image_folder, md5_of, random_images, randomize
 from transfer.cli import cli
 from transfer.data.pipeline import images_only
 from transfer.errors import InvalidArgumentError, WeightsError

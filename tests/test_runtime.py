@@ -1,7 +1,6 @@
-"""The speed features: the phase-1 feature cache (same head, reused across runs),
-its memory-mapped form, the inference path, and the precision/XLA options."""
+"""The runtime: the compiled inference path, mixed precision and XLA on a CPU, oneDNN
+turned on at import."""
 
-import logging
 
 import numpy as np
 import pytest
@@ -9,67 +8,10 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 import transfer
-from tests.conftest import randomize
+from tests.conftest import random_images, randomize
 from transfer.cli import cli
-from transfer.runtime import run_inference
 from transfer.commands.finetune import finetune
-from transfer.train.feature_cache import cache_key, compute_features, weights_identity
-
-
-@pytest.fixture
-def weights_file(tmp_path):
-    backbone = randomize(transfer.ResNet50(weights=None, include_top=False), seed=3)
-    path = tmp_path / "backbone.weights.h5"
-    backbone.save_weights(path)
-    return path
-
-
-def _phase1(image_folder, tmp_path, weights_file, cache, name):
-    return finetune(image_folder, report=False, out=tmp_path / name, weights=str(weights_file), image_size=32,
-                    batch_size=8, head_epochs=3, fine_tune_from="none", cache_features=cache,
-                    early_stopping_patience=0)
-
-
-def test_cached_features_train_the_same_head_and_a_second_run_reuses_them(
-        image_folder, tmp_path, weights_file, feature_cache_dir, caplog):
-    """Same seed: the head trained on cached features equals the one trained through
-    the frozen backbone (dropout included), within float tolerance."""
-    cached = _phase1(image_folder, tmp_path, weights_file, True, "cached")
-    files = sorted(feature_cache_dir.glob("*.npy"))
-    assert len(files) == 2  # train and validation
-    direct = _phase1(image_folder, tmp_path, weights_file, False, "direct")
-    for a, b in zip(cached.model.get_layer("predictions").weights,
-                    direct.model.get_layer("predictions").weights):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # seen: 4e-7
-    np.testing.assert_allclose([r["loss"] for r in cached.history],
-                               [r["loss"] for r in direct.history], rtol=1e-5)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="transfer"):
-        _phase1(image_folder, tmp_path, weights_file, True, "second")
-    # Both of phase 1's files again (the run's end reads validation's once more), and
-    # no features computed.
-    assert caplog.text.count("Reusing cached features") == 3
-    assert "Features:" not in caplog.text
-    # Other weights (a file of other content), another key: not reused.
-    other = randomize(transfer.ResNet50(weights=None, include_top=False), seed=4)
-    other.save_weights(tmp_path / "other.weights.h5")
-    paths = sorted(str(p) for p in image_folder.rglob("*") if p.is_file())
-    keys = {cache_key(weights_identity(str(w), 0), "resnet50", 32, "avg", paths)
-            for w in (weights_file, tmp_path / "other.weights.h5")}
-    assert len(keys) == 2
-
-
-def test_features_too_large_for_memory_go_to_a_memory_mapped_file(tmp_path):
-    extractor = transfer.feature_extractor(
-        randomize(transfer.ResNet50(weights=None, include_top=False, input_shape=(32, 32, 3))))
-    images = tf.data.Dataset.from_tensor_slices(
-        np.random.default_rng(0).uniform(0, 255, (10, 32, 32, 3)).astype("float32")).batch(4)
-    in_memory = compute_features(extractor, images, 10, 2048)
-    mapped = compute_features(extractor, images, 10, 2048, cache_dir=tmp_path, key="k",
-                              memory_fraction=0.0)
-    assert isinstance(mapped, np.memmap)
-    assert (tmp_path / "k.npy").exists()
-    np.testing.assert_allclose(np.asarray(mapped), in_memory, rtol=1e-5, atol=1e-5)
+from transfer.runtime import run_inference
 
 
 @pytest.mark.parametrize("jit_compile", [True, False])
@@ -132,3 +74,18 @@ def test_importing_transfer_turns_on_onednn_unless_told_not_to(setting, enabled)
     output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, check=True).stdout
     assert output.strip().splitlines()[-1] == str(enabled)
+
+
+def test_tta_averages_each_image_with_its_mirror():
+    import tensorflow as tf
+
+    from transfer.runtime import run_inference
+
+    model = transfer.build_classifier(3, weights=None, image_size=32)
+    images = random_images((6, 32, 32, 3)).astype("float32")
+    batches = tf.data.Dataset.from_tensor_slices(images).batch(4)
+    plain = np.asarray(model(images))
+    mirrored = np.asarray(model(images[:, :, ::-1]))
+    np.testing.assert_allclose(run_inference(model, batches, tta=True), (plain + mirrored) / 2,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_inference(model, batches), plain, rtol=1e-5, atol=1e-6)

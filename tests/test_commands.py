@@ -107,7 +107,7 @@ def test_predict_rows_for_files_folders_and_bad_files(trained, tmp_path, fmt):
     assert "2 of 5 files could not be read." in result.stderr
 
 
-# Every format's round trip outside transfer is tests/test_export_formats.py's, in the
+# Every format's round trip outside transfer is tests/test_export.py's, in the
 # default run; this one, on a ResNet50 run with its feature extractors, is slow (ResNet50
 # to TFLite and SavedModel: about a minute and a half).
 @pytest.mark.slow

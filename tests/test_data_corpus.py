@@ -1,10 +1,8 @@
-"""Messy folders and failing outputs: a corpus of bad images made on the fly, through
-finetune, evaluate, predict and embed; unwritable and full output locations."""
+"""A corpus of real, broken and hostile image files: every good image is used and every bad
+one reported, by every command."""
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 
 import numpy as np
@@ -124,57 +122,3 @@ def test_evaluate_predict_and_embed_survive_the_corpus(corpus, corpus_run, tmp_p
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "e.npz") as f:
         assert sorted(f["paths"].tolist()) == sorted(good)
-
-
-def test_unwritable_output_is_one_error_line(tmp_path, image_folder):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    result = run_cli("finetune", "--data", image_folder, "--weights", "none",
-                     "--out", blocker / "run", "--image-size", "32")
-    assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1] == (
-        f"Error: Cannot write {blocker / 'run'}: Not a directory.")
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 2 MB filesystem: big enough for the small files of a run, not for the model."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-def test_full_disk_never_leaves_a_model_that_looks_complete(full_disk, image_folder):
-    out = full_disk / "run"
-    result = run_cli("finetune", "--data", image_folder, "--weights", "none", "--out", out,
-                     "--image-size", "32", "--head-epochs", "1", "--fine-tune-from", "none")
-    assert result.exit_code == 1, result.output
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("Error: Cannot write ") and "No space left on device" in last, last
-    assert not (out / "model.keras").exists()
-    assert not [p for p in out.iterdir() if ".partial" in p.name]
-    config = json.loads((out / "config.json").read_text())
-    # never marked complete: failed, and why
-    assert config["status"] == "failed" and "No space left on device" in config["reason"]
-
-
-def test_full_disk_at_phase_one_checkpoint_fails_cleanly(full_disk, image_folder):
-    # Phase 1's checkpoint is the first large write of a run that fine-tunes. In a
-    # subprocess: a crash (h5py freeing a file after a failed write) must show as one.
-    out = full_disk / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "transfer", "finetune", "--data", str(image_folder),
-         "--weights", "none", "--out", str(out), "--image-size", "32", "--head-epochs", "1",
-         "--fine-tune-from", "conv5", "--no-report"],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1, done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: Cannot write ") and "No space left on device" in last, last
-    assert "h5py" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
-    config = json.loads((out / "config.json").read_text())
-    assert config["status"] == "failed" and "No space left on device" in config["reason"]
