@@ -27,6 +27,12 @@
     read back by its own runtime (Keras, TensorFlow, LiteRT, onnxruntime): file size,
     single-image latency, batch throughput, and accuracy and top-1 agreement against
     the Keras model on the run's validation images.
+(l) the best model in the time you have (--time-budget FOLDER:SIZE,...; folders as
+    in (i)): the Keras-guide script once, then `transfer finetune --time-limit` at
+    0.25, 0.5 and 1 times the guide's wall time and `transfer finetune` without a
+    limit, each in a fresh process: test accuracy, wall time and whether it kept to
+    its limit; then the futility stop's ablation (the defaults with
+    --no-futility-stop: wall time and test accuracy) and the presets (fast, best);
 (k) which backbone for my budget (--families NAME,... or all): per architecture at
     --model-size, each in its own process, inference and fine-tuning (phase 2 from
     conv5) images/s of `transfer`'s classifier, the process' peak RSS, and the
@@ -285,6 +291,69 @@ def bench_time_to_accuracy(folder, size, weights=None):
             "phase2_epoch_over_steps": max(overhead) if overhead else None}
 
 
+def _transfer_run(folder, size, weights, tmp, name, *extra):
+    """`transfer finetune` on FOLDER/train with FOLDER/test held out, in a fresh
+    process with a cache of its own: (wall seconds, metrics.json)."""
+    seconds, _, _ = run_measured(
+        [sys.executable, "-m", "transfer", "finetune", "--data", str(folder), "--image-size",
+         str(size), "--weights", str(weights or "none"), "--out", f"{tmp}/{name}",
+         "--cache-dir", f"{tmp}/cache-{name}", *extra])
+    return seconds, json.loads(Path(f"{tmp}/{name}/metrics.json").read_text())
+
+
+BUDGET_SHARES = (0.25, 0.5, 1.0)  # of the guide's wall time
+
+
+def bench_time_budget(folder, size, weights=None):
+    """(l): test accuracy against a time budget, side by side with the guide."""
+    folder = Path(folder)
+    guide_seconds, _, stdout = run_measured(
+        [sys.executable, str(ROOT / "scripts" / "keras_guide_baseline.py"), "--data",
+         str(folder / "train"), "--test-data", str(folder / "test"), "--image-size", str(size),
+         *(["--weights", str(weights)] if weights else [])], env=tensorflow_defaults())
+    guide = json.loads(stdout.strip().splitlines()[-1])
+    row = {"folder": str(folder), "image_size": size, "weights": weights or "none",
+           "guide_seconds": guide_seconds, "guide_test_accuracy": guide["test_accuracy"],
+           "budgets": [], "ablations": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for share in BUDGET_SHARES:
+            limit = share * guide_seconds
+            seconds, metrics = _transfer_run(folder, size, weights, tmp, f"limit{share}",
+                                             "--time-limit", f"{limit:.0f}s")
+            plan = metrics.get("time_plan", {})
+            row["budgets"].append({
+                "share": share, "limit_seconds": limit, "seconds": seconds,
+                "test_accuracy": metrics["test"]["accuracy"], "kept": metrics["kept"]["phase"],
+                "fine_tune_epochs": plan.get("fine_tune_epochs_planned"),
+                "stopped": plan.get("stopped")})
+        for name, extra in (("defaults", ()), ("no futility stop", ("--no-futility-stop",)),
+                            ("preset fast", ("--preset", "fast")),
+                            ("preset best", ("--preset", "best"))):
+            seconds, metrics = _transfer_run(folder, size, weights, tmp,
+                                             name.replace(" ", "-"), *extra)
+            row["ablations"].append({
+                "name": name, "seconds": seconds, "test_accuracy": metrics["test"]["accuracy"],
+                "kept": metrics["kept"]["phase"],
+                "stopped": metrics["kept"].get("fine_tune_stopped")})
+    return row
+
+
+def print_time_budget(rows):
+    for row in rows:
+        print(f"\n(l) {row['folder']} at {row['image_size']} px, weights {row['weights']}: "
+              f"guide {row['guide_seconds']:.0f} s, test accuracy "
+              f"{row['guide_test_accuracy']:.3f}")
+        for b in row["budgets"]:
+            print(f"   --time-limit {b['share']:.2f}x ({b['limit_seconds']:.0f} s): "
+                  f"{b['seconds']:.0f} s, test accuracy {b['test_accuracy']:.3f} "
+                  f"({b['test_accuracy'] - row['guide_test_accuracy']:+.3f} against the guide), "
+                  f"kept {b['kept']}, phase-2 epochs {b['fine_tune_epochs']}")
+        for a in row["ablations"]:
+            print(f"   {a['name']:18} {a['seconds']:6.0f} s, test accuracy "
+                  f"{a['test_accuracy']:.3f}, kept {a['kept']}"
+                  + (f" (phase 2 stopped: {a['stopped']})" if a["stopped"] else ""))
+
+
 def family_speed(arch, size, batch, steps):
     """(k), in a worker process: images/s of one architecture's classifier."""
     from transfer.models.summary import describe
@@ -436,6 +505,9 @@ def main():
     parser.add_argument("--time-to-accuracy", default=None, metavar="FOLDER:SIZE,...",
                         help="Only (i), on these folders (each with train/ and test/) at "
                              "these image sizes.")
+    parser.add_argument("--time-budget", default=None, metavar="FOLDER:SIZE,...",
+                        help="(l): test accuracy at 0.25, 0.5 and 1 times the guide's wall "
+                             "time, the futility stop's ablation and the presets.")
     parser.add_argument("--exports", default=None, metavar="RUN",
                         help="Only (j): this run directory in every export format.")
     parser.add_argument("--families", default=None, metavar="NAME,...|all",
@@ -465,6 +537,17 @@ def main():
                 rows.append(bench_time_to_accuracy(folder, int(size), weights))
                 Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print_time_to_accuracy(rows)
+        return
+    if args.time_budget:
+        results["time_budget"] = rows = []
+        for item in args.time_budget.split(","):
+            folder, size = item.rsplit(":", 1)
+            starts = [] if args.weights_only and args.weights else [None]
+            for weights in starts + ([args.weights] if args.weights else []):
+                print(f"(l) {folder} at {size} px, weights {weights or 'none'} ...", flush=True)
+                rows.append(bench_time_budget(folder, int(size), weights))
+                Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print_time_budget(rows)
         return
     if args.exports:
         results["exports"] = rows = bench_exports(args.exports, args.batch_size)

@@ -97,7 +97,8 @@ def test_numeric_options_must_be_finite(tmp_path, flag, value):
     result = run_cli("finetune", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS,
                      flag, value)
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"Error: {flag} {float(value)} must be"), result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"Error: Invalid value for '{flag}'"), result.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -158,7 +159,7 @@ def test_predict_reports_files_in_folders_that_are_not_images(tmp_path, tiny_run
     Image.new("RGB", (32, 32)).save(folder / "cat" / "photo.webp")
     Image.new("RGB", (32, 32)).save(folder / "cat" / "scan.tiff")
     result = run_cli("predict", tiny_run, folder, "--format", "json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # some inputs could not be predicted
     errors = {Path(r["path"]).name: r["error"] for r in json.loads(result.stdout)}
     assert errors["img_000.png"] is None
     assert errors["photo.webp"] == errors["scan.tiff"] == \

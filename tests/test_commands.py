@@ -83,7 +83,7 @@ def test_predict_rows_for_files_folders_and_bad_files(trained, tmp_path, fmt):
     single = data / "cat" / "img_000.png"
     result = run_cli("predict", run, single, folder, tmp_path / "missing.png",
                      "--format", fmt, "--top-k", "2")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a broken and a missing file
     stdout = result.stdout
     expected_paths = [str(single), str(folder / "a.png"), str(folder / "broken.jpg"),
                       str(folder / "nested" / "b.JPG"), str(tmp_path / "missing.png")]

@@ -106,7 +106,7 @@ def test_images_too_large_are_skipped_unread(tmp_path, tiny_run):
     _png_declaring(folder / "cat" / "bomb.png", 12_000, 8_000)  # 96 million pixels
     assert 12_000 * 8_000 > MAX_PIXELS
     result = run_cli("predict", tiny_run, folder, "--format", "json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # an image could not be predicted
     rows = {Path(row["path"]).name: row for row in json.loads(result.stdout)}
     assert rows["bomb.png"]["error"].startswith("image too large (12000x8000)")
     assert not rows["img_000.png"]["error"] and not rows["img_001.JPG"]["error"]
@@ -134,7 +134,7 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(tmp_path, tiny_run):
                                 "reason": "file name is not valid UTF-8; rename it to use it"}]
     assert sum(len(split) for split in dataset.splits.values()) == 12
     result = run_cli("predict", tiny_run, data / "cat", "--format", "csv")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # an image could not be predicted
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     odd_rows = [row for row in rows if row["path"].endswith("caf\\xe9.png")]
     assert len(rows) == 7 and len(odd_rows) == 1 and "not valid UTF-8" in odd_rows[0]["error"]
@@ -150,3 +150,15 @@ def test_class_folders_whose_names_cannot_be_labels_are_refused(tmp_path, name):
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("Error: Class folder names that cannot be class names")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_predict_on_a_folder_keeps_to_it_as_datasets_do(tmp_path, tiny_run):
+    # The one rule of folders: a link inside that leads outside is reported, not read.
+    folder = make_image_folder(tmp_path / "images", {"cat": 2}, size=(32, 32))
+    secret = make_image_folder(tmp_path / "elsewhere", {"x": 1}, size=(32, 32))
+    os.symlink(next((secret / "x").iterdir()), folder / "cat" / "linked.png")
+    result = run_cli("predict", tiny_run, folder, "--format", "json")
+    rows = {Path(row["path"]).name: row for row in json.loads(result.stdout)}
+    assert rows["linked.png"]["error"] == "link to a file outside the image folder, not read"
+    assert rows["linked.png"]["predictions"] == []
+    assert not rows["img_000.png"]["error"]

@@ -113,7 +113,7 @@ def test_evaluate_predict_and_embed_survive_the_corpus(corpus, corpus_run, tmp_p
     assert sorted(s["path"] for s in metrics["skipped_files"]) == sorted(bad)
 
     result = run_cli("predict", out, root, "--format", "json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the bad files could not be predicted
     rows = {r["path"]: r for r in json.loads(result.stdout)}
     assert {p for p, r in rows.items() if r["error"] is None} == set(good)
     assert {p for p, r in rows.items() if r["error"]} == set(bad)

@@ -98,8 +98,8 @@ def picture_with_hidden(background, size=(24, 16)):
 
 
 def transparent_files(folder, background):
-    """The same picture as RGBA, LA and palette PNGs and a GIF, invisible parts stored
-    in `background`."""
+    """The same picture as RGBA, LA and palette PNGs and GIFs (one still, one animated),
+    invisible parts stored in `background`."""
     folder.mkdir()
     picture = picture_with_hidden(background)
     picture.save(folder / "rgba.png")
@@ -112,7 +112,11 @@ def transparent_files(folder, background):
     gif = Image.fromarray(indices, "P")
     gif.putpalette([*background, 40, 120, 200] + [0] * 762)
     gif.save(folder / "image.gif", transparency=0)
-    return [folder / name for name in ("rgba.png", "la.png", "palette.png", "image.gif")]
+    frames = [gif, gif.copy()]  # an animation: its loop block comes before the frame's
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], loop=0,
+                   transparency=0)
+    return [folder / name
+            for name in ("rgba.png", "la.png", "palette.png", "image.gif", "animated.gif")]
 
 
 def test_transparent_pixels_are_white_whatever_colour_they_store(tmp_path):
@@ -161,3 +165,27 @@ def test_decoding_never_fails_on_what_it_reads_of_a_header(tmp_path):
         with pytest.raises(tf.errors.InvalidArgumentError):
             decode_image(tf.constant(data), (8, 8))
     assert decode_image(tf.constant(gif.getvalue()), (8, 8)).shape == (8, 8, 3)
+
+
+def test_only_files_that_need_it_take_the_longer_decoding_and_all_agree(tmp_path):
+    """The file pipelines decode plainly what `needs_upright` leaves out, to the pixels
+    `decode_image` (the SavedModel's decoder) gives: same pixels either way."""
+    from tests.conftest import make_image_folder
+    from transfer.data.images import needs_upright
+
+    folder = make_image_folder(tmp_path / "kinds", {"a": 8}, size=(24, 16))  # every kind
+    upright = upright_picture()
+    files = sorted(folder.glob("a/*")) + [
+        save(upright, tmp_path / "one.jpg", 1), save(upright, tmp_path / "six.jpg", 6),
+        save(upright, tmp_path / "eight.png", 8)] + transparent_files(tmp_path / "t", (0, 0, 0))
+    picked = {p.name: needs_upright(p) for p in files}
+    assert picked == {
+        "img_000.png": False, "img_001.JPG": False, "img_002.jpeg": False,
+        "img_003.bmp": False, "img_004.gif": True, "img_005.PNG": True,  # RGBA
+        "img_006.png": False, "img_007.Jpeg": False, "one.jpg": False, "six.jpg": True,
+        "eight.png": True, "rgba.png": True, "la.png": True, "palette.png": True,
+        "image.gif": True, "animated.gif": True}
+    graph = tf.function(lambda c: decode_image(c, (16, 24)))
+    expected = np.stack([graph(tf.constant(p.read_bytes())).numpy() for p in files])
+    np.testing.assert_array_equal(decoded(files, size=(16, 24)), expected)
+    assert find_unreadable([str(p) for p in files], progress=False) == []

@@ -265,8 +265,8 @@ def test_predict_abstains_below_min_confidence_in_every_format(planted_run, caps
         assert re.search(rf"^{re.escape(path)}\s+{re.escape(label)}:  ", outputs["table"], re.M)
     result = run_cli("predict", run, folder, "--min-confidence", "1.5")
     assert result.exit_code == 2
-    assert last_line(result) == ("Error: --min-confidence 1.5 is not a probability: expected "
-                                 "a value in [0, 1].")
+    assert last_line(result) == ("Error: Invalid value for '--min-confidence': 1.5 is not in "
+                                 "the range 0.0<=x<=1.0.")
 
 
 def chrome(tmp_path):

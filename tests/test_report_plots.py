@@ -35,40 +35,52 @@ def history(head_losses, fine_tune_losses):
     return rows
 
 
+def drawn_curves(drawn, rows, kept="head"):
+    plots.plot_training_curves(rows, Path("training_curves.png"), kept=kept)
+    fig = drawn[-1]
+    fig.canvas.draw()
+    return fig
+
+
 def extent(artist):
     return artist.get_window_extent(artist.figure.canvas.get_renderer())
 
 
-def texts_of(fig):
-    return [t for t in [*fig.texts, *(t for ax in fig.axes for t in ax.texts)]]
+def densified(points, step=1.0):
+    """A polyline's points (pixels) with more every `step` pixels along its segments."""
+    parts = [points[:1]]
+    for start, end in zip(points[:-1], points[1:]):
+        count = max(1, int(np.ceil(np.hypot(*(end - start)) / step)))
+        parts.append(start + np.arange(1, count + 1)[:, None] / count * (end - start))
+    return np.concatenate(parts)
 
 
-def test_training_curves_read_as_a_person_reads_them(drawn):
-    # Phase 1's loss falls from 1 to 0.6; phase 2 starts with a spike of 20 in the
-    # last epochs, at the right edge; accuracy falls in phase 2 towards the bottom left.
-    plots.plot_training_curves(history([1.0, 0.8, 0.7, 0.6], [20.0, 9.0]), Path("curves.png"),
-                               kept="head")
-    fig = drawn[0]
-    fig.canvas.draw()
-    loss_ax, accuracy_ax = fig.axes
-    for ax in (loss_ax, accuracy_ax):
+def curve_points(ax, x=None, y=None):
+    """Every curve of a plot, in pixels, densified (or the one given by x and y)."""
+    lines = [np.column_stack(line.get_data()) for line in ax.get_lines()] \
+        if x is None else [np.column_stack([x, y])]
+    lines = [line[np.isfinite(line.astype(float)).all(axis=1)] for line in lines]
+    return np.concatenate([densified(ax.transData.transform(line)) for line in lines
+                           if len(line) > 1 and np.ptp(line[:, 0]) > 0])
+
+
+def test_epoch_ticks_are_whole_numbers(drawn):
+    fig = drawn_curves(drawn, history([1.0, 0.8], [0.7, 0.6]))
+    for ax in fig.axes:
         low, high = ax.get_xlim()
         ticks = [t for t in ax.get_xticks() if low <= t <= high]
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
-    # the spike does not flatten phase 1: the axis ends well below it, phase 1 in view
-    # and spanning a fair share of the height
-    bottom, top = loss_ax.get_ylim()
-    assert top < 20 and bottom <= 0.6 and top >= 1.0
-    assert (1.0 - 0.6) / (top - bottom) > 0.15
-    # the note that phase 1 was kept is shown, and no legend covers it
-    notes = [t for t in texts_of(fig) if "kept: phase 1" in t.get_text()]
-    assert len(notes) >= 1
-    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
-    assert legends
-    for legend in legends:
-        for note in notes:
-            assert not extent(legend).overlaps(extent(note))
-    # the phase label stays inside its plot
+
+
+def test_a_loss_spike_in_phase_two_does_not_flatten_phase_one(drawn):
+    fig = drawn_curves(drawn, history([1.0, 0.8, 0.7, 0.6], [20.0, 9.0]))
+    bottom, top = fig.axes[0].get_ylim()
+    assert top < 20 and bottom <= 0.6 and top >= 1.05  # phase 1 in view, the spike cut
+    assert (1.05 - 0.6) / (top - bottom) > 0.15  # and it keeps a fair share of the height
+
+
+def test_the_phase_label_stays_inside_its_plot(drawn):
+    fig = drawn_curves(drawn, history([1.0] * 9, [0.5]))  # the boundary by the right edge
     labels = [t for ax in fig.axes for t in ax.texts if "fine-tune" in t.get_text()]
     assert len(labels) == 2
     for label in labels:
@@ -76,15 +88,20 @@ def test_training_curves_read_as_a_person_reads_them(drawn):
         assert inside.x0 <= box.x0 and box.x1 <= inside.x1 + 0.5, (box, inside)
 
 
-def test_a_legend_never_covers_a_curve(drawn):
-    plots.plot_training_curves(history([2.0, 1.0, 0.5], [0.45, 0.4]), Path("curves.png"))
-    fig = drawn[0]
-    fig.canvas.draw()
-    for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]:
+def test_the_legend_and_the_kept_note_cover_no_curve_and_not_each_other(drawn):
+    rows = [{"phase": "head" if i < 10 else "fine-tune", "epoch": i, "loss": 0.3,
+             "val_loss": 0.3 if i < 10 else 2.0, "accuracy": 0.9,
+             "val_accuracy": 0.9 if i < 10 else 0.1} for i in range(20)]
+    fig = drawn_curves(drawn, rows)
+    notes = [t for t in [*fig.texts, *(t for ax in fig.axes for t in ax.texts)]
+             if "kept: phase 1" in t.get_text()]
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    assert notes and legends
+    for legend in legends:
+        assert not any(extent(legend).overlaps(extent(note)) for note in notes)
+    for box in [extent(artist) for artist in [*notes, *legends]]:
         for ax in fig.axes:
-            for line in ax.get_lines():
-                points = ax.transData.transform(np.column_stack(line.get_data()))
-                assert not extent(legend).count_contains(points)
+            assert not box.count_contains(curve_points(ax))
 
 
 def test_coverage_labels_stay_off_the_curve(drawn):
@@ -94,9 +111,9 @@ def test_coverage_labels_stay_off_the_curve(drawn):
     fig = drawn[0]
     fig.canvas.draw()
     ax = fig.axes[0]
-    curve = plots._densified(ax.transData.transform(np.column_stack([coverage, accuracy])))
     labels = [t for t in ax.texts if t.get_text().startswith("P=")]
     assert [t.get_text() for t in labels] == ["P=0.5", "P=0.7", "P=0.9"]
+    curve = curve_points(ax, coverage, accuracy)
     for label in labels:
         assert not extent(label).count_contains(curve), label.get_text()
 

@@ -262,4 +262,6 @@ def test_the_command_line_keeps_tensorflow_start_up_lines_off_stderr():
     bad = subprocess.run([sys.executable, "-m", "transfer", "info", "--depth", "34"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
-    assert bad.stderr == "Error: Unsupported ResNet depth: 34. Expected one of 50, 101, 152.\n"
+    assert bad.stderr == "Error: Unsupported ResNet depth: 34. Expected one of 50, 101, 152. " \
+        "For a smaller model, pass another family: --arch mobilenet_v3_small or --arch " \
+        "efficientnet_b0, for example.\n"

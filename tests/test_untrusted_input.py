@@ -144,7 +144,8 @@ def test_a_link_out_of_the_image_folder_is_skipped_and_reported(tmp_path):
     (data / "cat" / "secret.png").symlink_to(secret)
     (data / "fox").symlink_to(secret.parent, target_is_directory=True)  # a class folder
     (data / "dog" / "also_cat.png").symlink_to(data / "cat" / "img_000.png")  # inside: kept
-    with pytest.raises(DataError, match="no images"):  # fox's only folder leads outside
+    with pytest.raises(DataError, match=r"no images .* Not followed: .*fox, links to folders "
+                                        r"outside the image folder"):
         load_folder(data)
     (data / "fox").unlink()
     dataset = load_folder(data)
@@ -248,3 +249,27 @@ def test_a_keras_zip_bomb_is_refused_before_it_is_read(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"Not allowed: .*bomb\.keras declares a "
                                            r"model\.weights\.h5 of 209,715,200 bytes"):
         read_weights_file(bomb)
+
+
+def test_predict_as_csv_escapes_labels_that_start_a_formula(tmp_path):
+    import csv as csv_module
+    import io as io_module
+
+    from click.testing import CliRunner
+
+    from tests.conftest import write_image
+    from transfer.cli import cli
+    from transfer.io import save_model
+    from transfer.models.heads import build_classifier
+    from transfer.runs import RunPaths, write_labels
+
+    paths = RunPaths(tmp_path / "run")
+    save_model(build_classifier(2, weights=None, image_size=32), paths.model)
+    write_labels(paths.labels, ['=HYPERLINK("http://x","y")', "@SUM(1+1)"])
+    image = write_image(tmp_path / "a.png", size=(32, 32))
+    result = CliRunner().invoke(cli, ["predict", str(paths.root), str(image), "--format", "csv",
+                                      "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    cells = [cell for row in csv_module.reader(io_module.StringIO(result.stdout)) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")]
+    assert "'@SUM(1+1)" in cells

@@ -35,6 +35,7 @@ from transfer.commands import report as report_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
 from transfer.data.sources import IMAGE_EXTENSIONS  # noqa: E402
 from transfer.errors import RunFailedError, RunInterruptedError, TransferError  # noqa: E402
+from transfer.io import escaped_row  # noqa: E402
 from transfer.export.compare import describe as describe_agreement  # noqa: E402
 from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
 from transfer.models.backbones import MIN_INPUT_SIZE  # noqa: E402
@@ -116,7 +117,7 @@ class ResultsStream:
         return self._guarded(lambda: self._stream.write(text))
 
     def flush(self):
-        return self._guarded(self._stream.flush)
+        return self._guarded(lambda: self._stream.flush())
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -153,8 +154,10 @@ class TransferCommand(click.Command):
     def parse_args(self, ctx, args):
         try:
             return super().parse_args(ctx, args)
-        except click.NoSuchOption as exc:
-            exc.possibilities = suggested_options(exc.option_name, self) or exc.possibilities
+        except click.UsageError as exc:
+            if isinstance(exc, click.NoSuchOption):
+                exc.possibilities = suggested_options(exc.option_name, self) or exc.possibilities
+            exc.ctx = exc.ctx or ctx  # the parser's errors ("requires an argument") lack it
             raise
 
     def invoke(self, ctx):
@@ -278,15 +281,15 @@ class FloatRange(click.FloatRange):
 # `Error:` line and exit code 2 before anything runs.
 AT_LEAST_ONE = click.IntRange(min=1)  # batch sizes, top-k, steps, hidden units, pixels
 COUNT = click.IntRange(min=0)  # epochs, patience
-SEED = click.IntRange(0, 2**32 - 1)  # NumPy's seeds
+SEEDS = click.IntRange(0, 2**32 - 1)  # NumPy's seeds
 IMAGE_SIZE = click.IntRange(min=MIN_INPUT_SIZE)  # the smallest input of every backbone
 FRACTION = FloatRange(0.0, 1.0, max_open=True)  # held-out splits, dropout, label smoothing
 PROBABILITY = FloatRange(0.0, 1.0)
 LEARNING_RATE = FloatRange(0.0, min_open=True)
 LAYER_DECAY = FloatRange(0.0, 1.0, min_open=True)
 SECONDS = FloatRange(0.0)
-POINTS = FloatRange(0.0, 100.0)  # accuracy points
-FOLDS = click.IntRange(min=2)  # cross-validation needs two folds
+POINTS = FloatRange(-100.0, 100.0)  # a difference of accuracy points
+CV_FOLDS = click.IntRange(min=2)  # cross-validation needs two folds
 
 
 def help_hint(ctx):
@@ -664,7 +667,7 @@ recipe_options = _options(
                  help="fast: a short phase 2 on the frozen groups' cached outputs; balanced: "
                       "the defaults; best: more epochs, strong augmentation, EMA. Options "
                       "given explicitly win."),
-    _finetune_option("--seed", type=SEED),
+    _finetune_option("--seed", type=SEEDS),
     _finetune_option("--backup-interval", type=SECONDS,
                      help="Seconds between the backups that --resume continues from (written "
                           "at the end of an epoch; 0: every epoch)."),
@@ -906,7 +909,9 @@ def _print_csv(rows):
     for r in rows:
         cells = [c for label, p in r["predictions"] for c in (label, f"{p:.6f}")]
         cells += [""] * (2 * k - len(cells))
-        writer.writerow([r["path"], *[r["label"] or "" for _ in chosen], *cells, r["error"] or ""])
+        # Labels and paths may start like a formula: escaped as every CSV of ours is.
+        writer.writerow(escaped_row([r["path"], *[r["label"] or "" for _ in chosen], *cells,
+                                     r["error"] or ""]))
 
 
 def _print_table(rows):
@@ -1021,9 +1026,9 @@ def embed(data, out, model, arch, depth, version, weights, weights_dir, image_si
 @cli.command()
 @click.argument("embeddings", type=click.Path())
 @reports_out_option
-@click.option("--folds", type=FOLDS, default=probe_command.FOLDS, show_default=True,
+@click.option("--folds", type=CV_FOLDS, default=probe_command.FOLDS, show_default=True,
               help="Cross-validation folds for choosing the regularisation.")
-@click.option("--seed", type=SEED, default=probe_command.SEED, show_default=True)
+@click.option("--seed", type=SEEDS, default=probe_command.SEED, show_default=True)
 @click.option("--overwrite", is_flag=True)
 def probe(embeddings, out, folds, seed, overwrite):
     """Linear probe: logistic regression on embeddings from `transfer embed`.
@@ -1052,7 +1057,9 @@ def report(run_dir, calibrate, batch_size):
 
     One self-contained page: summary, training curves, confusion matrix, per-class
     metrics, most confused pairs, highest-loss images, Grad-CAM, calibration, leaked
-    duplicates and skipped files. Open it in any browser.
+    duplicates and skipped files. Open it in any browser. An evaluate folder's page is
+    built from the model it evaluated, found from the folder wherever it is run from; a
+    model file that changed since is refused.
 
     \b
     Examples:

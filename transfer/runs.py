@@ -442,7 +442,7 @@ def recorded_model(folder, metrics):
     recorded = metrics.get("model_file")
     if recorded is None:  # an older evaluation folder
         return Path(stored)
-    path = folder / stored  # an absolute path stays itself
+    path = (folder / stored).resolve()  # an absolute path stays itself
     if not path.exists():
         raise InvalidArgumentError(
             f"{path}, the model {folder} was evaluated with, does not exist any more. "

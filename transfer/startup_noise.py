@@ -15,6 +15,7 @@ that no file opened later (the filter's own copy of stderr included) takes numbe
 """
 
 import atexit
+import contextlib
 import fcntl
 import os
 import re
@@ -76,7 +77,9 @@ def filter_stderr():
         with os.fdopen(read_end, "rb") as source:
             for line in source:
                 if not is_noise(line):
-                    os.write(real_stderr, line)
+                    # a closed stderr loses the line; the pipe is still drained
+                    with contextlib.suppress(OSError):
+                        os.write(real_stderr, line)
 
     thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
     thread.start()

@@ -138,7 +138,8 @@ def run_dataset(model_path, data):
                        "export with it.", model_path, CONFIG_FILE)
         return None
     try:
-        dataset = reopen_data(config, data, min_classes=1)
+        # the run's folder, not only its config: its relative paths are found from it
+        dataset = reopen_data(config_path.parent if config else {}, data, min_classes=1)
         drop_unreadable(dataset, progress=False)
     except (DataError, InvalidArgumentError) as exc:
         logger.warning("The images of %s cannot be read (%s): pass data= to compare the "

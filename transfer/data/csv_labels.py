@@ -23,6 +23,7 @@ from transfer.data.dataset import (
     Split,
     class_name,
     control_characters,
+    is_inside,
     printable_path,
 )
 from transfer.data.splits import (
@@ -164,7 +165,7 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
         if not path.is_file():
             skipped.append({"path": printable_path(path), "reason": f"file not found ({where})"})
             continue
-        if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
+        if not is_inside(path, inside):
             skipped.append({"path": printable_path(path),
                             "reason": f"link to a file outside the image folder, not read "
                                       f"({where})"})

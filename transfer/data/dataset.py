@@ -78,6 +78,12 @@ def control_characters(text):
     return [repr(c)[1:-1] for c in sorted(found)]
 
 
+def is_inside(path, root):
+    """Whether `path`, links resolved, lies in the folder `root` (resolved already):
+    the rule that keeps a dataset's images inside its image folder."""
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
 def printable_path(path):
     """A path as text that can be printed and written anywhere: bytes of a file name
     that are not UTF-8 become escapes (caf\\xe9.png)."""

@@ -1,10 +1,14 @@
 """Image files named on a command line: files given directly and the images found in
-folders, with the reason each unusable one cannot be read (`predict`, `explain`)."""
+folders, with the reason each unusable one cannot be read (`predict`, `explain`).
+Within a folder the rule of datasets holds: a link that leads outside the folder is
+reported, not read."""
 
+import os
 from pathlib import Path
 
+from transfer.data.dataset import is_inside
 from transfer.data.pipeline import find_unreadable
-from transfer.data.sources import IMAGE_EXTENSIONS, NOT_AN_IMAGE
+from transfer.data.sources import IMAGE_EXTENSIONS, NOT_AN_IMAGE, OUTSIDE_FILE
 from transfer.errors import DataError
 
 
@@ -17,6 +21,7 @@ def list_image_files(paths):
     files, skipped = [], {}
     for path in map(Path, paths):
         if path.is_dir():
+            root = os.path.realpath(path)
             for found in sorted(path.rglob("*")):
                 if any(part.startswith(".") for part in found.relative_to(path).parts):
                     continue
@@ -26,6 +31,8 @@ def list_image_files(paths):
                 files.append(str(found))
                 if found.suffix.lower() not in IMAGE_EXTENSIONS:
                     skipped[str(found)] = NOT_AN_IMAGE
+                elif found.exists() and not is_inside(found, root):
+                    skipped[str(found)] = OUTSIDE_FILE
         elif path.exists():
             files.append(str(path))
         else:

@@ -1,21 +1,43 @@
 """Encoded images to the pixels a person sees: the EXIF orientation applied (as
 Pillow's `ImageOps.exif_transpose`, browsers and phones do) and transparency
-composited onto white (as browsers show it). TensorFlow ops only, so that training,
-inference and an exported SavedModel's `serve_bytes` decode alike."""
+composited onto white (as browsers show it).
+
+`decode_upright` does it in TensorFlow ops only, so that training, inference and an
+exported SavedModel's `serve_bytes` decode alike. Its checks cost as much as decoding
+a small image, so the file pipelines give it only the files `needs_upright` picks out
+(a look at their first bytes); the others decode plainly to the same pixels.
+"""
+
+import re
+import struct
 
 from transfer.lazy import tf
 
-# The orientation is looked for in the start of a file only: JPEG puts its EXIF segment
-# right after the (at most 64 KiB) JFIF segment, PNG its eXIf chunk before the pixels.
-HEADER_BYTES = 1 << 17
-# The Orientation entry of an EXIF directory (tag 0x0112, type SHORT, count 1, value
-# 1-8), little- or big-endian, after the "Exif" (JPEG) or "eXIf" (PNG) marker. `\C` is
-# any byte: file bytes are not UTF-8. One regular expression, not a walk of segments in
-# TensorFlow ops: a few hundred tiny ops per image made decoding ten times slower.
-ORIENTATION_ENTRY = (r"^\C*?(?:Exif\x00\x00|eXIf)\C*?(?:"
-                     r"\x12\x01\x03\x00\x01\x00\x00\x00([\x01-\x08])\x00|"
-                     r"\x01\x12\x00\x03\x00\x00\x00\x01\x00([\x01-\x08]))")
+# The orientation is looked for in the start of a file only: JPEG's EXIF segment comes
+# first or right after JFIF's, PNG's eXIf chunk before the pixels.
+HEADER_BYTES = 1 << 16
+# The Orientation entry of an EXIF directory (tag 0x0112, type SHORT, count 1, then the
+# value 1-8), little- or big-endian, after the "Exif" (JPEG) or "eXIf" (PNG) marker.
+EXIF_MARKERS = (b"Exif\x00\x00", b"eXIf")
+ENTRY_LITTLE = b"\x12\x01\x03\x00\x01\x00\x00\x00"  # the value follows, then \x00
+ENTRY_BIG = b"\x01\x12\x00\x03\x00\x00\x00\x01\x00"  # the value follows
+
+
+def _re2_bytes(data):
+    return "".join(f"\\x{value:02x}" for value in data)
+
+
+# For TensorFlow (RE2, where `\C` is any byte: file bytes are not UTF-8), one regular
+# expression rather than a walk of the segments in ops, which cost far more: the first
+# entry after a marker, its value captured.
+ORIENTATION_ENTRY = (
+    rf"^\C*?(?:{'|'.join(map(_re2_bytes, EXIF_MARKERS))})\C*?"
+    rf"(?:{_re2_bytes(ENTRY_LITTLE)}([\x01-\x08])\x00|{_re2_bytes(ENTRY_BIG)}([\x01-\x08]))")
+# For Python: an entry whose value turns a picture (2-8).
+TURNING_ENTRY = re.compile(re.escape(ENTRY_LITTLE) + rb"[\x02-\x08]\x00|"
+                           + re.escape(ENTRY_BIG) + rb"[\x02-\x08]")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_ALPHA_TYPES = (4, 6)  # colour types gray + alpha, RGBA
 GIF_HEADER_BYTES = 1 << 11  # its colour table (768 bytes at most) and first blocks
 GIF_LOOP_BLOCK = 19  # bytes of the application block that makes an animation loop
 # A graphic control block: introducer, label, size 4, ..., terminator; then a frame.
@@ -31,11 +53,14 @@ def decode_upright(contents):
     PNGs with transparency, GIFs) are composited onto white; an animated GIF gives its
     first frame; an EXIF orientation other than 1 (JPEG, or PNG's eXIf chunk) is
     applied. A file that cannot be decoded raises TensorFlow's error.
+
+    A GIF's transparency is read from the control block that writers put before its
+    first frame (after the colour table, or after an animation's loop block).
     """
     contents = tf.convert_to_tensor(contents, tf.string)
     signature = tf.strings.substr(contents, 0, len(PNG_SIGNATURE))
-    # Conditions side by side, not nested (a nested one cost more than decoding a small
-    # image): only a PNG's alpha channel is read, only a GIF's palette is edited.
+    # Conditions side by side, not nested (nested, they cost more): only a PNG's alpha
+    # channel is read, only a GIF's palette is edited.
     opaque = tf.cond(tf.equal(tf.strings.substr(signature, 0, 3), b"GIF"),
                      lambda: _gif_on_white(contents), lambda: contents)
     image = tf.cond(tf.equal(signature, PNG_SIGNATURE), lambda: _png_on_white(contents),
@@ -105,8 +130,9 @@ def _gif_on_white(contents):
                                     tf.uint8, fixed_length=GIF_HEADER_BYTES + 1), tf.int32)
     global_colours = _colour_table_size(data[10])
     # The first graphic control block (8 bytes) and the frame descriptor after it (10):
-    # right after the global colour table, or after an animation's loop block. Not a
-    # walk of every block: in TensorFlow ops, that cost more than decoding the GIF.
+    # right after the global colour table, or after an animation's loop block, as GIF
+    # writers place it. Not a walk of every block: in TensorFlow ops, that costs more
+    # than decoding the GIF.
     starts = 13 + 3 * global_colours + tf.constant([[0], [GIF_LOOP_BLOCK]])
     blocks = tf.gather(data, tf.minimum(starts + tf.range(18), GIF_HEADER_BYTES))
     found = tf.reduce_all(tf.equal(tf.gather(blocks, GIF_CONTROL_AT, axis=1), GIF_CONTROL),
@@ -117,9 +143,9 @@ def _gif_on_white(contents):
     colours = tf.where(local_colours > 0, local_colours, global_colours)
     colour = tf.where(local_colours > 0, control + 18, 13) + 3 * block[6]
     transparent = tf.reduce_any(found) & (block[3] % 2 == 1) & (block[6] < colours) \
-        & (colour + 3 <= GIF_HEADER_BYTES)
-    # Without a condition (one more made every image slower to decode): where there is
-    # nothing to change, nothing (no bytes at 0) is replaced.
+        & (colour + 3 <= tf.minimum(GIF_HEADER_BYTES, tf.strings.length(contents)))
+    # Without a condition (one inside another costs more): where there is nothing to
+    # change, nothing (no bytes at 0) is replaced.
     colour_bytes = tf.where(transparent, b"\xff\xff\xff", b"")
     flag_byte = tf.where(transparent, tf.gather(BYTE_STRINGS, block[3] & 0xFE), b"")
     patched = _replace(contents, tf.where(transparent, colour, 0), colour_bytes,
@@ -137,3 +163,41 @@ def _replace(contents, at, new, length):
     """`contents` with `length` bytes at `at` replaced by as many others."""
     return tf.strings.join([tf.strings.substr(contents, 0, at), new,
                             tf.strings.substr(contents, at + length, tf.strings.length(contents))])
+
+
+def needs_upright(path):
+    """Whether `decode_upright` may give the file other pixels than a plain decode
+    (tf.io.decode_image, 3 channels) does: a GIF, a PNG with an alpha channel or a
+    transparent colour, or an EXIF orientation from 2 to 8 where `exif_orientation`
+    looks for one. Errs towards yes; a file that cannot be read says yes (decoding it
+    reports the error)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+    except OSError:
+        return True
+    if head.startswith(PNG_SIGNATURE) and _png_may_be_transparent(head):
+        return True
+    if head.startswith(b"GIF"):
+        return True
+    found = [at for at in (head.find(marker) for marker in EXIF_MARKERS) if at >= 0]
+    # Any turning entry after the first marker: `exif_orientation` takes the first
+    # entry after it, so a file without one is upright there too.
+    return bool(found) and TURNING_ENTRY.search(head, min(found) + 4) is not None
+
+
+def _png_may_be_transparent(head):
+    """Whether a PNG has an alpha channel, or a tRNS chunk (a transparent colour)
+    before its pixels; yes where its chunks before the pixels pass `head`."""
+    at = len(PNG_SIGNATURE)
+    while at + 8 <= len(head):
+        length, kind = struct.unpack_from(">I4s", head, at)
+        if kind == b"IHDR" and (length < 13 or at + 17 >= len(head)
+                                or head[at + 17] in PNG_ALPHA_TYPES):
+            return True
+        if kind == b"tRNS":
+            return True
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        at += 12 + length
+    return True

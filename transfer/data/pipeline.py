@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from transfer.data.dataset import printable_path
-from transfer.data.images import decode_upright, on_white
+from transfer.data.images import decode_upright, needs_upright, on_white
 from transfer.errors import DataError, listing
 from transfer.lazy import keras, tf
 from transfer.models.architectures import image_size_pair
@@ -31,8 +31,31 @@ def decode_image(contents, image_size):
     applied, an animated GIF gives its first frame. Resizing is bilinear, like
     `keras.utils.image_dataset_from_directory`.
     """
-    image = decode_upright(contents)
+    return _resized(decode_upright(contents), image_size)
+
+
+def _decode_plain(contents):
+    """The pixels `decode_upright` gives a file that `needs_upright` does not pick out,
+    without its ops that look for orientation and transparency."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _resized(image, image_size):
     return _whole_levels(tf.image.resize(image, image_size, method=RESIZE_METHOD))
+
+
+def _by_decoding(paths, elements, dataset):
+    """Datasets `dataset(elements, decode)` of the files that `needs_upright` picks out
+    (decode: `decode_upright`) and of the others (`_decode_plain`), without an empty
+    one; `elements` are arrays in the order of `paths`. Returns them and which files
+    were picked out."""
+    upright = np.array([needs_upright(p) for p in paths], dtype=bool)
+    parts = [dataset(tuple(np.asarray(e)[chosen] for e in elements), decode)
+             for chosen, decode in ((~upright, _decode_plain), (upright, decode_upright))
+             if chosen.any()]
+    return parts or [dataset(elements, _decode_plain)], upright
 
 
 def _whole_levels(pixels):
@@ -56,16 +79,22 @@ def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
     if too_large:
         checked = [p for p in paths if p not in too_large]
         return list(too_large.items()) + find_unreadable(checked, progress, max_pixels=None)
-    indices = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(paths), dtype=np.int64), list(paths)))
 
-    def check(index, path):
-        image = decode_upright(tf.io.read_file(path))  # exactly as training decodes
-        tf.debugging.assert_positive(tf.size(image), message="empty image")
-        return index
+    def checked(elements, decode):
+        def check(index, path):
+            image = decode(tf.io.read_file(path))  # exactly as training decodes
+            tf.debugging.assert_positive(tf.size(image), message="empty image")
+            return index
 
-    readable = indices.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    readable = readable.ignore_errors().batch(256)
+        return tf.data.Dataset.from_tensor_slices(elements).map(
+            check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+
+    parts, _ = _by_decoding(paths, (np.arange(len(paths), dtype=np.int64), list(paths)),
+                            checked)
+    readable = parts[0]
+    for part in parts[1:]:
+        readable = readable.concatenate(part)
+    readable = readable.batch(256)
     bar = Progress("Checked", len(paths), unit="image") if progress else None
     good = np.zeros(len(paths), dtype=bool)
     seen = 0
@@ -176,9 +205,7 @@ def decoded_images(split, image_size, cache=None, uint8=False):
             _to_rgb(image), size, method=RESIZE_METHOD)), label),
             num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
-        ds = ds.map(lambda path, label: (decode_image(tf.io.read_file(path), size), label),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = _decoded_files(split, size)
     if cache is None:
         cache = len(split) * size[0] * size[1] * 3 < 0.25 * available_memory_bytes()
     if not cache and not uint8:
@@ -192,6 +219,22 @@ def decoded_images(split, image_size, cache=None, uint8=False):
         return ds
     return ds.map(lambda x, y: (tf.cast(x, tf.float32), y),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _decoded_files(split, size):
+    """(pixels, label) of a split's files, in order, each file decoded by `decode_image`
+    or, where `needs_upright` says that gives the same pixels, plainly."""
+    def decoded(elements, decode):
+        return tf.data.Dataset.from_tensor_slices(elements).map(
+            lambda path, label: (_resized(decode(tf.io.read_file(path)), size), label),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    parts, upright = _by_decoding(split.paths, (list(split.paths), split.labels), decoded)
+    if len(parts) == 1:
+        return parts[0]
+    # Each file from its part, in the split's order.
+    return tf.data.Dataset.choose_from_datasets(
+        parts, tf.data.Dataset.from_tensor_slices(upright.astype(np.int64)))
 
 
 def image_dataset(split, image_size, batch_size, num_classes, shuffle=False, seed=None,

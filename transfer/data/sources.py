@@ -28,6 +28,7 @@ from transfer.data.dataset import (
     Split,
     class_name,
     control_characters,
+    is_inside,
     label_counts,
     printable_path,
 )
@@ -58,11 +59,6 @@ def _is_hidden(path):
 
 OUTSIDE_FOLDER = "link to a folder outside the image folder, not followed"
 OUTSIDE_FILE = "link to a file outside the image folder, not read"
-
-
-def is_inside(path, root):
-    """Whether `path`, links resolved, lies in the folder `root` (resolved already)."""
-    return os.path.commonpath([root, os.path.realpath(path)]) == root
 
 
 def _list_class_files(class_dir, skipped, inside):
@@ -141,6 +137,7 @@ def _scan_class_folders(root, skipped, inside, class_names=None):
                 f"Class folder{'s' if len(empty) > 1 else ''} "
                 f"{', '.join(repr(str(root / e)) for e in empty)} hold{'' if len(empty) > 1 else 's'} "
                 f"no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})."
+                + _outside_hint(skipped)
             )
         return files
     unknown = [d.name for d in dirs if names[d] not in class_names]
@@ -150,6 +147,13 @@ def _scan_class_folders(root, skipped, inside, class_names=None):
             f"Known classes: {', '.join(class_names)}."
         )
     return _files_by_class(dirs, names, skipped, inside)
+
+
+def _outside_hint(skipped):
+    """What an error about empty classes adds when class folders lead outside."""
+    outside = [entry["path"] for entry in skipped if entry["reason"] == OUTSIDE_FOLDER]
+    return f" Not followed: {listing(outside)}, links to folders outside the image " \
+        "folder (pass the folder they lead to instead)." if outside else ""
 
 
 def _files_by_class(dirs, names, skipped, inside):

@@ -8,6 +8,7 @@ from transfer.errors import InvalidArgumentError, TransferError, first_line
 from transfer.export import backbone_h5, keras_format, onnx_format, savedmodel, tflite
 from transfer.export.common import ExportInfo, Runner, check_classifier
 from transfer.export.tflite import QUANTIZATIONS
+from transfer.models.architectures import image_size_pair
 from transfer.runs import MARKER_FILE, is_ours
 
 # format -> module with SUFFIX (None: a folder), KIND, write(model, out, info), load(path)
@@ -50,6 +51,8 @@ def open_model(path, image_size=None, trust_model=False):
             f"{path} is a SavedModel that transfer did not write (no {MARKER_FILE} in it), "
             "and running a SavedModel runs its graph, which can read and write files. Pass "
             "trust_model=True if you trust where it came from.")
+    if image_size:  # an int (the command line's) or (height, width)
+        image_size = image_size_pair(image_size)
     try:
         runner = FORMATS[format].load(path, image_size)
     except TransferError:

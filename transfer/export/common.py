@@ -72,6 +72,7 @@ class Runner:
     """
 
     format = None
+    path = None
     input_shape = None  # e.g. (None, 224, 224, 3); None: not declared
     output_shapes = None  # one shape per output; the first is the probabilities
 
