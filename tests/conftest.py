@@ -5,6 +5,7 @@ import atexit
 import collections
 import os
 import shutil
+import subprocess
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,30 +21,39 @@ import pytest  # noqa: E402
 
 import transfer  # noqa: E402
 
-# The test tiers (setup.cfg's markers, `scripts/test --fast`): a test that trains a model
-# or runs a command end to end is marked `trains` and stays out of the fast tier; one
-# over FAST_SECONDS without that mark is named at the end of a fast run.
+# The test tiers (setup.cfg's markers, `scripts/test --fast`): a test that trains a model,
+# runs a command end to end or builds the largest models is marked `heavy` and stays out
+# of the fast tier; one over FAST_SECONDS without that mark is named at the end of a run.
 FAST_SECONDS = 10.0
 _unmarked_slow = []
 
 
+# Module fixtures that train a run (once per module, shared by its tests): a test on
+# one of them is heavy.
+TRAINED_RUN_FIXTURES = {"sample_run", "trained", "single_run", "multi_run", "corpus_run",
+                        "planted_run", "csv_run", "project", "small_run", "exported"}
+
+
 def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINED_RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)
     # pytest-xdist (--dist loadfile) hands out test files in collection order: the files
     # with the most training first, so that the two workers end together.
     training = collections.Counter(item.path.name for item in items
-                                   if item.get_closest_marker("trains"))
+                                   if item.get_closest_marker("heavy"))
     items.sort(key=lambda item: -training[item.path.name])  # stable: files stay whole
 
 
 def pytest_runtest_logreport(report):
     if report.when == "call" and report.duration > FAST_SECONDS and \
-            not {"trains", "slow", "torch"} & set(report.keywords):
+            not {"heavy", "slow", "torch"} & set(report.keywords):
         _unmarked_slow.append((report.nodeid, report.duration))
 
 
 def pytest_terminal_summary(terminalreporter):
     if _unmarked_slow:
-        terminalreporter.section("slow tests without the trains marker")
+        terminalreporter.section("slow tests without the heavy marker")
         for nodeid, seconds in _unmarked_slow:
             terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
 
@@ -197,6 +207,54 @@ def mock_tfds_metadata(data_dir, name="mnist", splits=(("train", 16), ("test", 8
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
     return data_dir
+
+
+def chrome(tmp_path, window=(1200, 900)):
+    """Headless Debian chromium through Selenium, logging the console and the network;
+    skipped where it is absent (scripts/test installs it when it can)."""
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (the test extra has it)")
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed "
+                    "(apt-get install chromium chromium-driver; scripts/test does it as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", f"--window-size={window[0]},{window[1]}",
+                     f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MB filesystem: big enough for the small files of a run, not for a model."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run directory with an untrained 32-pixel classifier of two classes (no training),
+    for the commands that read a run."""
+    from transfer.io import save_model
+    from transfer.models.heads import build_classifier
+    from transfer.runs import RunPaths, write_labels
+
+    paths = RunPaths(tmp_path_factory.mktemp("tiny-run"))
+    save_model(build_classifier(2, weights=None, image_size=32), paths.model)
+    write_labels(paths.labels, ["cat", "dog"])
+    return paths.root
 
 
 @pytest.fixture(autouse=True)

@@ -151,7 +151,7 @@ def test_image_size_defaults_to_the_backbones_imagenet_size():
     assert FinetuneOptions(arch="efficientnet_b1", image_size=64).validate().image_size == 64
     for command in ("finetune", "lr-find", "embed", "info"):
         help_text = " ".join(run_cli(command, "--help").output.split())
-        assert "[default: (the backbone's ImageNet size)]" in help_text, command
+        assert "[default: (the backbone's ImageNet size)" in help_text, command
     summary = json.loads(run_cli("info", "--arch", "efficientnet_b1", "--json").output)
     assert (summary["image_size"], summary["default_image_size"]) == (240, 240)
     assert summary["groups"][4]["output_shape"][:2] == [8, 8]  # 240 / 32, rounded up
@@ -200,6 +200,7 @@ def small_run(tmp_path_factory):
     return root / "run", data, root
 
 
+@pytest.mark.heavy
 def test_finetune_any_family_end_to_end(small_run):
     run, data, root = small_run
     config = json.loads((run / "config.json").read_text())
@@ -273,6 +274,7 @@ def test_finetune_each_family_smallest_member(name, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.heavy
 def test_batchnorm_that_trains_learns_its_statistics_within_a_short_run():
     # keras.applications' MobileNets use momentum 0.999: after 20 steps the moving
     # mean would have moved 2% of the way; validation of a short run from scratch sat

@@ -55,6 +55,14 @@ def test_phase_two_stops_only_when_it_cannot_plausibly_win(head, accuracies, lef
     assert budget.cannot_win(head, accuracies, left, val_images=100, margin=1.0) is stops
 
 
+def test_a_phase_two_that_did_not_run_keeps_phase_one():
+    from transfer.train.selection import choose_phase
+
+    head = {"accuracy": 0.8, "loss": 0.5, "correct": np.array([True, False])}
+    kept = choose_phase(FinetuneOptions(), head, None)
+    assert kept == {"phase": "head", "reason": "phase 2 did not run"}
+
+
 def test_a_preset_fills_what_is_not_given_and_given_options_win():
     fast = resolve_options(preset="fast", weights=None)
     assert (fast.fine_tune_epochs, fast.augment) == (3, "flip")
@@ -102,7 +110,7 @@ def test_missing_data_and_a_used_out_are_refused_before_tensorflow_loads(tmp_pat
     assert "is not empty" in lines[2]
 
 
-@pytest.mark.trains
+@pytest.mark.heavy
 def test_a_limit_too_short_for_phase_one_is_refused_before_it_starts(tmp_path):
     data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
     out = tmp_path / "run"
@@ -115,7 +123,7 @@ def test_a_limit_too_short_for_phase_one_is_refused_before_it_starts(tmp_path):
     assert not list((out / "checkpoints").glob("*")) if (out / "checkpoints").exists() else True
 
 
-@pytest.mark.trains
+@pytest.mark.heavy
 def test_a_time_limited_run_plans_phase_two_and_ends_in_time(tmp_path):
     data = make_image_folder(tmp_path / "images", {"cat": 10, "dog": 10}, size=(32, 32))
     limit = 45.0
@@ -133,7 +141,7 @@ def test_a_time_limited_run_plans_phase_two_and_ends_in_time(tmp_path):
     assert len(epochs) == plan["fine_tune_epochs_planned"]
 
 
-@pytest.mark.trains
+@pytest.mark.heavy
 def test_phase_two_that_cannot_win_stops_early_and_phase_one_is_kept(tmp_path, image_folder):
     # Phase 1 gets every validation image of the tinted classes right: phase 2 cannot
     # get clearly more right, and stops once it has been judged.

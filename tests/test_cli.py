@@ -14,11 +14,8 @@ from click.testing import CliRunner
 from tests.conftest import make_image_folder
 from transfer.cli import HELP_SECTIONS, OPTION_ALIASES, OTHER_OPTIONS, cli
 from transfer.errors import InvalidArgumentError
-from transfer.io import save_model
 from transfer.models.architectures import SMALLER_FAMILIES
 from transfer.models.families import ARCH_NAMES
-from transfer.models.heads import build_classifier
-from transfer.runs import RunPaths, write_labels
 from transfer.startup_noise import is_noise
 
 RECIPE_COMMANDS = ("finetune", "lr-find")
@@ -27,15 +24,6 @@ RECIPE_COMMANDS = ("finetune", "lr-find")
 def run_cli(*args):
     """The CLI as `transfer`, with standard output and standard error kept apart."""
     return CliRunner().invoke(cli, [str(a) for a in args], prog_name="transfer")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A run directory with an untrained 32-pixel classifier of two classes (no training)."""
-    paths = RunPaths(tmp_path_factory.mktemp("tiny-run"))
-    save_model(build_classifier(2, weights=None, image_size=32), paths.model)
-    write_labels(paths.labels, ["cat", "dog"])
-    return paths.root
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +235,7 @@ def test_aliases_name_options_that_exist():
 # --------------------------------------------------- exit codes and streams (item 12)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("output_format", ["table", "csv", "json"])
 def test_predict_exits_1_when_an_input_could_not_be_predicted(tmp_path, tiny_run, photo,
                                                               output_format):
@@ -265,6 +254,7 @@ def _predict(tiny_run, photo, **streams):
                           **streams)
 
 
+@pytest.mark.heavy
 def test_predict_to_a_full_disk_is_one_error_line_and_exit_code_1(tiny_run, photo):
     with open("/dev/full", "w") as full:
         done = _predict(tiny_run, photo, stdout=full)
@@ -273,6 +263,7 @@ def test_predict_to_a_full_disk_is_one_error_line_and_exit_code_1(tiny_run, phot
         "Error: Cannot write the results to standard output: No space left on device."]
 
 
+@pytest.mark.heavy
 def test_predict_with_stdout_closed_never_writes_results_to_stderr(tiny_run, photo):
     done = _predict(tiny_run, photo, preexec_fn=lambda: os.close(1))
     assert done.returncode == 1, done.stderr

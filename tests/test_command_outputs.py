@@ -12,9 +12,6 @@ from click.testing import CliRunner
 
 from tests.conftest import make_image_folder
 from transfer.cli import cli
-from transfer.io import save_model
-from transfer.models.heads import build_classifier
-from transfer.runs import RunPaths, write_labels
 
 
 def run_cli(*args):
@@ -22,15 +19,7 @@ def run_cli(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A run directory with an untrained 32-pixel classifier of two classes (no training)."""
-    paths = RunPaths(tmp_path_factory.mktemp("tiny-run"))
-    save_model(build_classifier(2, weights=None, image_size=32), paths.model)
-    write_labels(paths.labels, ["cat", "dog"])
-    return paths.root
-
-
+@pytest.mark.heavy
 @pytest.mark.parametrize("output_format", ["csv", "json"])
 def test_predict_prints_results_alone_on_stdout(tmp_path, tiny_run, monkeypatch, output_format):
     # As on a terminal, where Keras draws its progress bar on sys.stdout.
@@ -55,16 +44,17 @@ def _failing_plot(*args, **kwargs):
     raise DiskTrouble("the report could not be drawn")
 
 
+@pytest.mark.heavy
 def test_evaluate_keeps_its_metrics_when_a_report_fails(tmp_path, tiny_run, monkeypatch):
     from transfer.commands.evaluate import evaluate
 
     data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
     monkeypatch.setattr("transfer.report.metrics.plot_confusion_matrix", _failing_plot)
-    with pytest.raises(DiskTrouble):
-        evaluate(tiny_run, data, tmp_path / "reports")
+    evaluate(tiny_run, data, tmp_path / "reports")  # the failing step is a warning
     assert json.loads((tmp_path / "reports" / "metrics.json").read_text())["images"] == 4
 
 
+@pytest.mark.heavy
 def test_export_keeps_its_labels_with_it_and_respects_overwrite(tmp_path, tiny_run):
     exports = tmp_path / "exports"
     exports.mkdir()
@@ -152,6 +142,7 @@ def test_embed_refuses_an_existing_out_without_overwrite(tmp_path):
     assert len(np.load(out)["labels"]) == 4
 
 
+@pytest.mark.heavy
 def test_predict_reports_files_in_folders_that_are_not_images(tmp_path, tiny_run):
     from PIL import Image
 
@@ -167,6 +158,7 @@ def test_predict_reports_files_in_folders_that_are_not_images(tmp_path, tiny_run
     assert "2 of 3 files could not be read." in result.stderr
 
 
+@pytest.mark.heavy
 def test_ctrl_c_in_any_command_exits_130(tmp_path, tiny_run, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -39,6 +39,7 @@ def trained(tmp_path_factory):
     return root / "run", data, root
 
 
+@pytest.mark.heavy
 def test_evaluate_reports_and_unknown_classes(trained, tmp_path):
     run, data, _ = trained
     eval_data = tmp_path / "eval"
@@ -57,6 +58,7 @@ def test_evaluate_reports_and_unknown_classes(trained, tmp_path):
     assert "images of unknown classes: 3 (zebra)" in result.output
 
 
+@pytest.mark.heavy
 def test_evaluate_and_predict_with_flip_tta(trained, tmp_path):
     run, data, _ = trained
     plain = run_cli("evaluate", run, "--data", data, "--out", tmp_path / "plain")
@@ -72,6 +74,7 @@ def test_evaluate_and_predict_with_flip_tta(trained, tmp_path):
     assert rows[()][0]["predictions"] != rows[("--tta",)][0]["predictions"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fmt", ["table", "csv", "json"])
 def test_predict_rows_for_files_folders_and_bad_files(trained, tmp_path, fmt):
     run, data, _ = trained
@@ -169,6 +172,7 @@ print(json.dumps(out))
     assert backbone is not None
 
 
+@pytest.mark.heavy
 def test_backbone_weights_export_starts_another_model(trained, tmp_path):
     run, _, _ = trained
     out = tmp_path / "source_notop.h5"
@@ -183,6 +187,7 @@ def test_backbone_weights_export_starts_another_model(trained, tmp_path):
         assert result.exit_code == 2 and message in last_line(result), result.output
 
 
+@pytest.mark.heavy
 def test_embed_and_probe(trained, tmp_path):
     run, data, _ = trained
     npz = tmp_path / "emb.npz"
@@ -202,6 +207,7 @@ def test_embed_and_probe(trained, tmp_path):
     assert (tmp_path / "probe" / "confusion_matrix.png").exists()
 
 
+@pytest.mark.heavy
 def test_embed_fresh_backbone_in_python(trained):
     from transfer.commands.embed import embed
 
@@ -211,6 +217,7 @@ def test_embed_fresh_backbone_in_python(trained):
     assert result["labels"].tolist().count(0) == 8
 
 
+@pytest.mark.heavy
 def test_bad_model_inputs(trained, tmp_path):
     run, data, _ = trained
     fake = tmp_path / "fake.keras"

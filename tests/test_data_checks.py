@@ -13,23 +13,11 @@ from click.testing import CliRunner
 
 from tests.conftest import make_image_folder
 from transfer.cli import cli
-from transfer.io import save_model
-from transfer.models.heads import build_classifier
-from transfer.runs import RunPaths, write_labels
 
 
 def run_cli(*args):
     """The CLI, with standard output and standard error kept apart."""
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A run directory with an untrained 32-pixel classifier of two classes (no training)."""
-    paths = RunPaths(tmp_path_factory.mktemp("tiny-run"))
-    save_model(build_classifier(2, weights=None, image_size=32), paths.model)
-    write_labels(paths.labels, ["cat", "dog"])
-    return paths.root
 
 
 TINY_FLAGS = ["--no-report", "--weights", "none", "--image-size", 32, "--batch-size", 8, "--head-epochs", 1,
@@ -99,6 +87,7 @@ def _png_declaring(path, width, height):
     return path
 
 
+@pytest.mark.heavy
 def test_images_too_large_are_skipped_unread(tmp_path, tiny_run):
     from transfer.data.pipeline import MAX_PIXELS
 

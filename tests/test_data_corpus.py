@@ -90,6 +90,7 @@ def corpus_run(corpus, tmp_path_factory):
     return out, result.output
 
 
+@pytest.mark.heavy
 def test_finetune_uses_every_good_image_and_reports_every_bad_one(corpus, corpus_run):
     root, good, bad = corpus
     out, output = corpus_run
@@ -103,10 +104,14 @@ def test_finetune_uses_every_good_image_and_reports_every_bad_one(corpus, corpus
     assert ".DS_Store" not in output and ".thumbnails" not in output
 
 
+@pytest.mark.heavy
 def test_evaluate_predict_and_embed_survive_the_corpus(corpus, corpus_run, tmp_path):
     root, good, bad = corpus
     out, _ = corpus_run
-    result = run_cli("evaluate", out, "--data", root, "--out", tmp_path / "eval")
+    # Every image, the run's training images too (its own data: the held-out split
+    # otherwise).
+    result = run_cli("evaluate", out, "--data", root, "--out", tmp_path / "eval",
+                     "--split", "all")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["images"] == len(good)

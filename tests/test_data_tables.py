@@ -72,6 +72,7 @@ def multi_run(tmp_path_factory):
     return root / "run", labels, rows, result.output
 
 
+@pytest.mark.heavy
 def test_csv_with_a_split_column_trains_evaluates_and_predicts(single_run, tmp_path):
     run, labels, rows, output = single_run
     config = json.loads((run / "config.json").read_text())
@@ -102,6 +103,7 @@ def test_csv_with_a_split_column_trains_evaluates_and_predicts(single_run, tmp_p
     assert class_names_of(alone) == metrics["classes"] == class_names_of(run)
 
 
+@pytest.mark.heavy
 def test_multi_label_trains_well_above_chance(multi_run):
     run, _, rows, output = multi_run
     metrics = json.loads((run / "metrics.json").read_text())
@@ -131,6 +133,7 @@ def test_multi_label_trains_well_above_chance(multi_run):
     assert all(len(row["true_labels"].split(";")) == 2 for row in predictions)
 
 
+@pytest.mark.heavy
 def test_thresholds_travel_in_the_model_for_evaluate_and_predict(multi_run, tmp_path):
     run, labels, rows, _ = multi_run
     with zipfile.ZipFile(run / "model.keras") as archive:

@@ -88,6 +88,7 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.heavy
 def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
     workers = [f"localhost:{port}" for port in _free_ports(2)]
     out = tmp_path / "run"
@@ -120,6 +121,7 @@ def _finetune_command(folder, out, backbone_file, *extra):
             *SMALL, *extra]
 
 
+@pytest.mark.heavy
 def test_killed_run_resumes_to_the_same_result(tmp_path, image_folder, backbone_file):
     env = _env(TRANSFER_CACHE_DIR=str(tmp_path / "cache"))
     reference = subprocess.run(_finetune_command(image_folder, tmp_path / "straight",

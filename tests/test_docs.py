@@ -10,7 +10,6 @@ import importlib.metadata
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 import transfer
+from tests.conftest import chrome
 from transfer.cli import cli
 from transfer.export import optional
 from transfer.version import DISTRIBUTION, __version__
@@ -279,27 +279,7 @@ def site_url(tmp_path_factory):
         server.server_close()
 
 
-def chrome(tmp_path):
-    """Headless Debian chromium through Selenium, as tests/test_report.py drives it;
-    skipped where it is absent (scripts/test installs it when it can)."""
-    webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="selenium is not installed (the test extra has it)")
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver; scripts/test does it as root)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1200,900",
-                     f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    from selenium.webdriver.chrome.service import Service
-
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
+@pytest.mark.heavy
 def test_the_site_renders_in_a_browser_and_its_search_finds_quantize(site_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -18,7 +18,7 @@ from transfer.cli import cli
 from transfer.io import save_model
 from transfer.runs import read_config, read_model_metadata, reopen_data
 
-pytestmark = pytest.mark.trains
+pytestmark = pytest.mark.heavy
 
 
 def run_cli(*args):

@@ -74,6 +74,7 @@ def exported(tmp_path_factory):
     return run, root, outputs
 
 
+@pytest.mark.heavy
 def test_every_format_round_trips_outside_transfer(exported, tmp_path):
     run, root, outputs = exported
     images, _ = sample_images()
@@ -141,6 +142,7 @@ print(json.dumps({{"probabilities": {{k: np.asarray(v).tolist() for k, v in out.
     assert not isinstance(got["onnx_inputs"][0][1][0], int)  # dynamic batch size
 
 
+@pytest.mark.heavy
 def test_export_compares_with_the_keras_model(exported):
     _, _, outputs = exported
     for name, _, _ in EXPORTS:
@@ -159,7 +161,7 @@ def test_evaluate_reports_on_every_exported_format(exported, tmp_path):
     reports = {}
     for name, _, _ in EXPORTS:
         result = run_cli("evaluate", root / name, "--data", SAMPLE_DATA, "--out",
-                         tmp_path / name, "--compare", run / "model.keras")
+                         tmp_path / name, "--compare", run / "model.keras", "--split", "all")
         assert result.exit_code == 0, result.output
         assert "agreement with" in result.output
         reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())
@@ -402,7 +404,7 @@ def test_a_resnet50_run_in_every_format_and_quantisation(tmp_path):
         if quantize == "none":
             assert "top-1 agreement 100.00%" in line, line
         result = run_cli("evaluate", tmp_path / name, "--data", SAMPLE_DATA, "--out",
-                         tmp_path / f"eval-{name}")
+                         tmp_path / f"eval-{name}", "--split", "all")
         assert result.exit_code == 0, result.output
         metrics = json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text())
         assert metrics["compared_with"] == str(run.resolve() / "model.keras")  # its source

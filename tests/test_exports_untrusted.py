@@ -5,7 +5,6 @@ an export's evaluation makes a report without running the export, and int8 expor
 do not warn about TensorFlow's deprecated interpreter."""
 
 import json
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -187,19 +186,7 @@ def test_the_report_of_an_export_evaluation_comes_from_its_predictions(tmp_path,
     assert "cat" in page and "dog" in page  # per-class rows from metrics.json
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 2 MB filesystem: big enough for small files, not for a model."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
+@pytest.mark.heavy
 def test_a_savedmodel_export_to_a_full_disk_is_one_error_line(tmp_path, full_disk):
     paths = RunPaths(tmp_path / "run")
     paths.root.mkdir()

@@ -59,6 +59,7 @@ def _phase1(image_folder, tmp_path, weights_file, cache, name):
                     early_stopping_patience=0)
 
 
+@pytest.mark.heavy
 def test_cached_features_train_the_same_head_and_a_second_run_reuses_them(
         image_folder, tmp_path, weights_file, feature_cache_dir, caplog):
     """Same seed: the head trained on cached features equals the one trained through
@@ -88,6 +89,7 @@ def test_cached_features_train_the_same_head_and_a_second_run_reuses_them(
     assert len(keys) == 2
 
 
+@pytest.mark.heavy
 def test_features_too_large_for_memory_go_to_a_memory_mapped_file(tmp_path):
     extractor = transfer.feature_extractor(
         randomize(transfer.ResNet50(weights=None, include_top=False, input_shape=(32, 32, 3))))

@@ -173,6 +173,7 @@ def _backbone_after(run_dir):
     return {w.path: np.array(w) for w in backbone.weights}, owner
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fine_tune_from", ["none", "conv5"])
 def test_phases_change_only_what_they_train(tmp_path, image_folder, fine_tune_from):
     path, before = _weights_file(tmp_path)
@@ -193,6 +194,7 @@ def test_phases_change_only_what_they_train(tmp_path, image_folder, fine_tune_fr
     assert any(p.endswith("kernel") for p in changed)
 
 
+@pytest.mark.heavy
 def test_tfds_dataset_end_to_end(tmp_path):
     mock_tfds_metadata(tmp_path / "tfds", splits=(("train", 24), ("test", 12)))
     with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_FILES,
@@ -208,6 +210,7 @@ def test_tfds_dataset_end_to_end(tmp_path):
         assert next(csv.DictReader(f))["path"].startswith("tfds:mnist/train[80%:]/")
 
 
+@pytest.mark.heavy
 def test_bad_images_are_reported_and_skipped(tmp_path, image_folder):
     (image_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (image_folder / "dog" / "empty.png").write_bytes(b"")
@@ -228,6 +231,7 @@ def test_bad_images_are_reported_and_skipped(tmp_path, image_folder):
     assert strict.output.strip().splitlines()[-1].startswith("Error: 3 unusable files (--strict)")
 
 
+@pytest.mark.heavy
 def test_few_validation_images_warn(tmp_path):
     root = make_image_folder(tmp_path / "tiny", {"a": 3, "b": 1, "c": 1, "d": 1})
     result = run_cli("finetune", "--data", root, "--weights", "none", "--out", tmp_path / "run",

@@ -63,6 +63,7 @@ def test_groups_of_a_classifier_include_preprocessing_and_head():
     assert [l.name for l in found["head"]] == ["head_pool", "predictions"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("version", ["v1", "v1.5", "v2"])
 def test_freeze_until_conv4_trains_only_conv5_and_head(version):
     model = _classifier(version)
@@ -86,6 +87,7 @@ def test_freeze_until_conv4_trains_only_conv5_and_head(version):
         assert all(owner[p][0] != "post" or "bn" not in p for p in changed)
 
 
+@pytest.mark.heavy
 def test_train_bn_updates_statistics_only_in_unfrozen_groups():
     model = _classifier("v1")
     transfer.freeze(model, until="conv4", train_bn=True)
@@ -99,6 +101,7 @@ def test_train_bn_updates_statistics_only_in_unfrozen_groups():
             assert unchanged == (owner[path][0] != "conv5"), path
 
 
+@pytest.mark.heavy
 def test_freeze_everything_but_head_then_unfreeze():
     model = _classifier()
     transfer.freeze(model)
@@ -117,6 +120,7 @@ def test_freeze_everything_but_head_then_unfreeze():
     assert trainable_groups == {"conv3", "conv4", "conv5", "head"}
 
 
+@pytest.mark.heavy
 def test_freezing_survives_save_and_load(tmp_path):
     model = _classifier()
     transfer.freeze(model, until="conv3")
@@ -126,6 +130,7 @@ def test_freezing_survives_save_and_load(tmp_path):
     assert [w.path for w in loaded.trainable_weights] == [w.path for w in model.trainable_weights]
 
 
+@pytest.mark.heavy
 def test_unknown_group_names_the_groups():
     model = _classifier()
     with pytest.raises(ValueError, match="Unknown group: until='conv6'.*stem, conv2, conv3, conv4, "

@@ -14,6 +14,7 @@ def backbone():
                                          input_shape=(32, 32, 3)), seed=7)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "options",
     [dict(), dict(pooling="max"), dict(dropout=0.3, hidden_units=16), dict(multi_label=True)],
@@ -35,6 +36,7 @@ def test_head_saves_and_reloads_with_same_outputs(tmp_path, backbone, options):
     np.testing.assert_allclose(np.asarray(loaded(x)), probabilities, atol=1e-6)
 
 
+@pytest.mark.heavy
 def test_preprocessing_travels_inside_the_model(backbone):
     model = transfer.attach_head(backbone, 2, pooling="avg")
     x = random_images((2, 32, 32, 3), seed=9)
@@ -52,6 +54,7 @@ def test_feature_extractor_gives_pooled_backbone_features(backbone):
     np.testing.assert_allclose(np.asarray(extractor(x)), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.heavy
 def test_build_classifier_loads_weights(tmp_path):
     source = randomize(transfer.ResNet50(weights=None, include_top=False), seed=11)
     path = tmp_path / "backbone.weights.h5"
@@ -83,6 +86,7 @@ def test_pooled_backbone_is_refused():
         transfer.attach_head(pooled, 3)
 
 
+@pytest.mark.heavy
 def test_readme_example_runs(tmp_path, keras_home, no_network, monkeypatch):
     """The README's ten lines, with a local file standing in for the ImageNet download."""
     from tests.conftest import trust_notop_file

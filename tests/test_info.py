@@ -12,6 +12,7 @@ from tests.conftest import VARIANT_IDS, VARIANTS, build_fresh, reference_builder
 from transfer.cli import cli
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("builder,ref_name,depth,version", VARIANTS, ids=VARIANT_IDS)
 def test_info_totals_agree_with_keras_applications(builder, ref_name, depth, version):
     result = CliRunner().invoke(cli, ["info", "--depth", str(depth), "--version", version, "--json"])

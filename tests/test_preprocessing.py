@@ -62,6 +62,7 @@ def test_modes_accept_versions_and_reject_unknown():
         transfer.preprocessing_layer("bgr")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("mode", ["caffe", "tf"])
 def test_layer_saves_with_model_and_reloads_without_transfer(tmp_path, mode):
     """Built-in layers only: plain Keras, in a process that never imports transfer."""

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import SAMPLE_DATA
+from tests.conftest import SAMPLE_DATA, chrome
 from transfer.cli import PREDICTION_PRINTERS, cli
 from transfer.commands.predict import UNKNOWN, predict
 from transfer.data.dataset import Split
@@ -78,6 +78,7 @@ def planted_run(tmp_path_factory):
     return out, data, planted
 
 
+@pytest.mark.heavy
 def test_run_writes_a_self_contained_report_with_every_section(planted_run):
     run, data, _ = planted_run
     page = (run / "report.html").read_text()
@@ -243,6 +244,7 @@ def test_explain_writes_an_overlay_per_image_with_its_top_k(planted_run, tmp_pat
     assert result.exit_code == 2 and "Unknown group: --group 'head'" in last_line(result)
 
 
+@pytest.mark.heavy
 def test_predict_abstains_below_min_confidence_in_every_format(planted_run, capsys):
     run, data, _ = planted_run
     folder = data / "val" / "Shirt"
@@ -267,27 +269,6 @@ def test_predict_abstains_below_min_confidence_in_every_format(planted_run, caps
     assert result.exit_code == 2
     assert last_line(result) == ("Error: Invalid value for '--min-confidence': 1.5 is not in "
                                  "the range 0.0<=x<=1.0.")
-
-
-def chrome(tmp_path):
-    """Headless Debian chromium through Selenium, logging the console and the network;
-    skipped where it is absent (scripts/test installs it when it can)."""
-    webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="selenium is not installed (the test extra has it)")
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver; scripts/test does it as root)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1200,900",
-                     f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    from selenium.webdriver.chrome.service import Service
-
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def test_report_opens_in_a_real_browser_without_errors_or_requests(planted_run, tmp_path):

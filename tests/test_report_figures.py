@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("classes", [3, 60, 400])
 def test_confusion_matrix_figure_stays_bounded(tmp_path, classes):
     from PIL import Image

@@ -40,7 +40,7 @@ def test_class_names_are_plain_text_in_every_figure(tmp_path):
         assert Image.open(tmp_path / name).size[0] > 100
 
 
-@pytest.mark.trains
+@pytest.mark.heavy
 def test_a_run_whose_class_names_look_like_mathtext_completes(tmp_path):
     from transfer.commands.finetune import finetune
 
@@ -55,7 +55,7 @@ def test_a_run_whose_class_names_look_like_mathtext_completes(tmp_path):
     assert "$x^$" in (paths.root / "report.html").read_text()
 
 
-@pytest.mark.trains
+@pytest.mark.heavy
 def test_a_report_step_that_fails_is_a_warning_not_a_failed_run(tmp_path, monkeypatch,
                                                                 warnings_logged):
     from transfer.commands.finetune import finetune
@@ -80,7 +80,7 @@ def test_a_report_step_that_fails_is_a_warning_not_a_failed_run(tmp_path, monkey
         assert f"{name} could not be written (ValueError: cannot draw this)" in warned, name
 
 
-@pytest.mark.trains
+@pytest.mark.heavy
 def test_an_error_in_training_itself_still_fails_the_run(tmp_path, monkeypatch):
     from transfer.commands.finetune import finetune
 

@@ -38,6 +38,7 @@ WITH_TOP_CASES = [pytest.param(*variant, id=variant_id,
                   for variant, variant_id in zip(VARIANTS, VARIANT_IDS)]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("builder,ref_name,depth,version", WITH_TOP_CASES)
 def test_structure_and_outputs_with_top(builder, ref_name, depth, version):
     ours, ref = _pairs(builder, ref_name, classifier_activation=None)
@@ -70,6 +71,7 @@ NO_TOP_CASES = [pytest.param(*variant, pooling, id=f"{variant_id}-{pooling}",
                 for pooling in ([None, "avg", "max"] if variant_id == "ResNet50" else [None])]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("builder,ref_name,depth,version,pooling", NO_TOP_CASES)
 def test_outputs_without_top_non_square(builder, ref_name, depth, version, pooling):
     shape = (75, 61, 3)
@@ -86,6 +88,7 @@ def test_outputs_without_top_non_square(builder, ref_name, depth, version, pooli
     assert np.abs(got - expected).max() <= TOLERANCE
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("builder,ref_name,depth,version", VARIANTS[::3], ids=VARIANT_IDS[::3])
 def test_custom_input_tensor(builder, ref_name, depth, version):
     keras.backend.clear_session()
@@ -98,6 +101,7 @@ def test_custom_input_tensor(builder, ref_name, depth, version):
     assert model(random_images((1, 64, 48, 3)).astype("float32")).shape == (1, 2048)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("channels", [1, 4])
 @pytest.mark.parametrize("builder,ref_name,depth,version", VARIANTS[::3], ids=VARIANT_IDS[::3])
 def test_channels_without_weights(builder, ref_name, depth, version, channels):
@@ -109,6 +113,7 @@ def test_channels_without_weights(builder, ref_name, depth, version, channels):
     assert out.shape == (1, 2, 2, 2048)
 
 
+@pytest.mark.heavy
 def test_generic_builder_matches_named_variant():
     a = build_fresh(transfer.ResNet, depth=101, version="v2", weights=None, include_top=False)
     b = build_fresh(transfer.ResNet101V2, weights=None, include_top=False)

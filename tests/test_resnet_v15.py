@@ -28,6 +28,7 @@ def depth_pair(request):
     return (request.param, *pair(request.param, input_shape=(64, 64, 3)))
 
 
+@pytest.mark.heavy
 def test_layers_are_v1s_plus_one_pad_per_block(depth_pair):
     depth, v1, v15 = depth_pair
     assert v15.name == f"resnet{depth}v1.5"
@@ -85,6 +86,7 @@ def test_padding_is_symmetric_where_same_would_not_be():
     assert out.shape == (2, 2) and out[0, 0] == 1.0  # window centred on (0, 0): pad 1 before
 
 
+@pytest.mark.heavy
 def test_groups_have_v1s_names(depth_pair):
     def names(layers):  # bar the pads, and the input (named by Keras' session counter)
         return [l.name for l in layers
@@ -99,6 +101,7 @@ def test_groups_have_v1s_names(depth_pair):
     assert transfer.architecture_of(v1) == transfer.get_architecture(depth, "v1")
 
 
+@pytest.mark.heavy
 def test_info_for_v15():
     result = CliRunner().invoke(cli, ["info", "--depth", "50", "--version", "v1.5", "--json"])
     assert result.exit_code == 0, result.output
@@ -136,6 +139,7 @@ def test_weights_command_for_v15_explains():
         "--weights none for random initialisation.")
 
 
+@pytest.mark.heavy
 def test_finetune_from_a_pytorch_checkpoint(tmp_path):
     state = torchvision_state_dict(50, seed=3)
     checkpoint = save_safetensors(state, tmp_path / "resnet50.safetensors")

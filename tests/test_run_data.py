@@ -44,6 +44,7 @@ def csv_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.heavy
 def test_a_csv_run_is_reopened_with_its_column_options(csv_run):
     config = read_config(csv_run)
     dataset = reopen_data(csv_run)
@@ -53,6 +54,7 @@ def test_a_csv_run_is_reopened_with_its_column_options(csv_run):
     assert reopen_data(config).fingerprint == dataset.fingerprint  # a config dict too
 
 
+@pytest.mark.heavy
 def test_the_report_of_a_csv_run_checks_leaked_duplicates(csv_run):
     leaked = json.loads((csv_run / "metrics.json").read_text())["leaked_duplicates"]
     assert leaked["checked"] is True, leaked
@@ -63,6 +65,7 @@ def test_the_report_of_a_csv_run_checks_leaked_duplicates(csv_run):
     assert json.loads((csv_run / "metrics.json").read_text())["leaked_duplicates"]["checked"]
 
 
+@pytest.mark.heavy
 def test_int8_export_of_a_csv_run_calibrates_on_its_own_images(csv_run, tmp_path):
     """The run's config.json beside a small model of the same classes (int8 of the
     run's ResNet50 takes longer): the export finds the run's images by itself."""

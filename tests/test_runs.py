@@ -17,22 +17,12 @@ from click.testing import CliRunner
 from tests.conftest import make_image_folder
 from transfer.cli import cli
 from transfer.io import save_model, write_npz, write_text
-from transfer.models.heads import build_classifier
-from transfer.runs import RunPaths, write_labels
+from transfer.runs import RunPaths
 
 
 def run_cli(*args):
     """The CLI, with standard output and standard error kept apart."""
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A run directory with an untrained 32-pixel classifier of two classes (no training)."""
-    paths = RunPaths(tmp_path_factory.mktemp("tiny-run"))
-    save_model(build_classifier(2, weights=None, image_size=32), paths.model)
-    write_labels(paths.labels, ["cat", "dog"])
-    return paths.root
 
 
 @pytest.fixture
@@ -73,12 +63,11 @@ def test_a_failing_report_loses_neither_model_nor_history(tmp_path, monkeypatch)
     data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
     monkeypatch.setattr("transfer.report.metrics.plot_confusion_matrix", _failing_plot)
     run = tmp_path / "run"
-    with pytest.raises(DiskTrouble):
-        finetune(data, out=run, **TINY)
+    finetune(data, out=run, **TINY)  # a report step that fails is a warning (issue 35, 9)
     paths = RunPaths(run)
     assert paths.model.is_file() and paths.history.is_file()
     assert keras.models.load_model(paths.model).output.shape[-1] == 2
-    assert json.loads(paths.config.read_text())["status"] == "failed"
+    assert json.loads(paths.config.read_text())["status"] == "complete"
 
 
 def _foreign_folder(path):
@@ -89,6 +78,7 @@ def _foreign_folder(path):
     return path
 
 
+@pytest.mark.heavy
 def test_overwrite_refuses_a_folder_transfer_did_not_write(tmp_path, tiny_run):
     foreign = _foreign_folder(tmp_path / "foreign")
     data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
@@ -143,7 +133,10 @@ def test_a_run_claims_its_folder_and_releases_it(tmp_path):
     # A dead run's lock is taken over; the lock goes when the run ends, even on failure.
     (out / "config.json").unlink()
     (out / LOCK_FILE).write_text(f"{_dead_pid()}\n")
-    result = run_cli("finetune", "--data", tmp_path / "missing", "--out", out)
+    # (Data that is missing is refused before the folder is claimed: one class is
+    # refused after it.)
+    one_class = make_image_folder(tmp_path / "one-class", {"cat": 2}, size=(32, 32))
+    result = run_cli("finetune", "--data", one_class, "--out", out)
     assert result.exit_code == 2 and "in use" not in result.stderr, result.stderr
     assert not (out / LOCK_FILE).exists() and (out / MARKER_FILE).exists()
 
@@ -167,6 +160,7 @@ def test_a_stopped_run_says_why_in_config_json(tmp_path, monkeypatch, stop, stat
             f"Error: The run was interrupted. --resume --out {out} continues it."
 
 
+@pytest.mark.heavy
 def test_ctrl_c_backs_up_the_epochs_done_before_the_first_periodic_backup(tmp_path, monkeypatch):
     # Ctrl-C in phase 2's third epoch, long before a backup was due (--backup-interval
     # 3600): the two epochs done are kept, and --resume goes on from the third.
@@ -188,7 +182,7 @@ def test_ctrl_c_backs_up_the_epochs_done_before_the_first_periodic_backup(tmp_pa
     flags = ["--data", data, "--out", out, "--no-report", "--weights", "none", "--image-size",
              32, "--batch-size", 8, "--head-epochs", 1, "--fine-tune-from", "conv5",
              "--fine-tune-epochs", 3, "--early-stopping", 0, "--augment", "none",
-             "--backup-interval", 3600]
+             "--backup-interval", 3600, "--no-futility-stop"]
     result = run_cli("finetune", *flags)
     assert result.exit_code == 130, result.output
     backup = out / "checkpoints" / "backup-fine-tune" / "backup.json"
@@ -232,6 +226,7 @@ def test_resume_refuses_other_data_but_not_another_cache_dir(tmp_path, monkeypat
     assert result.exit_code == 130  # got as far as training again (still interrupted here)
 
 
+@pytest.mark.heavy
 def test_training_that_diverges_stops_and_marks_the_run_failed(tmp_path):
     data = make_image_folder(tmp_path / "images", {"cat": 8, "dog": 8}, size=(32, 32))
     out = tmp_path / "run"
@@ -272,19 +267,7 @@ def test_unwritable_output_is_one_error_line(tmp_path, image_folder):
         f"Error: Cannot write {blocker / 'run'}: Not a directory.")
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 2 MB filesystem: big enough for the small files of a run, not for the model."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
+@pytest.mark.heavy
 def test_full_disk_never_leaves_a_model_that_looks_complete(full_disk, image_folder):
     out = full_disk / "run"
     result = run_cli("finetune", "--data", image_folder, "--weights", "none", "--out", out,
@@ -299,6 +282,7 @@ def test_full_disk_never_leaves_a_model_that_looks_complete(full_disk, image_fol
     assert config["status"] == "failed" and "No space left on device" in config["reason"]
 
 
+@pytest.mark.heavy
 def test_full_disk_at_phase_one_checkpoint_fails_cleanly(full_disk, image_folder):
     # Phase 1's checkpoint is the first large write of a run that fine-tunes. In a
     # subprocess: a crash (h5py freeing a file after a failed write) must show as one.

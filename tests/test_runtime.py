@@ -14,6 +14,7 @@ from transfer.commands.finetune import finetune
 from transfer.runtime import run_inference
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("jit_compile", [True, False])
 def test_inference_path_equals_predict(jit_compile):
     model = transfer.attach_head(randomize(transfer.ResNet50V2(
@@ -25,6 +26,7 @@ def test_inference_path_equals_predict(jit_compile):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.heavy
 def test_mixed_precision_on_cpu_says_what_it_does_and_jit_off_trains(image_folder, tmp_path):
     result = CliRunner().invoke(cli, [
         "finetune", "--no-report", "--data", str(image_folder), "--weights", "none", "--out",
@@ -41,6 +43,7 @@ def test_mixed_precision_on_cpu_says_what_it_does_and_jit_off_trains(image_folde
         "Error: Unknown jit_compile: 'maybe'. Expected one of auto, on, off.")
 
 
+@pytest.mark.heavy
 def test_jit_compile_on_trains_with_xla_and_auto_does_not_on_cpu(image_folder, tmp_path):
     """`on` trains with XLA-compiled steps (batch 7 leaves a partial batch, which
     XLA training drops); `auto` is Keras' choice, no XLA on a CPU. The run records which."""
@@ -76,6 +79,7 @@ def test_importing_transfer_turns_on_onednn_unless_told_not_to(setting, enabled)
     assert output.strip().splitlines()[-1] == str(enabled)
 
 
+@pytest.mark.heavy
 def test_tta_averages_each_image_with_its_mirror():
     import tensorflow as tf
 

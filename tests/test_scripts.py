@@ -143,6 +143,7 @@ def idx_with_sample_first(tmp_path_factory):
     return root
 
 
+@pytest.mark.heavy
 def test_standin_trains_without_the_sample_and_saves_what_transfer_loads(
         idx_with_sample_first, tmp_path):
     """scripts/pretrain_standin.py (a stand-in for the ImageNet weights) trains on the

@@ -150,6 +150,7 @@ def test_no_command_imports_another():
             assert not others, f"{module} imports {others}"
 
 
+@pytest.mark.heavy
 def test_training_has_one_home():
     # The recipe's steps live in transfer.train; a command only calls them.
     graph = _graph()
@@ -252,6 +253,7 @@ def test_startup_lines_are_noise_and_real_messages_are_not():
         assert not is_noise(line.encode() + b"\n"), line
 
 
+@pytest.mark.heavy
 def test_the_command_line_keeps_tensorflow_start_up_lines_off_stderr():
     done = subprocess.run(
         [sys.executable, "-m", "transfer", "info", "--depth", "50", "--image-size", "32"],

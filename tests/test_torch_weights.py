@@ -72,6 +72,7 @@ def test_classifier_builder_and_preprocessing(file50):
     assert out.shape == (2, 3)
 
 
+@pytest.mark.heavy
 def test_notop_checkpoint_into_model_with_top(state50, tmp_path):
     notop = {k: v for k, v in state50.items() if not k.startswith("fc.")}
     path = save_safetensors(notop, tmp_path / "notop.safetensors")
@@ -109,6 +110,7 @@ def test_many_missing_keys_are_counted(state50, tmp_path):
         transfer.ResNet(50, "v1.5", weights=str(path), input_shape=SHAPE)
 
 
+@pytest.mark.heavy
 def test_resnet101_checkpoint_into_resnet50(tmp_path):
     path = save_safetensors(torchvision_state_dict(101, zeros=True), tmp_path / "r101.safetensors")
     with pytest.raises(transfer.WeightsError,
@@ -172,6 +174,7 @@ def test_imagenet_for_v15_points_to_pytorch_weights():
         transfer.ResNet(50, "v1.5", weights="imagenet")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fmt", ["weights.h5", "keras"])
 def test_v15_keras_files_round_trip_and_are_told_from_v1(tmp_path, fmt, file50):
     source = transfer.ResNet(50, "v1.5", weights=str(file50), include_top=False,

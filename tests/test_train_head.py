@@ -17,6 +17,7 @@ from transfer.train import standardize
 from transfer.train.options import FinetuneOptions
 
 
+@pytest.mark.heavy
 def test_standardization_lives_in_the_model_and_reloads_in_safe_mode(tmp_path):
     model = transfer.build_classifier(3, weights=None, image_size=32, standardize=True)
     rng = np.random.default_rng(0)
@@ -80,6 +81,7 @@ def test_the_probe_becomes_a_dense_softmax_with_the_same_probabilities(classes):
                                classifier.predict_proba(features), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.heavy
 def test_phase_one_from_the_probe_matches_the_probe(tmp_path, image_folder):
     result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
                                batch_size=8, fine_tune_from="none", seed=1)
@@ -90,6 +92,7 @@ def test_phase_one_from_the_probe_matches_the_probe(tmp_path, image_folder):
     assert rows[0]["val_accuracy"] == pytest.approx(result.metrics["val"]["accuracy"])
 
 
+@pytest.mark.heavy
 def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image_folder):
     from transfer.data.sources import load_dataset
     from transfer.models.heads import pooled_features

@@ -19,6 +19,7 @@ from transfer.train.options import FinetuneOptions
 from transfer.train.phase import release_training_state
 
 
+@pytest.mark.heavy
 def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folder, caplog,
                                                            monkeypatch):
     import logging
@@ -52,6 +53,7 @@ def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folde
     assert (result.run_dir / "augmentation_preview.png").exists() is False  # augment none
 
 
+@pytest.mark.heavy
 def test_lr_find_writes_its_curve_and_suggests_a_rate(tmp_path, image_folder):
     from click.testing import CliRunner
 
@@ -180,6 +182,7 @@ def test_a_backup_restores_what_training_changes_and_a_broken_one_starts_over(tm
     assert backup_epoch(tmp_path / "b") == 0 and not list((tmp_path / "b").iterdir())
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_a_model_splits_at_a_group_into_frozen_prefix_and_trained_suffix(version):
     from transfer.models.groups import split_at_group
@@ -197,6 +200,7 @@ def test_a_model_splits_at_a_group_into_frozen_prefix_and_trained_suffix(version
     assert split_at_group(model, "stem") is None
 
 
+@pytest.mark.heavy
 def test_phase_two_on_the_frozen_groups_outputs_matches_training_the_whole_model(
         tmp_path, image_folder, monkeypatch, caplog):
     made = []
@@ -242,6 +246,7 @@ def test_phase_two_on_the_frozen_groups_outputs_matches_training_the_whole_model
             assert difference.max() <= 6e-4 and np.quantile(difference, 0.99) < 1e-4
 
 
+@pytest.mark.heavy
 def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
     import tensorflow as tf
 

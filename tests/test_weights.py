@@ -49,6 +49,7 @@ LEGACY_CASES = [pytest.param(*variant, top, id=f"{variant_id}-{'top' if top else
                 for variant, variant_id in zip(VARIANTS, VARIANT_IDS) for top in (True, False)]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("builder,ref_name,depth,version,include_top", LEGACY_CASES)
 def test_legacy_h5_from_tf_keras_reproduces_its_outputs(tmp_path, builder, ref_name, depth,
                                                         version, include_top):
@@ -64,6 +65,7 @@ def test_legacy_h5_from_tf_keras_reproduces_its_outputs(tmp_path, builder, ref_n
     assert np.abs(got - expected).max() <= TF_KERAS_TOLERANCE * max(1.0, np.abs(expected).max())
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fmt", ["weights.h5", "keras"])
 @pytest.mark.parametrize("builder", [transfer.ResNet50, transfer.ResNet50V2])
 def test_keras3_formats_round_trip(tmp_path, builder, fmt):
@@ -75,6 +77,7 @@ def test_keras3_formats_round_trip(tmp_path, builder, fmt):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fmt", ["weights.h5", "keras"])
 def test_backbone_weights_taken_from_a_saved_classifier(tmp_path, fmt):
     backbone = randomize(transfer.ResNet50V2(weights=None, include_top=False,
@@ -99,6 +102,7 @@ def _official_notop_file(directory, ref_name="ResNet50"):
     return arch, path
 
 
+@pytest.mark.heavy
 def test_imagenet_taken_from_keras_cache_without_network(keras_home, monkeypatch, no_network):
     arch, path = _official_notop_file(keras_home / "models")
     # The real file's MD5 cannot match a locally made one: point the table at ours.
@@ -111,6 +115,7 @@ def test_imagenet_taken_from_keras_cache_without_network(keras_home, monkeypatch
         np.testing.assert_array_equal(np.asarray(a), b.numpy())
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("via", ["argument", "environment"])
 def test_imagenet_taken_from_weights_dir(tmp_path, keras_home, monkeypatch, no_network, via):
     arch, path = _official_notop_file(tmp_path)
@@ -123,6 +128,7 @@ def test_imagenet_taken_from_weights_dir(tmp_path, keras_home, monkeypatch, no_n
     transfer.ResNet(50, "v1", weights="imagenet", include_top=False, **kwargs)
 
 
+@pytest.mark.heavy
 def test_weights_dir_file_with_wrong_hash_is_refused(tmp_path, keras_home, no_network):
     _official_notop_file(tmp_path)
     with pytest.raises(transfer.WeightsError, match="does not have the MD5 hash"):
@@ -146,6 +152,7 @@ def resnet50_top_file(tmp_path):
     return tf_keras_file(tmp_path / "resnet50_top.h5", "ResNet50", True, (32, 32, 3))[0]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "ref_name,include_top,builder,message",
     [
@@ -163,6 +170,7 @@ def test_other_architecture_is_named(tmp_path, ref_name, include_top, builder, m
         builder(weights=str(path), include_top=False)
 
 
+@pytest.mark.heavy
 def test_other_architecture_is_named_for_keras3_files(tmp_path):
     path = tmp_path / "r101.weights.h5"
     transfer.ResNet101(weights=None, include_top=False).save_weights(path)
@@ -171,18 +179,21 @@ def test_other_architecture_is_named_for_keras3_files(tmp_path):
         transfer.ResNet50(weights=str(path), include_top=False)
 
 
+@pytest.mark.heavy
 def test_top_file_into_model_without_top(resnet50_top_file):
     with pytest.raises(transfer.WeightsError,
                        match="with its classifier .*1000 classes.*but the model has no top"):
         transfer.ResNet50(weights=str(resnet50_top_file), include_top=False)
 
 
+@pytest.mark.heavy
 def test_notop_file_into_model_with_top(tmp_path):
     path, _ = tf_keras_file(tmp_path / "notop.h5", "ResNet50", False, (32, 32, 3))
     with pytest.raises(transfer.WeightsError, match="without a classifier \\(a notop file\\)"):
         transfer.ResNet50(weights=str(path), input_shape=(32, 32, 3))
 
 
+@pytest.mark.heavy
 def test_top_file_with_other_class_count_loads_backbone_and_says_so(resnet50_top_file, caplog):
     reference = tf_keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3))
     reference.load_weights(str(resnet50_top_file))
@@ -196,6 +207,7 @@ def test_top_file_with_other_class_count_loads_backbone_and_says_so(resnet50_top
     assert model.get_layer("predictions").kernel.shape == (2048, 7)
 
 
+@pytest.mark.heavy
 def test_truncated_file(resnet50_top_file, tmp_path):
     data = resnet50_top_file.read_bytes()
     truncated = tmp_path / "truncated.h5"
@@ -223,6 +235,7 @@ def test_zip_that_is_not_a_keras_archive(tmp_path):
         transfer.ResNet50(weights=str(path), include_top=False)
 
 
+@pytest.mark.heavy
 def test_load_weights_into_existing_classifier(tmp_path):
     path, ref = tf_keras_file(tmp_path / "notop.h5", "ResNet50V2", False, (32, 32, 3))
     classifier = transfer.build_classifier(3, depth=50, version="v2", weights=None, image_size=32)
@@ -249,6 +262,7 @@ def test_cli_weights_finds_the_file_or_explains(tmp_path, keras_home, no_network
     assert result.output.strip() == str(path)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("builder,ref_name", [(transfer.ResNet50, "ResNet50"),
                                               (transfer.ResNet50V2, "ResNet50V2")])
 def test_written_notop_file_loads_like_the_official_one(tmp_path, builder, ref_name):

@@ -137,6 +137,7 @@ def check_run_dir(path, overwrite=False, keep=False):
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InvalidArgumentError(f"out={path} is a file, not a folder.")
+    _check_not_in_use(path)
     if path.exists() and not keep and any(p.name != LOCK_FILE for p in path.iterdir()):
         if not overwrite:
             raise InvalidArgumentError(
@@ -227,17 +228,24 @@ def remove_stale_partials(folder, max_age=STALE_PARTIAL_SECONDS):
     return removed
 
 
+def _check_not_in_use(folder):
+    """Refuse a folder whose lock a live run holds (before its files are looked at:
+    a run in progress is the reason to give)."""
+    pid = _lock_owner(folder / LOCK_FILE)
+    if pid is not None and _is_running(pid) and pid != os.getpid():
+        raise InvalidArgumentError(
+            f"out={folder} is in use by another run (process {pid}). Wait for it "
+            f"to end, or choose another folder.")
+
+
 def _take_lock(folder):
     lock = folder / LOCK_FILE
     for _ in range(2):  # once more after removing a dead run's lock
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
+            _check_not_in_use(folder)
             pid = _lock_owner(lock)
-            if pid is not None and _is_running(pid):
-                raise InvalidArgumentError(
-                    f"out={folder} is in use by another run (process {pid}). Wait for it "
-                    f"to end, or choose another folder.") from None
             if pid is None and _age_seconds(lock) < LOCK_WRITE_SECONDS:
                 break  # another run has just created it and is writing its pid
             with contextlib.suppress(FileNotFoundError):

@@ -88,14 +88,17 @@ def run_inference(model, images, verbose=0, jit_compile=None, description="Infer
     image's outputs with its horizontal mirror's. `dtype` converts each batch's
     outputs as they come (float16 halves what large outputs hold in memory).
     """
+    # The shape only matters for no batches; asked then (a Sequential has no `output`
+    # until it is called).
     return collect_outputs(_compiled_call(model, jit_compile, tta), images,
-                           model.output.shape[1:], verbose, description, dtype)
+                           lambda: model.output.shape[1:], verbose, description, dtype)
 
 
 def collect_outputs(call, batches, output_shape, verbose=0, description="Inference",
                     dtype=None):
     """`call`'s outputs for each of `batches`, as one array (of `output_shape` per
-    image); with `verbose`, a progress line. `dtype` converts each batch's outputs."""
+    image: a tuple, or a function giving it); with `verbose`, a progress line. `dtype`
+    converts each batch's outputs."""
     cardinality = int(batches.cardinality()) if hasattr(batches, "cardinality") else -1
     progress = Progress(description, cardinality if cardinality > 0 else None,
                         unit="batch") if verbose else None
@@ -107,7 +110,8 @@ def collect_outputs(call, batches, output_shape, verbose=0, description="Inferen
     if progress:
         progress.done()
     if not outputs:
-        return np.zeros((0, *output_shape), dtype=dtype or np.float32)
+        shape = output_shape() if callable(output_shape) else output_shape
+        return np.zeros((0, *shape), dtype=dtype or np.float32)
     return np.concatenate(outputs)
 
 

@@ -239,6 +239,8 @@ class Run:
         fine_tuned = self.fine_tuned_features.get("val")
         fine_tune_score = self._score(fine_tuned) if fine_tuned is not None else None
         self.kept = choose_phase(self.options, self.head_score, fine_tune_score)
+        if self.kept["reason"] == "phase 2 did not run" and self.phase_two.get("stopped"):
+            self.kept["reason"] = self.phase_two["stopped"]
         if self.kept["phase"] == HEAD and "validation" in self.kept:
             self._load_phase_one()
         return self.kept

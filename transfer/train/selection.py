@@ -39,6 +39,8 @@ def choose_phase(options, head_score, fine_tune_score):
         return {"phase": HEAD, "reason": "no fine-tuning phase"}
     if head_score is None:
         return {"phase": FINE_TUNE, "reason": "phase 1 did not train (head_epochs=0)"}
+    if fine_tune_score is None:  # no time was left for it
+        return {"phase": HEAD, "reason": "phase 2 did not run"}
     better = clearly_better(fine_tune_score.pop("correct"), head_score.pop("correct"))
     scores = {HEAD: head_score, FINE_TUNE: fine_tune_score}
     if options.keep == "last":
