@@ -11,7 +11,10 @@ def on_page_content(html, page, **kwargs):
     if page.file.src_uri != "reference/cli.md":
         return html
     return EXAMPLES.sub(
-        lambda m: (f"<p>{m.group(1)}:</p>\n<pre><code>"
-                   + "\n".join(line[2:] for line in m.group(2).splitlines())
-                   + "</code></pre>"),
-        html)
+        lambda m: (
+            f"<p>{m.group(1)}:</p>\n<pre><code>"
+            + "\n".join(line[2:] for line in m.group(2).splitlines())
+            + "</code></pre>"
+        ),
+        html,
+    )

@@ -44,8 +44,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/transfer-experiment"))
     parser.add_argument("--budget", type=int, default=100)
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated row names")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated row names")
     parser.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True)
     known, rest = parser.parse_known_args(argv)
     args = benchmark_transfer.parse_args(["--out", str(known.out), *rest])
@@ -53,21 +52,24 @@ def main(argv=None):
     weights = known.out / f"source_{args.version}_notop.h5"
     folder = known.out / "data" / "target" / f"budget-{known.budget}"
     if not weights.exists() or not folder.exists():
-        parser.error(f"{weights} or {folder} missing: run benchmark_transfer.py --out "
-                     f"{known.out} --budgets {known.budget} first")
+        parser.error(
+            f"{weights} or {folder} missing: run benchmark_transfer.py --out "
+            f"{known.out} --budgets {known.budget} first"
+        )
     rows = []
     names = [n for n in known.variants.split(",") if n]
     for name in names:
         out = known.out / "ablation" / f"budget-{known.budget}" / name.replace(" ", "-")
-        cell = benchmark_transfer.run_finetune(folder, out, {}, args, weights=str(weights),
-                                               **VARIANTS[name])
+        cell = benchmark_transfer.run_finetune(
+            folder, out, {}, args, weights=str(weights), **VARIANTS[name]
+        )
         cell["variant"] = name
         rows.append(cell)
-        print(f"{name:<28} accuracy {cell['accuracy']:.3f}  ({cell['seconds']:.0f} s)",
-              flush=True)
+        print(f"{name:<28} accuracy {cell['accuracy']:.3f}  ({cell['seconds']:.0f} s)", flush=True)
     if known.probe:
-        cell = benchmark_transfer.run_probe(folder, known.out / "ablation" / "probe", str(weights),
-                                            args)
+        cell = benchmark_transfer.run_probe(
+            folder, known.out / "ablation" / "probe", str(weights), args
+        )
         cell["variant"] = "linear probe"
         rows.append(cell)
         print(f"{'linear probe':<28} accuracy {cell['accuracy']:.3f}  ({cell['seconds']:.0f} s)")

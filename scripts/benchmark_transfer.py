@@ -50,9 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import numpy as np  # noqa: E402
-
 import fashion_mnist_to_folders as fashion  # noqa: E402
+import numpy as np  # noqa: E402
 
 SOURCE_CLASSES = list(fashion.CLASS_NAMES[:5])
 TARGET_CLASSES = list(fashion.CLASS_NAMES[5:])
@@ -74,9 +73,16 @@ PUBLISHED = (
 # epochs rather than a handful of steps. Epochs on cached features cost milliseconds,
 # so the head gets many, with more patience on the tiny validation sets.
 # Training from scratch as the first wave measured it: one constant learning rate.
-FROM_SCRATCH = dict(weights=None, head_epochs=0, fine_tune_from="stem", train_bn=True,
-                    fine_tune_learning_rate=1e-3, lr_schedule="constant", fine_tune_epochs=4,
-                    min_steps=60)
+FROM_SCRATCH = dict(
+    weights=None,
+    head_epochs=0,
+    fine_tune_from="stem",
+    train_bn=True,
+    fine_tune_learning_rate=1e-3,
+    lr_schedule="constant",
+    fine_tune_epochs=4,
+    min_steps=60,
+)
 HEAD = dict(head_epochs=100, head_min_steps=300, early_stopping_patience=5)
 PLANS = {
     "scratch": FROM_SCRATCH,
@@ -100,13 +106,22 @@ def finetune_options(plan, train_images, args):
     for phase in STEP_FLOORS:
         if phase in plan:  # else finetune's default
             options[phase] = epochs_for(plan, train_images, args.batch_size, phase)
-    return dict(options, arch=args.arch, depth=args.depth, version=args.version,
-                image_size=args.image_size,
-                batch_size=args.batch_size, seed=args.seed, jit_compile=args.jit_compile,
-                cache_dir=str(args.out / "feature-cache"), weights_dir=args.weights_dir)
+    return dict(
+        options,
+        arch=args.arch,
+        depth=args.depth,
+        version=args.version,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        jit_compile=args.jit_compile,
+        cache_dir=str(args.out / "feature-cache"),
+        weights_dir=args.weights_dir,
+    )
 
 
 # ------------------------------------------------------------------- data
+
 
 def write_fashion_folders(args, root, classes, train_per_class, test_per_class):
     """OUT/<root>/{train,test}/<class>/*.png from the IDX files (first N of each class)."""
@@ -150,8 +165,9 @@ def budget_folders(data, budgets, out, seed, tfds_data_dir=None):
     test_name = "test" if len(dataset.splits.get("test", ())) else "val"
     train, test = dataset.splits["train"], dataset.splits[test_name]
     rng = np.random.default_rng(seed)
-    order = {c: rng.permutation(np.flatnonzero(train.labels == c))
-             for c in range(dataset.num_classes)}
+    order = {
+        c: rng.permutation(np.flatnonzero(train.labels == c)) for c in range(dataset.num_classes)
+    }
     folders = {}
     for budget in budgets:
         folder = out / f"budget-{budget}"
@@ -168,6 +184,7 @@ def budget_folders(data, budgets, out, seed, tfds_data_dir=None):
 
 # ------------------------------------------------------------------- runs
 
+
 def timed(fn, *args, **kwargs):
     start = time.monotonic()
     result = fn(*args, **kwargs)
@@ -177,8 +194,8 @@ def timed(fn, *args, **kwargs):
 def run_finetune(data, out, plan, args, **extra):
     import keras
 
-    from transfer.data import load_dataset
     from transfer.commands.finetune import finetune
+    from transfer.data import load_dataset
     from transfer.train.options import FinetuneOptions
 
     # The images finetune trains on, after its validation hold-out: they set the epochs.
@@ -190,13 +207,21 @@ def run_finetune(data, out, plan, args, **extra):
     metrics = result.metrics
     split = "test" if "test" in metrics else "val"
     sizes = json.loads((Path(out) / "config.json").read_text())["dataset"]["splits"]
-    return {"accuracy": metrics[split]["accuracy"], "evaluated_on": split,
-            "test_images": sizes[split], "train_images": sizes["train"],
-            "val_images": sizes["val"], "seconds": seconds,
-            "epochs": {"head": options.get("head_epochs", "default"),
-                       "fine_tune": options.get("fine_tune_epochs", "default"),
-                       "run": sum(1 for row in result.history)},
-            "run": str(out), "val_accuracy": metrics["val"]["accuracy"]}
+    return {
+        "accuracy": metrics[split]["accuracy"],
+        "evaluated_on": split,
+        "test_images": sizes[split],
+        "train_images": sizes["train"],
+        "val_images": sizes["val"],
+        "seconds": seconds,
+        "epochs": {
+            "head": options.get("head_epochs", "default"),
+            "fine_tune": options.get("fine_tune_epochs", "default"),
+            "run": sum(1 for row in result.history),
+        },
+        "run": str(out),
+        "val_accuracy": metrics["val"]["accuracy"],
+    }
 
 
 def run_probe(data, out, weights, args):
@@ -206,25 +231,42 @@ def run_probe(data, out, weights, args):
     from transfer.commands.probe import probe
 
     def both():
-        embeddings = embed(data, arch=args.arch, depth=args.depth, version=args.version,
-                           weights=weights,
-                           weights_dir=args.weights_dir, image_size=args.image_size,
-                           batch_size=args.batch_size, val_split=0.0)
+        embeddings = embed(
+            data,
+            arch=args.arch,
+            depth=args.depth,
+            version=args.version,
+            weights=weights,
+            weights_dir=args.weights_dir,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            val_split=0.0,
+        )
         return probe(embeddings, out, seed=args.seed, overwrite=True)
 
     keras.backend.clear_session()
     metrics, seconds = timed(both)
-    return {"accuracy": metrics["test"]["accuracy"], "evaluated_on": "test",
-            "seconds": seconds, "C": metrics["C"], "train_images": metrics["train_images"],
-            "run": str(out)}
+    return {
+        "accuracy": metrics["test"]["accuracy"],
+        "evaluated_on": "test",
+        "seconds": seconds,
+        "C": metrics["C"],
+        "train_images": metrics["train_images"],
+        "run": str(out),
+    }
 
 
 def train_source(args):
     """Train on the source classes from scratch; export the backbone as notop H5."""
     from transfer.commands.export import export
 
-    data = write_fashion_folders(args, args.out / "data" / "source", SOURCE_CLASSES,
-                                 args.source_per_class, args.test_per_class)
+    data = write_fashion_folders(
+        args,
+        args.out / "data" / "source",
+        SOURCE_CLASSES,
+        args.source_per_class,
+        args.test_per_class,
+    )
     run = args.out / "runs" / "source"
     plan = dict(FROM_SCRATCH, fine_tune_epochs=args.source_epochs, min_steps=0)
     result = run_finetune(data, run, plan, args)
@@ -235,45 +277,63 @@ def train_source(args):
 
 
 def run_reference(args):
-    data = write_fashion_folders(args, args.out / "data" / "all-classes",
-                                 list(fashion.CLASS_NAMES), args.reference_per_class, None)
+    data = write_fashion_folders(
+        args,
+        args.out / "data" / "all-classes",
+        list(fashion.CLASS_NAMES),
+        args.reference_per_class,
+        None,
+    )
     plan = dict(FROM_SCRATCH, fine_tune_epochs=args.reference_epochs, min_steps=0)
     return run_finetune(data, args.out / "runs" / "reference", plan, args)
 
 
 # ------------------------------------------------------------------- report
 
+
 def table(results):
     budgets = sorted({cell["budget"] for cell in results["cells"]})
     methods = [m for m in METHODS if any(c["method"] == m for c in results["cells"])]
-    lines = ["| labels per class | " + " | ".join(methods) + " |",
-             "|---|" + "---|" * len(methods)]
+    lines = ["| labels per class | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for budget in budgets:
         row = []
         for method in methods:
-            cell = next((c for c in results["cells"]
-                         if c["budget"] == budget and c["method"] == method), None)
+            cell = next(
+                (c for c in results["cells"] if c["budget"] == budget and c["method"] == method),
+                None,
+            )
             row.append("-" if cell is None else f"{cell['accuracy']:.3f} ({cell['seconds']:.0f} s)")
         lines.append(f"| {budget} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def reference_table(reference):
-    rows = [("transfer finetune, ResNet50 from scratch, "
-             f"{reference['train_images_per_class']}/class x {reference['epochs']['fine_tune']}"
-             f" epochs, {reference['seconds']:.0f} s (this run)", reference["accuracy"])]
+    rows = [
+        (
+            "transfer finetune, ResNet50 from scratch, "
+            f"{reference['train_images_per_class']}/class x {reference['epochs']['fine_tune']}"
+            f" epochs, {reference['seconds']:.0f} s (this run)",
+            reference["accuracy"],
+        )
+    ]
     rows += list(PUBLISHED)
-    return "\n".join(["| model | Fashion-MNIST test accuracy |", "|---|---|"]
-                     + [f"| {name} | {accuracy:.3f} |" for name, accuracy in rows])
+    return "\n".join(
+        ["| model | Fashion-MNIST test accuracy |", "|---|---|"]
+        + [f"| {name} | {accuracy:.3f} |" for name, accuracy in rows]
+    )
 
 
 def machine():
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "gpus": len(gpus)}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "gpus": len(gpus),
+    }
 
 
 def parse_args(argv=None):
@@ -282,33 +342,57 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--version", default="v1", help="v1 or v2")
-    parser.add_argument("--arch", default=None,
-                        help="Another backbone (an --arch name of transfer finetune), "
-                             "instead of --depth and --version.")
+    parser.add_argument(
+        "--arch",
+        default=None,
+        help="Another backbone (an --arch name of transfer finetune), "
+        "instead of --depth and --version.",
+    )
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--jit-compile", default="auto", help="auto, on or off")
-    parser.add_argument("--budgets", default="10,100,1000",
-                        help="labelled images per class for the target task")
+    parser.add_argument(
+        "--budgets", default="10,100,1000", help="labelled images per class for the target task"
+    )
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--idx-dir", type=Path, default=fashion.DEBIAN_IDX_DIR,
-                        help="Fashion-MNIST IDX files (Debian's dataset-fashion-mnist)")
-    parser.add_argument("--source-per-class", type=int, default=1000,
-                        help="source images per class (first in the IDX file)")
+    parser.add_argument(
+        "--idx-dir",
+        type=Path,
+        default=fashion.DEBIAN_IDX_DIR,
+        help="Fashion-MNIST IDX files (Debian's dataset-fashion-mnist)",
+    )
+    parser.add_argument(
+        "--source-per-class",
+        type=int,
+        default=1000,
+        help="source images per class (first in the IDX file)",
+    )
     parser.add_argument("--source-epochs", type=int, default=4)
-    parser.add_argument("--test-per-class", type=int, default=None,
-                        help="cap the test images per class (default: all 1000)")
-    parser.add_argument("--source-weights", default=None,
-                        help="skip the source step: imagenet or a weights file")
-    parser.add_argument("--weights-dir", default=None,
-                        help="folder of pre-downloaded official weight files")
-    parser.add_argument("--data", default=None,
-                        help="target data instead of Fashion-MNIST: a folder or tfds:NAME")
+    parser.add_argument(
+        "--test-per-class",
+        type=int,
+        default=None,
+        help="cap the test images per class (default: all 1000)",
+    )
+    parser.add_argument(
+        "--source-weights", default=None, help="skip the source step: imagenet or a weights file"
+    )
+    parser.add_argument(
+        "--weights-dir", default=None, help="folder of pre-downloaded official weight files"
+    )
+    parser.add_argument(
+        "--data", default=None, help="target data instead of Fashion-MNIST: a folder or tfds:NAME"
+    )
     parser.add_argument("--tfds-data-dir", default=None)
-    parser.add_argument("--no-reference", dest="reference", action="store_false",
-                        help="skip the ten-class reference run")
-    parser.add_argument("--reference-only", action="store_true",
-                        help="run only the ten-class reference")
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the ten-class reference run",
+    )
+    parser.add_argument(
+        "--reference-only", action="store_true", help="run only the ten-class reference"
+    )
     parser.add_argument("--reference-per-class", type=int, default=1000)
     parser.add_argument("--reference-epochs", type=int, default=4)
     args = parser.parse_args(argv)
@@ -318,11 +402,14 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     if args.data and not args.source_weights:
-        parser.error("--data needs --source-weights (imagenet or a file): the source step "
-                     "is Fashion-MNIST's")
+        parser.error(
+            "--data needs --source-weights (imagenet or a file): the source step is Fashion-MNIST's"
+        )
     if (args.data is None or args.reference_only) and not args.idx_dir.is_dir():
-        parser.error(f"Fashion-MNIST IDX files not found in {args.idx_dir}: "
-                     f"`{fashion.INSTALL_HINT}` or pass --idx-dir")
+        parser.error(
+            f"Fashion-MNIST IDX files not found in {args.idx_dir}: "
+            f"`{fashion.INSTALL_HINT}` or pass --idx-dir"
+        )
     return args
 
 
@@ -332,11 +419,14 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.out / "feature-cache", ignore_errors=True)  # time every run cold
     started = time.monotonic()
-    results = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-               "machine": machine(), "seed": args.seed,
-               "model": args.arch or f"ResNet{args.depth} {args.version}",
-               "image_size": args.image_size,
-               "cells": []}
+    results = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "machine": machine(),
+        "seed": args.seed,
+        "model": args.arch or f"ResNet{args.depth} {args.version}",
+        "image_size": args.image_size,
+        "cells": [],
+    }
 
     if not args.reference_only:
         if args.source_weights:
@@ -345,15 +435,20 @@ def main(argv=None):
             print(f"source: {', '.join(SOURCE_CLASSES)} from scratch...", flush=True)
             results["source"] = train_source(args)
             weights = results["source"]["weights"]
-            print(f"source: val accuracy {results['source']['val_accuracy']:.3f}, "
-                  f"{results['source']['seconds']:.0f} s", flush=True)
+            print(
+                f"source: val accuracy {results['source']['val_accuracy']:.3f}, "
+                f"{results['source']['seconds']:.0f} s",
+                flush=True,
+            )
         if args.data:
             target = args.data
         else:
-            target = write_fashion_folders(args, args.out / "data" / "target-all",
-                                           TARGET_CLASSES, None, args.test_per_class)
-        folders = budget_folders(target, args.budgets, args.out / "data" / "target",
-                                 args.seed, args.tfds_data_dir)
+            target = write_fashion_folders(
+                args, args.out / "data" / "target-all", TARGET_CLASSES, None, args.test_per_class
+            )
+        folders = budget_folders(
+            target, args.budgets, args.out / "data" / "target", args.seed, args.tfds_data_dir
+        )
         for budget, folder in folders.items():
             for method in args.methods:
                 out = args.out / "runs" / f"budget-{budget}" / method
@@ -365,8 +460,11 @@ def main(argv=None):
                     cell = run_finetune(folder, out, PLANS[method], args, weights=weights)
                 cell.update(budget=budget, method=method)
                 results["cells"].append(cell)
-                print(f"budget {budget:>5} {method:>9}: accuracy {cell['accuracy']:.3f} "
-                      f"({cell['seconds']:.0f} s)", flush=True)
+                print(
+                    f"budget {budget:>5} {method:>9}: accuracy {cell['accuracy']:.3f} "
+                    f"({cell['seconds']:.0f} s)",
+                    flush=True,
+                )
                 write_results(args.out, results)
     if args.reference or args.reference_only:
         if args.data is None:
@@ -377,8 +475,10 @@ def main(argv=None):
     write_results(args.out, results)
     print()
     if results["cells"]:
-        print(f"Target test accuracy (wall time), {results['model']} at "
-              f"{args.image_size} px, seed {args.seed}:")
+        print(
+            f"Target test accuracy (wall time), {results['model']} at "
+            f"{args.image_size} px, seed {args.seed}:"
+        )
         print(table(results))
     if "reference" in results:
         print()

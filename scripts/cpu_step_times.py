@@ -35,7 +35,7 @@ def one_cell(size, batch, kind, group, jit):
     model = transfer.build_classifier(10, weights=None, image_size=size)
     x = np.random.default_rng(0).uniform(0, 255, (batch * 4, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(len(x)) % 10, 10)
-    chunks = [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(4)]
+    chunks = [(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]) for i in range(4)]
     if kind == "inference":
         call = tf.function(lambda t: model(t, training=False), jit_compile=jit)
         step = lambda xb, yb: np.asarray(call(xb))  # noqa: E731
@@ -64,14 +64,18 @@ def one_cell(size, batch, kind, group, jit):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 224])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default="step_times.json")
-    parser.add_argument("--transfer-settings", action="store_true",
-                        help="Only transfer's CPU settings (oneDNN on, XLA off), and phase 2 "
-                             "through the whole model against on the cached outputs.")
+    parser.add_argument(
+        "--transfer-settings",
+        action="store_true",
+        help="Only transfer's CPU settings (oneDNN on, XLA off), and phase 2 "
+        "through the whole model against on the cached outputs.",
+    )
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args()
     if args.cell:
@@ -87,21 +91,30 @@ def main():
     rows = []
     print(f"{'size':>5} {'step':18}{'oneDNN':>7}{'XLA':>5}{'s/step':>9}{'img/s':>8}{'first s':>9}")
     for size, (kind, group), onednn, jit in itertools.product(
-            args.sizes, work, onednn_settings, xla_settings):
+        args.sizes, work, onednn_settings, xla_settings
+    ):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS=str(int(onednn)))
         cell = json.dumps([size, kind, group, jit])
-        output = subprocess.run([sys.executable, __file__, "--cell", cell,
-                                 "--batch-size", str(args.batch_size)],
-                                env=env, capture_output=True, text=True, check=True).stdout
+        output = subprocess.run(
+            [sys.executable, __file__, "--cell", cell, "--batch-size", str(args.batch_size)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         result = json.loads(output.strip().splitlines()[-1])
         name = f"{kind} from {group}" if group else kind  # "cached from conv5": on its inputs
         seconds = result["seconds_per_step"]
-        print(f"{size:5} {name:18}{'on' if onednn else 'off':>7}{'on' if jit else 'off':>5}"
-              f"{seconds:9.3f}{args.batch_size / seconds:8.0f}"
-              f"{result['first_call_seconds']:9.1f}", flush=True)
+        print(
+            f"{size:5} {name:18}{'on' if onednn else 'off':>7}{'on' if jit else 'off':>5}"
+            f"{seconds:9.3f}{args.batch_size / seconds:8.0f}"
+            f"{result['first_call_seconds']:9.1f}",
+            flush=True,
+        )
         rows.append({"size": size, "step": name, "onednn": onednn, "xla": jit, **result})
-    Path(args.out).write_text(json.dumps({"batch_size": args.batch_size, "rows": rows},
-                                         indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps({"batch_size": args.batch_size, "rows": rows}, indent=2) + "\n"
+    )
     print(f"\nwritten: {args.out}")
 
 

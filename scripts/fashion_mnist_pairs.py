@@ -27,8 +27,9 @@ def tile_pairs(out, count, source=SAMPLE, seed=0):
     """Write `count` pair images and labels.csv into `out`; returns the CSV's rows
     as (path relative to `out`, "classA;classB")."""
     rng = np.random.default_rng(seed)
-    by_class = {c.name: sorted(c.glob("*.png")) for c in sorted(Path(source).iterdir())
-                if c.is_dir()}
+    by_class = {
+        c.name: sorted(c.glob("*.png")) for c in sorted(Path(source).iterdir()) if c.is_dir()
+    }
     names = sorted(by_class)
     images = Path(out) / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -53,8 +54,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--count", type=int, default=300)
-    parser.add_argument("--source", type=Path, default=SAMPLE,
-                        help="Folder of class folders to take the items from.")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=SAMPLE,
+        help="Folder of class folders to take the items from.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     tile_pairs(args.out, args.count, args.source, args.seed)

@@ -109,9 +109,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise ConversionError(f"{path}: truncated IDX header")
-    shape = tuple(
-        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
-    )
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected_len = header_len + int(np.prod(shape, dtype=np.int64))
     if len(data) != expected_len:
         raise ConversionError(
@@ -177,9 +175,7 @@ def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
         if not item:
             continue
         if item.lower() not in by_lower:
-            raise ConversionError(
-                f"unknown {what} {item!r}; choose from {', '.join(allowed)}"
-            )
+            raise ConversionError(f"unknown {what} {item!r}; choose from {', '.join(allowed)}")
         chosen.add(by_lower[item.lower()])
     if not chosen:
         raise ConversionError(f"no {what} given")
@@ -279,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConversionError("--per-class must be at least 1")
         default_splits = "train,test" if args.layout == "split" else "train"
         splits = parse_list(args.splits or default_splits, SPLITS, "split")
-        classes = parse_list(args.classes, CLASS_NAMES, "class") if args.classes else list(CLASS_NAMES)
+        classes = (
+            parse_list(args.classes, CLASS_NAMES, "class") if args.classes else list(CLASS_NAMES)
+        )
         idx_dir = args.idx_dir
         if idx_dir is None:
             idx_dir = DEBIAN_IDX_DIR

@@ -23,18 +23,28 @@ def main():
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--test-data", default=None,
-                        help="A held-out folder of class folders to report accuracy on.")
+    parser.add_argument(
+        "--test-data",
+        default=None,
+        help="A held-out folder of class folders to report accuracy on.",
+    )
     args = parser.parse_args()
     keras.utils.set_random_seed(args.seed)
     start = time.monotonic()
     size = (args.image_size, args.image_size)
     train, val = keras.utils.image_dataset_from_directory(
-        args.data, validation_split=0.2, subset="both", seed=args.seed, image_size=size,
-        batch_size=args.batch_size, label_mode="categorical")
+        args.data,
+        validation_split=0.2,
+        subset="both",
+        seed=args.seed,
+        image_size=size,
+        batch_size=args.batch_size,
+        label_mode="categorical",
+    )
     classes = len(train.class_names)
-    base = keras.applications.ResNet50(weights=args.weights, include_top=False,
-                                       input_shape=(*size, 3))
+    base = keras.applications.ResNet50(
+        weights=args.weights, include_top=False, input_shape=(*size, 3)
+    )
     base.trainable = False
     inputs = keras.Input((*size, 3))
     # keras.applications.resnet.preprocess_input (caffe mode), written with ops: the
@@ -49,23 +59,45 @@ def main():
     model.fit(train, validation_data=val, epochs=args.head_epochs, verbose=2)
     base.trainable = True
     for layer in base.layers:
-        layer.trainable = layer.name.startswith("conv5") and \
-            not isinstance(layer, keras.layers.BatchNormalization)
-    augment = keras.Sequential([keras.layers.RandomFlip("horizontal"),
-                                keras.layers.RandomRotation(0.05), keras.layers.RandomZoom(0.1),
-                                keras.layers.RandomContrast(0.1)])
+        layer.trainable = layer.name.startswith("conv5") and not isinstance(
+            layer, keras.layers.BatchNormalization
+        )
+    augment = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(0.05),
+            keras.layers.RandomZoom(0.1),
+            keras.layers.RandomContrast(0.1),
+        ]
+    )
     model.compile(keras.optimizers.Adam(1e-4), "categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(train.map(lambda a, b: (augment(a, training=True), b)),
-                        validation_data=val, epochs=args.fine_tune_epochs, verbose=2)
+    history = model.fit(
+        train.map(lambda a, b: (augment(a, training=True), b)),
+        validation_data=val,
+        epochs=args.fine_tune_epochs,
+        verbose=2,
+    )
     _, accuracy = model.evaluate(val, verbose=0)
     results = {"val_accuracy": float(accuracy)}
     if args.test_data:
         test = keras.utils.image_dataset_from_directory(
-            args.test_data, shuffle=False, image_size=size, batch_size=args.batch_size,
-            label_mode="categorical", class_names=train.class_names)
+            args.test_data,
+            shuffle=False,
+            image_size=size,
+            batch_size=args.batch_size,
+            label_mode="categorical",
+            class_names=train.class_names,
+        )
         results["test_accuracy"] = float(model.evaluate(test, verbose=0)[1])
-    print(json.dumps({**results, "seconds": time.monotonic() - start,
-                      "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}))
+    print(
+        json.dumps(
+            {
+                **results,
+                "seconds": time.monotonic() - start,
+                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

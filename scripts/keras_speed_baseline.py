@@ -41,14 +41,19 @@ def main():
     x = np.random.default_rng(0).uniform(-120, 130, (n, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(n) % 10, 10)
     predict = interleaved_rates(
-        {"predict": lambda: model.predict(x, batch_size=batch, verbose=0)}, n, 3)["predict"]
+        {"predict": lambda: model.predict(x, batch_size=batch, verbose=0)}, n, 3
+    )["predict"]
     model.compile(keras.optimizers.SGD(1e-3), "categorical_crossentropy")
     train = interleaved_rates(
-        {"train": lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)}, n, 2)["train"]
+        {"train": lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)}, n, 2
+    )["train"]
     from tensorflow.python.util import _pywrap_util_port
 
-    print(json.dumps({"predict": predict, "train": train,
-                      "onednn": bool(_pywrap_util_port.IsMklEnabled())}))
+    print(
+        json.dumps(
+            {"predict": predict, "train": train, "onednn": bool(_pywrap_util_port.IsMklEnabled())}
+        )
+    )
 
 
 if __name__ == "__main__":

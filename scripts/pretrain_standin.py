@@ -33,9 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import numpy as np  # noqa: E402
-
 import fashion_mnist_to_folders as fashion  # noqa: E402
+import numpy as np  # noqa: E402
 
 SAMPLE_PER_CLASS = 30  # data/fashion-mnist: --per-class 30 of the train split
 # keras.applications' ResNet v1 preprocessing ("caffe"): BGR means subtracted, no
@@ -46,18 +45,27 @@ CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 def training_images(idx_dir):
     """Fashion-MNIST's train split without the sample's images, and 2,048 test images."""
     images, labels = fashion.load_split(idx_dir, "train")
-    sample = np.concatenate([fashion.selected_indices(labels, c, SAMPLE_PER_CLASS)
-                             for c in range(len(fashion.CLASS_NAMES))])
+    sample = np.concatenate(
+        [
+            fashion.selected_indices(labels, c, SAMPLE_PER_CLASS)
+            for c in range(len(fashion.CLASS_NAMES))
+        ]
+    )
     keep = np.setdiff1d(np.arange(len(labels)), sample)
     test_images, test_labels = fashion.load_split(idx_dir, "test")
-    return (images[keep, ..., None], labels[keep].astype("int32"),
-            test_images[:2048, ..., None], test_labels[:2048].astype("int32"))
+    return (
+        images[keep, ..., None],
+        labels[keep].astype("int32"),
+        test_images[:2048, ..., None],
+        test_labels[:2048].astype("int32"),
+    )
 
 
 def classifier(keras, image_size):
     """28x28 grey pixels in, logits out; the ResNet50 inside is what gets saved."""
-    backbone = keras.applications.ResNet50(include_top=False, weights=None,
-                                           input_shape=(image_size, image_size, 3))
+    backbone = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(image_size, image_size, 3)
+    )
     pixels = keras.Input((28, 28, 1))
     x = keras.layers.Resizing(image_size, image_size, interpolation="bilinear")(pixels)
     x = keras.layers.Concatenate()([x, x, x])
@@ -74,13 +82,18 @@ def main():
     parser.add_argument("--out", required=True, help="The backbone's .weights.h5 file.")
     parser.add_argument("--idx-dir", type=Path, default=fashion.DEBIAN_IDX_DIR)
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=15,
-                        help="Length of the cosine schedule.")
-    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                        help="Stop after the epoch that passes this many seconds.")
+    parser.add_argument("--epochs", type=int, default=15, help="Length of the cosine schedule.")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="Stop after the epoch that passes this many seconds.",
+    )
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="bfloat16 compute (on a GPU).")
+    parser.add_argument(
+        "--mixed-precision", action="store_true", help="bfloat16 compute (on a GPU)."
+    )
     args = parser.parse_args()
 
     import keras
@@ -89,38 +102,57 @@ def main():
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     x, y, x_test, y_test = training_images(args.idx_dir)
-    print(f"{len(x)} training images (the sample's "
-          f"{SAMPLE_PER_CLASS * len(fashion.CLASS_NAMES)} left out), "
-          f"{args.image_size} px, backend {keras.backend.backend()}", flush=True)
+    print(
+        f"{len(x)} training images (the sample's "
+        f"{SAMPLE_PER_CLASS * len(fashion.CLASS_NAMES)} left out), "
+        f"{args.image_size} px, backend {keras.backend.backend()}",
+        flush=True,
+    )
     model, backbone = classifier(keras, args.image_size)
     steps_per_epoch = len(x) // args.batch_size
     warmup = steps_per_epoch  # one epoch of linear warmup, then cosine to zero
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, args.epochs * steps_per_epoch - warmup),
-        warmup_target=2e-3, warmup_steps=warmup)
-    model.compile(keras.optimizers.AdamW(schedule, weight_decay=0.05),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"],
-                  # On TensorFlow, "auto" means XLA: 90 s to compile ResNet50 on a CPU.
-                  jit_compile=keras.backend.backend() != "tensorflow")
+        0.0, max(1, args.epochs * steps_per_epoch - warmup), warmup_target=2e-3, warmup_steps=warmup
+    )
+    model.compile(
+        keras.optimizers.AdamW(schedule, weight_decay=0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        # On TensorFlow, "auto" means XLA: 90 s to compile ResNet50 on a CPU.
+        jit_compile=keras.backend.backend() != "tensorflow",
+    )
 
     start = time.time()
 
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.time() - start
-            print(f"  epoch {epoch + 1}/{args.epochs}: {seconds:.0f}s, "
-                  f"loss {logs['loss']:.4f}, accuracy {logs['accuracy']:.4f}", flush=True)
+            print(
+                f"  epoch {epoch + 1}/{args.epochs}: {seconds:.0f}s, "
+                f"loss {logs['loss']:.4f}, accuracy {logs['accuracy']:.4f}",
+                flush=True,
+            )
             if args.budget is not None and seconds > args.budget:
                 print(f"  the budget of {args.budget:.0f}s is spent", flush=True)
                 self.model.stop_training = True
 
-    model.fit(x.astype("float32"), y, batch_size=args.batch_size, epochs=args.epochs,
-              callbacks=[Progress()], shuffle=True, verbose=0)
-    _, accuracy = model.evaluate(x_test.astype("float32"), y_test,
-                                 batch_size=args.batch_size, verbose=0)
-    print(f"trained in {time.time() - start:.0f}s; accuracy on {len(y_test)} test "
-          f"images {accuracy:.4f}", flush=True)
+    model.fit(
+        x.astype("float32"),
+        y,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        callbacks=[Progress()],
+        shuffle=True,
+        verbose=0,
+    )
+    _, accuracy = model.evaluate(
+        x_test.astype("float32"), y_test, batch_size=args.batch_size, verbose=0
+    )
+    print(
+        f"trained in {time.time() - start:.0f}s; accuracy on {len(y_test)} test "
+        f"images {accuracy:.4f}",
+        flush=True,
+    )
     backbone.save_weights(args.out)
     print(f"wrote {args.out}")
 

@@ -35,16 +35,19 @@ def screenshot(page, out):
         top = {i: driver.find_element(By.ID, i).location["y"] for part in PARTS for i in part}
     finally:
         driver.quit()
-    crops = [full.crop((0, 0 if start == "summary" else top[start], full.width, top[end]))
-             for start, end in PARTS]
+    crops = [
+        full.crop((0, 0 if start == "summary" else top[start], full.width, top[end]))
+        for start, end in PARTS
+    ]
     picture = Image.new("RGB", (full.width, sum(c.height + 12 for c in crops)), "white")
     y = 0
     for crop in crops:
         picture.paste(crop, (0, y))
         y += crop.height + 12
     picture = picture.resize((picture.width * 2 // 3, picture.height * 2 // 3), Image.LANCZOS)
-    picture.quantize(colors=COLOURS, method=Image.Quantize.MEDIANCUT,
-                     dither=Image.Dither.NONE).save(out, optimize=True)
+    picture.quantize(
+        colors=COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+    ).save(out, optimize=True)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,18 @@ _unmarked_slow = []
 
 # Module fixtures that train a run (once per module, shared by its tests): a test on
 # one of them is heavy.
-TRAINED_RUN_FIXTURES = {"sample_run", "trained", "single_run", "multi_run", "corpus_run",
-                        "planted_run", "csv_run", "project", "small_run", "exported"}
+TRAINED_RUN_FIXTURES = {
+    "sample_run",
+    "trained",
+    "single_run",
+    "multi_run",
+    "corpus_run",
+    "planted_run",
+    "csv_run",
+    "project",
+    "small_run",
+    "exported",
+}
 
 
 def pytest_collection_modifyitems(items):
@@ -40,14 +50,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.heavy)
     # pytest-xdist (--dist loadfile) hands out test files in collection order: the files
     # with the most training first, so that the two workers end together.
-    training = collections.Counter(item.path.name for item in items
-                                   if item.get_closest_marker("heavy"))
+    training = collections.Counter(
+        item.path.name for item in items if item.get_closest_marker("heavy")
+    )
     items.sort(key=lambda item: -training[item.path.name])  # stable: files stay whole
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "call" and report.duration > FAST_SECONDS and \
-            not {"heavy", "slow", "torch"} & set(report.keywords):
+    if (
+        report.when == "call"
+        and report.duration > FAST_SECONDS
+        and not {"heavy", "slow", "torch"} & set(report.keywords)
+    ):
         _unmarked_slow.append((report.nodeid, report.duration))
 
 
@@ -124,8 +138,7 @@ def trust_notop_file(monkeypatch, arch, path):
     from transfer.models import pretrained
 
     row = pretrained.imagenet_checkpoint(arch, include_top=False)
-    monkeypatch.setitem(pretrained.CHECKPOINTS, row.id,
-                        dataclasses.replace(row, md5=md5_of(path)))
+    monkeypatch.setitem(pretrained.CHECKPOINTS, row.id, dataclasses.replace(row, md5=md5_of(path)))
 
 
 @pytest.fixture
@@ -153,8 +166,14 @@ def keras_home(tmp_path, monkeypatch):
 # Image formats written by `make_image_folder`, cycled per file: every supported
 # extension, upper and lower case, and the colour modes that must become RGB.
 IMAGE_KINDS = [
-    ("png", "RGB"), ("JPG", "RGB"), ("jpeg", "L"), ("bmp", "RGB"), ("gif", "P"),
-    ("PNG", "RGBA"), ("png", "P"), ("Jpeg", "RGB"),
+    ("png", "RGB"),
+    ("JPG", "RGB"),
+    ("jpeg", "L"),
+    ("bmp", "RGB"),
+    ("gif", "P"),
+    ("PNG", "RGBA"),
+    ("png", "P"),
+    ("Jpeg", "RGB"),
 ]
 
 
@@ -184,8 +203,13 @@ def make_image_folder(root, counts, size=(40, 36), start=0):
         (root / name).mkdir(exist_ok=True)
         for i in range(start, start + count):
             ext, mode = IMAGE_KINDS[i % len(IMAGE_KINDS)]
-            write_image(root / name / f"img_{i:03d}.{ext}", size, mode, seed=100 * c + i,
-                        tint=TINTS[c % len(TINTS)])
+            write_image(
+                root / name / f"img_{i:03d}.{ext}",
+                size,
+                mode,
+                seed=100 * c + i,
+                tint=TINTS[c % len(TINTS)],
+            )
     return root
 
 
@@ -202,8 +226,11 @@ def mock_tfds_metadata(data_dir, name="mnist", splits=(("train", 16), ("test", 8
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=str(data_dir))
-    builder.info.set_splits(tfds.core.SplitDict(
-        [tfds.core.SplitInfo(name=n, shard_lengths=[k], num_bytes=0) for n, k in splits]))
+    builder.info.set_splits(
+        tfds.core.SplitDict(
+            [tfds.core.SplitInfo(name=n, shard_lengths=[k], num_bytes=0) for n, k in splits]
+        )
+    )
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
     return data_dir
@@ -213,16 +240,24 @@ def chrome(tmp_path, window=(1200, 900)):
     """Headless Debian chromium through Selenium, logging the console and the network;
     skipped where it is absent (scripts/test installs it when it can)."""
     webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="selenium is not installed (the test extra has it)")
+        "selenium.webdriver", reason="selenium is not installed (the test extra has it)"
+    )
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not browser or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver; scripts/test does it as root)")
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed "
+            "(apt-get install chromium chromium-driver; scripts/test does it as root)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", f"--window-size={window[0]},{window[1]}",
-                     f"--user-data-dir={tmp_path / 'profile'}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={window[0]},{window[1]}",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     from selenium.webdriver.chrome.service import Service
@@ -235,8 +270,9 @@ def full_disk(tmp_path):
     """A 2 MB filesystem: big enough for the small files of a run, not for a model."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode:
         pytest.skip("mounting a small tmpfs needs root")
     yield mount
@@ -266,8 +302,10 @@ def feature_cache_dir(tmp_path, monkeypatch):
 
 # torchvision's ResNet constructors: blocks per stage, and block kind.
 TORCHVISION_RESNETS = {
-    18: ((2, 2, 2, 2), "basic"), 34: ((3, 4, 6, 3), "basic"),
-    50: ((3, 4, 6, 3), "bottleneck"), 101: ((3, 4, 23, 3), "bottleneck"),
+    18: ((2, 2, 2, 2), "basic"),
+    34: ((3, 4, 6, 3), "basic"),
+    50: ((3, 4, 6, 3), "bottleneck"),
+    101: ((3, 4, 23, 3), "bottleneck"),
     152: ((3, 8, 36, 3), "bottleneck"),
 }
 
@@ -283,12 +321,12 @@ def torchvision_state_dict(depth=50, seed=0, classes=1000, zeros=False):
     def conv(key, out_channels, in_channels, size):
         shape = (out_channels, in_channels, size, size)
         scale = np.sqrt(1.0 / (in_channels * size * size))
-        state[key] = np.zeros(shape, "float32") if zeros else \
-            rng.normal(0, scale, shape).astype("float32")
+        state[key] = (
+            np.zeros(shape, "float32") if zeros else rng.normal(0, scale, shape).astype("float32")
+        )
 
     def bn(prefix, channels):
-        values = {"weight": (0.2, 0.6), "bias": 0.1, "running_mean": 0.1,
-                  "running_var": (0.5, 1.5)}
+        values = {"weight": (0.2, 0.6), "bias": 0.1, "running_mean": 0.1, "running_var": (0.5, 1.5)}
         for name, spec in values.items():
             if zeros:
                 value = np.zeros(channels, "float32")

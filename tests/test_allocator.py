@@ -28,8 +28,9 @@ ctypes.CDLL(None).malloc_stats()
 
 def arenas(*args):
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True,
-                          text=True, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, env=env, check=True
+    )
     return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
 
 

@@ -26,7 +26,8 @@ def test_presets_repeat_with_their_seed_and_leave_out_the_flip(preset):
 
 
 def test_unknown_preset_names_the_choices():
-    with pytest.raises(transfer.InvalidArgumentError,
-                       match="Unknown augment: 'wild'. Expected one of none, flip, light, "
-                             "default, strong."):
+    with pytest.raises(
+        transfer.InvalidArgumentError,
+        match="Unknown augment: 'wild'. Expected one of none, flip, light, default, strong.",
+    ):
         augmentation(0, "wild")

@@ -43,8 +43,11 @@ def run_cli(*args):
 def reference(family, weights=None):
     keras.backend.clear_session()
     return getattr(keras.applications, family.builder)(
-        include_top=False, weights=weights, input_shape=(SIZE, SIZE, 3),
-        **dict(family.builder_options))  # keras' default name (MobileNetV2's depends on size)
+        include_top=False,
+        weights=weights,
+        input_shape=(SIZE, SIZE, 3),
+        **dict(family.builder_options),
+    )  # keras' default name (MobileNetV2's depends on size)
 
 
 def randomized(model):
@@ -54,8 +57,13 @@ def randomized(model):
     for layer in model.layers:
         if isinstance(layer, keras.layers.Normalization) and layer.weights:
             count = layer.get_weights()[2]
-            layer.set_weights([np.array([0.485, 0.456, 0.406], "float32"),
-                               np.array([0.229, 0.224, 0.225], "float32") ** 2, count])
+            layer.set_weights(
+                [
+                    np.array([0.485, 0.456, 0.406], "float32"),
+                    np.array([0.229, 0.224, 0.225], "float32") ** 2,
+                    count,
+                ]
+            )
             layer.finalize_state()
     return model
 
@@ -76,11 +84,16 @@ def check_groups(model, family):
 DEFAULT_RUN = ("mobilenet_v3_small", "efficientnet_b0")
 
 
-@pytest.mark.parametrize("name", [
-    name if name in DEFAULT_RUN else pytest.param(name, marks=pytest.mark.slow)
-    for name in SMALL_FAMILIES])
+@pytest.mark.parametrize(
+    "name",
+    [
+        name if name in DEFAULT_RUN else pytest.param(name, marks=pytest.mark.slow)
+        for name in SMALL_FAMILIES
+    ],
+)
 def test_imagenet_file_written_here_reproduces_keras_applications(
-        name, tmp_path, keras_home, monkeypatch, no_network):
+    name, tmp_path, keras_home, monkeypatch, no_network
+):
     """The notop file, found in the weights folder with its hash checked, gives the outputs
     keras.applications gives with weights="imagenet" on the same file in its cache."""
     family = FAMILIES[name]
@@ -88,8 +101,9 @@ def test_imagenet_file_written_here_reproduces_keras_applications(
     row = pretrained.imagenet_checkpoint(family, include_top=False)
     path = write_legacy_h5(source, tmp_path / row.file)
     digest = md5_of(path)
-    monkeypatch.setitem(pretrained.CHECKPOINTS, row.id,
-                        dataclasses.replace(row, md5=digest, sha256=None))
+    monkeypatch.setitem(
+        pretrained.CHECKPOINTS, row.id, dataclasses.replace(row, md5=digest, sha256=None)
+    )
     monkeypatch.setenv("TRANSFER_WEIGHTS_DIR", str(tmp_path))
     (keras_home / "models" / row.file).write_bytes(path.read_bytes())
     monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(keras_home))  # read at import
@@ -108,8 +122,9 @@ def test_imagenet_file_written_here_reproduces_keras_applications(
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_a_file_of_another_architecture_or_hash_is_refused(tmp_path, keras_home, no_network,
-                                                           monkeypatch):
+def test_a_file_of_another_architecture_or_hash_is_refused(
+    tmp_path, keras_home, no_network, monkeypatch
+):
     family = FAMILIES["mobilenet_v3_small"]
     other = tmp_path / "other.weights.h5"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(other)
@@ -126,8 +141,9 @@ def test_a_file_of_another_architecture_or_hash_is_refused(tmp_path, keras_home,
 @pytest.mark.parametrize("name", sorted(set(FAMILIES) - set(SMALL_FAMILIES)))
 def test_groups_of_every_other_row(name):
     keras.backend.clear_session()
-    check_groups(build_backbone(FAMILIES[name], weights=None, input_shape=(SIZE, SIZE, 3)),
-                 FAMILIES[name])
+    check_groups(
+        build_backbone(FAMILIES[name], weights=None, input_shape=(SIZE, SIZE, 3)), FAMILIES[name]
+    )
 
 
 def test_arch_names_and_their_errors():
@@ -161,26 +177,38 @@ def test_image_size_defaults_to_the_backbones_imagenet_size():
 
 # multiply-adds at 224 px that the papers report (millions): ours counts only
 # convolutions and dense layers, so it may fall a little short.
-PUBLISHED_MADDS = {"resnet50": 4100, "mobilenet_v3_small": 56, "efficientnet_b0": 390,
-                   "convnext_tiny": 4500}
+PUBLISHED_MADDS = {
+    "resnet50": 4100,
+    "mobilenet_v3_small": 56,
+    "efficientnet_b0": 390,
+    "convnext_tiny": 4500,
+}
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_small", pytest.param(
-    "efficientnet_b0", marks=pytest.mark.slow), pytest.param("resnet50", marks=pytest.mark.slow),
-    pytest.param("convnext_tiny", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mobilenet_v3_small",
+        pytest.param("efficientnet_b0", marks=pytest.mark.slow),
+        pytest.param("resnet50", marks=pytest.mark.slow),
+        pytest.param("convnext_tiny", marks=pytest.mark.slow),
+    ],
+)
 def test_info_lists_groups_and_flops(name):
     result = run_cli("info", "--arch", name, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     stages = ["stem", "conv2", "conv3", "conv4", "conv5"]
     assert [g["name"] for g in summary["groups"]] == stages + (
-        ["head"] if name == "resnet50" else ["post"])
+        ["head"] if name == "resnet50" else ["post"]
+    )
     assert summary["groups"][4]["output_shape"][:2] == [7, 7]
     madds = summary["multiply_adds"] / 1e6
     assert 0.9 * PUBLISHED_MADDS[name] < madds <= 1.02 * PUBLISHED_MADDS[name]
     assert summary["flops"] == 2 * summary["multiply_adds"]
     assert {w["file"] for w in summary["weights"]} == {
-        row.file for row in pretrained.checkpoints(families.resolve_architecture(name))}
+        row.file for row in pretrained.checkpoints(families.resolve_architecture(name))
+    }
     table = run_cli("info", "--arch", name)
     assert "FLOPs per image: " in table.output and "conv5 " in table.output
 
@@ -191,11 +219,33 @@ def small_run(tmp_path_factory):
     BatchNormalization trained (and phase 2 kept) in conv5."""
     root = tmp_path_factory.mktemp("families")
     data = make_image_folder(root / "images", {"cat": 6, "dog": 6, "fox": 6})
-    result = run_cli("finetune", "--data", data, "--arch", "mobilenet_v3_small",
-                     "--weights", "none", "--out", root / "run", "--image-size", SIZE,
-                     "--fine-tune-from", "conv5", "--fine-tune-epochs", "1",
-                     "--early-stopping", "0", "--batch-size", "8", "--jit-compile", "off",
-                     "--train-bn", "--keep", "last", "--no-report")
+    result = run_cli(
+        "finetune",
+        "--data",
+        data,
+        "--arch",
+        "mobilenet_v3_small",
+        "--weights",
+        "none",
+        "--out",
+        root / "run",
+        "--image-size",
+        SIZE,
+        "--fine-tune-from",
+        "conv5",
+        "--fine-tune-epochs",
+        "1",
+        "--early-stopping",
+        "0",
+        "--batch-size",
+        "8",
+        "--jit-compile",
+        "off",
+        "--train-bn",
+        "--keep",
+        "last",
+        "--no-report",
+    )
     assert result.exit_code == 0, result.output
     return root / "run", data, root
 
@@ -224,16 +274,23 @@ def test_trained_batchnorm_ends_with_the_statistics_of_its_weights(small_run):
     backbone = transfer.find_backbone(model)
     conv5 = groups(backbone)["conv5"]
     bn = next(layer for layer in conv5 if isinstance(layer, keras.layers.BatchNormalization))
-    frozen = next(layer for layer in groups(backbone)["conv4"]
-                  if isinstance(layer, keras.layers.BatchNormalization))
+    frozen = next(
+        layer
+        for layer in groups(backbone)["conv4"]
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
     train = transfer.data.load_dataset(data, val_split=0.2).splits["train"]
     inputs = keras.Model(backbone.input, [bn.input, frozen.input])
-    means, frozen_means = zip(*[
-        [np.mean(x, axis=(0, 1, 2)) for x in inputs(model.get_layer("preprocess")(batch))]
-        for batch in images_only(train, SIZE, 8)])
+    means, frozen_means = zip(
+        *[
+            [np.mean(x, axis=(0, 1, 2)) for x in inputs(model.get_layer("preprocess")(batch))]
+            for batch in images_only(train, SIZE, 8)
+        ]
+    )
     expected = np.mean(means, axis=0)  # tiny: random weights under frozen groups
-    np.testing.assert_allclose(np.asarray(bn.moving_mean), expected, rtol=1e-2,
-                               atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        np.asarray(bn.moving_mean), expected, rtol=1e-2, atol=1e-3 * np.abs(expected).max()
+    )
     # a frozen one keeps what it had (random initialisation: zeros), whatever its input
     assert not np.asarray(frozen.moving_mean).any() and np.mean(frozen_means, axis=0).any()
 
@@ -245,32 +302,64 @@ def test_exports_of_another_family_round_trip(small_run, tmp_path):
     result = run_cli("export", run, "--format", "h5", "--out", tmp_path / "notop.h5")
     assert result.exit_code == 0, result.output
     family = FAMILIES["mobilenet_v3_small"]
-    restored = build_backbone(family, weights=str(tmp_path / "notop.h5"),
-                              input_shape=(SIZE, SIZE, 3))
-    np.testing.assert_allclose(np.asarray(transfer.feature_extractor(restored)(pixels)),
-                               np.asarray(transfer.feature_extractor(model)(pixels)),
-                               rtol=1e-5, atol=1e-5)
-    result = run_cli("export", run, "--feature-extractor", "--group", "conv4", "--pooling", "none",
-                     "--out", tmp_path / "conv4.keras")
+    restored = build_backbone(
+        family, weights=str(tmp_path / "notop.h5"), input_shape=(SIZE, SIZE, 3)
+    )
+    np.testing.assert_allclose(
+        np.asarray(transfer.feature_extractor(restored)(pixels)),
+        np.asarray(transfer.feature_extractor(model)(pixels)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    result = run_cli(
+        "export",
+        run,
+        "--feature-extractor",
+        "--group",
+        "conv4",
+        "--pooling",
+        "none",
+        "--out",
+        tmp_path / "conv4.keras",
+    )
     assert result.exit_code == 0, result.output
     conv4 = keras.models.load_model(tmp_path / "conv4.keras")
     assert conv4.output.shape[1:] == (2, 2, 48)  # MobileNetV3Small's conv4: /16, 48 channels
     np.testing.assert_allclose(
         np.asarray(conv4(pixels)),
         np.asarray(transfer.feature_extractor(model, pooling=None, group="conv4")(pixels)),
-        rtol=1e-5, atol=1e-5)
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in SMALL_FAMILIES if n != "mobilenet_v3_small"])
 def test_finetune_each_family_smallest_member(name, tmp_path):
     data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6, "fox": 6})
-    result = run_cli("finetune", "--data", data, "--arch", name, "--weights", "none",
-                     "--out", tmp_path / "run", "--image-size", SIZE, "--fine-tune-epochs",
-                     "1", "--early-stopping", "0", "--batch-size", "8")
+    result = run_cli(
+        "finetune",
+        "--data",
+        data,
+        "--arch",
+        name,
+        "--weights",
+        "none",
+        "--out",
+        tmp_path / "run",
+        "--image-size",
+        SIZE,
+        "--fine-tune-epochs",
+        "1",
+        "--early-stopping",
+        "0",
+        "--batch-size",
+        "8",
+    )
     assert result.exit_code == 0, result.output
-    result = run_cli("export", tmp_path / "run", "--format", "tflite",
-                     "--out", tmp_path / "model.tflite")
+    result = run_cli(
+        "export", tmp_path / "run", "--format", "tflite", "--out", tmp_path / "model.tflite"
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -279,11 +368,11 @@ def test_batchnorm_that_trains_learns_its_statistics_within_a_short_run():
     # keras.applications' MobileNets use momentum 0.999: after 20 steps the moving
     # mean would have moved 2% of the way; validation of a short run from scratch sat
     # at chance. Trained BatchNormalization follows ResNet's 0.99 (18% in 20 steps).
-    model = transfer.build_classifier(2, arch="mobilenet_v3_small", weights=None,
-                                      image_size=SIZE)
+    model = transfer.build_classifier(2, arch="mobilenet_v3_small", weights=None, image_size=SIZE)
     backbone = transfer.find_backbone(model)
-    bn = next(layer for layer in backbone.layers
-              if isinstance(layer, keras.layers.BatchNormalization))
+    bn = next(
+        layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)
+    )
     transfer.unfreeze(model, "conv5", train_bn=True)
     assert bn.momentum == 0.999  # frozen: left as keras.applications made it
     transfer.unfreeze(model, "stem", train_bn=True)

@@ -17,9 +17,18 @@ from transfer.train import budget
 from transfer.train.options import RECIPE_PRESETS, FinetuneOptions, resolve_options
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("45", 45), (12.5, 12.5),
-    ("1.5m", 90)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90s", 90),
+        ("10m", 600),
+        ("2h", 7200),
+        ("1h30m", 5400),
+        ("45", 45),
+        (12.5, 12.5),
+        ("1.5m", 90),
+    ],
+)
 def test_durations_read_as_people_write_them(text, seconds):
     assert budget.parse_duration(text) == seconds
 
@@ -43,14 +52,17 @@ def test_the_planned_cosine_is_the_cosine_and_follows_a_new_plan():
     assert float(planned(2 * steps)) > 0.0
 
 
-@pytest.mark.parametrize("head, accuracies, left, stops", [
-    (0.80, [0.50, 0.52], 3, True),    # far behind, creeping: cannot make it up
-    (0.80, [0.50, 0.70], 3, False),   # catching up fast: could
-    (0.80, [0.78, 0.79], 1, False),   # an image or two short, one epoch left
-    (0.80, [0.30], 10, False),        # one epoch is too little to judge
-    (0.80, [0.20, 0.10], 8, True),    # diverging
-    (1.00, [0.67, 1.00], 6, True),    # phase 1 is right on every image: nothing to win
-])
+@pytest.mark.parametrize(
+    "head, accuracies, left, stops",
+    [
+        (0.80, [0.50, 0.52], 3, True),  # far behind, creeping: cannot make it up
+        (0.80, [0.50, 0.70], 3, False),  # catching up fast: could
+        (0.80, [0.78, 0.79], 1, False),  # an image or two short, one epoch left
+        (0.80, [0.30], 10, False),  # one epoch is too little to judge
+        (0.80, [0.20, 0.10], 8, True),  # diverging
+        (1.00, [0.67, 1.00], 6, True),  # phase 1 is right on every image: nothing to win
+    ],
+)
 def test_phase_two_stops_only_when_it_cannot_plausibly_win(head, accuracies, left, stops):
     assert budget.cannot_win(head, accuracies, left, val_images=100, margin=1.0) is stops
 
@@ -68,8 +80,9 @@ def test_a_preset_fills_what_is_not_given_and_given_options_win():
     assert (fast.fine_tune_epochs, fast.augment) == (3, "flip")
     best = resolve_options(FinetuneOptions(fine_tune_epochs=7), preset="best", weights=None)
     assert best.fine_tune_epochs == 7 and best.augment == "strong" and best.ema
-    assert resolve_options(preset="balanced", weights=None) == \
-        resolve_options(weights=None, preset="balanced")
+    assert resolve_options(preset="balanced", weights=None) == resolve_options(
+        weights=None, preset="balanced"
+    )
     assert set(RECIPE_PRESETS) == {"fast", "balanced", "best"}
     with pytest.raises(InvalidArgumentError, match="preset"):
         resolve_options(preset="fastest", weights=None)
@@ -83,8 +96,20 @@ def test_the_command_line_passes_only_the_options_given(monkeypatch):
         raise transfer.DataError("stop here")
 
     monkeypatch.setattr("transfer.commands.finetune.finetune", finetune)
-    result = CliRunner().invoke(cli, ["finetune", "--data", "x", "--preset", "fast",
-                                      "--fine-tune-epochs", "2", "--time-limit", "10m"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "finetune",
+            "--data",
+            "x",
+            "--preset",
+            "fast",
+            "--fine-tune-epochs",
+            "2",
+            "--time-limit",
+            "10m",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert seen["preset"] == "fast" and seen["fine_tune_epochs"] == 2
     assert seen["time_limit"] == "10m" and "augment" not in seen and "seed" not in seen
@@ -102,7 +127,8 @@ def test_missing_data_and_a_used_out_are_refused_before_tensorflow_loads(tmp_pat
         f"b = CliRunner().invoke(cli, ['finetune', '--data', {str(tmp_path)!r}, "
         f"'--out', {str(used)!r}])\n"
         "print(a.exit_code, b.exit_code, 'tensorflow' in sys.modules)\n"
-        "print(a.output.strip().splitlines()[-1]); print(b.output.strip().splitlines()[-1])\n")
+        "print(a.output.strip().splitlines()[-1]); print(b.output.strip().splitlines()[-1])\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = done.stdout.splitlines()
     assert lines[0] == "2 2 False", done.stdout + done.stderr
@@ -115,8 +141,7 @@ def test_a_limit_too_short_for_phase_one_is_refused_before_it_starts(tmp_path):
     data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
     out = tmp_path / "run"
     with pytest.raises(transfer.RunFailedError, match="too short: phase 1 needs about"):
-        transfer.finetune(data, out=out, weights=None, image_size=32, time_limit="1s",
-                          report=False)
+        transfer.finetune(data, out=out, weights=None, image_size=32, time_limit="1s", report=False)
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "failed" and "time_limit" in config["reason"]
     assert not (out / "history.csv").exists()
@@ -127,10 +152,19 @@ def test_a_limit_too_short_for_phase_one_is_refused_before_it_starts(tmp_path):
 def test_a_time_limited_run_plans_phase_two_and_ends_in_time(tmp_path):
     data = make_image_folder(tmp_path / "images", {"cat": 10, "dog": 10}, size=(32, 32))
     limit = 45.0
-    result = transfer.finetune(data, out=tmp_path / "run", weights=None, image_size=32,
-                               batch_size=8, fine_tune_epochs=200, augment="none",
-                               early_stopping_patience=0, futility_stop=False,
-                               time_limit=limit, report=False)
+    result = transfer.finetune(
+        data,
+        out=tmp_path / "run",
+        weights=None,
+        image_size=32,
+        batch_size=8,
+        fine_tune_epochs=200,
+        augment="none",
+        early_stopping_patience=0,
+        futility_stop=False,
+        time_limit=limit,
+        report=False,
+    )
     plan = result.metrics["time_plan"]
     assert plan["time_limit_seconds"] == limit
     assert 1 <= plan["fine_tune_epochs_planned"] < 200
@@ -145,12 +179,23 @@ def test_a_time_limited_run_plans_phase_two_and_ends_in_time(tmp_path):
 def test_phase_two_that_cannot_win_stops_early_and_phase_one_is_kept(tmp_path, image_folder):
     # Phase 1 gets every validation image of the tinted classes right: phase 2 cannot
     # get clearly more right, and stops once it has been judged.
-    result = transfer.finetune(image_folder, out=tmp_path / "run", weights=None, image_size=32,
-                               batch_size=8, head_epochs=3, head_learning_rate=1e-2,
-                               fine_tune_epochs=8, early_stopping_patience=0, augment="none",
-                               report=False)
-    assert result.history[0]["val_accuracy"] == 1.0 or \
-        result.metrics["kept"]["validation"]["head"]["accuracy"] == 1.0
+    result = transfer.finetune(
+        image_folder,
+        out=tmp_path / "run",
+        weights=None,
+        image_size=32,
+        batch_size=8,
+        head_epochs=3,
+        head_learning_rate=1e-2,
+        fine_tune_epochs=8,
+        early_stopping_patience=0,
+        augment="none",
+        report=False,
+    )
+    assert (
+        result.history[0]["val_accuracy"] == 1.0
+        or result.metrics["kept"]["validation"]["head"]["accuracy"] == 1.0
+    )
     kept = result.metrics["kept"]
     assert kept["phase"] == "head"
     assert "could not beat phase 1" in kept["fine_tune_stopped"]

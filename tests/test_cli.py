@@ -56,9 +56,16 @@ def _sections(text):
 def test_the_recipe_help_is_in_sections_and_lists_every_option_once(command):
     text = _help(command)
     sections = _sections(text)
-    expected = ["Data", "Model and weights", "Phase 1 (the new head, backbone frozen)",
-                "Phase 2 (fine-tuning)", "Augmentation (phase 2)", "Run directory and output",
-                "Devices and performance", "Help"]
+    expected = [
+        "Data",
+        "Model and weights",
+        "Phase 1 (the new head, backbone frozen)",
+        "Phase 2 (fine-tuning)",
+        "Augmentation (phase 2)",
+        "Run directory and output",
+        "Devices and performance",
+        "Help",
+    ]
     found = [title for title in sections if title not in ("Examples", "Example", "Usage")]
     assert [t for t in found if t != "Learning-rate range test"] == expected, found
     assert OTHER_OPTIONS not in sections  # every option of the recipe has its section
@@ -74,8 +81,9 @@ def test_the_recipe_help_is_in_sections_and_lists_every_option_once(command):
 def test_every_option_of_the_recipe_shows_its_default(command):
     text = _help(command)
     blocks = re.split(r"\n(?=  -)", text.split("Data:", 1)[1])
-    shown = {block.split()[0].rstrip(","): " ".join(block.split())
-             for block in blocks if block.strip()}
+    shown = {
+        block.split()[0].rstrip(","): " ".join(block.split()) for block in blocks if block.strip()
+    }
     for param in cli.commands[command].params:
         if not isinstance(param, click.Option) or param.is_flag or param.required:
             continue
@@ -85,19 +93,25 @@ def test_every_option_of_the_recipe_shows_its_default(command):
 
 def test_finetune_help_names_its_sections_defaults_and_ranges():
     text = _help("finetune")
-    assert re.search(r"--batch-size INTEGER RANGE\s+Global batch size\.\s+"
-                     r"\[default: 32; x>=1\]", text)
+    assert re.search(
+        r"--batch-size INTEGER RANGE\s+Global batch size\.\s+"
+        r"\[default: 32; x>=1\]",
+        text,
+    )
     assert re.search(r"--head-lr FLOAT RANGE\s+\[default: 0\.001; x>0\.0\]", text)
 
 
-@pytest.mark.parametrize("args, command", [
-    (["finetune", "--data", "x", "--bogus"], "finetune"),
-    (["finetune"], "finetune"),  # missing --data
-    (["finetune", "--data", "x", "--augment", "wild"], "finetune"),  # a bad choice
-    (["lr-find", "--data", "x", "--out", "o", "--steps"], "lr-find"),  # no value
-    (["predict", "run", "a.png", "--format", "xml"], "predict"),
-    (["nope"], None),
-])
+@pytest.mark.parametrize(
+    "args, command",
+    [
+        (["finetune", "--data", "x", "--bogus"], "finetune"),
+        (["finetune"], "finetune"),  # missing --data
+        (["finetune", "--data", "x", "--augment", "wild"], "finetune"),  # a bad choice
+        (["lr-find", "--data", "x", "--out", "o", "--steps"], "lr-find"),  # no value
+        (["predict", "run", "a.png", "--format", "xml"], "predict"),
+        (["nope"], None),
+    ],
+)
 def test_a_usage_error_says_where_help_is_then_the_error(args, command):
     result = run_cli(*args)
     assert result.exit_code == 2, result.output
@@ -117,40 +131,43 @@ def test_a_library_error_stays_one_line():
 # ------------------------------------------------------------- ranges (issue 35, item 11)
 
 
-@pytest.mark.parametrize("args, flag", [
-    (["predict", "run", "a.png", "--batch-size", "0"], "--batch-size"),
-    (["predict", "run", "a.png", "--batch-size", "-1"], "--batch-size"),
-    (["predict", "run", "a.png", "--top-k", "0"], "--top-k"),
-    (["predict", "run", "a.png", "--top-k", "-3"], "--top-k"),
-    (["predict", "run", "a.png", "--min-confidence", "1.5"], "--min-confidence"),
-    (["predict", "run", "a.png", "--image-size", "16"], "--image-size"),
-    (["evaluate", "run", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size"),
-    (["explain", "run", "a.png", "--out", "o", "--top-k", "0"], "--top-k"),
-    (["embed", "--data", "d", "--out", "e.npz", "--batch-size", "-1"], "--batch-size"),
-    (["embed", "--data", "d", "--out", "e.npz", "--val-split", "1"], "--val-split"),
-    (["report", "run", "--batch-size", "0"], "--batch-size"),
-    (["probe", "e.npz", "--out", "o", "--folds", "1"], "--folds"),
-    (["export", "run", "--out", "m.keras", "--max-drop", "nan"], "--max-drop"),
-    (["export", "run", "--out", "m.keras", "--max-drop", "101"], "--max-drop"),
-    (["info", "--image-size", "0"], "--image-size"),
-    (["lr-find", "--data", "d", "--out", "o", "--steps", "0"], "--steps"),
-    (["lr-find", "--data", "d", "--out", "o", "--start-lr", "0"], "--start-lr"),
-    (["finetune", "--data", "d", "--batch-size", "0"], "--batch-size"),
-    (["finetune", "--data", "d", "--image-size", "16"], "--image-size"),
-    (["finetune", "--data", "d", "--test-split", "-0.1"], "--test-split"),
-    (["finetune", "--data", "d", "--fine-tune-epochs", "-1"], "--fine-tune-epochs"),
-    (["finetune", "--data", "d", "--head-epochs", "-2"], "--head-epochs"),
-    (["finetune", "--data", "d", "--fine-tune-lr", "inf"], "--fine-tune-lr"),
-    (["finetune", "--data", "d", "--head-lr", "nan"], "--head-lr"),
-    (["finetune", "--data", "d", "--layer-decay", "0"], "--layer-decay"),
-    (["finetune", "--data", "d", "--label-smoothing", "1"], "--label-smoothing"),
-    (["finetune", "--data", "d", "--dropout", "1"], "--dropout"),
-    (["finetune", "--data", "d", "--hidden-units", "0"], "--hidden-units"),
-    (["finetune", "--data", "d", "--early-stopping", "-1"], "--early-stopping"),
-    (["finetune", "--data", "d", "--seed", "-1"], "--seed"),
-    (["finetune", "--data", "d", "--backup-interval", "-5"], "--backup-interval"),
-    (["finetune", "--data", "d", "--max-pixels", "0"], "--max-pixels"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["predict", "run", "a.png", "--batch-size", "0"], "--batch-size"),
+        (["predict", "run", "a.png", "--batch-size", "-1"], "--batch-size"),
+        (["predict", "run", "a.png", "--top-k", "0"], "--top-k"),
+        (["predict", "run", "a.png", "--top-k", "-3"], "--top-k"),
+        (["predict", "run", "a.png", "--min-confidence", "1.5"], "--min-confidence"),
+        (["predict", "run", "a.png", "--image-size", "16"], "--image-size"),
+        (["evaluate", "run", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size"),
+        (["explain", "run", "a.png", "--out", "o", "--top-k", "0"], "--top-k"),
+        (["embed", "--data", "d", "--out", "e.npz", "--batch-size", "-1"], "--batch-size"),
+        (["embed", "--data", "d", "--out", "e.npz", "--val-split", "1"], "--val-split"),
+        (["report", "run", "--batch-size", "0"], "--batch-size"),
+        (["probe", "e.npz", "--out", "o", "--folds", "1"], "--folds"),
+        (["export", "run", "--out", "m.keras", "--max-drop", "nan"], "--max-drop"),
+        (["export", "run", "--out", "m.keras", "--max-drop", "101"], "--max-drop"),
+        (["info", "--image-size", "0"], "--image-size"),
+        (["lr-find", "--data", "d", "--out", "o", "--steps", "0"], "--steps"),
+        (["lr-find", "--data", "d", "--out", "o", "--start-lr", "0"], "--start-lr"),
+        (["finetune", "--data", "d", "--batch-size", "0"], "--batch-size"),
+        (["finetune", "--data", "d", "--image-size", "16"], "--image-size"),
+        (["finetune", "--data", "d", "--test-split", "-0.1"], "--test-split"),
+        (["finetune", "--data", "d", "--fine-tune-epochs", "-1"], "--fine-tune-epochs"),
+        (["finetune", "--data", "d", "--head-epochs", "-2"], "--head-epochs"),
+        (["finetune", "--data", "d", "--fine-tune-lr", "inf"], "--fine-tune-lr"),
+        (["finetune", "--data", "d", "--head-lr", "nan"], "--head-lr"),
+        (["finetune", "--data", "d", "--layer-decay", "0"], "--layer-decay"),
+        (["finetune", "--data", "d", "--label-smoothing", "1"], "--label-smoothing"),
+        (["finetune", "--data", "d", "--dropout", "1"], "--dropout"),
+        (["finetune", "--data", "d", "--hidden-units", "0"], "--hidden-units"),
+        (["finetune", "--data", "d", "--early-stopping", "-1"], "--early-stopping"),
+        (["finetune", "--data", "d", "--seed", "-1"], "--seed"),
+        (["finetune", "--data", "d", "--backup-interval", "-5"], "--backup-interval"),
+        (["finetune", "--data", "d", "--max-pixels", "0"], "--max-pixels"),
+    ],
+)
 def test_numbers_out_of_range_are_one_error_with_exit_code_2(args, flag):
     result = run_cli(*args)
     assert result.exit_code == 2, result.output
@@ -159,16 +176,19 @@ def test_numbers_out_of_range_are_one_error_with_exit_code_2(args, flag):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("function, kwargs", [
-    ("predict", dict(paths=["a.png"], batch_size=0)),
-    ("predict", dict(paths=["a.png"], batch_size=-1)),
-    ("predict", dict(paths=["a.png"], top_k=0)),
-    ("predict", dict(paths=["a.png"], top_k=-3)),
-    ("explain", dict(paths=["a.png"], out="o", top_k=0)),
-    ("explain", dict(paths=["a.png"], out="o", batch_size=0)),
-    ("evaluate", dict(data="d", out="o", batch_size=0)),
-    ("embed", dict(data="d", batch_size=0)),
-])
+@pytest.mark.parametrize(
+    "function, kwargs",
+    [
+        ("predict", dict(paths=["a.png"], batch_size=0)),
+        ("predict", dict(paths=["a.png"], batch_size=-1)),
+        ("predict", dict(paths=["a.png"], top_k=0)),
+        ("predict", dict(paths=["a.png"], top_k=-3)),
+        ("explain", dict(paths=["a.png"], out="o", top_k=0)),
+        ("explain", dict(paths=["a.png"], out="o", batch_size=0)),
+        ("evaluate", dict(data="d", out="o", batch_size=0)),
+        ("embed", dict(data="d", batch_size=0)),
+    ],
+)
 def test_python_callers_get_the_same_ranges(function, kwargs):
     import transfer.commands as commands
 
@@ -199,24 +219,29 @@ def test_a_depth_below_50_points_to_smaller_families():
     assert result.stderr.splitlines() == [
         "Error: Unsupported ResNet depth: 34. Expected one of 50, 101, 152. For a smaller "
         "model, pass another family: --arch mobilenet_v3_small or --arch efficientnet_b0, "
-        "for example."]
+        "for example."
+    ]
     for name in re.findall(r"arch=(\w+)", SMALLER_FAMILIES):
         assert name in ARCH_NAMES
 
 
-@pytest.mark.parametrize("command, given, suggested", [
-    ("finetune", "--epochs", ["--fine-tune-epochs", "--head-epochs"]),
-    ("finetune", "--learning-rate", ["--fine-tune-lr", "--head-lr"]),
-    ("finetune", "--lr", ["--fine-tune-lr", "--head-lr"]),
-    ("lr-find", "--lr", ["--fine-tune-lr", "--head-lr", "--start-lr"]),
-    ("finetune", "--imgsz", ["--image-size"]),
-    ("finetune", "--img-size", ["--image-size"]),
-    ("finetune", "--model", ["--arch", "--depth", "--weights"]),
-    ("predict", "--topk", ["--top-k"]),
-])
+@pytest.mark.parametrize(
+    "command, given, suggested",
+    [
+        ("finetune", "--epochs", ["--fine-tune-epochs", "--head-epochs"]),
+        ("finetune", "--learning-rate", ["--fine-tune-lr", "--head-lr"]),
+        ("finetune", "--lr", ["--fine-tune-lr", "--head-lr"]),
+        ("lr-find", "--lr", ["--fine-tune-lr", "--head-lr", "--start-lr"]),
+        ("finetune", "--imgsz", ["--image-size"]),
+        ("finetune", "--img-size", ["--image-size"]),
+        ("finetune", "--model", ["--arch", "--depth", "--weights"]),
+        ("predict", "--topk", ["--top-k"]),
+    ],
+)
 def test_names_from_other_tools_suggest_ours(command, given, suggested):
     args = {"predict": ["run", "a.png"], "lr-find": ["--data", "d", "--out", "o"]}.get(
-        command, ["--data", "d"])
+        command, ["--data", "d"]
+    )
     result = run_cli(command, *args, given, "3")
     assert result.exit_code == 2, result.output
     last = result.stderr.strip().splitlines()[-1]
@@ -226,8 +251,12 @@ def test_names_from_other_tools_suggest_ours(command, given, suggested):
 
 
 def test_aliases_name_options_that_exist():
-    flags = {opt for command in cli.commands.values() for param in command.params
-             for opt in (*param.opts, *param.secondary_opts)}
+    flags = {
+        opt
+        for command in cli.commands.values()
+        for param in command.params
+        for opt in (*param.opts, *param.secondary_opts)
+    }
     for alias, ours in OPTION_ALIASES.items():
         assert set(ours) <= flags, (alias, ours)
 
@@ -237,8 +266,9 @@ def test_aliases_name_options_that_exist():
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("output_format", ["table", "csv", "json"])
-def test_predict_exits_1_when_an_input_could_not_be_predicted(tmp_path, tiny_run, photo,
-                                                              output_format):
+def test_predict_exits_1_when_an_input_could_not_be_predicted(
+    tmp_path, tiny_run, photo, output_format
+):
     missing = tmp_path / "missing.png"
     result = run_cli("predict", tiny_run, photo, missing, "--format", output_format)
     assert result.exit_code == 1, result.output
@@ -249,9 +279,13 @@ def test_predict_exits_1_when_an_input_could_not_be_predicted(tmp_path, tiny_run
 
 
 def _predict(tiny_run, photo, **streams):
-    return subprocess.run([sys.executable, "-m", "transfer", "predict", str(tiny_run),
-                           str(photo)], stderr=subprocess.PIPE, text=True, timeout=300,
-                          **streams)
+    return subprocess.run(
+        [sys.executable, "-m", "transfer", "predict", str(tiny_run), str(photo)],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        **streams,
+    )
 
 
 @pytest.mark.heavy
@@ -260,7 +294,8 @@ def test_predict_to_a_full_disk_is_one_error_line_and_exit_code_1(tiny_run, phot
         done = _predict(tiny_run, photo, stdout=full)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "Error: Cannot write the results to standard output: No space left on device."]
+        "Error: Cannot write the results to standard output: No space left on device."
+    ]
 
 
 @pytest.mark.heavy
@@ -269,7 +304,8 @@ def test_predict_with_stdout_closed_never_writes_results_to_stderr(tiny_run, pho
     assert done.returncode == 1, done.stderr
     assert str(photo) not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        "Error: Cannot write the results to standard output: Bad file descriptor."]
+        "Error: Cannot write the results to standard output: Bad file descriptor."
+    ]
 
 
 # ----------------------------------------------------------------- noise (item 17)

@@ -25,8 +25,7 @@ def test_predict_prints_results_alone_on_stdout(tmp_path, tiny_run, monkeypatch,
     # As on a terminal, where Keras draws its progress bar on sys.stdout.
     monkeypatch.setattr("transfer.progress.interactive", lambda: True)
     folder = make_image_folder(tmp_path / "images", {"cat": 3}, size=(32, 32))
-    result = run_cli("predict", tiny_run, folder, "--format", output_format,
-                     "--batch-size", 1)
+    result = run_cli("predict", tiny_run, folder, "--format", output_format, "--batch-size", 1)
     assert result.exit_code == 0, result.output
     if output_format == "csv":
         rows = list(csv.DictReader(io.StringIO(result.stdout)))
@@ -75,40 +74,71 @@ def test_export_keeps_its_labels_with_it_and_respects_overwrite(tmp_path, tiny_r
     assert run_cli("export", tiny_run, "--out", out, "--overwrite", "--no-compare").exit_code == 0
 
 
-TINY_FLAGS = ["--no-report", "--weights", "none", "--image-size", 32, "--batch-size", 8, "--head-epochs", 1,
-              "--fine-tune-from", "none"]
+TINY_FLAGS = [
+    "--no-report",
+    "--weights",
+    "none",
+    "--image-size",
+    32,
+    "--batch-size",
+    8,
+    "--head-epochs",
+    1,
+    "--fine-tune-from",
+    "none",
+]
 
 
-@pytest.mark.parametrize("flag, value", [("--head-lr", "nan"), ("--fine-tune-lr", "inf"),
-                                         ("--head-lr", "0"), ("--dropout", "nan"),
-                                         ("--val-split", "nan")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--head-lr", "nan"),
+        ("--fine-tune-lr", "inf"),
+        ("--head-lr", "0"),
+        ("--dropout", "nan"),
+        ("--val-split", "nan"),
+    ],
+)
 def test_numeric_options_must_be_finite(tmp_path, flag, value):
     data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
-    result = run_cli("finetune", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS,
-                     flag, value)
+    result = run_cli(
+        "finetune", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS, flag, value
+    )
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"Error: Invalid value for '{flag}'"), result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith(f"Error: Invalid value for '{flag}'")
+    ), result.stderr
     assert not (tmp_path / "run").exists()
 
 
 def _embeddings(path, **changes):
     """A small .npz in the layout of `transfer embed` (3 classes, train and val)."""
     rng = np.random.default_rng(0)
-    arrays = dict(features=rng.normal(size=(60, 8)).astype("float32"),
-                  labels=np.arange(60) % 3, paths=np.array([f"p{i}.png" for i in range(60)]),
-                  splits=np.array(["train"] * 40 + ["val"] * 20),
-                  class_names=np.array(["a", "b", "c"]), source=np.array("test"))
+    arrays = dict(
+        features=rng.normal(size=(60, 8)).astype("float32"),
+        labels=np.arange(60) % 3,
+        paths=np.array([f"p{i}.png" for i in range(60)]),
+        splits=np.array(["train"] * 40 + ["val"] * 20),
+        class_names=np.array(["a", "b", "c"]),
+        source=np.array("test"),
+    )
     np.savez(path, **{**arrays, **changes})
     return path
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"labels": np.arange(60) % 4}, "labels must be in [0, 3), one of its 3 class_names. "
-                                    "Received labels from 0 to 3."),
-    ({"labels": np.arange(59) % 3}, "features, labels, paths and splits must have one entry "
-                                    "per image"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"labels": np.arange(60) % 4},
+            "labels must be in [0, 3), one of its 3 class_names. Received labels from 0 to 3.",
+        ),
+        (
+            {"labels": np.arange(59) % 3},
+            "features, labels, paths and splits must have one entry per image",
+        ),
+    ],
+)
 def test_probe_refuses_embeddings_that_disagree(tmp_path, changes, message):
     path = _embeddings(tmp_path / "e.npz", **changes)
     result = run_cli("probe", path, "--out", tmp_path / "probe")
@@ -132,11 +162,25 @@ def test_embed_refuses_an_existing_out_without_overwrite(tmp_path):
     data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
     out = tmp_path / "e.npz"
     out.write_bytes(b"precious")
-    args = ["embed", "--data", data, "--out", out, "--weights", "none", "--image-size", 32,
-            "--depth", 50]
+    args = [
+        "embed",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--weights",
+        "none",
+        "--image-size",
+        32,
+        "--depth",
+        50,
+    ]
     result = run_cli(*args)
-    assert result.exit_code == 2 and result.stderr == \
-        f"Error: --out {out} exists. Choose another path or pass --overwrite.\n"
+    assert (
+        result.exit_code == 2
+        and result.stderr
+        == f"Error: --out {out} exists. Choose another path or pass --overwrite.\n"
+    )
     assert out.read_bytes() == b"precious"
     assert run_cli(*args, "--overwrite").exit_code == 0
     assert len(np.load(out)["labels"]) == 4
@@ -153,8 +197,11 @@ def test_predict_reports_files_in_folders_that_are_not_images(tmp_path, tiny_run
     assert result.exit_code == 1, result.output  # some inputs could not be predicted
     errors = {Path(r["path"]).name: r["error"] for r in json.loads(result.stdout)}
     assert errors["img_000.png"] is None
-    assert errors["photo.webp"] == errors["scan.tiff"] == \
-        "not an image file (expected .jpg, .jpeg, .png, .bmp, .gif)"
+    assert (
+        errors["photo.webp"]
+        == errors["scan.tiff"]
+        == "not an image file (expected .jpg, .jpeg, .png, .bmp, .gif)"
+    )
     assert "2 of 3 files could not be read." in result.stderr
 
 

@@ -33,8 +33,22 @@ def trained(tmp_path_factory):
     """A small classifier trained by `transfer finetune`, and its data."""
     root = tmp_path_factory.mktemp("use")
     data = make_image_folder(root / "images", {"cat": 8, "dog": 8, "fox": 8})
-    result = run_cli("finetune", "--no-report", "--data", data, "--weights", "none",
-                     "--out", root / "run", "--image-size", "32", "--head-epochs", "3", "--fine-tune-from", "none")
+    result = run_cli(
+        "finetune",
+        "--no-report",
+        "--data",
+        data,
+        "--weights",
+        "none",
+        "--out",
+        root / "run",
+        "--image-size",
+        "32",
+        "--head-epochs",
+        "3",
+        "--fine-tune-from",
+        "none",
+    )
     assert result.exit_code == 0, result.output
     return root / "run", data, root
 
@@ -51,8 +65,12 @@ def test_evaluate_reports_and_unknown_classes(trained, tmp_path):
     assert metrics["images"] == 24
     assert metrics["unknown_classes"] == {"zebra": 3}
     assert {"accuracy", "macro_f1", "log_loss", "per_class"} <= set(metrics)
-    for name in ("classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
-                 "predictions.csv"):
+    for name in (
+        "classification_report.txt",
+        "confusion_matrix.png",
+        "confusion_matrix.csv",
+        "predictions.csv",
+    ):
         assert (tmp_path / "report" / name).exists()
     assert "3 images of class 'zebra', which the model does not know" in result.output
     assert "images of unknown classes: 3 (zebra)" in result.output
@@ -69,8 +87,10 @@ def test_evaluate_and_predict_with_flip_tta(trained, tmp_path):
     assert (plain_metrics["tta"], tta_metrics["tta"]) == (False, True)
     assert plain_metrics["log_loss"] != tta_metrics["log_loss"]  # other probabilities
     image = str(next((data / "cat").iterdir()))
-    rows = {flag: json.loads(run_cli("predict", run, image, "--format", "json", *flag).output)
-            for flag in [(), ("--tta",)]}
+    rows = {
+        flag: json.loads(run_cli("predict", run, image, "--format", "json", *flag).output)
+        for flag in [(), ("--tta",)]
+    }
     assert rows[()][0]["predictions"] != rows[("--tta",)][0]["predictions"]
 
 
@@ -84,12 +104,18 @@ def test_predict_rows_for_files_folders_and_bad_files(trained, tmp_path, fmt):
     write_image(folder / "nested" / "b.JPG")
     (folder / "broken.jpg").write_bytes(b"not an image")
     single = data / "cat" / "img_000.png"
-    result = run_cli("predict", run, single, folder, tmp_path / "missing.png",
-                     "--format", fmt, "--top-k", "2")
+    result = run_cli(
+        "predict", run, single, folder, tmp_path / "missing.png", "--format", fmt, "--top-k", "2"
+    )
     assert result.exit_code == 1, result.output  # a broken and a missing file
     stdout = result.stdout
-    expected_paths = [str(single), str(folder / "a.png"), str(folder / "broken.jpg"),
-                      str(folder / "nested" / "b.JPG"), str(tmp_path / "missing.png")]
+    expected_paths = [
+        str(single),
+        str(folder / "a.png"),
+        str(folder / "broken.jpg"),
+        str(folder / "nested" / "b.JPG"),
+        str(tmp_path / "missing.png"),
+    ]
     if fmt == "json":
         rows = json.loads(stdout)
         assert [r["path"] for r in rows] == expected_paths
@@ -100,8 +126,14 @@ def test_predict_rows_for_files_folders_and_bad_files(trained, tmp_path, fmt):
     elif fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(stdout)))
         assert [r["path"] for r in rows] == expected_paths
-        assert set(rows[0]) == {"path", "label_1", "probability_1", "label_2", "probability_2",
-                                "error"}
+        assert set(rows[0]) == {
+            "path",
+            "label_1",
+            "probability_1",
+            "label_2",
+            "probability_2",
+            "error",
+        }
         assert 0 <= float(rows[0]["probability_1"]) <= 1 and rows[0]["error"] == ""
         assert rows[2]["label_1"] == "" and rows[2]["error"]
     else:
@@ -127,14 +159,30 @@ def test_exports_reload_outside_transfer_with_matching_outputs(trained, tmp_path
     features = tmp_path / "features.keras"
     conv4 = tmp_path / "conv4.keras"
     assert run_cli("export", run, "--feature-extractor", "--out", features).exit_code == 0
-    assert run_cli("export", run, "--feature-extractor", "--group", "conv4", "--pooling", "none",
-                   "--out", conv4).exit_code == 0
+    assert (
+        run_cli(
+            "export",
+            run,
+            "--feature-extractor",
+            "--group",
+            "conv4",
+            "--pooling",
+            "none",
+            "--out",
+            conv4,
+        ).exit_code
+        == 0
+    )
     for labels in ("model.keras.labels.txt", "model.tflite.labels.txt", "savedmodel/labels.txt"):
         assert (tmp_path / labels).read_text().split() == ["cat", "dog", "fox"]
     assert not (tmp_path / "labels.txt").exists()  # nothing outside the exports
 
-    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BILINEAR))
-                       for p in sorted((data / "dog").iterdir())[:4]]).astype("uint8")
+    images = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BILINEAR))
+            for p in sorted((data / "dog").iterdir())[:4]
+        ]
+    ).astype("uint8")
     np.save(tmp_path / "images.npy", images)
     model = keras.models.load_model(run / "model.keras", safe_mode=True)
     expected = np.asarray(model(images.astype("float32")))
@@ -144,12 +192,12 @@ def test_exports_reload_outside_transfer_with_matching_outputs(trained, tmp_path
     script = f"""
 import sys, json, numpy as np
 import tensorflow as tf, keras
-images = np.load({str(tmp_path / 'images.npy')!r})
+images = np.load({str(tmp_path / "images.npy")!r})
 out = {{}}
-out["keras"] = np.asarray(keras.models.load_model({str(exports['keras'])!r}, safe_mode=True)(images.astype("float32"))).tolist()
-serving = tf.saved_model.load({str(exports['savedmodel'])!r}).signatures["serving_default"]
+out["keras"] = np.asarray(keras.models.load_model({str(exports["keras"])!r}, safe_mode=True)(images.astype("float32"))).tolist()
+serving = tf.saved_model.load({str(exports["savedmodel"])!r}).signatures["serving_default"]
 out["savedmodel"] = serving(images=tf.constant(images))["probabilities"].numpy().tolist()
-interpreter = tf.lite.Interpreter(model_path={str(exports['tflite'])!r})
+interpreter = tf.lite.Interpreter(model_path={str(exports["tflite"])!r})
 detail = interpreter.get_input_details()[0]
 interpreter.resize_tensor_input(detail["index"], images.shape)
 interpreter.allocate_tensors()
@@ -161,8 +209,9 @@ out["conv4_shape"] = list(keras.models.load_model({str(conv4)!r}, safe_mode=True
 assert "transfer" not in sys.modules
 print(json.dumps(out))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     for fmt in ("keras", "savedmodel", "tflite"):
@@ -229,29 +278,37 @@ def test_bad_model_inputs(trained, tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
     # The model file without the class names that transfer keeps inside it.
-    with zipfile.ZipFile(run / "model.keras") as source, \
-            zipfile.ZipFile(alone / "model.keras", "w") as copy:
+    with (
+        zipfile.ZipFile(run / "model.keras") as source,
+        zipfile.ZipFile(alone / "model.keras", "w") as copy,
+    ):
         for item in source.infolist():
             if item.filename != MODEL_METADATA_MEMBER:
                 copy.writestr(item, source.read(item))
     result = run_cli("evaluate", alone / "model.keras", "--data", data, "--out", tmp_path / "e")
     assert result.exit_code == 2
     assert last_line(result).startswith(
-        f"Error: {alone / 'model.keras'} has no class names inside it and no labels.txt")
+        f"Error: {alone / 'model.keras'} has no class names inside it and no labels.txt"
+    )
 
     features = tmp_path / "fx" / "features.keras"
     assert run_cli("export", run, "--feature-extractor", "--out", features).exit_code == 0
     result = run_cli("predict", features, data)
     assert result.exit_code == 2
-    assert "is a feature extractor (output shape (None, 2048)), not a classifier" in last_line(result)
+    assert "is a feature extractor (output shape (None, 2048)), not a classifier" in last_line(
+        result
+    )
 
     result = run_cli("export", run, "--format", "coreml", "--out", tmp_path / "m.mlmodel")
     assert result.exit_code == 2
-    assert last_line(result) == ("Error: Unknown export format: 'coreml'. Expected one of keras, "
-                                 "savedmodel, tflite, onnx, h5.")
+    assert last_line(result) == (
+        "Error: Unknown export format: 'coreml'. Expected one of keras, "
+        "savedmodel, tflite, onnx, h5."
+    )
     result = run_cli("export", run, "--format", "tflite", "--out", tmp_path / "m.keras")
-    assert last_line(result) == (f"Error: --out {tmp_path / 'm.keras'}: a TFLite export needs a "
-                                 "name ending in .tflite.")
+    assert last_line(result) == (
+        f"Error: --out {tmp_path / 'm.keras'}: a TFLite export needs a name ending in .tflite."
+    )
     result = run_cli("probe", fake, "--out", tmp_path / "p")
     assert result.exit_code == 2 and "is not an .npz file of `transfer embed`" in last_line(result)
 

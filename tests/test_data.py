@@ -1,7 +1,5 @@
 """Data sources: class folders, split folders, TFDS; splits; decoding; bad files."""
 
-
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -106,7 +104,9 @@ def test_unreadable_images_reported_by_path_and_dropped(image_folder):
 
 def test_strict_turns_bad_files_into_an_error(image_folder):
     (image_folder / "dog" / "zero.png").write_bytes(b"")
-    with pytest.raises(DataError, match=r"1 unusable files \(strict=True\): .*zero.png: empty file"):
+    with pytest.raises(
+        DataError, match=r"1 unusable files \(strict=True\): .*zero.png: empty file"
+    ):
         drop_unreadable(load_folder(image_folder), strict=True, progress=False)
 
 
@@ -115,11 +115,15 @@ def test_strict_turns_bad_files_into_an_error(image_folder):
     [
         (lambda root: None, r"does not exist"),
         (lambda root: root.mkdir(), r"No class folders in .*Expected one sub-folder per class"),
-        (lambda root: (make_image_folder(root, {"a": 3}), (root / "b").mkdir()),
-         r"Class folder '.*b' holds no images"),
+        (
+            lambda root: (make_image_folder(root, {"a": 3}), (root / "b").mkdir()),
+            r"Class folder '.*b' holds no images",
+        ),
         (lambda root: make_image_folder(root, {"only": 3}), r"has a single class \('only'\)"),
-        (lambda root: (root.mkdir(), (root / "x.png").write_bytes(b"")),
-         r"holds files but no class sub-folders"),
+        (
+            lambda root: (root.mkdir(), (root / "x.png").write_bytes(b"")),
+            r"holds files but no class sub-folders",
+        ),
     ],
     ids=["missing", "empty", "empty-class", "single-class", "flat-files"],
 )
@@ -132,14 +136,14 @@ def test_bad_folders(tmp_path, setup, message):
 
 def test_tfds_source_with_mock_data(tmp_path):
     mock_tfds_metadata(tmp_path)
-    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_FILES,
-                                data_dir=str(tmp_path)):
+    with tfds.testing.mock_data(
+        num_examples=12, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)
+    ):
         dataset = load_dataset("tfds:mnist", val_split=0.25, tfds_data_dir=str(tmp_path))
         assert dataset.source == "tfds"
         assert dataset.class_names == [str(i) for i in range(10)]
         assert set(dataset.splits) == {"train", "val", "test"}  # val carved from train
-        images, labels = next(iter(image_dataset(dataset.splits["test"], 32, 5, 10,
-                                                 one_hot=False)))
+        images, labels = next(iter(image_dataset(dataset.splits["test"], 32, 5, 10, one_hot=False)))
         assert images.shape == (5, 32, 32, 3)  # grayscale became RGB
         np.testing.assert_array_equal(labels.numpy(), dataset.splits["test"].labels[:5])
 

@@ -20,8 +20,19 @@ def run_cli(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-TINY_FLAGS = ["--no-report", "--weights", "none", "--image-size", 32, "--batch-size", 8, "--head-epochs", 1,
-              "--fine-tune-from", "none"]
+TINY_FLAGS = [
+    "--no-report",
+    "--weights",
+    "none",
+    "--image-size",
+    32,
+    "--batch-size",
+    8,
+    "--head-epochs",
+    1,
+    "--fine-tune-from",
+    "none",
+]
 
 
 def test_a_class_without_training_images_is_refused(tmp_path):
@@ -32,15 +43,17 @@ def test_a_class_without_training_images_is_refused(tmp_path):
     write_image(data / "bird" / "img_012.png", size=(32, 32))  # hashes into validation
     result = run_cli("finetune", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS)
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "Error: No training images for class 'bird' of images")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("Error: No training images for class 'bird' of images")
+    )
     assert "Warning: Class 'bird'" not in result.stderr
 
 
 def test_classes_with_few_training_images_are_named(tmp_path, monkeypatch):
     from transfer.train.options import resolve_options
     from transfer.train.run import load_data
-
 
     data = make_image_folder(tmp_path / "images", {"cat": 12, "dog": 3}, size=(32, 32))
     records = []
@@ -69,7 +82,9 @@ def test_folder_links_are_not_followed_and_loops_never_entered(tmp_path):
     assert sum(len(split) for split in dataset.splits.values()) == 4 + 4
     assert sorted((Path(s["path"]).name, s["reason"]) for s in dataset.skipped) == [
         ("linked.png", "link to a file outside the image folder, not read"),
-        ("loop", "link to a folder, not followed"), ("more", "link to a folder, not followed")]
+        ("loop", "link to a folder, not followed"),
+        ("more", "link to a folder, not followed"),
+    ]
 
 
 def _png_declaring(path, width, height):
@@ -81,8 +96,8 @@ def _png_declaring(path, width, height):
 
     data = bytearray(write_image(path, size=(8, 8)).read_bytes())
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     path.write_bytes(bytes(data))
     return path
 
@@ -119,8 +134,12 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(tmp_path, tiny_run):
     odd = os.path.join(os.fsencode(data / "cat"), b"caf\xe9.png")
     os.rename(write_image(tmp_path / "plain.png", size=(32, 32)), odd)
     dataset = load_data(data, resolve_options(weights="none"))
-    assert dataset.skipped == [{"path": str(data / "cat") + "/caf\\xe9.png",
-                                "reason": "file name is not valid UTF-8; rename it to use it"}]
+    assert dataset.skipped == [
+        {
+            "path": str(data / "cat") + "/caf\\xe9.png",
+            "reason": "file name is not valid UTF-8; rename it to use it",
+        }
+    ]
     assert sum(len(split) for split in dataset.splits.values()) == 12
     result = run_cli("predict", tiny_run, data / "cat", "--format", "csv")
     assert result.exit_code == 1, result.output  # an image could not be predicted
@@ -132,8 +151,10 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(tmp_path, tiny_run):
 @pytest.mark.parametrize("name", ["two\nlines", b"caf\xe9"])
 def test_class_folders_whose_names_cannot_be_labels_are_refused(tmp_path, name):
     data = make_image_folder(tmp_path / "images", {"cat": 3}, size=(32, 32))
-    os.rename(data / "cat", os.path.join(os.fsencode(data), name) if isinstance(name, bytes)
-              else data / name)
+    os.rename(
+        data / "cat",
+        os.path.join(os.fsencode(data), name) if isinstance(name, bytes) else data / name,
+    )
     make_image_folder(data, {"dog": 3}, size=(32, 32))
     result = run_cli("finetune", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS)
     assert result.exit_code == 2, result.output

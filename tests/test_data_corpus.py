@@ -29,8 +29,7 @@ def make_corpus(root):
             good.append(write_image(folder / f"plain {i}.png", tint=tint, seed=i))
         good.append(write_image(folder / "фото 1.jpg", tint=tint))
         good.append(write_image(folder / "really a png.jpg", tint=tint))
-        (folder / "really a png.jpg").write_bytes(
-            _png_bytes(tint))  # PNG content under a .jpg name
+        (folder / "really a png.jpg").write_bytes(_png_bytes(tint))  # PNG content under a .jpg name
         pixels = (np.random.default_rng(1).random((20, 30)) * 65535).astype(np.uint16)
         Image.fromarray(pixels).save(folder / "sixteen-bit.png")
         good.append(folder / "sixteen-bit.png")
@@ -39,8 +38,9 @@ def make_corpus(root):
         Image.new("RGB", (1, 1), tint).save(folder / "one-pixel.png")
         good.append(folder / "one-pixel.png")
         frames = [Image.new("RGB", (24, 24), c) for c in (tint, (0, 255, 0))]
-        frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:],
-                       duration=100, loop=0)
+        frames[0].save(
+            folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0
+        )
         good.append(folder / "animated.gif")
     Image.new("RGB", (4000, 3000), (200, 60, 60)).save(shirts / "huge.jpg", quality=50)
     good.append(shirts / "huge.jpg")
@@ -53,8 +53,13 @@ def make_corpus(root):
     (coats / "empty.png").write_bytes(b"")
     (coats / "notes.png").write_text("this is text, not a picture\n")
     (coats / "dangling.jpg").symlink_to(root / f"missing-{uuid.uuid4().hex}.jpg")
-    bad += [shirts / "corrupt.jpg", coats / "truncated.jpg", coats / "empty.png",
-            coats / "notes.png", coats / "dangling.jpg"]
+    bad += [
+        shirts / "corrupt.jpg",
+        coats / "truncated.jpg",
+        coats / "empty.png",
+        coats / "notes.png",
+        coats / "dangling.jpg",
+    ]
     # Hidden files and folders are not images: ignored, not reported.
     (shirts / ".DS_Store").write_bytes(b"\0\1")
     (coats / "._plain 0.png").write_bytes(jpeg[:10])
@@ -82,10 +87,28 @@ def corpus(tmp_path_factory):
 def corpus_run(corpus, tmp_path_factory):
     root, good, bad = corpus
     out = tmp_path_factory.mktemp("runs") / "run"
-    result = run_cli("finetune", "--no-report", "--data", root, "--weights", "none", "--out", out,
-                     "--image-size", "32", "--batch-size", "8", "--head-epochs", "1",
-                     "--fine-tune-from", "conv5", "--fine-tune-epochs", "1",
-                     "--early-stopping", "0")
+    result = run_cli(
+        "finetune",
+        "--no-report",
+        "--data",
+        root,
+        "--weights",
+        "none",
+        "--out",
+        out,
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--head-epochs",
+        "1",
+        "--fine-tune-from",
+        "conv5",
+        "--fine-tune-epochs",
+        "1",
+        "--early-stopping",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -110,8 +133,7 @@ def test_evaluate_predict_and_embed_survive_the_corpus(corpus, corpus_run, tmp_p
     out, _ = corpus_run
     # Every image, the run's training images too (its own data: the held-out split
     # otherwise).
-    result = run_cli("evaluate", out, "--data", root, "--out", tmp_path / "eval",
-                     "--split", "all")
+    result = run_cli("evaluate", out, "--data", root, "--out", tmp_path / "eval", "--split", "all")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["images"] == len(good)

@@ -36,8 +36,11 @@ def last_line(result):
 def sample_files(per_class=None):
     """(class name, path relative to the sample folder) of the Fashion-MNIST sample."""
     root = Path(SAMPLE_DATA)
-    return [(c.name, p.relative_to(root).as_posix()) for c in sorted(root.iterdir())
-            for p in sorted(c.glob("*.png"))[:per_class]]
+    return [
+        (c.name, p.relative_to(root).as_posix())
+        for c in sorted(root.iterdir())
+        for p in sorted(c.glob("*.png"))[:per_class]
+    ]
 
 
 def write_csv(path, header, rows):
@@ -52,11 +55,24 @@ def write_csv(path, header, rows):
 def single_run(tmp_path_factory):
     """A single-label run from a CSV with a split column over the sample's images."""
     root = tmp_path_factory.mktemp("csv")
-    rows = [(path, name, SPLITS[i % len(SPLITS)])
-            for i, (name, path) in enumerate(sample_files(per_class=12))]
+    rows = [
+        (path, name, SPLITS[i % len(SPLITS)])
+        for i, (name, path) in enumerate(sample_files(per_class=12))
+    ]
     labels = write_csv(root / "labels.csv", ["file", "class", "split"], rows)
-    result = run_cli("finetune", "--labels", labels, "--images", SAMPLE_DATA, "--out",
-                     root / "run", "--head-epochs", "3", "--no-report", *FAST)
+    result = run_cli(
+        "finetune",
+        "--labels",
+        labels,
+        "--images",
+        SAMPLE_DATA,
+        "--out",
+        root / "run",
+        "--head-epochs",
+        "3",
+        "--no-report",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     return root / "run", labels, rows, result.output
 
@@ -77,15 +93,18 @@ def test_csv_with_a_split_column_trains_evaluates_and_predicts(single_run, tmp_p
     run, labels, rows, output = single_run
     config = json.loads((run / "config.json").read_text())
     assert config["dataset"]["source"] == "csv-splits"
-    counts = {split: sum(1 for row in rows if row[2] == split) for split in ("train", "val", "test")}
+    counts = {
+        split: sum(1 for row in rows if row[2] == split) for split in ("train", "val", "test")
+    }
     assert config["dataset"]["splits"] == counts  # the split column, used as given
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classes"] == sorted({row[1] for row in rows})
     assert metrics["val"]["images"] == counts["val"] and metrics["test"]["images"] == counts["test"]
     assert "task" not in config  # single-label runs keep their config.json
 
-    result = run_cli("evaluate", run, "--data", labels, "--images", SAMPLE_DATA, "--out",
-                     tmp_path / "eval")
+    result = run_cli(
+        "evaluate", run, "--data", labels, "--images", SAMPLE_DATA, "--out", tmp_path / "eval"
+    )
     assert result.exit_code == 0, result.output
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert evaluated["split"] == "test" and evaluated["images"] == counts["test"]
@@ -153,7 +172,8 @@ def test_thresholds_travel_in_the_model_for_evaluate_and_predict(multi_run, tmp_
     assert evaluated["split"] == "all" and evaluated["images"] == len(rows)
     assert evaluated["mean_average_precision"] > evaluated["label_frequency"] + 0.3
     assert [evaluated["per_class"][name]["threshold"] for name in names] == pytest.approx(
-        stored["thresholds"])
+        stored["thresholds"]
+    )
     assert "mAP " in result.output
     with open(tmp_path / "eval" / "predictions.csv") as f:
         probabilities = {row["path"]: row for row in csv.DictReader(f)}
@@ -170,15 +190,22 @@ def test_thresholds_travel_in_the_model_for_evaluate_and_predict(multi_run, tmp_
         shown = [p["probability"] for p in row["predictions"]]
         assert shown == sorted(shown, reverse=True)
         assert {p["label"]: p["probability"] for p in row["predictions"]} == pytest.approx(
-            {name: probs[name] for name in above}, abs=1e-3)  # other batches, other rounding
+            {name: probs[name] for name in above}, abs=1e-3
+        )  # other batches, other rounding
 
 
 def test_hash_split_of_a_csv_is_stable_and_stratified(tmp_path):
     rows = [(path, name) for name, path in sample_files()]
-    some = load_table(write_csv(tmp_path / "some.csv", ["path", "label"], rows[::2]),
-                      images=SAMPLE_DATA, val_split=0.2)
-    every = load_table(write_csv(tmp_path / "every.csv", ["path", "label"], rows),
-                       images=SAMPLE_DATA, val_split=0.2)
+    some = load_table(
+        write_csv(tmp_path / "some.csv", ["path", "label"], rows[::2]),
+        images=SAMPLE_DATA,
+        val_split=0.2,
+    )
+    every = load_table(
+        write_csv(tmp_path / "every.csv", ["path", "label"], rows),
+        images=SAMPLE_DATA,
+        val_split=0.2,
+    )
     assert every.source == "csv" and every.num_classes == 10
     val_counts = np.bincount(every.splits["val"].labels, minlength=10)
     assert val_counts.min() >= 1 and val_counts.sum() == len(every.splits["val"])
@@ -198,8 +225,7 @@ def test_missing_and_unreadable_rows_are_reported_and_skipped(tmp_path):
         (tmp_path / path).parent.mkdir(exist_ok=True)
         shutil.copy(Path(SAMPLE_DATA) / path, tmp_path / path)
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    rows = [(path, name) for name, path in files] + [("missing.png", "Bag"),
-                                                      ("broken.png", "Coat")]
+    rows = [(path, name) for name, path in files] + [("missing.png", "Bag"), ("broken.png", "Coat")]
     labels = write_csv(tmp_path / "labels.csv", ["path", "label"], rows)
     dataset = load_data(labels, resolve_options(weights=None))
     reasons = {Path(s["path"]).name: s["reason"] for s in dataset.skipped}
@@ -210,19 +236,43 @@ def test_missing_and_unreadable_rows_are_reported_and_skipped(tmp_path):
 
 BAD_CSVS = {
     # name: (header, rows, extra arguments, the error's start)
-    "no usable rows": (["path", "label"], [("gone.png", "a"), ("also-gone.png", "b")], (),
-                       "Error: {csv} has no usable rows: "),
-    "unknown column": (["path", "label"], [("x.png", "a")], ("--label-column", "kind"),
-                       "Error: Unknown label column: --label-column 'kind'. {csv} has the "
-                       "columns 'path', 'label'."),
-    "no label column": (["path", "name"], [("x.png", "a")], (),
-                        "Error: {csv} has no label column (looked for label, labels"),
-    "outside the folder": (["path", "label"], [("../../etc/passwd", "a")], (),
-                           "Error: Paths outside the image folder "),
-    "unknown split": (["path", "label", "split"], [("{image}", "a", "holdout")], (),
-                      "Error: Unknown split 'holdout' in row 2 of {csv}: expected train, val"),
-    "one class": (["path", "label"], [("{image}", "a")], (),
-                  "Error: {csv} names 1 class (a); a classifier needs at least two."),
+    "no usable rows": (
+        ["path", "label"],
+        [("gone.png", "a"), ("also-gone.png", "b")],
+        (),
+        "Error: {csv} has no usable rows: ",
+    ),
+    "unknown column": (
+        ["path", "label"],
+        [("x.png", "a")],
+        ("--label-column", "kind"),
+        "Error: Unknown label column: --label-column 'kind'. {csv} has the "
+        "columns 'path', 'label'.",
+    ),
+    "no label column": (
+        ["path", "name"],
+        [("x.png", "a")],
+        (),
+        "Error: {csv} has no label column (looked for label, labels",
+    ),
+    "outside the folder": (
+        ["path", "label"],
+        [("../../etc/passwd", "a")],
+        (),
+        "Error: Paths outside the image folder ",
+    ),
+    "unknown split": (
+        ["path", "label", "split"],
+        [("{image}", "a", "holdout")],
+        (),
+        "Error: Unknown split 'holdout' in row 2 of {csv}: expected train, val",
+    ),
+    "one class": (
+        ["path", "label"],
+        [("{image}", "a")],
+        (),
+        "Error: {csv} names 1 class (a); a classifier needs at least two.",
+    ),
 }
 
 
@@ -241,12 +291,15 @@ def test_every_bad_csv_is_one_error_line(case, tmp_path):
 
 def test_a_dataframe_is_read_like_a_csv(tmp_path):
     pandas = pytest.importorskip("pandas")
-    rows = [(path, name, SPLITS[i % len(SPLITS)])
-            for i, (name, path) in enumerate(sample_files(per_class=6))]
+    rows = [
+        (path, name, SPLITS[i % len(SPLITS)])
+        for i, (name, path) in enumerate(sample_files(per_class=6))
+    ]
     frame = pandas.DataFrame(rows, columns=["filename", "label", "subset"])
     from_frame = load_table(frame, images=SAMPLE_DATA)
-    from_csv = load_table(write_csv(tmp_path / "l.csv", ["filename", "label", "subset"], rows),
-                          images=SAMPLE_DATA)
+    from_csv = load_table(
+        write_csv(tmp_path / "l.csv", ["filename", "label", "subset"], rows), images=SAMPLE_DATA
+    )
     assert from_frame.class_names == from_csv.class_names
     for split in from_csv.splits:
         assert from_frame.splits[split].paths == from_csv.splits[split].paths
@@ -286,11 +339,13 @@ def test_the_guard_counts_an_image_right_when_its_labels_rank_first():
     from transfer.train.optim import labels_ranked_first
 
     labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=np.float32)
-    probabilities = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.4], [0.6, 0.5, 0.55],
-                              [0.1, 0.1, 0.1]], dtype=np.float32)
+    probabilities = np.array(
+        [[0.9, 0.1, 0.5], [0.2, 0.3, 0.4], [0.6, 0.5, 0.55], [0.1, 0.1, 0.1]], dtype=np.float32
+    )
     expected = [True, False, False, True]
     assert correct_predictions(labels, probabilities).tolist() == expected
     assert np.asarray(labels_ranked_first(labels, probabilities)).tolist() == [
-        float(e) for e in expected]
+        float(e) for e in expected
+    ]
     # Predicting nothing at all is not right, however sparse the labels.
     assert not correct_predictions(labels[:3], np.zeros((3, 3))).any()

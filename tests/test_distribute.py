@@ -20,8 +20,19 @@ from tests.conftest import make_image_folder, randomize
 from transfer.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--no-report", "--image-size", "32", "--batch-size", "8", "--early-stopping", "0",
-         "--dropout", "0", "--augment", "none"]
+SMALL = [
+    "--no-report",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--early-stopping",
+    "0",
+    "--dropout",
+    "0",
+    "--augment",
+    "none",
+]
 
 
 def _env(**extra):
@@ -64,12 +75,20 @@ for strategy in ("one", "mirrored"):
                       augment="none", early_stopping_patience=0, strategy=strategy)
     print(strategy, result.metrics["val"]["accuracy"], flush=True)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=_env(), cwd=tmp_path, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Training on 2 replicas (MirroredStrategy)" in done.stderr
-    one, mirrored = _weights(tmp_path / "one" / "model.keras"), \
-        _weights(tmp_path / "mirrored" / "model.keras")
+    one, mirrored = (
+        _weights(tmp_path / "one" / "model.keras"),
+        _weights(tmp_path / "mirrored" / "model.keras"),
+    )
     assert one.keys() == mirrored.keys()
     changed = 0
     for path, value in one.items():
@@ -94,14 +113,37 @@ def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
     out = tmp_path / "run"
     processes = []
     for index in range(2):
-        config = json.dumps({"cluster": {"worker": workers},
-                             "task": {"type": "worker", "index": index}})
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "transfer", "finetune", "--data", str(image_folder),
-             "--weights", "none", "--out", str(out), "--strategy", "multiworker",
-             "--head-epochs", "2", "--fine-tune-from", "none", *SMALL],
-            env=_env(TF_CONFIG=config), cwd=tmp_path, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
+        config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "transfer",
+                    "finetune",
+                    "--data",
+                    str(image_folder),
+                    "--weights",
+                    "none",
+                    "--out",
+                    str(out),
+                    "--strategy",
+                    "multiworker",
+                    "--head-epochs",
+                    "2",
+                    "--fine-tune-from",
+                    "none",
+                    *SMALL,
+                ],
+                env=_env(TF_CONFIG=config),
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, output in zip(processes, outputs):
         assert p.returncode == 0, output[-3000:]
@@ -115,23 +157,49 @@ def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
 
 
 def _finetune_command(folder, out, backbone_file, *extra):
-    return [sys.executable, "-m", "transfer", "finetune", "--data", str(folder),
-            "--weights", str(backbone_file), "--out", str(out), "--head-epochs", "2",
-            "--fine-tune-from", "conv5", "--fine-tune-epochs", "5", "--backup-interval", "0",
-            *SMALL, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "transfer",
+        "finetune",
+        "--data",
+        str(folder),
+        "--weights",
+        str(backbone_file),
+        "--out",
+        str(out),
+        "--head-epochs",
+        "2",
+        "--fine-tune-from",
+        "conv5",
+        "--fine-tune-epochs",
+        "5",
+        "--backup-interval",
+        "0",
+        *SMALL,
+        *extra,
+    ]
 
 
 @pytest.mark.heavy
 def test_killed_run_resumes_to_the_same_result(tmp_path, image_folder, backbone_file):
     env = _env(TRANSFER_CACHE_DIR=str(tmp_path / "cache"))
-    reference = subprocess.run(_finetune_command(image_folder, tmp_path / "straight",
-                                                 backbone_file),
-                               env=env, capture_output=True, text=True, timeout=600)
+    reference = subprocess.run(
+        _finetune_command(image_folder, tmp_path / "straight", backbone_file),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     out = tmp_path / "interrupted"
-    process = subprocess.Popen(_finetune_command(image_folder, out, backbone_file), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _finetune_command(image_folder, out, backbone_file),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metadata = out / "checkpoints" / "backup-fine-tune" / "backup.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -148,8 +216,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, image_folder, backbone_
     refused = CliRunner().invoke(cli, _finetune_command(image_folder, out, backbone_file)[3:])
     assert refused.exit_code == 2 and "is not empty" in refused.output
 
-    resumed = subprocess.run(_finetune_command(image_folder, out, backbone_file, "--resume"),
-                             env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _finetune_command(image_folder, out, backbone_file, "--resume"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Phase 1 finished before the interruption" in resumed.stderr
     assert "Resuming fine-tune from epoch" in resumed.stderr
@@ -160,5 +233,6 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, image_folder, backbone_
     assert config["status"] == "complete" and config["resumed"] is True
     assert not (out / "checkpoints").exists()
     with open(out / "history.csv") as f:
-        assert [line.split(",")[0] for line in f.read().split()[1:]] == ["head"] * 2 + \
-            ["fine-tune"] * 5
+        assert [line.split(",")[0] for line in f.read().split()[1:]] == ["head"] * 2 + [
+            "fine-tune"
+        ] * 5

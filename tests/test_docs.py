@@ -50,8 +50,10 @@ def requirement_name(line):
 def extras():
     """{extra: {requirement names}} of setup.cfg."""
     section = setup_cfg()["options.extras_require"]
-    return {name: {requirement_name(line) for line in section[name].splitlines() if line.strip()}
-            for name in section}
+    return {
+        name: {requirement_name(line) for line in section[name].splitlines() if line.strip()}
+        for name in section
+    }
 
 
 # ---------------------------------------------------------------- examples
@@ -109,8 +111,9 @@ def examples(path):
                 yield number, command[1:]
 
 
-ALL_EXAMPLES = [(path.relative_to(ROOT), number, args)
-                for path in DOCS for number, args in examples(path)]
+ALL_EXAMPLES = [
+    (path.relative_to(ROOT), number, args) for path in DOCS for number, args in examples(path)
+]
 
 
 def parse(args):
@@ -155,12 +158,15 @@ def test_every_example_in_the_readme_and_docs_parses(paths_need_not_exist, capsy
     assert set(cli.commands) <= used
 
 
-@pytest.mark.parametrize("args, error", [
-    (["finetune", "--data", "x", "--no-such-option"], "No such option"),
-    (["export", "runs/a", "--out", "m.tflite", "--quantize", "int4"], "int4"),
-    (["finetune", "--out", "runs/a"], "data"),
-    (["fine-tune", "--data", "x"], "no command"),
-])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["finetune", "--data", "x", "--no-such-option"], "No such option"),
+        (["export", "runs/a", "--out", "m.tflite", "--quantize", "int4"], "int4"),
+        (["finetune", "--out", "runs/a"], "data"),
+        (["fine-tune", "--data", "x"], "no command"),
+    ],
+)
 def test_a_wrong_example_would_fail(paths_need_not_exist, args, error):
     with pytest.raises((click.ClickException, AssertionError), match=error):
         parse(args)
@@ -172,11 +178,12 @@ def test_continuations_prompts_and_pipes_are_read_as_a_shell_would(tmp_path):
         "Text mentioning transfer finetune --bogus outside code.\n\n"
         "    # a comment\n"
         "    TF_CONFIG='{\"a\": 1}' \\\n"
-        "        transfer finetune --data ./flowers --label-sep \"|\" --out runs/a\n"
+        '        transfer finetune --data ./flowers --label-sep "|" --out runs/a\n'
         "    $ transfer predict runs/a x.png --format csv > out.csv\n"
         "    transfer report runs/a && xdg-open runs/a/report.html\n"
         "    transfer, version 1.0\n\n"
-        "```python\nimport transfer\n```\n")
+        "```python\nimport transfer\n```\n"
+    )
     assert list(examples(page)) == [
         (4, ["finetune", "--data", "./flowers", "--label-sep", "|", "--out", "runs/a"]),
         (6, ["predict", "runs/a", "x.png", "--format", "csv"]),
@@ -197,8 +204,14 @@ def test_the_readme_links_into_the_docs_and_every_link_resolves():
     links = re.findall(r"\]\(([^)\s]+)\)", readme)
     targets = {link.split("#")[0] for link in links}
     # how to predict, export int8 and read the report: a link away
-    assert {"docs/guides/using.md", "docs/guides/deploying.md", "docs/guides/report.md",
-            "docs/reference/cli.md", "docs/reference/api.md", "docs/benchmarks.md"} <= targets
+    assert {
+        "docs/guides/using.md",
+        "docs/guides/deploying.md",
+        "docs/guides/report.md",
+        "docs/reference/cli.md",
+        "docs/reference/api.md",
+        "docs/benchmarks.md",
+    } <= targets
     for link in links:
         if re.match(r"[a-z]+:", link):
             continue
@@ -266,11 +279,15 @@ def site_url(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/", site
@@ -285,8 +302,9 @@ def test_the_site_renders_in_a_browser_and_its_search_finds_quantize(site_url, t
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, site = site_url
-    pages = sorted(path.parent.relative_to(site).as_posix() + "/"
-                   for path in site.rglob("index.html"))
+    pages = sorted(
+        path.parent.relative_to(site).as_posix() + "/" for path in site.rglob("index.html")
+    )
     pages = ["" if page == "./" else page for page in pages]
     assert len(pages) >= 15
     driver = chrome(tmp_path)
@@ -297,15 +315,18 @@ def test_the_site_renders_in_a_browser_and_its_search_finds_quantize(site_url, t
             assert driver.find_element(By.CSS_SELECTOR, "article h1").text, page
             images = driver.execute_script(
                 "return Array.from(document.querySelectorAll('article img'), "
-                "i => [i.src, i.complete && i.naturalWidth > 0])")
+                "i => [i.src, i.complete && i.naturalWidth > 0])"
+            )
             assert all(ok for _, ok in images), (page, images)
             console += [(page, entry) for entry in driver.get_log("browser")]
         driver.get(url + "?q=quantize")
         WebDriverWait(driver, 30).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, ".md-search-result__item"))
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".md-search-result__item")
+        )
         results = driver.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
-        found = {re.split(r"[#?]", link.get_attribute("href"))[0].removeprefix(url)
-                 for link in results}
+        found = {
+            re.split(r"[#?]", link.get_attribute("href"))[0].removeprefix(url) for link in results
+        }
         console += [("?q=quantize", entry) for entry in driver.get_log("browser")]
     finally:
         driver.quit()

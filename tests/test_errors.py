@@ -13,16 +13,24 @@ from transfer.cli import cli
     [
         (dict(depth=34), r"Unsupported ResNet depth: 34\. Expected one of 50, 101, 152"),
         (dict(version="v3"), r"Unknown ResNet version: 'v3'\. Expected one of v1, v1\.5, v2"),
-        (dict(include_top=False, input_shape=(31, 64, 3)),
-         r"at least 32x32\. Received: input_shape=\(31, 64, 3\)"),
-        (dict(weights="imagenet", input_shape=(200, 200, 3)),
-         r"must be \(224, 224, 3\)\. Received: input_shape=\(200, 200, 3\)"),
-        (dict(weights="/no/such/weights.h5"),
-         r"Unknown weights: '/no/such/weights.h5'\. Expected None .*'imagenet'"),
+        (
+            dict(include_top=False, input_shape=(31, 64, 3)),
+            r"at least 32x32\. Received: input_shape=\(31, 64, 3\)",
+        ),
+        (
+            dict(weights="imagenet", input_shape=(200, 200, 3)),
+            r"must be \(224, 224, 3\)\. Received: input_shape=\(200, 200, 3\)",
+        ),
+        (
+            dict(weights="/no/such/weights.h5"),
+            r"Unknown weights: '/no/such/weights.h5'\. Expected None .*'imagenet'",
+        ),
         (dict(include_top=False, pooling="sum"), r"Unknown pooling: 'sum'"),
         (dict(weights="imagenet", classes=10), r"classes must be 1000\. Received: classes=10"),
-        (dict(weights="imagenet", include_top=False, input_shape=(64, 64, 4)),
-         r"3 input channels.*input_shape=\(64, 64, 4\)"),
+        (
+            dict(weights="imagenet", include_top=False, input_shape=(64, 64, 4)),
+            r"3 input channels.*input_shape=\(64, 64, 4\)",
+        ),
     ],
 )
 def test_python_errors_name_the_bad_value(kwargs, message):
@@ -35,10 +43,18 @@ def test_python_errors_name_the_bad_value(kwargs, message):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["info", "--depth", "34"], "Error: Unsupported ResNet depth: 34. Expected one of 50, 101, 152."),
-        (["info", "--version", "v3"], "Error: Unknown ResNet version: 'v3'. Expected one of v1, v1.5, v2."),
-        (["info", "--image-size", "16"],
-         "Error: Invalid value for '--image-size': 16 is not in the range x>=32."),
+        (
+            ["info", "--depth", "34"],
+            "Error: Unsupported ResNet depth: 34. Expected one of 50, 101, 152.",
+        ),
+        (
+            ["info", "--version", "v3"],
+            "Error: Unknown ResNet version: 'v3'. Expected one of v1, v1.5, v2.",
+        ),
+        (
+            ["info", "--image-size", "16"],
+            "Error: Invalid value for '--image-size': 16 is not in the range x>=32.",
+        ),
         (["info", "--depth"], "Error: Option '--depth' requires an argument."),
         (["nope"], "Error: No such command 'nope'."),
     ],

@@ -35,16 +35,34 @@ def project(tmp_path_factory):
     on them, both given relative to the project folder as a user would."""
     root = tmp_path_factory.mktemp("project")
     make_image_folder(root / "images", {"cat": 10, "dog": 10, "fox": 10}, size=(32, 32))
-    rows = [["path", "label"]] + [[f"images/{c}/{p.name}", c] for c in ("cat", "dog", "fox")
-                                  for p in sorted((root / "images" / c).iterdir())]
+    rows = [["path", "label"]] + [
+        [f"images/{c}/{p.name}", c]
+        for c in ("cat", "dog", "fox")
+        for p in sorted((root / "images" / c).iterdir())
+    ]
     with open(root / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     here = os.getcwd()
     os.chdir(root)
     try:
-        result = run_cli("finetune", "--data", "images", "--out", "run", "--no-report",
-                         "--arch", "mobilenet_v3_small", "--weights", "none",
-                         "--image-size", 32, "--head-epochs", 1, "--fine-tune-from", "none")
+        result = run_cli(
+            "finetune",
+            "--data",
+            "images",
+            "--out",
+            "run",
+            "--no-report",
+            "--arch",
+            "mobilenet_v3_small",
+            "--weights",
+            "none",
+            "--image-size",
+            32,
+            "--head-epochs",
+            1,
+            "--fine-tune-from",
+            "none",
+        )
     finally:
         os.chdir(here)
     assert result.exit_code == 0, result.output
@@ -82,15 +100,16 @@ def test_split_all_scores_the_training_images_and_says_how_many(project, monkeyp
     assert result.exit_code == 0, result.output
     assert f"training images scored: {train} of 30 (not a held-out score)" in result.output
     page = (root / "ev-all" / "report.html").read_text()
-    assert (f"<th>training images scored</th><td>{train} of 30: the run trained on them, so "
-            "these scores are not held-out</td>") in page
+    assert (
+        f"<th>training images scored</th><td>{train} of 30: the run trained on them, so "
+        "these scores are not held-out</td>"
+    ) in page
 
 
 def test_a_split_the_run_does_not_have_is_refused(project, monkeypatch):
     root, _ = project
     monkeypatch.chdir(root)
-    result = run_cli("evaluate", "run", "--data", "images", "--out", "ev-test", "--split",
-                     "test")
+    result = run_cli("evaluate", "run", "--data", "images", "--out", "ev-test", "--split", "test")
     assert result.exit_code == 2, result.output
     assert "has no test images" in result.output.strip().splitlines()[-1]
 
@@ -105,8 +124,9 @@ def test_other_data_holding_training_images_leaves_them_out(project, monkeypatch
     assert metrics["images"] == 30 - train and metrics["training_images_scored"] == 0
     assert metrics["training_images_left_out"] == train
     assert f"training images left out: {train} (--split all scores them)" in result.output
-    result = run_cli("evaluate", "run", "--data", "labels.csv", "--out", "ev-csv-all",
-                     "--split", "all")
+    result = run_cli(
+        "evaluate", "run", "--data", "labels.csv", "--out", "ev-csv-all", "--split", "all"
+    )
     assert result.exit_code == 0, result.output
     metrics = metrics_of(root / "ev-csv-all")
     assert metrics["images"] == 30 and metrics["training_images_scored"] == train
@@ -119,11 +139,14 @@ def test_exports_comparison_on_other_data_counts_the_training_images(project, mo
     compared = reopen_data(root / "run", "labels.csv").splits["val"].paths
     overlap = sum(os.path.realpath(p) in trained for p in compared)
     assert overlap > 0  # the CSV's hash split is not the folder's
-    result = run_cli("export", "run", "--format", "keras", "--out", "m.keras",
-                     "--data", "labels.csv")
+    result = run_cli(
+        "export", "run", "--format", "keras", "--out", "m.keras", "--data", "labels.csv"
+    )
     assert result.exit_code == 0, result.output
-    assert (f"Warning: {overlap} of the {len(compared)} images compared are training images "
-            "of the model's run") in result.output
+    assert (
+        f"Warning: {overlap} of the {len(compared)} images compared are training images "
+        "of the model's run"
+    ) in result.output
     result = run_cli("export", "run", "--format", "keras", "--out", "m2.keras")
     assert result.exit_code == 0 and "training images" not in result.output
 
@@ -153,8 +176,9 @@ def other_model(root, folder):
     return save_model(model, folder / "model.keras", read_model_metadata(source))
 
 
-def test_report_from_another_folder_uses_the_model_and_images_evaluated(project, monkeypatch,
-                                                                       tmp_path):
+def test_report_from_another_folder_uses_the_model_and_images_evaluated(
+    project, monkeypatch, tmp_path
+):
     root, _ = project
     monkeypatch.chdir(root)
     result = run_cli("evaluate", "run", "--data", "images", "--out", "ev-moved")
@@ -190,15 +214,15 @@ def test_report_refuses_a_model_that_is_not_the_one_evaluated(project, monkeypat
     assert result.output.strip().splitlines()[-1] == (
         f"Error: {(copy / 'model.keras').resolve()} is not the model "
         f"{Path('ev-copy')} was evaluated with (its size or SHA-256 differs from the "
-        "model_file of metrics.json). Evaluate it again to report on it.")
+        "model_file of metrics.json). Evaluate it again to report on it."
+    )
     assert (root / "ev-copy" / "metrics.json").read_text() == before  # nothing overwritten
     os.remove(copy / "model.keras")
     result = run_cli("report", "ev-copy")
     assert result.exit_code == 2 and "does not exist any more" in result.output
 
 
-def test_an_older_evaluation_folder_reports_where_its_model_path_resolves(project,
-                                                                         monkeypatch):
+def test_an_older_evaluation_folder_reports_where_its_model_path_resolves(project, monkeypatch):
     root, _ = project
     monkeypatch.chdir(root)
     result = run_cli("evaluate", "run", "--data", "images", "--out", "ev-old")
@@ -218,22 +242,48 @@ def test_a_tfds_run_is_evaluated_on_its_held_out_split_by_name(tmp_path):
     from tests.conftest import mock_tfds_metadata
 
     mock_tfds_metadata(tmp_path / "tfds", splits=(("train", 20), ("test", 10)))
-    with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_FILES,
-                                data_dir=str(tmp_path / "tfds")):
-        result = run_cli("finetune", "--data", "tfds:mnist", "--tfds-data-dir", tmp_path / "tfds",
-                         "--arch", "mobilenet_v3_small", "--weights", "none", "--out",
-                         tmp_path / "run", "--image-size", 32, "--head-epochs", 1,
-                         "--fine-tune-from", "none", "--no-report")
+    with tfds.testing.mock_data(
+        num_examples=20, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path / "tfds")
+    ):
+        result = run_cli(
+            "finetune",
+            "--data",
+            "tfds:mnist",
+            "--tfds-data-dir",
+            tmp_path / "tfds",
+            "--arch",
+            "mobilenet_v3_small",
+            "--weights",
+            "none",
+            "--out",
+            tmp_path / "run",
+            "--image-size",
+            32,
+            "--head-epochs",
+            1,
+            "--fine-tune-from",
+            "none",
+            "--no-report",
+        )
         assert result.exit_code == 0, result.output
         splits = read_config(tmp_path / "run")["dataset"]["splits"]
         scored = {}
         for split in (None, "val", "all"):
             out = tmp_path / f"ev-{split}"
-            result = run_cli("evaluate", tmp_path / "run", "--data", "tfds:mnist", "--out", out,
-                             *(("--split", split) if split else ()))
+            result = run_cli(
+                "evaluate",
+                tmp_path / "run",
+                "--data",
+                "tfds:mnist",
+                "--out",
+                out,
+                *(("--split", split) if split else ()),
+            )
             assert result.exit_code == 0, result.output
             metrics = metrics_of(out)
-            scored[split] = (metrics["split"], metrics["images"],
-                             metrics["training_images_scored"])
-    assert scored == {None: ("test", splits["test"], 0), "val": ("val", splits["val"], 0),
-                      "all": ("all", sum(splits.values()), splits["train"])}
+            scored[split] = (metrics["split"], metrics["images"], metrics["training_images_scored"])
+    assert scored == {
+        None: ("test", splits["test"], 0),
+        "val": ("val", splits["val"], 0),
+        "all": ("all", sum(splits.values()), splits["train"]),
+    }

@@ -18,9 +18,14 @@ from transfer.errors import InvalidArgumentError
 
 CLASSES = sorted(p.name for p in Path(SAMPLE_DATA).iterdir() if p.is_dir())
 # (name, format, quantisation) of the exports of the default run
-EXPORTS = [("model.keras", "keras", "none"), ("savedmodel", "savedmodel", "none"),
-           ("model.tflite", "tflite", "none"), ("int8.tflite", "tflite", "int8"),
-           ("int16x8.tflite", "tflite", "int16x8"), ("model.onnx", "onnx", "none")]
+EXPORTS = [
+    ("model.keras", "keras", "none"),
+    ("savedmodel", "savedmodel", "none"),
+    ("model.tflite", "tflite", "none"),
+    ("int8.tflite", "tflite", "int8"),
+    ("int16x8.tflite", "tflite", "int16x8"),
+    ("model.onnx", "onnx", "none"),
+]
 FLOAT_TOLERANCE = 1e-4  # on probabilities, for the unquantised formats
 # Top-1 agreement with the Keras model of int8 and int16x8 (int8 weights, 16-bit
 # activations), at least. On this shallow CNN int16x8 is the further of the two (its
@@ -37,9 +42,12 @@ def run_cli(*args):
 def sample_images(size=32):
     """The Fashion-MNIST sample, resized as the pipeline does (bilinear, whole levels)."""
     paths = sorted(Path(SAMPLE_DATA).glob("*/*.png"))
-    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size),
-                                                                      Image.BILINEAR))
-                       for p in paths])
+    images = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR))
+            for p in paths
+        ]
+    )
     labels = np.array([CLASSES.index(p.parent.name) for p in paths])
     return images.astype("uint8"), labels
 
@@ -67,8 +75,18 @@ def exported(tmp_path_factory):
     (run / "labels.txt").write_text("\n".join(CLASSES) + "\n")
     outputs = {}
     for name, fmt, quantize in EXPORTS:
-        result = run_cli("export", run / "model.keras", "--format", fmt, "--quantize", quantize,
-                         "--data", SAMPLE_DATA, "--out", root / name)
+        result = run_cli(
+            "export",
+            run / "model.keras",
+            "--format",
+            fmt,
+            "--quantize",
+            quantize,
+            "--data",
+            SAMPLE_DATA,
+            "--out",
+            root / name,
+        )
         assert result.exit_code == 0, result.output
         outputs[name] = result.output
     return run, root, outputs
@@ -84,7 +102,7 @@ import json, sys, zipfile
 import numpy as np, tensorflow as tf, keras, onnxruntime
 from ai_edge_litert.interpreter import Interpreter
 root = {str(root)!r}
-images = np.load({str(tmp_path / 'images.npy')!r})
+images = np.load({str(tmp_path / "images.npy")!r})
 out = {{}}
 out["model.keras"] = keras.models.load_model(root + "/model.keras")(images.astype("float32"))
 saved = tf.saved_model.load(root + "/savedmodel")
@@ -112,15 +130,17 @@ print(json.dumps({{"probabilities": {{k: np.asarray(v).tolist() for k, v in out.
                   "tflite_metadata": tflite_metadata, "onnx_metadata": onnx_metadata,
                   "onnx_inputs": [[i.name, i.shape, i.type] for i in session.get_inputs()]}}))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     expected = np.asarray(keras.models.load_model(run / "model.keras")(images.astype("float32")))
     probabilities = {k: np.array(v) for k, v in got["probabilities"].items()}
     for name in ("model.keras", "savedmodel", "model.tflite", "model.onnx"):
-        np.testing.assert_allclose(probabilities[name], expected, atol=FLOAT_TOLERANCE,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            probabilities[name], expected, atol=FLOAT_TOLERANCE, err_msg=name
+        )
     int8_agreement = np.mean(probabilities["int8.tflite"].argmax(1) == expected.argmax(1))
     print(f"int8 top-1 agreement with the Keras model: {int8_agreement:.2%}")
     assert int8_agreement >= INT8_AGREEMENT
@@ -153,15 +173,26 @@ def test_export_compares_with_the_keras_model(exported):
     # int8 may lose an image of the 60 (1.67 points, above the 1-point default): the
     # float formats never may.
     assert "Warning: The export is" not in "".join(
-        text for name, text in outputs.items() if name not in ("int8.tflite", "int16x8.tflite"))
+        text for name, text in outputs.items() if name not in ("int8.tflite", "int16x8.tflite")
+    )
 
 
 def test_evaluate_reports_on_every_exported_format(exported, tmp_path):
     run, root, _ = exported
     reports = {}
     for name, _, _ in EXPORTS:
-        result = run_cli("evaluate", root / name, "--data", SAMPLE_DATA, "--out",
-                         tmp_path / name, "--compare", run / "model.keras", "--split", "all")
+        result = run_cli(
+            "evaluate",
+            root / name,
+            "--data",
+            SAMPLE_DATA,
+            "--out",
+            tmp_path / name,
+            "--compare",
+            run / "model.keras",
+            "--split",
+            "all",
+        )
         assert result.exit_code == 0, result.output
         assert "agreement with" in result.output
         reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())
@@ -175,7 +206,8 @@ def test_evaluate_reports_on_every_exported_format(exported, tmp_path):
             assert metrics["agreement"]["top1_agreement"] == 1.0, name
         else:
             assert metrics["agreement"]["top1_agreement"] >= (
-                INT16X8_AGREEMENT if quantize == "int16x8" else INT8_AGREEMENT)
+                INT16X8_AGREEMENT if quantize == "int16x8" else INT8_AGREEMENT
+            )
             assert abs(metrics["agreement"]["accuracy_difference_points"]) <= 2
 
 
@@ -183,24 +215,49 @@ def test_export_warns_above_max_drop_and_refuses_bad_options(exported, tmp_path,
     run, _, _ = exported
     model = run / "model.keras"
     # a threshold no export can meet shows the warning
-    result = run_cli("export", model, "--format", "keras", "--data", SAMPLE_DATA,
-                     "--max-drop", "-1", "--out", tmp_path / "m.keras")
+    result = run_cli(
+        "export",
+        model,
+        "--format",
+        "keras",
+        "--data",
+        SAMPLE_DATA,
+        "--max-drop",
+        "-1",
+        "--out",
+        tmp_path / "m.keras",
+    )
     assert result.exit_code == 0
-    assert ("Warning: The export is 0.00 accuracy points below the Keras model (more than "
-            "--max-drop -1).") in result.output
-    result = run_cli("export", model, "--format", "onnx", "--quantize", "int8",
-                     "--out", tmp_path / "m.onnx")
+    assert (
+        "Warning: The export is 0.00 accuracy points below the Keras model (more than "
+        "--max-drop -1)."
+    ) in result.output
+    result = run_cli(
+        "export", model, "--format", "onnx", "--quantize", "int8", "--out", tmp_path / "m.onnx"
+    )
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
-        "Error: --quantize 'int8' applies to --format 'tflite' only.")
-    result = run_cli("export", model, "--format", "tflite", "--quantize", "int8",
-                     "--out", tmp_path / "m.tflite")
+        "Error: --quantize 'int8' applies to --format 'tflite' only."
+    )
+    result = run_cli(
+        "export", model, "--format", "tflite", "--quantize", "int8", "--out", tmp_path / "m.tflite"
+    )
     assert result.exit_code == 2 and "calibrates on training images: pass --data" in result.output
     # int8 below the agreement one would ship points to int16x8 (this model's int8 is
     # above it, so the bar is raised)
     monkeypatch.setattr("transfer.commands.export.INT8_HINT_AGREEMENT", 1.01)
-    result = run_cli("export", model, "--format", "tflite", "--quantize", "int8",
-                     "--data", SAMPLE_DATA, "--out", tmp_path / "m8.tflite")
+    result = run_cli(
+        "export",
+        model,
+        "--format",
+        "tflite",
+        "--quantize",
+        "int8",
+        "--data",
+        SAMPLE_DATA,
+        "--out",
+        tmp_path / "m8.tflite",
+    )
     assert result.exit_code == 0, result.output
     assert "of the top-1 predictions: --quantize int16x8 (int8 weights" in result.output
     # a missing extra names the extra that installs it
@@ -212,12 +269,14 @@ def test_export_warns_above_max_drop_and_refuses_bad_options(exported, tmp_path,
         return real_import(name, *args)
 
     monkeypatch.setattr("importlib.import_module", without_onnxruntime)
-    result = run_cli("evaluate", exported[1] / "model.onnx", "--data", SAMPLE_DATA,
-                     "--out", tmp_path / "e")
+    result = run_cli(
+        "evaluate", exported[1] / "model.onnx", "--data", SAMPLE_DATA, "--out", tmp_path / "e"
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         "Error: onnxruntime is not installed (No module named 'onnxruntime'); "
-        "`pip install 'transfer-keras[onnx]'` installs it.")
+        "`pip install 'transfer-keras[onnx]'` installs it."
+    )
 
 
 def test_a_runner_averages_with_the_mirror_as_the_compiled_path_does():
@@ -266,8 +325,9 @@ def test_int8_range_counts_every_image_the_same():
     from transfer.export.tflite import best_range
 
     rng = np.random.default_rng(0)
-    images = [rng.uniform(0, 1, 500) for _ in range(94)] + \
-             [rng.uniform(0, 100, 500) for _ in range(6)]
+    images = [rng.uniform(0, 1, 500) for _ in range(94)] + [
+        rng.uniform(0, 100, 500) for _ in range(6)
+    ]
     highest = max(image.max() for image in images)
     low, high = best_range(images, 0.0, highest, "per image")
     assert low == 0.0 and 1.0 < high < 0.7 * highest
@@ -287,15 +347,20 @@ def test_best_range_finds_what_trying_every_scale_finds(weighing):
 
     def exhaustive(images, low, high):
         values = np.concatenate(images).astype(np.float64)
-        weights = (np.full(values.size, 1.0 / values.size) if weighing == "absolute" else
-                   np.concatenate([np.full(image.size, 1.0 / (image.size * np.mean(image ** 2)))
-                                   for image in images]))
+        weights = (
+            np.full(values.size, 1.0 / values.size)
+            if weighing == "absolute"
+            else np.concatenate(
+                [np.full(image.size, 1.0 / (image.size * np.mean(image**2))) for image in images]
+            )
+        )
 
         def error(scale):
             lo, hi = low * scale, high * scale
             step = (hi - lo) / 255
             rounded = np.round((np.clip(values, lo, hi) - lo) / step) * step + lo
             return np.sum(weights * (rounded - values) ** 2)
+
         scale = min(RANGE_SCALES, key=error)
         return low * scale, high * scale
 
@@ -308,17 +373,20 @@ def test_best_range_finds_what_trying_every_scale_finds(weighing):
         images = [image.astype(np.float32) for image in images]
         low = min(float(image.min()) for image in images)
         high = max(float(image.max()) for image in images)
-        np.testing.assert_allclose(best_range(images, low, high, weighing),
-                                   exhaustive(images, low, high), rtol=1e-6)
+        np.testing.assert_allclose(
+            best_range(images, low, high, weighing), exhaustive(images, low, high), rtol=1e-6
+        )
 
 
 def _ranges(flatbuffer):
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    return {t.name.decode(): (float(t.quantization.min[0]), float(t.quantization.max[0]))
-            for t in model.subgraphs[0].tensors
-            if t.quantization is not None and t.quantization.min is not None}
+    return {
+        t.name.decode(): (float(t.quantization.min[0]), float(t.quantization.max[0]))
+        for t in model.subgraphs[0].tensors
+        if t.quantization is not None and t.quantization.min is not None
+    }
 
 
 def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
@@ -341,17 +409,31 @@ def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
     outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, outputs)
     assert tflite.feature_and_head_layers(model) == ["body_out", "head_pool", "predictions"]
-    info = ExportInfo((32, 32), CLASSES, quantize="int8",
-                      representative=lambda: (images[i:i + 1] for i in range(40)))
+    info = ExportInfo(
+        (32, 32),
+        CLASSES,
+        quantize="int8",
+        representative=lambda: (images[i : i + 1] for i in range(40)),
+    )
     calibrations = []
     fitted_ranges = tflite.fitted_ranges
-    monkeypatch.setattr(tflite, "fitted_ranges", lambda calibrated, values, weighing: (
-        calibrations.append((calibrated, fitted_ranges(calibrated, values, weighing)))
-        or calibrations[-1][1]))
+    monkeypatch.setattr(
+        tflite,
+        "fitted_ranges",
+        lambda calibrated, values, weighing: (
+            calibrations.append((calibrated, fitted_ranges(calibrated, values, weighing)))
+            or calibrations[-1][1]
+        ),
+    )
     scored = []
     fidelity = tflite.fidelity
-    monkeypatch.setattr(tflite, "fidelity", lambda flatbuffer, images, expected: (
-        scored.append((fidelity(flatbuffer, images, expected), flatbuffer)) or scored[-1][0]))
+    monkeypatch.setattr(
+        tflite,
+        "fidelity",
+        lambda flatbuffer, images, expected: (
+            scored.append((fidelity(flatbuffer, images, expected), flatbuffer)) or scored[-1][0]
+        ),
+    )
     tflite.write(model, tmp_path / "m.tflite", info)
     # The file is the candidate closer to the Keras model on the calibration images.
     assert len(scored) == len(tflite.RANGE_WEIGHINGS)
@@ -365,8 +447,14 @@ def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
     for _, fitted in calibrations:
         tightened = _ranges(fitted)
         assert min_max.keys() == tightened.keys()
-        assert all(min(min_max[n][0], 0) <= tightened[n][0] <= 0 <= tightened[n][1]
-                   <= max(min_max[n][1], 0) for n in min_max)
+        assert all(
+            min(min_max[n][0], 0)
+            <= tightened[n][0]
+            <= 0
+            <= tightened[n][1]
+            <= max(min_max[n][1], 0)
+            for n in min_max
+        )
     conv = next(n for n in min_max if "body_conv" in n.split(";")[0])
     tightened = _ranges(calibrations[0][1])  # absolute error
     assert tightened[conv][1] < min_max[conv][1]
@@ -380,7 +468,9 @@ def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
     activations = {name: types & {"int8", "float32"} for name, types in dtypes.items()}
     assert "int8" in activations["body_conv"] and "int8" in activations["last_conv"]
     # The file's int8 step is a fitted range's.
-    steps = [(high - low) / 255 for low, high in (_ranges(fitted)[conv] for _, fitted in calibrations)]
+    steps = [
+        (high - low) / 255 for low, high in (_ranges(fitted)[conv] for _, fitted in calibrations)
+    ]
     assert min(abs(scale - step) / step for step in steps) < 1e-3
     assert activations["body_out"] == activations["head_pool"] == {"float32"}
 
@@ -389,22 +479,45 @@ def test_int8_keeps_the_features_and_the_head_float(tmp_path, monkeypatch):
 def test_a_resnet50_run_in_every_format_and_quantisation(tmp_path):
     """The sample run of the README, every format and quantisation, compared."""
     run = tmp_path / "run"
-    result = run_cli("finetune", "--data", SAMPLE_DATA, "--weights", "none", "--out", run,
-                     "--image-size", "32", "--head-epochs", "3", "--fine-tune-from", "none")
+    result = run_cli(
+        "finetune",
+        "--data",
+        SAMPLE_DATA,
+        "--weights",
+        "none",
+        "--out",
+        run,
+        "--image-size",
+        "32",
+        "--head-epochs",
+        "3",
+        "--fine-tune-from",
+        "none",
+    )
     assert result.exit_code == 0, result.output
-    for name, fmt, quantize in [("m.onnx", "onnx", "none"), ("sm", "savedmodel", "none"),
-                                *[(f"{q}.tflite", "tflite", q)
-                                  for q in ("none", "float16", "dynamic", "int8",
-                                            "int16x8")]]:
-        result = run_cli("export", run, "--format", fmt, "--quantize", quantize,
-                         "--out", tmp_path / name)
+    for name, fmt, quantize in [
+        ("m.onnx", "onnx", "none"),
+        ("sm", "savedmodel", "none"),
+        *[(f"{q}.tflite", "tflite", q) for q in ("none", "float16", "dynamic", "int8", "int16x8")],
+    ]:
+        result = run_cli(
+            "export", run, "--format", fmt, "--quantize", quantize, "--out", tmp_path / name
+        )
         assert result.exit_code == 0, result.output
         line = next(x for x in result.output.splitlines() if x.startswith("Compared with"))
         print(name, line)
         if quantize == "none":
             assert "top-1 agreement 100.00%" in line, line
-        result = run_cli("evaluate", tmp_path / name, "--data", SAMPLE_DATA, "--out",
-                         tmp_path / f"eval-{name}", "--split", "all")
+        result = run_cli(
+            "evaluate",
+            tmp_path / name,
+            "--data",
+            SAMPLE_DATA,
+            "--out",
+            tmp_path / f"eval-{name}",
+            "--split",
+            "all",
+        )
         assert result.exit_code == 0, result.output
         metrics = json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text())
         assert metrics["compared_with"] == str(run.resolve() / "model.keras")  # its source

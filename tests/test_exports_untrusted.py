@@ -50,8 +50,7 @@ class _Writes(tf.Module):
         super().__init__()
         self.target = str(target)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(self, images):
         tf.io.write_file(self.target, "written by the model")
         return {"probabilities": tf.ones([tf.shape(images)[0], 2]) / 2}
@@ -69,13 +68,17 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     keras.utils.set_random_seed(0)
     made = {
-        "classifier": _tflite(_pixels_model(
-            lambda x: keras.layers.Dense(2, activation="softmax")(x)), root / "ok.tflite"),
-        "logits": _tflite(_pixels_model(lambda x: keras.layers.Dense(2)(x) * 100.0),
-                          root / "logits.tflite"),
-        "feature map": _tflite(keras.Sequential([keras.Input((32, 32, 3)),
-                                                 keras.layers.Conv2D(4, 3)]),
-                               root / "fmap.tflite"),
+        "classifier": _tflite(
+            _pixels_model(lambda x: keras.layers.Dense(2, activation="softmax")(x)),
+            root / "ok.tflite",
+        ),
+        "logits": _tflite(
+            _pixels_model(lambda x: keras.layers.Dense(2)(x) * 100.0), root / "logits.tflite"
+        ),
+        "feature map": _tflite(
+            keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3)]),
+            root / "fmap.tflite",
+        ),
         "junk": root / "junk.tflite",
     }
     made["junk"].write_bytes(b"not a model")
@@ -94,38 +97,37 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data"), {"cat": 3, "dog": 3},
-                             size=(32, 32))
+    return make_image_folder(tmp_path_factory.mktemp("data"), {"cat": 3, "dog": 3}, size=(32, 32))
 
 
 def _one_error_line(result, code=2):
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], \
-        result.stderr
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
     return errors[0]
 
 
 # ------------------------------------------------------------------------ item 15
 
 
-def test_a_savedmodel_transfer_did_not_write_is_refused_unless_trusted(tmp_path, models,
-                                                                        data):
+def test_a_savedmodel_transfer_did_not_write_is_refused_unless_trusted(tmp_path, models, data):
     written = models["foreign"].parent / "written-by-the-model.txt"
     written.unlink(missing_ok=True)
     result = run_cli("evaluate", models["foreign"], "--data", data, "--out", tmp_path / "ev")
     error = _one_error_line(result)
-    assert error.startswith(f"Error: {models['foreign']} is a SavedModel that transfer did "
-                            "not write"), error
+    assert error.startswith(
+        f"Error: {models['foreign']} is a SavedModel that transfer did not write"
+    ), error
     assert "--trust-model" in error
     assert not written.exists()
     with pytest.raises(InvalidArgumentError, match="trust_model=True"):
         evaluate(models["foreign"], data, tmp_path / "ev-python")
     assert not written.exists()
     # trusted: it runs, and its graph does what it does
-    result = run_cli("evaluate", models["foreign"], "--data", data, "--out", tmp_path / "ev",
-                     "--trust-model")
+    result = run_cli(
+        "evaluate", models["foreign"], "--data", data, "--out", tmp_path / "ev", "--trust-model"
+    )
     assert result.exit_code == 0, result.output
     assert written.exists()
 
@@ -145,16 +147,19 @@ def test_a_savedmodel_with_our_marker_needs_no_trust(tmp_path, models):
 # ------------------------------------------------------------------------ item 14
 
 
-@pytest.mark.parametrize("name, message", [
-    ("logits", "outputs values from "),
-    ("feature map", "is not a classifier of its 2 classes: it outputs (?, 30, 30, 4)"),
-    ("junk", "is not a TFLite model that can be read"),
-    ("unsigned", "has no serving_default signature (it has other)"),
-])
-def test_a_model_that_is_not_a_classifier_is_one_error_line(tmp_path, models, data, name,
-                                                            message):
-    result = run_cli("evaluate", models[name], "--data", data, "--out", tmp_path / "ev",
-                     "--trust-model")
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("logits", "outputs values from "),
+        ("feature map", "is not a classifier of its 2 classes: it outputs (?, 30, 30, 4)"),
+        ("junk", "is not a TFLite model that can be read"),
+        ("unsigned", "has no serving_default signature (it has other)"),
+    ],
+)
+def test_a_model_that_is_not_a_classifier_is_one_error_line(tmp_path, models, data, name, message):
+    result = run_cli(
+        "evaluate", models[name], "--data", data, "--out", tmp_path / "ev", "--trust-model"
+    )
     error = _one_error_line(result)
     assert error.startswith(f"Error: {models[name]}"), error
     assert message in error, error
@@ -167,14 +172,14 @@ def test_an_onnx_model_that_is_not_a_classifier_is_one_error_line(tmp_path, data
     path = tmp_path / "fmap.onnx"
     onnx_format.write(model, path, ExportInfo((32, 32)))  # a feature map, as ONNX
     Path(f"{path}.labels.txt").write_text(LABELS)
-    error = _one_error_line(run_cli("evaluate", path, "--data", data, "--out",
-                                    tmp_path / "ev"))
-    assert error == (f"Error: {path} is not a classifier of its 2 classes: it outputs "
-                     "(?, 30, 30, 4); expected (batch, 2), one probability per class.")
+    error = _one_error_line(run_cli("evaluate", path, "--data", data, "--out", tmp_path / "ev"))
+    assert error == (
+        f"Error: {path} is not a classifier of its 2 classes: it outputs "
+        "(?, 30, 30, 4); expected (batch, 2), one probability per class."
+    )
 
 
-def test_the_report_of_an_export_evaluation_comes_from_its_predictions(tmp_path, models,
-                                                                       data):
+def test_the_report_of_an_export_evaluation_comes_from_its_predictions(tmp_path, models, data):
     out = tmp_path / "ev"
     result = run_cli("evaluate", models["classifier"], "--data", data, "--out", out)
     assert result.exit_code == 0, result.output
@@ -193,8 +198,10 @@ def test_a_savedmodel_export_to_a_full_disk_is_one_error_line(tmp_path, full_dis
     save_model(build_classifier(2, weights=None, image_size=32), paths.model)
     write_labels(paths.labels, ["cat", "dog"])
     out = full_disk / "savedmodel"
-    error = _one_error_line(run_cli("export", paths.root, "--format", "savedmodel", "--out",
-                                    out, "--no-compare"), code=1)
+    error = _one_error_line(
+        run_cli("export", paths.root, "--format", "savedmodel", "--out", out, "--no-compare"),
+        code=1,
+    )
     assert error == f"Error: Cannot write {out}: No space left on device."
     assert list(full_disk.iterdir()) == []
 
@@ -205,15 +212,23 @@ def test_a_savedmodel_export_to_a_full_disk_is_one_error_line(tmp_path, full_dis
 def test_int8_quantisation_does_not_warn_of_the_deprecated_interpreter(tmp_path):
     pytest.importorskip("ai_edge_litert")
     keras.utils.set_random_seed(0)
-    model = _pixels_model(lambda x: keras.layers.Dense(2, activation="softmax")(
-        keras.layers.Dense(8, activation="relu")(x)))
+    model = _pixels_model(
+        lambda x: keras.layers.Dense(2, activation="softmax")(
+            keras.layers.Dense(8, activation="relu")(x)
+        )
+    )
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
-    info = ExportInfo((32, 32), ["cat", "dog"], quantize="int8",
-                      representative=lambda: (images[i:i + 1] for i in range(len(images))))
+    info = ExportInfo(
+        (32, 32),
+        ["cat", "dog"],
+        quantize="int8",
+        representative=lambda: (images[i : i + 1] for i in range(len(images))),
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tflite.write(model, tmp_path / "m.tflite", info)
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "Interpreter is deprecated" in m], messages
-    assert type(tflite._interpreter((tmp_path / "m.tflite").read_bytes())).__module__ \
-        .startswith("ai_edge_litert")
+    assert type(tflite._interpreter((tmp_path / "m.tflite").read_bytes())).__module__.startswith(
+        "ai_edge_litert"
+    )

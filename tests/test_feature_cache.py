@@ -54,25 +54,37 @@ def weights_file(tmp_path):
 
 
 def _phase1(image_folder, tmp_path, weights_file, cache, name):
-    return finetune(image_folder, report=False, out=tmp_path / name, weights=str(weights_file), image_size=32,
-                    batch_size=8, head_epochs=3, fine_tune_from="none", cache_features=cache,
-                    early_stopping_patience=0)
+    return finetune(
+        image_folder,
+        report=False,
+        out=tmp_path / name,
+        weights=str(weights_file),
+        image_size=32,
+        batch_size=8,
+        head_epochs=3,
+        fine_tune_from="none",
+        cache_features=cache,
+        early_stopping_patience=0,
+    )
 
 
 @pytest.mark.heavy
 def test_cached_features_train_the_same_head_and_a_second_run_reuses_them(
-        image_folder, tmp_path, weights_file, feature_cache_dir, caplog):
+    image_folder, tmp_path, weights_file, feature_cache_dir, caplog
+):
     """Same seed: the head trained on cached features equals the one trained through
     the frozen backbone (dropout included), within float tolerance."""
     cached = _phase1(image_folder, tmp_path, weights_file, True, "cached")
     files = sorted(feature_cache_dir.glob("*.npy"))
     assert len(files) == 2  # train and validation
     direct = _phase1(image_folder, tmp_path, weights_file, False, "direct")
-    for a, b in zip(cached.model.get_layer("predictions").weights,
-                    direct.model.get_layer("predictions").weights):
+    for a, b in zip(
+        cached.model.get_layer("predictions").weights, direct.model.get_layer("predictions").weights
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # seen: 4e-7
-    np.testing.assert_allclose([r["loss"] for r in cached.history],
-                               [r["loss"] for r in direct.history], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["loss"] for r in cached.history], [r["loss"] for r in direct.history], rtol=1e-5
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="transfer"):
         _phase1(image_folder, tmp_path, weights_file, True, "second")
@@ -84,20 +96,25 @@ def test_cached_features_train_the_same_head_and_a_second_run_reuses_them(
     other = randomize(transfer.ResNet50(weights=None, include_top=False), seed=4)
     other.save_weights(tmp_path / "other.weights.h5")
     paths = sorted(str(p) for p in image_folder.rglob("*") if p.is_file())
-    keys = {cache_key(weights_identity(str(w), 0), "resnet50", 32, "avg", paths)
-            for w in (weights_file, tmp_path / "other.weights.h5")}
+    keys = {
+        cache_key(weights_identity(str(w), 0), "resnet50", 32, "avg", paths)
+        for w in (weights_file, tmp_path / "other.weights.h5")
+    }
     assert len(keys) == 2
 
 
 @pytest.mark.heavy
 def test_features_too_large_for_memory_go_to_a_memory_mapped_file(tmp_path):
     extractor = transfer.feature_extractor(
-        randomize(transfer.ResNet50(weights=None, include_top=False, input_shape=(32, 32, 3))))
+        randomize(transfer.ResNet50(weights=None, include_top=False, input_shape=(32, 32, 3)))
+    )
     images = tf.data.Dataset.from_tensor_slices(
-        np.random.default_rng(0).uniform(0, 255, (10, 32, 32, 3)).astype("float32")).batch(4)
+        np.random.default_rng(0).uniform(0, 255, (10, 32, 32, 3)).astype("float32")
+    ).batch(4)
     in_memory = compute_features(extractor, images, 10, 2048)
-    mapped = compute_features(extractor, images, 10, 2048, cache_dir=tmp_path, key="k",
-                              memory_fraction=0.0)
+    mapped = compute_features(
+        extractor, images, 10, 2048, cache_dir=tmp_path, key="k", memory_fraction=0.0
+    )
     assert isinstance(mapped, np.memmap)
     assert (tmp_path / "k.npy").exists()
     np.testing.assert_allclose(np.asarray(mapped), in_memory, rtol=1e-5, atol=1e-5)

@@ -29,5 +29,6 @@ def test_many_classes_with_few_images_give_one_line(caplog):
 
 def test_one_class_with_few_images_is_named(caplog):
     assert warnings_for([10, 2, 10], caplog) == [
-        "Class 'class001' has only 2 training images: the model will hardly learn it."]
+        "Class 'class001' has only 2 training images: the model will hardly learn it."
+    ]
     assert warnings_for([10, 10], caplog) == []

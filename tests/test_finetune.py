@@ -17,8 +17,19 @@ from tests.conftest import SAMPLE_DATA, make_image_folder, mock_tfds_metadata, r
 from transfer.cli import cli
 from transfer.commands.finetune import finetune
 
-FAST = ["--no-report", "--image-size", "32", "--batch-size", "16", "--head-epochs", "2",
-        "--fine-tune-epochs", "1", "--early-stopping", "0"]
+FAST = [
+    "--no-report",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--head-epochs",
+    "2",
+    "--fine-tune-epochs",
+    "1",
+    "--early-stopping",
+    "0",
+]
 
 
 def run_cli(*args):
@@ -30,8 +41,18 @@ def run_cli(*args):
 def sample_run(tmp_path_factory):
     """One real run on the Fashion-MNIST sample, shared by the run-directory tests."""
     out = tmp_path_factory.mktemp("runs") / "fashion"
-    result = run_cli("finetune", "--data", SAMPLE_DATA, "--weights", "none", "--out", out,
-                     "--fine-tune-from", "conv5", *FAST)
+    result = run_cli(
+        "finetune",
+        "--data",
+        SAMPLE_DATA,
+        "--weights",
+        "none",
+        "--out",
+        out,
+        "--fine-tune-from",
+        "conv5",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -41,9 +62,12 @@ def test_output_to_a_file_has_one_plain_line_per_epoch(sample_run):
     assert "\r" not in output and "\x1b[" not in output
     # Keras heads an epoch's line with "Epoch i/n" when a phase has several epochs.
     assert [line for line in output.splitlines() if line.startswith("Epoch ")] == [
-        "Epoch 1/2", "Epoch 2/2"]
-    epoch_lines = [line for line in output.splitlines()
-                   if re.match(r"^\d+/\d+ - .* - loss: ", line)]
+        "Epoch 1/2",
+        "Epoch 2/2",
+    ]
+    epoch_lines = [
+        line for line in output.splitlines() if re.match(r"^\d+/\d+ - .* - loss: ", line)
+    ]
     assert len(epoch_lines) == 3  # two head epochs, one fine-tuning epoch
     assert max(len(line) for line in output.splitlines()) < 300
 
@@ -71,8 +95,12 @@ def test_model_file_holds_the_weights_without_optimizer_state(sample_run):
     assert not model.compiled
     # Written unzipped, then zipped: the members are the ones Keras' own zip holds.
     with zipfile.ZipFile(out / "model.keras") as archive:
-        assert sorted(archive.namelist()) == ["config.json", "metadata.json",
-                                              "model.weights.h5", "transfer.json"]
+        assert sorted(archive.namelist()) == [
+            "config.json",
+            "metadata.json",
+            "model.weights.h5",
+            "transfer.json",
+        ]
 
 
 def test_history_says_when_each_epoch_ended(sample_run):
@@ -84,13 +112,33 @@ def test_history_says_when_each_epoch_ended(sample_run):
 
 def test_run_directory_has_every_file(sample_run):
     out, output = sample_run
-    expected = {"config.json", "labels.txt", "model.keras", "history.csv", "metrics.json",
-                "classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
-                "training_curves.png", "predictions.csv", "logs"}
+    expected = {
+        "config.json",
+        "labels.txt",
+        "model.keras",
+        "history.csv",
+        "metrics.json",
+        "classification_report.txt",
+        "confusion_matrix.png",
+        "confusion_matrix.csv",
+        "training_curves.png",
+        "predictions.csv",
+        "logs",
+    }
     assert expected <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if ".partial" in p.name]
-    classes = ["Ankle_boot", "Bag", "Coat", "Dress", "Pullover", "Sandal", "Shirt", "Sneaker",
-               "T-shirt_top", "Trouser"]
+    classes = [
+        "Ankle_boot",
+        "Bag",
+        "Coat",
+        "Dress",
+        "Pullover",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "T-shirt_top",
+        "Trouser",
+    ]
     assert (out / "labels.txt").read_text().split() == classes
 
     config = json.loads((out / "config.json").read_text())
@@ -142,8 +190,12 @@ def test_run_directory_has_every_file(sample_run):
 def test_saved_model_takes_raw_pixels_and_loads_in_safe_mode(sample_run):
     out, _ = sample_run
     model = keras.models.load_model(out / "model.keras", safe_mode=True)
-    pixels = np.asarray(Image.open(f"{SAMPLE_DATA}/Bag/train_00100.png").convert("RGB")
-                        .resize((32, 32), Image.BILINEAR), dtype="float32")[None]
+    pixels = np.asarray(
+        Image.open(f"{SAMPLE_DATA}/Bag/train_00100.png")
+        .convert("RGB")
+        .resize((32, 32), Image.BILINEAR),
+        dtype="float32",
+    )[None]
     probabilities = np.asarray(model(pixels))
     assert probabilities.shape == (1, 10)
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
@@ -155,7 +207,8 @@ def test_non_empty_out_is_refused_without_overwrite(sample_run):
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
         f"Error: --out {out} is not empty. Choose another folder or pass --overwrite to "
-        "replace the run in it.")
+        "replace the run in it."
+    )
 
 
 def _weights_file(tmp_path):
@@ -168,8 +221,12 @@ def _weights_file(tmp_path):
 def _backbone_after(run_dir):
     model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
     backbone = transfer.find_backbone(model)
-    owner = {w.path: (group, layer) for group, layers in transfer.groups(backbone).items()
-             for layer in layers for w in layer.weights}
+    owner = {
+        w.path: (group, layer)
+        for group, layers in transfer.groups(backbone).items()
+        for layer in layers
+        for w in layer.weights
+    }
     return {w.path: np.array(w) for w in backbone.weights}, owner
 
 
@@ -177,11 +234,19 @@ def _backbone_after(run_dir):
 @pytest.mark.parametrize("fine_tune_from", ["none", "conv5"])
 def test_phases_change_only_what_they_train(tmp_path, image_folder, fine_tune_from):
     path, before = _weights_file(tmp_path)
-    result = finetune(image_folder, report=False, out=tmp_path / "run", weights=str(path),
-                      image_size=32,
-                      batch_size=8, head_epochs=2, fine_tune_epochs=1,
-                      fine_tune_from=fine_tune_from, early_stopping_patience=0,
-                      keep="last")  # phase 2's model even if phase 1 validated better
+    result = finetune(
+        image_folder,
+        report=False,
+        out=tmp_path / "run",
+        weights=str(path),
+        image_size=32,
+        batch_size=8,
+        head_epochs=2,
+        fine_tune_epochs=1,
+        fine_tune_from=fine_tune_from,
+        early_stopping_patience=0,
+        keep="last",
+    )  # phase 2's model even if phase 1 validated better
     after, owner = _backbone_after(result.run_dir)
     assert after.keys() == before.keys()
     changed = {p for p in before if not np.array_equal(before[p], after[p])}
@@ -197,11 +262,23 @@ def test_phases_change_only_what_they_train(tmp_path, image_folder, fine_tune_fr
 @pytest.mark.heavy
 def test_tfds_dataset_end_to_end(tmp_path):
     mock_tfds_metadata(tmp_path / "tfds", splits=(("train", 24), ("test", 12)))
-    with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_FILES,
-                                data_dir=str(tmp_path / "tfds")):
-        result = run_cli("finetune", "--data", "tfds:mnist", "--tfds-data-dir", tmp_path / "tfds",
-                         "--weights", "none", "--out", tmp_path / "run",
-                         "--fine-tune-from", "none", *FAST)
+    with tfds.testing.mock_data(
+        num_examples=24, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path / "tfds")
+    ):
+        result = run_cli(
+            "finetune",
+            "--data",
+            "tfds:mnist",
+            "--tfds-data-dir",
+            tmp_path / "tfds",
+            "--weights",
+            "none",
+            "--out",
+            tmp_path / "run",
+            "--fine-tune-from",
+            "none",
+            *FAST,
+        )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) >= {"val", "test"}
@@ -215,18 +292,38 @@ def test_bad_images_are_reported_and_skipped(tmp_path, image_folder):
     (image_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (image_folder / "dog" / "empty.png").write_bytes(b"")
     (image_folder / "dog" / "readme.txt").write_text("hi")
-    result = run_cli("finetune", "--data", image_folder, "--weights", "none",
-                     "--out", tmp_path / "run", "--fine-tune-from", "none", *FAST)
+    result = run_cli(
+        "finetune",
+        "--data",
+        image_folder,
+        "--weights",
+        "none",
+        "--out",
+        tmp_path / "run",
+        "--fine-tune-from",
+        "none",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     for name in ("cat/broken.jpg", "dog/empty.png", "dog/readme.txt"):
         assert f"Warning: Skipped {image_folder / name}:" in result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {s["path"] for s in metrics["skipped_files"]} == {
-        str(image_folder / n) for n in ("cat/broken.jpg", "dog/empty.png", "dog/readme.txt")}
+        str(image_folder / n) for n in ("cat/broken.jpg", "dog/empty.png", "dog/readme.txt")
+    }
     assert "skipped files: 3" in result.output
 
-    strict = run_cli("finetune", "--data", image_folder, "--weights", "none",
-                     "--out", tmp_path / "strict", "--strict", *FAST)
+    strict = run_cli(
+        "finetune",
+        "--data",
+        image_folder,
+        "--weights",
+        "none",
+        "--out",
+        tmp_path / "strict",
+        "--strict",
+        *FAST,
+    )
     assert strict.exit_code == 2
     assert strict.output.strip().splitlines()[-1].startswith("Error: 3 unusable files (--strict)")
 
@@ -234,8 +331,20 @@ def test_bad_images_are_reported_and_skipped(tmp_path, image_folder):
 @pytest.mark.heavy
 def test_few_validation_images_warn(tmp_path):
     root = make_image_folder(tmp_path / "tiny", {"a": 3, "b": 1, "c": 1, "d": 1})
-    result = run_cli("finetune", "--data", root, "--weights", "none", "--out", tmp_path / "run",
-                     "--val-split", "0.05", "--fine-tune-from", "none", *FAST)
+    result = run_cli(
+        "finetune",
+        "--data",
+        root,
+        "--weights",
+        "none",
+        "--out",
+        tmp_path / "run",
+        "--val-split",
+        "0.05",
+        "--fine-tune-from",
+        "none",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     assert "Warning: Only" in result.output and "validation images for 4 classes" in result.output
 
@@ -245,23 +354,36 @@ def test_few_validation_images_warn(tmp_path):
     [
         (lambda root: None, [], "Error: --data {root} does not exist."),
         (lambda root: root.mkdir(), [], "Error: No class folders in {root}."),
-        (lambda root: (make_image_folder(root, {"a": 3}), (root / "b").mkdir()), [],
-         "Error: Class folder '{root}/b' holds no images"),
-        (lambda root: make_image_folder(root, {"a": 4}), [],
-         "Error: {root} has a single class ('a')"),
-        (lambda root: make_image_folder(root, {"a": 4, "b": 4}), ["--fine-tune-from", "conv9"],
-         "Error: Unknown group: --fine-tune-from 'conv9'. Expected one of stem, conv2, conv3, "
-         "conv4, conv5 or none."),
-        (lambda root: make_image_folder(root, {"a": 4, "b": 4}), ["--optimizer", "lbfgs"],
-         "Error: Unknown optimizer: 'lbfgs'. Expected one of adam, adamw, sgd, rmsprop."),
+        (
+            lambda root: (make_image_folder(root, {"a": 3}), (root / "b").mkdir()),
+            [],
+            "Error: Class folder '{root}/b' holds no images",
+        ),
+        (
+            lambda root: make_image_folder(root, {"a": 4}),
+            [],
+            "Error: {root} has a single class ('a')",
+        ),
+        (
+            lambda root: make_image_folder(root, {"a": 4, "b": 4}),
+            ["--fine-tune-from", "conv9"],
+            "Error: Unknown group: --fine-tune-from 'conv9'. Expected one of stem, conv2, conv3, "
+            "conv4, conv5 or none.",
+        ),
+        (
+            lambda root: make_image_folder(root, {"a": 4, "b": 4}),
+            ["--optimizer", "lbfgs"],
+            "Error: Unknown optimizer: 'lbfgs'. Expected one of adam, adamw, sgd, rmsprop.",
+        ),
     ],
     ids=["missing", "no-classes", "empty-class", "single-class", "bad-group", "bad-optimizer"],
 )
 def test_bad_input_is_one_error_line_with_exit_code_2(tmp_path, make, extra, message):
     root = tmp_path / "data"
     make(root)
-    result = run_cli("finetune", "--data", root, "--weights", "none", "--out", tmp_path / "run",
-                     *FAST, *extra)
+    result = run_cli(
+        "finetune", "--data", root, "--weights", "none", "--out", tmp_path / "run", *FAST, *extra
+    )
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith(message.format(root=root)), last
@@ -271,9 +393,14 @@ def test_bad_input_is_one_error_line_with_exit_code_2(tmp_path, make, extra, mes
 def test_imagenet_is_never_silently_replaced(tmp_path, image_folder, keras_home, no_network):
     result = run_cli("finetune", "--data", image_folder, "--out", tmp_path / "run", *FAST)
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1].startswith(
-        "Error: ImageNet weights file resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 "
-        "is not available")
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith(
+            "Error: ImageNet weights file resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 "
+            "is not available"
+        )
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 42])

@@ -9,8 +9,9 @@ from tests.conftest import random_images, randomize
 
 
 def _classifier(version="v1", size=32):
-    backbone = transfer.ResNet(50, version, weights=None, include_top=False,
-                               input_shape=(size, size, 3))
+    backbone = transfer.ResNet(
+        50, version, weights=None, include_top=False, input_shape=(size, size, 3)
+    )
     randomize(backbone, seed=5)
     return transfer.attach_head(backbone, 3)
 
@@ -45,22 +46,26 @@ def test_groups_cover_every_layer_once_in_order(version):
     assert flat == backbone.layers
     assert [layer.name for layer in found["stem"]][1:] == (
         ["conv1_pad", "conv1_conv", "conv1_bn", "conv1_relu", "pool1_pad", "pool1_pool"]
-        if version == "v1" else ["conv1_pad", "conv1_conv", "pool1_pad", "pool1_pool"])
+        if version == "v1"
+        else ["conv1_pad", "conv1_conv", "pool1_pad", "pool1_pool"]
+    )
     assert [layer.name for layer in found["head"]] == ["avg_pool", "predictions"]
     for stage in ("conv2", "conv3", "conv4", "conv5"):
-        named = [l.name for l in found[stage] if not l.name.startswith("max_pooling2d")]
+        named = [layer.name for layer in found[stage] if not layer.name.startswith("max_pooling2d")]
         assert all(name.startswith(stage + "_") for name in named)
     if version == "v2":  # the unnamed shortcut pools sit in the stage of their block
-        pools = {g: [l for l in ls if isinstance(l, keras.layers.MaxPooling2D)]
-                 for g, ls in found.items()}
+        pools = {
+            g: [layer for layer in ls if isinstance(layer, keras.layers.MaxPooling2D)]
+            for g, ls in found.items()
+        }
         assert [len(pools[g]) for g in ("conv2", "conv3", "conv4", "conv5")] == [1, 1, 1, 0]
 
 
 def test_groups_of_a_classifier_include_preprocessing_and_head():
     found = transfer.groups(_classifier())
     assert list(found) == ["stem", "conv2", "conv3", "conv4", "conv5", "head"]
-    assert [l.name for l in found["stem"][:2]] == ["pixels", "preprocess"]
-    assert [l.name for l in found["head"]] == ["head_pool", "predictions"]
+    assert [layer.name for layer in found["stem"][:2]] == ["pixels", "preprocess"]
+    assert [layer.name for layer in found["head"]] == ["head_pool", "predictions"]
 
 
 @pytest.mark.heavy
@@ -105,15 +110,20 @@ def test_train_bn_updates_statistics_only_in_unfrozen_groups():
 def test_freeze_everything_but_head_then_unfreeze():
     model = _classifier()
     transfer.freeze(model)
-    head_weights = {w.path for l in transfer.groups(model)["head"] for w in l.weights}
+    head_weights = {w.path for layer in transfer.groups(model)["head"] for w in layer.weights}
     assert {w.path for w in model.trainable_weights} == head_weights
     transfer.unfreeze(model)
     # Everything trains again except BN, which stays in inference mode by default.
-    bn_weights = {w.path for l in transfer.find_backbone(model).layers
-                  if isinstance(l, keras.layers.BatchNormalization) for w in l.weights}
+    bn_weights = {
+        w.path
+        for layer in transfer.find_backbone(model).layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for w in layer.weights
+    }
     all_weights = {w.path for w in model.weights}
     assert {w.path for w in model.trainable_weights} == {
-        p for p in all_weights - bn_weights if not p.startswith("preprocess/")}
+        p for p in all_weights - bn_weights if not p.startswith("preprocess/")
+    }
     assert not model.get_layer("preprocess").trainable  # fixed arithmetic, never trained
     transfer.unfreeze(model, "conv3", train_bn=True)
     trainable_groups = {_group_of_weight(model)[w.path][0] for w in model.trainable_weights}
@@ -133,8 +143,9 @@ def test_freezing_survives_save_and_load(tmp_path):
 @pytest.mark.heavy
 def test_unknown_group_names_the_groups():
     model = _classifier()
-    with pytest.raises(ValueError, match="Unknown group: until='conv6'.*stem, conv2, conv3, conv4, "
-                                         "conv5, head"):
+    with pytest.raises(
+        ValueError, match="Unknown group: until='conv6'.*stem, conv2, conv3, conv4, conv5, head"
+    ):
         transfer.freeze(model, until="conv6")
     with pytest.raises(ValueError, match="Unknown group: from='post'"):
         transfer.unfreeze(model, "post")

@@ -10,8 +10,9 @@ from tests.conftest import random_images, randomize
 
 @pytest.fixture
 def backbone():
-    return randomize(transfer.ResNet50V2(weights=None, include_top=False,
-                                         input_shape=(32, 32, 3)), seed=7)
+    return randomize(
+        transfer.ResNet50V2(weights=None, include_top=False, input_shape=(32, 32, 3)), seed=7
+    )
 
 
 @pytest.mark.heavy
@@ -63,7 +64,8 @@ def test_build_classifier_loads_weights(tmp_path):
     assert model.input_shape == (None, 40, 36, 3)
     np.testing.assert_array_equal(
         np.asarray(transfer.find_backbone(model).get_layer("conv4_block6_3_bn").moving_mean),
-        np.asarray(source.get_layer("conv4_block6_3_bn").moving_mean))
+        np.asarray(source.get_layer("conv4_block6_3_bn").moving_mean),
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,12 @@ HEIGHT, WIDTH = 32, 48
 # The stored pixels whose EXIF orientation turns them upright, per tag: the inverse of
 # what `ImageOps.exif_transpose` (and a browser) does to show them.
 STORED_AS = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_270,
 }
 
@@ -55,8 +58,7 @@ def test_exif_orientation_is_applied_as_pillow_does(tmp_path, suffix):
     upright = upright_picture()
     paths = [save(upright, tmp_path / f"upright{suffix}")]
     for orientation, stored in STORED_AS.items():
-        path = save(upright.transpose(stored), tmp_path / f"tag{orientation}{suffix}",
-                    orientation)
+        path = save(upright.transpose(stored), tmp_path / f"tag{orientation}{suffix}", orientation)
         with Image.open(path) as check:  # the file shows upright, as Pillow sees it
             assert ImageOps.exif_transpose(check).size == (WIDTH, HEIGHT)
         paths.append(path)
@@ -75,7 +77,7 @@ def test_an_orientation_of_1_or_a_broken_exif_leaves_pixels_as_stored(tmp_path):
     one = save(picture, tmp_path / "one.jpg", orientation=1)
     bogus = save(picture, tmp_path / "bogus.jpg", orientation=9)  # no such orientation
     data = bytearray(save(picture, tmp_path / "cut.jpg", orientation=6).read_bytes())
-    data[data.index(b"Exif") + 6:data.index(b"Exif") + 20] = b"\x00" * 14  # no TIFF header
+    data[data.index(b"Exif") + 6 : data.index(b"Exif") + 20] = b"\x00" * 14  # no TIFF header
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(bytes(data))
     plain = save(picture, tmp_path / "plain.jpg")
@@ -91,9 +93,9 @@ def picture_with_hidden(background, size=(24, 16)):
     pixels = np.zeros((size[1], size[0], 4), np.uint8)
     pixels[..., :3] = (40, 120, 200)
     pixels[..., 3] = 255
-    pixels[:, size[0] // 2:, :3] = background
-    pixels[:, size[0] // 2:, 3] = 0
-    pixels[:4, :size[0] // 2, 3] = 128
+    pixels[:, size[0] // 2 :, :3] = background
+    pixels[:, size[0] // 2 :, 3] = 0
+    pixels[:4, : size[0] // 2, 3] = 128
     return Image.fromarray(pixels, "RGBA")
 
 
@@ -113,10 +115,12 @@ def transparent_files(folder, background):
     gif.putpalette([*background, 40, 120, 200] + [0] * 762)
     gif.save(folder / "image.gif", transparency=0)
     frames = [gif, gif.copy()]  # an animation: its loop block comes before the frame's
-    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], loop=0,
-                   transparency=0)
-    return [folder / name
-            for name in ("rgba.png", "la.png", "palette.png", "image.gif", "animated.gif")]
+    frames[0].save(
+        folder / "animated.gif", save_all=True, append_images=frames[1:], loop=0, transparency=0
+    )
+    return [
+        folder / name for name in ("rgba.png", "la.png", "palette.png", "image.gif", "animated.gif")
+    ]
 
 
 def test_transparent_pixels_are_white_whatever_colour_they_store(tmp_path):
@@ -136,16 +140,25 @@ def test_the_savedmodel_decoder_is_graph_only_and_agrees(tmp_path):
     (no Python in the graph) and decode as training does."""
     files = transparent_files(tmp_path / "t", (0, 0, 0))
     upright = upright_picture()
-    files += [save(upright.transpose(STORED_AS[6]), tmp_path / "six.jpg", 6),
-              save(upright.transpose(STORED_AS[8]), tmp_path / "eight.png", 8)]
+    files += [
+        save(upright.transpose(STORED_AS[6]), tmp_path / "six.jpg", 6),
+        save(upright.transpose(STORED_AS[8]), tmp_path / "eight.png", 8),
+    ]
     module = tf.Module()
     module.serve = tf.function(
-        lambda contents: tf.map_fn(lambda c: decode_image(c, (16, 24)), contents,
-                                   fn_output_signature=tf.TensorSpec([16, 24, 3], tf.float32)),
-        input_signature=[tf.TensorSpec([None], tf.string)])
+        lambda contents: tf.map_fn(
+            lambda c: decode_image(c, (16, 24)),
+            contents,
+            fn_output_signature=tf.TensorSpec([16, 24, 3], tf.float32),
+        ),
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
     tf.saved_model.save(module, str(tmp_path / "saved"))
-    served = tf.saved_model.load(str(tmp_path / "saved")).serve(
-        tf.constant([p.read_bytes() for p in files])).numpy()
+    served = (
+        tf.saved_model.load(str(tmp_path / "saved"))
+        .serve(tf.constant([p.read_bytes() for p in files]))
+        .numpy()
+    )
     np.testing.assert_array_equal(served, decoded(files, size=(16, 24)))
 
 
@@ -160,8 +173,14 @@ def test_decoding_never_fails_on_what_it_reads_of_a_header(tmp_path):
     whole = buffer.getvalue()
     gif = io.BytesIO()
     picture.convert("P").save(gif, "GIF", transparency=0)
-    for data in (whole[:40], whole[:200], b"GIF89a" + b"\xff" * 20, gif.getvalue()[:30],
-                 b"\x89PNG\r\n\x1a\n", b""):
+    for data in (
+        whole[:40],
+        whole[:200],
+        b"GIF89a" + b"\xff" * 20,
+        gif.getvalue()[:30],
+        b"\x89PNG\r\n\x1a\n",
+        b"",
+    ):
         with pytest.raises(tf.errors.InvalidArgumentError):
             decode_image(tf.constant(data), (8, 8))
     assert decode_image(tf.constant(gif.getvalue()), (8, 8)).shape == (8, 8, 3)
@@ -175,16 +194,34 @@ def test_only_files_that_need_it_take_the_longer_decoding_and_all_agree(tmp_path
 
     folder = make_image_folder(tmp_path / "kinds", {"a": 8}, size=(24, 16))  # every kind
     upright = upright_picture()
-    files = sorted(folder.glob("a/*")) + [
-        save(upright, tmp_path / "one.jpg", 1), save(upright, tmp_path / "six.jpg", 6),
-        save(upright, tmp_path / "eight.png", 8)] + transparent_files(tmp_path / "t", (0, 0, 0))
+    files = (
+        sorted(folder.glob("a/*"))
+        + [
+            save(upright, tmp_path / "one.jpg", 1),
+            save(upright, tmp_path / "six.jpg", 6),
+            save(upright, tmp_path / "eight.png", 8),
+        ]
+        + transparent_files(tmp_path / "t", (0, 0, 0))
+    )
     picked = {p.name: needs_upright(p) for p in files}
     assert picked == {
-        "img_000.png": False, "img_001.JPG": False, "img_002.jpeg": False,
-        "img_003.bmp": False, "img_004.gif": True, "img_005.PNG": True,  # RGBA
-        "img_006.png": False, "img_007.Jpeg": False, "one.jpg": False, "six.jpg": True,
-        "eight.png": True, "rgba.png": True, "la.png": True, "palette.png": True,
-        "image.gif": True, "animated.gif": True}
+        "img_000.png": False,
+        "img_001.JPG": False,
+        "img_002.jpeg": False,
+        "img_003.bmp": False,
+        "img_004.gif": True,
+        "img_005.PNG": True,  # RGBA
+        "img_006.png": False,
+        "img_007.Jpeg": False,
+        "one.jpg": False,
+        "six.jpg": True,
+        "eight.png": True,
+        "rgba.png": True,
+        "la.png": True,
+        "palette.png": True,
+        "image.gif": True,
+        "animated.gif": True,
+    }
     graph = tf.function(lambda c: decode_image(c, (16, 24)))
     expected = np.stack([graph(tf.constant(p.read_bytes())).numpy() for p in files])
     np.testing.assert_array_equal(decoded(files, size=(16, 24)), expected)

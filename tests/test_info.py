@@ -15,7 +15,9 @@ from transfer.cli import cli
 @pytest.mark.heavy
 @pytest.mark.parametrize("builder,ref_name,depth,version", VARIANTS, ids=VARIANT_IDS)
 def test_info_totals_agree_with_keras_applications(builder, ref_name, depth, version):
-    result = CliRunner().invoke(cli, ["info", "--depth", str(depth), "--version", version, "--json"])
+    result = CliRunner().invoke(
+        cli, ["info", "--depth", str(depth), "--version", version, "--json"]
+    )
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     ref = build_fresh(reference_builder(ref_name), weights=None)
@@ -30,8 +32,10 @@ def test_info_totals_agree_with_keras_applications(builder, ref_name, depth, ver
     assert info["groups"][-2]["output_shape"] == [7, 7, 2048]
     files = {w["file"] for w in info["weights"]}
     stem = ref_name.lower()
-    assert files == {f"{stem}_weights_tf_dim_ordering_tf_kernels.h5",
-                     f"{stem}_weights_tf_dim_ordering_tf_kernels_notop.h5"}
+    assert files == {
+        f"{stem}_weights_tf_dim_ordering_tf_kernels.h5",
+        f"{stem}_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    }
 
 
 def test_info_table_is_readable():

@@ -31,8 +31,9 @@ def test_function_equals_keras_on_numpy(version, shape, dtype):
 def test_function_and_layer_equal_keras_on_tensors(version, shape):
     x = random_images(shape, seed=3)
     expected = np.asarray(REFERENCE[version](tf.constant(x, tf.float32)))
-    np.testing.assert_array_equal(np.asarray(transfer.preprocess_input(tf.constant(x), version)),
-                                  expected)
+    np.testing.assert_array_equal(
+        np.asarray(transfer.preprocess_input(tf.constant(x), version)), expected
+    )
     if len(shape) != 4:
         return  # the layer takes batches of images
     mode = {"v1": "caffe", "v2": "tf"}[version]
@@ -48,14 +49,16 @@ def test_torch_mode_layer_matches_keras_within_rounding():
     expected = imagenet_utils.preprocess_input(x.astype("float32"), mode="torch")
     np.testing.assert_allclose(transfer.preprocess_input(x, "torch"), expected, rtol=0, atol=0)
     # The layer divides by 255*std in one step: ~1 ulp from keras' two divisions.
-    np.testing.assert_allclose(np.asarray(transfer.preprocessing_layer("torch")(x)), expected,
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(transfer.preprocessing_layer("torch")(x)), expected, rtol=0, atol=1e-6
+    )
 
 
 def test_modes_accept_versions_and_reject_unknown():
     x = random_images((1, 4, 4, 3))
-    np.testing.assert_array_equal(transfer.preprocess_input(x, "caffe"),
-                                  transfer.preprocess_input(x, "v1"))
+    np.testing.assert_array_equal(
+        transfer.preprocess_input(x, "caffe"), transfer.preprocess_input(x, "v1")
+    )
     with pytest.raises(ValueError, match="Unknown preprocessing mode: 'bgr'.*caffe, tf, torch"):
         transfer.preprocess_input(x, "bgr")
     with pytest.raises(ValueError, match="'bgr'"):
@@ -83,8 +86,9 @@ def test_layer_saves_with_model_and_reloads_without_transfer(tmp_path, mode):
         f"assert np.array_equal(np.asarray(m(x)), np.load({str(tmp_path / 'expected.npy')!r}))\n"
         "assert 'transfer' not in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 

@@ -28,8 +28,16 @@ from transfer.report.gather import summary_rows
 from transfer.report.html import SECTIONS
 from transfer.runs import load_model, read_model_metadata
 
-FAST = ["--image-size", "32", "--batch-size", "16", "--head-epochs", "3",
-        "--fine-tune-from", "none"]
+FAST = [
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--head-epochs",
+    "3",
+    "--fine-tune-from",
+    "none",
+]
 
 
 def run_cli(*args):
@@ -52,8 +60,16 @@ def planted_folder(root):
             for f in part:
                 shutil.copy(f, root / split / folder.name / f.name)
     planted = set()
-    for i, (split, kind) in enumerate((("val", "exact"), ("val", "exact"), ("val", "larger"),
-                                       ("val", "larger"), ("test", "exact"), ("test", "jpeg"))):
+    for i, (split, kind) in enumerate(
+        (
+            ("val", "exact"),
+            ("val", "exact"),
+            ("val", "larger"),
+            ("val", "larger"),
+            ("test", "exact"),
+            ("test", "jpeg"),
+        )
+    ):
         folder = classes[i].name
         original = sorted((root / "train" / folder).glob("*.png"))[3 * i]
         image = Image.open(original)
@@ -72,8 +88,9 @@ def planted_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     data, planted = planted_folder(root / "data")
     out = root / "run"
-    result = run_cli("finetune", "--data", data, "--weights", "none", "--out", out,
-                     "--calibrate", *FAST)
+    result = run_cli(
+        "finetune", "--data", data, "--weights", "none", "--out", out, "--calibrate", *FAST
+    )
     assert result.exit_code == 0, result.output
     return out, data, planted
 
@@ -88,8 +105,15 @@ def test_run_writes_a_self_contained_report_with_every_section(planted_run):
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) > 20 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"(href|src)=\"(https?:)?//", page)  # nothing fetched from anywhere
-    for item in ("random initialisation", "head 3 epochs", "Sandal", "test (42 images)",
-                 "train 200", "val 64", "test 42"):
+    for item in (
+        "random initialisation",
+        "head 3 epochs",
+        "Sandal",
+        "test (42 images)",
+        "train 200",
+        "val 64",
+        "test 42",
+    ):
         assert item in page
     skipped = json.loads((run / "metrics.json").read_text())["skipped_files"]
     assert [s["path"] for s in skipped] == [str(data / "train" / "Bag" / "broken.png")]
@@ -119,20 +143,26 @@ def test_calibration_is_stored_in_the_model_and_loads_in_safe_mode(planted_run):
     images = images_only(Split([r["path"] for r in rows], labels), (32, 32), 64)
     probabilities = np.concatenate([np.asarray(loaded.model(x)) for x in images])
     assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(
-        stored["ece_after"], abs=1e-4)
+        stored["ece_after"], abs=1e-4
+    )
     # Saved again with the class names inside it, as the run saved it first.
     assert read_model_metadata(run / "model.keras")["class_names"] == loaded.class_names
 
 
-@pytest.mark.parametrize("options,expected", [
-    ({"arch": "efficientnet_b0", "depth": None, "version": None}, "EfficientNetB0"),
-    ({"arch": None, "depth": 50, "version": "v1"}, "ResNet50"),
-    ({"arch": None, "depth": 101, "version": "v2"}, "ResNet101V2"),
-])
+@pytest.mark.parametrize(
+    "options,expected",
+    [
+        ({"arch": "efficientnet_b0", "depth": None, "version": None}, "EfficientNetB0"),
+        ({"arch": None, "depth": 50, "version": "v1"}, "ResNet50"),
+        ({"arch": None, "depth": 101, "version": "v2"}, "ResNet101V2"),
+    ],
+)
 def test_the_report_names_the_runs_backbone(options, expected):
-    config = {"data": "flowers", "options": {**options, "head_epochs": 3,
-                                             "fine_tune_from": "none"},
-              "dataset": {"splits": {"train": 8, "val": 2}}}
+    config = {
+        "data": "flowers",
+        "options": {**options, "head_epochs": 3, "fine_tune_from": "none"},
+        "dataset": {"splits": {"train": 8, "val": 2}},
+    }
     rows = dict(summary_rows(config, {"kept": {"phase": "head", "reason": "r"}}, ["a", "b"]))
     assert rows["model"] == expected
     assert rows["model kept"] == "phase 1 (head): r"
@@ -180,8 +210,10 @@ def test_gradcam_of_a_run_uses_a_convolutional_group_wide_enough(planted_run):
     cam = gradcam.cam_model(model)
     last = groups(find_backbone(model))["conv3"][-1]
     assert tuple(cam.output[0].shape[1:]) == tuple(last.output.shape[1:])
-    image = np.asarray(Image.open(next((data / "val" / "Bag").glob("*.png"))).convert("RGB")
-                       .resize((32, 32)), np.float32)[None]
+    image = np.asarray(
+        Image.open(next((data / "val" / "Bag").glob("*.png"))).convert("RGB").resize((32, 32)),
+        np.float32,
+    )[None]
     _, logits = cam(image)
     probabilities = np.asarray(model(image))
     assert np.allclose(keras.ops.softmax(logits), probabilities, atol=1e-5)
@@ -203,16 +235,22 @@ def test_report_command_rebuilds_the_page_and_rejects_other_folders(planted_run,
     assert result.exit_code == 0, result.output
     assert "leaked duplicates: val 4, test 2" in result.output
     rebuilt = json.loads((run / "metrics.json").read_text())["leaked_duplicates"]
-    assert [(p["path"], p["train_path"]) for p in rebuilt["pairs"]] == \
-        [(p["path"], p["train_path"]) for p in from_the_run["pairs"]]
-    assert np.allclose([p["similarity"] for p in rebuilt["pairs"]],
-                       [p["similarity"] for p in from_the_run["pairs"]], atol=1e-4)
+    assert [(p["path"], p["train_path"]) for p in rebuilt["pairs"]] == [
+        (p["path"], p["train_path"]) for p in from_the_run["pairs"]
+    ]
+    assert np.allclose(
+        [p["similarity"] for p in rebuilt["pairs"]],
+        [p["similarity"] for p in from_the_run["pairs"]],
+        atol=1e-4,
+    )
     assert (run / "report.html").stat().st_size > 10_000
     result = run_cli("report", tmp_path)
     assert result.exit_code == 2
-    assert last_line(result) == (f"Error: {tmp_path} holds no metrics.json. Expected a run "
-                                 "directory of `transfer finetune` or the --out folder of "
-                                 "`transfer evaluate`.")
+    assert last_line(result) == (
+        f"Error: {tmp_path} holds no metrics.json. Expected a run "
+        "directory of `transfer finetune` or the --out folder of "
+        "`transfer evaluate`."
+    )
 
 
 def test_evaluate_writes_a_report_and_cannot_calibrate(planted_run, tmp_path):
@@ -230,8 +268,18 @@ def test_evaluate_writes_a_report_and_cannot_calibrate(planted_run, tmp_path):
 def test_explain_writes_an_overlay_per_image_with_its_top_k(planted_run, tmp_path):
     run, data, _ = planted_run
     images = sorted((data / "val" / "Coat").glob("*.png"))[:2]
-    result = run_cli("explain", run, *images, tmp_path / "missing.png", "--out",
-                     tmp_path / "cams", "--top-k", "2", "--group", "conv4")
+    result = run_cli(
+        "explain",
+        run,
+        *images,
+        tmp_path / "missing.png",
+        "--out",
+        tmp_path / "cams",
+        "--top-k",
+        "2",
+        "--group",
+        "conv4",
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[-1] == f"{tmp_path / 'missing.png'}  error: file not found"
@@ -251,8 +299,10 @@ def test_predict_abstains_below_min_confidence_in_every_format(planted_run, caps
     confidences = sorted(r["predictions"][0][1] for r in predict(run, [folder]))
     threshold = (confidences[2] + confidences[3]) / 2  # three abstentions
     rows = predict(run, [folder], min_confidence=threshold)
-    expected = {r["path"]: r["predictions"][0][0] if r["predictions"][0][1] >= threshold
-                else UNKNOWN for r in rows}
+    expected = {
+        r["path"]: r["predictions"][0][0] if r["predictions"][0][1] >= threshold else UNKNOWN
+        for r in rows
+    }
     assert [r["label"] for r in rows] == list(expected.values())
     assert list(expected.values()).count(UNKNOWN) == 3
     outputs = {}
@@ -261,14 +311,14 @@ def test_predict_abstains_below_min_confidence_in_every_format(planted_run, caps
             printer(rows)
         outputs[name] = capsys.readouterr().out
     assert {r["path"]: r["label"] for r in json.loads(outputs["json"])} == expected
-    assert {r["path"]: r["label"]
-            for r in csv.DictReader(io.StringIO(outputs["csv"]))} == expected
+    assert {r["path"]: r["label"] for r in csv.DictReader(io.StringIO(outputs["csv"]))} == expected
     for path, label in expected.items():
         assert re.search(rf"^{re.escape(path)}\s+{re.escape(label)}:  ", outputs["table"], re.M)
     result = run_cli("predict", run, folder, "--min-confidence", "1.5")
     assert result.exit_code == 2
-    assert last_line(result) == ("Error: Invalid value for '--min-confidence': 1.5 is not in "
-                                 "the range 0.0<=x<=1.0.")
+    assert last_line(result) == (
+        "Error: Invalid value for '--min-confidence': 1.5 is not in the range 0.0<=x<=1.0."
+    )
 
 
 def test_report_opens_in_a_real_browser_without_errors_or_requests(planted_run, tmp_path):
@@ -283,26 +333,32 @@ def test_report_opens_in_a_real_browser_without_errors_or_requests(planted_run, 
         for anchor, title in SECTIONS:
             assert driver.find_element(By.ID, anchor).find_element(By.TAG_NAME, "h2").text == title
         images = driver.execute_script(
-            "return Array.from(document.images, "
-            "i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.naturalHeight])"
+        )
         assert len(images) > 20 and all(ok and w > 0 and h > 0 for ok, w, h in images)
         # The per-class table sorts by F1, highest first, on a click.
         driver.find_element(By.XPATH, "//section[@id='per-class']//th[text()='F1']").click()
-        f1 = [float(c.text) for c in driver.find_elements(
-            By.CSS_SELECTOR, "#per-class tbody tr td:nth-child(4)")]
+        f1 = [
+            float(c.text)
+            for c in driver.find_elements(By.CSS_SELECTOR, "#per-class tbody tr td:nth-child(4)")
+        ]
         assert len(f1) == 10 and f1 == sorted(f1, reverse=True)
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1200, min(height + 100, 8000))
         assert driver.save_screenshot(str(tmp_path / "report.png"))
         assert Image.open(tmp_path / "report.png").size[1] > 2000
         console = driver.get_log("browser")
-        requests = [json.loads(entry["message"])["message"]
-                    for entry in driver.get_log("performance")]
+        requests = [
+            json.loads(entry["message"])["message"] for entry in driver.get_log("performance")
+        ]
     finally:
         driver.quit()
     assert [entry for entry in console if entry["level"] in ("SEVERE", "WARNING")] == []
     # Every request the page made (the browser's own new-tab page makes others).
-    urls = {event["params"]["request"]["url"] for event in requests
-            if event["method"] == "Network.requestWillBeSent"
-            and event["params"].get("documentURL") == page.as_uri()}
+    urls = {
+        event["params"]["request"]["url"]
+        for event in requests
+        if event["method"] == "Network.requestWillBeSent"
+        and event["params"].get("documentURL") == page.as_uri()
+    }
     assert {url for url in urls if not url.startswith("data:")} == {page.as_uri()}

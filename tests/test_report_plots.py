@@ -30,8 +30,16 @@ def history(head_losses, fine_tune_losses):
     for phase, losses in (("head", head_losses), ("fine-tune", fine_tune_losses)):
         for epoch, loss in enumerate(losses):
             accuracy = 0.9 - 0.1 * loss if phase == "head" else 0.3
-            rows.append({"phase": phase, "epoch": epoch, "loss": loss, "val_loss": loss + 0.05,
-                         "accuracy": accuracy, "val_accuracy": accuracy - 0.02})
+            rows.append(
+                {
+                    "phase": phase,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "val_loss": loss + 0.05,
+                    "accuracy": accuracy,
+                    "val_accuracy": accuracy - 0.02,
+                }
+            )
     return rows
 
 
@@ -57,11 +65,19 @@ def densified(points, step=1.0):
 
 def curve_points(ax, x=None, y=None):
     """Every curve of a plot, in pixels, densified (or the one given by x and y)."""
-    lines = [np.column_stack(line.get_data()) for line in ax.get_lines()] \
-        if x is None else [np.column_stack([x, y])]
+    lines = (
+        [np.column_stack(line.get_data()) for line in ax.get_lines()]
+        if x is None
+        else [np.column_stack([x, y])]
+    )
     lines = [line[np.isfinite(line.astype(float)).all(axis=1)] for line in lines]
-    return np.concatenate([densified(ax.transData.transform(line)) for line in lines
-                           if len(line) > 1 and np.ptp(line[:, 0]) > 0])
+    return np.concatenate(
+        [
+            densified(ax.transData.transform(line))
+            for line in lines
+            if len(line) > 1 and np.ptp(line[:, 0]) > 0
+        ]
+    )
 
 
 def test_epoch_ticks_are_whole_numbers(drawn):
@@ -89,12 +105,23 @@ def test_the_phase_label_stays_inside_its_plot(drawn):
 
 
 def test_the_legend_and_the_kept_note_cover_no_curve_and_not_each_other(drawn):
-    rows = [{"phase": "head" if i < 10 else "fine-tune", "epoch": i, "loss": 0.3,
-             "val_loss": 0.3 if i < 10 else 2.0, "accuracy": 0.9,
-             "val_accuracy": 0.9 if i < 10 else 0.1} for i in range(20)]
+    rows = [
+        {
+            "phase": "head" if i < 10 else "fine-tune",
+            "epoch": i,
+            "loss": 0.3,
+            "val_loss": 0.3 if i < 10 else 2.0,
+            "accuracy": 0.9,
+            "val_accuracy": 0.9 if i < 10 else 0.1,
+        }
+        for i in range(20)
+    ]
     fig = drawn_curves(drawn, rows)
-    notes = [t for t in [*fig.texts, *(t for ax in fig.axes for t in ax.texts)]
-             if "kept: phase 1" in t.get_text()]
+    notes = [
+        t
+        for t in [*fig.texts, *(t for ax in fig.axes for t in ax.texts)]
+        if "kept: phase 1" in t.get_text()
+    ]
     legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
     assert notes and legends
     for legend in legends:
@@ -118,8 +145,10 @@ def test_coverage_labels_stay_off_the_curve(drawn):
         assert not extent(label).count_contains(curve), label.get_text()
 
 
-@pytest.mark.skipif(not shutil.which("chromedriver") and not Path("/usr/bin/chromedriver").exists(),
-                    reason="needs Debian's chromium-driver")
+@pytest.mark.skipif(
+    not shutil.which("chromedriver") and not Path("/usr/bin/chromedriver").exists(),
+    reason="needs Debian's chromium-driver",
+)
 def test_the_page_uses_the_width_of_a_1280_pixel_window(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -127,10 +156,21 @@ def test_the_page_uses_the_width_of_a_1280_pixel_window(tmp_path):
     from transfer.report.html import render
 
     page = tmp_path / "report.html"
-    page.write_text(render({
-        "title": "transfer report", "generated": "now", "summary": [("data", "x")],
-        "curves": None, "confusion_png": None, "per_class": [], "skipped": [],
-        "matrix": None, "confused": []}))
+    page.write_text(
+        render(
+            {
+                "title": "transfer report",
+                "generated": "now",
+                "summary": [("data", "x")],
+                "curves": None,
+                "confusion_png": None,
+                "per_class": [],
+                "skipped": [],
+                "matrix": None,
+                "confused": [],
+            }
+        )
+    )
     options = webdriver.ChromeOptions()
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"):
         options.add_argument(argument)
@@ -140,7 +180,8 @@ def test_the_page_uses_the_width_of_a_1280_pixel_window(tmp_path):
         driver.get(page.as_uri())
         window = driver.execute_script("return window.innerWidth")
         width = driver.execute_script(
-            "return document.getElementById('summary').getBoundingClientRect().width")
+            "return document.getElementById('summary').getBoundingClientRect().width"
+        )
     finally:
         driver.quit()
     assert window == 1280

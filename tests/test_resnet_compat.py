@@ -32,10 +32,14 @@ def _param_counts(model):
 
 # The 101- and 152-layer v2 variants are test_weights' (their tf-keras files load and
 # give tf-keras' outputs); here with top, in the slow run.
-WITH_TOP_CASES = [pytest.param(*variant, id=variant_id,
-                               marks=pytest.mark.slow if variant_id in ("ResNet101V2",
-                                                                        "ResNet152V2") else ())
-                  for variant, variant_id in zip(VARIANTS, VARIANT_IDS)]
+WITH_TOP_CASES = [
+    pytest.param(
+        *variant,
+        id=variant_id,
+        marks=pytest.mark.slow if variant_id in ("ResNet101V2", "ResNet152V2") else (),
+    )
+    for variant, variant_id in zip(VARIANTS, VARIANT_IDS)
+]
 
 
 @pytest.mark.heavy
@@ -65,10 +69,16 @@ def test_structure_and_outputs_with_top(builder, ref_name, depth, version):
 # and version, so avg and max are checked on ResNet50 only (it keeps the suite short).
 # The 101- and 152-layer backbones are the with-top test's; without top, at 75x61,
 # they are in the slow run.
-NO_TOP_CASES = [pytest.param(*variant, pooling, id=f"{variant_id}-{pooling}",
-                             marks=pytest.mark.slow if variant[2] != 50 else ())
-                for variant, variant_id in zip(VARIANTS, VARIANT_IDS)
-                for pooling in ([None, "avg", "max"] if variant_id == "ResNet50" else [None])]
+NO_TOP_CASES = [
+    pytest.param(
+        *variant,
+        pooling,
+        id=f"{variant_id}-{pooling}",
+        marks=pytest.mark.slow if variant[2] != 50 else (),
+    )
+    for variant, variant_id in zip(VARIANTS, VARIANT_IDS)
+    for pooling in ([None, "avg", "max"] if variant_id == "ResNet50" else [None])
+]
 
 
 @pytest.mark.heavy

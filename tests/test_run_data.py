@@ -33,13 +33,32 @@ def csv_run(tmp_path_factory):
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for folder in sorted(p for p in Path(SAMPLE_DATA).iterdir() if p.is_dir()):
-            writer.writerows((f"{folder.name}/{image.name}", folder.name)
-                             for image in sorted(folder.glob("*.png"))[:12])
+            writer.writerows(
+                (f"{folder.name}/{image.name}", folder.name)
+                for image in sorted(folder.glob("*.png"))[:12]
+            )
     run = root / "run"
-    result = run_cli("finetune", "--labels", labels, "--images", SAMPLE_DATA,
-                     "--path-column", COLUMNS[0], "--label-column", COLUMNS[1],
-                     "--weights", "none", "--image-size", "32", "--head-epochs", "3",
-                     "--fine-tune-from", "none", "--out", run)
+    result = run_cli(
+        "finetune",
+        "--labels",
+        labels,
+        "--images",
+        SAMPLE_DATA,
+        "--path-column",
+        COLUMNS[0],
+        "--label-column",
+        COLUMNS[1],
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--head-epochs",
+        "3",
+        "--fine-tune-from",
+        "none",
+        "--out",
+        run,
+    )
     assert result.exit_code == 0, result.output
     return run
 
@@ -49,8 +68,9 @@ def test_a_csv_run_is_reopened_with_its_column_options(csv_run):
     config = read_config(csv_run)
     dataset = reopen_data(csv_run)
     assert dataset.fingerprint == config["dataset"]["fingerprint"]
-    assert {name: len(split) for name, split in dataset.splits.items()} == \
-        config["dataset"]["splits"]
+    assert {name: len(split) for name, split in dataset.splits.items()} == config["dataset"][
+        "splits"
+    ]
     assert reopen_data(config).fingerprint == dataset.fingerprint  # a config dict too
 
 
@@ -80,8 +100,16 @@ def test_int8_export_of_a_csv_run_calibrates_on_its_own_images(csv_run, tmp_path
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(classes), activation="softmax", name="predictions")(x)
     keras.Model(inputs, outputs).save(folder / "model.keras")
-    result = run_cli("export", folder / "model.keras", "--format", "tflite", "--quantize",
-                     "int8", "--out", tmp_path / "int8.tflite")
+    result = run_cli(
+        "export",
+        folder / "model.keras",
+        "--format",
+        "tflite",
+        "--quantize",
+        "int8",
+        "--out",
+        tmp_path / "int8.tflite",
+    )
     assert result.exit_code == 0, result.output
     assert "cannot be read" not in result.output
     compared = next(x for x in result.output.splitlines() if x.startswith("Compared with"))

@@ -11,8 +11,11 @@ from transfer import runs
 def test_claiming_a_run_folder_removes_stale_partial_files(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    stale = [run / ".model.k3j2h1.partial.keras", run / ".metrics.x8y7.partial.json",
-             run / "checkpoints" / ".best-fine-tune.q1w2.partial.npz"]
+    stale = [
+        run / ".model.k3j2h1.partial.keras",
+        run / ".metrics.x8y7.partial.json",
+        run / "checkpoints" / ".best-fine-tune.q1w2.partial.npz",
+    ]
     stale_folder = run / ".export.partial-a1b2"
     fresh = run / ".history.z9z9.partial.csv"
     other = run / "notes.partial.txt"  # not hidden: not a temporary file of ours

@@ -37,16 +37,20 @@ def umask():
 def test_written_files_follow_the_umask_like_model_save(tmp_path, umask, mask, mode):
     umask(mask)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    written = [write_text(tmp_path / "a.txt", "x"),
-               write_npz(tmp_path / "a.npz", {"x": np.zeros(2)}),
-               save_model(model, tmp_path / "model.keras")]
+    written = [
+        write_text(tmp_path / "a.txt", "x"),
+        write_npz(tmp_path / "a.npz", {"x": np.zeros(2)}),
+        save_model(model, tmp_path / "model.keras"),
+    ]
     model.save(tmp_path / "reference.keras")
     assert stat.S_IMODE(os.stat(tmp_path / "reference.keras").st_mode) == mode
     for path in written:
         assert stat.S_IMODE(os.stat(path).st_mode) == mode, path
 
 
-TINY = dict(report=False, weights="none", image_size=32, batch_size=8, head_epochs=1, fine_tune_from="none")
+TINY = dict(
+    report=False, weights="none", image_size=32, batch_size=8, head_epochs=1, fine_tune_from="none"
+)
 
 
 class DiskTrouble(OSError):
@@ -82,21 +86,27 @@ def _foreign_folder(path):
 def test_overwrite_refuses_a_folder_transfer_did_not_write(tmp_path, tiny_run):
     foreign = _foreign_folder(tmp_path / "foreign")
     data = make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2}, size=(32, 32))
-    for args in (["finetune", "--data", data, "--out", foreign, "--overwrite", "--weights", "none"],
-                 ["evaluate", tiny_run, "--data", data, "--out", foreign, "--overwrite"],
-                 ["export", tiny_run, "--format", "savedmodel", "--out", foreign, "--overwrite"]):
+    for args in (
+        ["finetune", "--data", data, "--out", foreign, "--overwrite", "--weights", "none"],
+        ["evaluate", tiny_run, "--data", data, "--out", foreign, "--overwrite"],
+        ["export", tiny_run, "--format", "savedmodel", "--out", foreign, "--overwrite"],
+    ):
         result = run_cli(*args)
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith(f"Error: --out {foreign}"), result.stderr
-        assert "not written by transfer" in result.stderr \
-            or "not a SavedModel export of transfer" in result.stderr, result.stderr
+        assert (
+            "not written by transfer" in result.stderr
+            or "not a SavedModel export of transfer" in result.stderr
+        ), result.stderr
         assert (foreign / "logs" / "server.log").read_text() == "keep me\n"
         assert (foreign / "metrics.json").exists()
     # a folder of ours is replaced
     reports = tmp_path / "reports"
     assert run_cli("evaluate", tiny_run, "--data", data, "--out", reports).exit_code == 0
-    assert run_cli("evaluate", tiny_run, "--data", data, "--out", reports,
-                   "--overwrite").exit_code == 0
+    assert (
+        run_cli("evaluate", tiny_run, "--data", data, "--out", reports, "--overwrite").exit_code
+        == 0
+    )
 
 
 def _dead_pid():
@@ -124,8 +134,9 @@ def test_a_run_claims_its_folder_and_releases_it(tmp_path):
         for extra in ([], ["--resume"]):
             result = run_cli("finetune", "--data", data, "--out", out, *extra)
             assert result.exit_code == 2
-            assert f"--out {out} is in use by another run (process {other.pid})" in \
-                result.stderr, result.stderr
+            assert f"--out {out} is in use by another run (process {other.pid})" in result.stderr, (
+                result.stderr
+            )
         assert (out / LOCK_FILE).read_text() == f"{other.pid}\n"  # still the other run's
     finally:
         other.kill()
@@ -141,8 +152,10 @@ def test_a_run_claims_its_folder_and_releases_it(tmp_path):
     assert not (out / LOCK_FILE).exists() and (out / MARKER_FILE).exists()
 
 
-@pytest.mark.parametrize("stop, status, code", [
-    (KeyboardInterrupt, "interrupted", 130), (RuntimeError("out of memory"), "failed", 1)])
+@pytest.mark.parametrize(
+    "stop, status, code",
+    [(KeyboardInterrupt, "interrupted", 130), (RuntimeError("out of memory"), "failed", 1)],
+)
 def test_a_stopped_run_says_why_in_config_json(tmp_path, monkeypatch, stop, status, code):
     def train_head(*args, **kwargs):
         raise stop
@@ -150,14 +163,17 @@ def test_a_stopped_run_says_why_in_config_json(tmp_path, monkeypatch, stop, stat
     monkeypatch.setattr("transfer.train.run.Run.train_head", train_head)
     data = make_image_folder(tmp_path / "images", {"cat": 4, "dog": 4}, size=(32, 32))
     out = tmp_path / "run"
-    result = run_cli("finetune", "--data", data, "--out", out, "--weights", "none",
-                     "--image-size", 32)
+    result = run_cli(
+        "finetune", "--data", data, "--out", out, "--weights", "none", "--image-size", 32
+    )
     assert result.exit_code == code, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == status and config["reason"]
     if status == "interrupted":
-        assert result.stderr.strip().splitlines()[-1] == \
-            f"Error: The run was interrupted. --resume --out {out} continues it."
+        assert (
+            result.stderr.strip().splitlines()[-1]
+            == f"Error: The run was interrupted. --resume --out {out} continues it."
+        )
 
 
 @pytest.mark.heavy
@@ -172,6 +188,7 @@ def test_ctrl_c_backs_up_the_epochs_done_before_the_first_periodic_backup(tmp_pa
         def on_epoch_begin(epoch, logs=None):
             if name == "fine-tune" and epoch == 2:
                 raise KeyboardInterrupt
+
         callback = real_stop_on_nan(name, model, falls_back)
         callback.on_epoch_begin = on_epoch_begin
         return callback
@@ -179,10 +196,32 @@ def test_ctrl_c_backs_up_the_epochs_done_before_the_first_periodic_backup(tmp_pa
     monkeypatch.setattr(phase_module, "stop_on_nan", interrupting)
     data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
     out = tmp_path / "run"
-    flags = ["--data", data, "--out", out, "--no-report", "--weights", "none", "--image-size",
-             32, "--batch-size", 8, "--head-epochs", 1, "--fine-tune-from", "conv5",
-             "--fine-tune-epochs", 3, "--early-stopping", 0, "--augment", "none",
-             "--backup-interval", 3600, "--no-futility-stop"]
+    flags = [
+        "--data",
+        data,
+        "--out",
+        out,
+        "--no-report",
+        "--weights",
+        "none",
+        "--image-size",
+        32,
+        "--batch-size",
+        8,
+        "--head-epochs",
+        1,
+        "--fine-tune-from",
+        "conv5",
+        "--fine-tune-epochs",
+        3,
+        "--early-stopping",
+        0,
+        "--augment",
+        "none",
+        "--backup-interval",
+        3600,
+        "--no-futility-stop",
+    ]
     result = run_cli("finetune", *flags)
     assert result.exit_code == 130, result.output
     backup = out / "checkpoints" / "backup-fine-tune" / "backup.json"
@@ -193,12 +232,17 @@ def test_ctrl_c_backs_up_the_epochs_done_before_the_first_periodic_backup(tmp_pa
     assert resumed.exit_code == 0, resumed.output
     assert "Resuming fine-tune from epoch 3 of 3" in resumed.stderr
     with open(out / "history.csv") as f:
-        assert [line.split(",")[:2] for line in f.read().split()[1:]] == \
-            [["head", "1"], ["fine-tune", "1"], ["fine-tune", "2"], ["fine-tune", "3"]]
+        assert [line.split(",")[:2] for line in f.read().split()[1:]] == [
+            ["head", "1"],
+            ["fine-tune", "1"],
+            ["fine-tune", "2"],
+            ["fine-tune", "3"],
+        ]
 
 
 def _interrupted_run(tmp_path, monkeypatch, data):
     """A run stopped (as by Ctrl-C) after config.json was written, before training."""
+
     def train_head(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -209,8 +253,19 @@ def _interrupted_run(tmp_path, monkeypatch, data):
     return out
 
 
-TINY_FLAGS = ["--no-report", "--weights", "none", "--image-size", 32, "--batch-size", 8, "--head-epochs", 1,
-              "--fine-tune-from", "none"]
+TINY_FLAGS = [
+    "--no-report",
+    "--weights",
+    "none",
+    "--image-size",
+    32,
+    "--batch-size",
+    8,
+    "--head-epochs",
+    1,
+    "--fine-tune-from",
+    "none",
+]
 
 
 def test_resume_refuses_other_data_but_not_another_cache_dir(tmp_path, monkeypatch):
@@ -220,8 +275,17 @@ def test_resume_refuses_other_data_but_not_another_cache_dir(tmp_path, monkeypat
     result = run_cli("finetune", "--data", other, "--out", out, "--resume", *TINY_FLAGS)
     assert result.exit_code == 2 and "was started on other data" in result.stderr, result.output
     assert json.loads((out / "config.json").read_text())["status"] == "interrupted"  # as it was
-    result = run_cli("finetune", "--data", data, "--out", out, "--resume", *TINY_FLAGS,
-                     "--cache-dir", tmp_path / "elsewhere")
+    result = run_cli(
+        "finetune",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--resume",
+        *TINY_FLAGS,
+        "--cache-dir",
+        tmp_path / "elsewhere",
+    )
     assert "other options" not in result.stderr and "other data" not in result.stderr
     assert result.exit_code == 130  # got as far as training again (still interrupted here)
 
@@ -230,12 +294,33 @@ def test_resume_refuses_other_data_but_not_another_cache_dir(tmp_path, monkeypat
 def test_training_that_diverges_stops_and_marks_the_run_failed(tmp_path):
     data = make_image_folder(tmp_path / "images", {"cat": 8, "dog": 8}, size=(32, 32))
     out = tmp_path / "run"
-    result = run_cli("finetune", "--data", data, "--out", out, "--weights", "none",
-                     "--image-size", 32, "--batch-size", 4, "--head-init", "train",
-                     "--head-epochs", 2, "--head-lr", "1e38", "--fine-tune-from", "none")
+    result = run_cli(
+        "finetune",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--weights",
+        "none",
+        "--image-size",
+        32,
+        "--batch-size",
+        4,
+        "--head-init",
+        "train",
+        "--head-epochs",
+        2,
+        "--head-lr",
+        "1e38",
+        "--fine-tune-from",
+        "none",
+    )
     assert result.exit_code == 1, result.output
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "Error: Training diverged in phase head: the loss became nan")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("Error: Training diverged in phase head: the loss became nan")
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "failed" and "Training diverged" in config["reason"]
     assert not (out / "model.keras").exists()
@@ -260,18 +345,41 @@ def test_a_lock_still_being_written_is_respected_an_old_empty_one_is_not(tmp_pat
 def test_unwritable_output_is_one_error_line(tmp_path, image_folder):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = run_cli("finetune", "--data", image_folder, "--weights", "none",
-                     "--out", blocker / "run", "--image-size", "32")
+    result = run_cli(
+        "finetune",
+        "--data",
+        image_folder,
+        "--weights",
+        "none",
+        "--out",
+        blocker / "run",
+        "--image-size",
+        "32",
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
-        f"Error: Cannot write {blocker / 'run'}: Not a directory.")
+        f"Error: Cannot write {blocker / 'run'}: Not a directory."
+    )
 
 
 @pytest.mark.heavy
 def test_full_disk_never_leaves_a_model_that_looks_complete(full_disk, image_folder):
     out = full_disk / "run"
-    result = run_cli("finetune", "--data", image_folder, "--weights", "none", "--out", out,
-                     "--image-size", "32", "--head-epochs", "1", "--fine-tune-from", "none")
+    result = run_cli(
+        "finetune",
+        "--data",
+        image_folder,
+        "--weights",
+        "none",
+        "--out",
+        out,
+        "--image-size",
+        "32",
+        "--head-epochs",
+        "1",
+        "--fine-tune-from",
+        "none",
+    )
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: Cannot write ") and "No space left on device" in last, last
@@ -288,10 +396,29 @@ def test_full_disk_at_phase_one_checkpoint_fails_cleanly(full_disk, image_folder
     # subprocess: a crash (h5py freeing a file after a failed write) must show as one.
     out = full_disk / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "transfer", "finetune", "--data", str(image_folder),
-         "--weights", "none", "--out", str(out), "--image-size", "32", "--head-epochs", "1",
-         "--fine-tune-from", "conv5", "--no-report"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "transfer",
+            "finetune",
+            "--data",
+            str(image_folder),
+            "--weights",
+            "none",
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--head-epochs",
+            "1",
+            "--fine-tune-from",
+            "conv5",
+            "--no-report",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: Cannot write ") and "No space left on device" in last, last

@@ -58,9 +58,21 @@ def pngs(folder):
 def test_converter_writes_class_folders_traceable_to_the_idx_records(idx_dir, tmp_path):
     out = tmp_path / "fm"
     done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "fashion_mnist_to_folders.py"), "--idx-dir", str(idx_dir),
-         "--out", str(out), "--classes", "bag,Sandal", "--per-class", "3"],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            str(SCRIPTS / "fashion_mnist_to_folders.py"),
+            "--idx-dir",
+            str(idx_dir),
+            "--out",
+            str(out),
+            "--classes",
+            "bag,Sandal",
+            "--per-class",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "wrote 12 PNGs (train 6, test 6)" in done.stdout
     assert sorted(p.name for p in (out / "train").iterdir()) == ["Bag", "Sandal"]
@@ -70,17 +82,34 @@ def test_converter_writes_class_folders_traceable_to_the_idx_records(idx_dir, tm
     np.testing.assert_array_equal(np.asarray(Image.open(written)), images[first_bag])
 
     again = subprocess.run(  # a smaller re-run removes what it no longer writes
-        [sys.executable, str(SCRIPTS / "fashion_mnist_to_folders.py"), "--idx-dir", str(idx_dir),
-         "--out", str(out), "--classes", "Bag,Sandal", "--per-class", "1", "--splits", "train"],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            str(SCRIPTS / "fashion_mnist_to_folders.py"),
+            "--idx-dir",
+            str(idx_dir),
+            "--out",
+            str(out),
+            "--classes",
+            "Bag,Sandal",
+            "--per-class",
+            "1",
+            "--splits",
+            "train",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stderr
     assert len(pngs(out / "train")) == 2 and len(pngs(out / "test")) == 6
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda b: b[:2] + bytes([0x09]) + b[3:], "bad IDX magic number"),
-    (lambda b: b[:-5], "bytes, expected"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda b: b[:2] + bytes([0x09]) + b[3:], "bad IDX magic number"),
+        (lambda b: b[:-5], "bytes, expected"),
+    ],
+)
 def test_converter_refuses_damaged_idx_files(idx_dir, tmp_path, mutate, message):
     broken = tmp_path / "idx"
     broken.mkdir()
@@ -90,16 +119,26 @@ def test_converter_refuses_damaged_idx_files(idx_dir, tmp_path, mutate, message)
             data = mutate(data)
         (broken / path.name).write_bytes(gzip.compress(data))
     done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "fashion_mnist_to_folders.py"), "--idx-dir", str(broken),
-         "--out", str(tmp_path / "out")], capture_output=True, text=True)
+        [
+            sys.executable,
+            str(SCRIPTS / "fashion_mnist_to_folders.py"),
+            "--idx-dir",
+            str(broken),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert message in done.stderr and "error:" in done.stderr
 
 
 def test_label_budgets_are_nested_seeded_and_share_the_test_set(idx_dir, tmp_path):
     target = tmp_path / "target"
-    fashion.convert(idx_dir, target, ["train", "test"], "split",
-                    benchmark_transfer.TARGET_CLASSES, None)
+    fashion.convert(
+        idx_dir, target, ["train", "test"], "split", benchmark_transfer.TARGET_CLASSES, None
+    )
     folders = benchmark_transfer.budget_folders(target, [2, 5], tmp_path / "budgets", seed=3)
     small, large = (pngs(folders[b] / "train") for b in (2, 5))
     assert len(small) == 2 * 5 and len(large) == 5 * 5
@@ -127,7 +166,6 @@ def test_small_budgets_get_more_epochs():
     assert benchmark_transfer.epochs_for(head, 4000, 32, "head_epochs") == head["head_epochs"]
 
 
-
 @pytest.fixture(scope="module")
 def idx_with_sample_first(tmp_path_factory):
     """IDX files whose train split starts each class with the sample's 30 images (as
@@ -136,7 +174,7 @@ def idx_with_sample_first(tmp_path_factory):
     images, labels = [], []
     for label, name in enumerate(fashion.CLASS_NAMES):
         files = sorted(Path(SAMPLE_DATA, name).glob("*.png"))
-        for path in files + files[:2 if label < 5 else 1]:
+        for path in files + files[: 2 if label < 5 else 1]:
             images.append(np.asarray(Image.open(path)))
             labels.append(label)
     write_splits(root, {"train": (images, labels), "test": (images, labels)})
@@ -145,7 +183,8 @@ def idx_with_sample_first(tmp_path_factory):
 
 @pytest.mark.heavy
 def test_standin_trains_without_the_sample_and_saves_what_transfer_loads(
-        idx_with_sample_first, tmp_path):
+    idx_with_sample_first, tmp_path
+):
     """scripts/pretrain_standin.py (a stand-in for the ImageNet weights) trains on the
     train split less the sample's first 30 of each class, and its backbone's weights
     file loads into transfer's ResNet50 (as `--weights` does) with the same outputs."""
@@ -164,8 +203,9 @@ def test_standin_trains_without_the_sample_and_saves_what_transfer_loads(
     ours = transfer.ResNet50(weights=str(weights), include_top=False, input_shape=(32, 32, 3))
     pixels = np.pad(x[:4], ((0, 0), (2, 2), (2, 2), (0, 0))).repeat(3, -1)
     pixels = keras.applications.resnet.preprocess_input(pixels.astype("float32"))
-    np.testing.assert_allclose(ours.predict(pixels, verbose=0),
-                               backbone.predict(pixels, verbose=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        ours.predict(pixels, verbose=0), backbone.predict(pixels, verbose=0), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.slow
@@ -176,10 +216,24 @@ def test_standin_script_end_to_end(idx_with_sample_first, tmp_path):
 
     out = tmp_path / "standin.weights.h5"
     done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "pretrain_standin.py"), "--idx-dir",
-         str(idx_with_sample_first), "--out", str(out), "--image-size", "32", "--epochs", "1",
-         "--batch-size", "8"],
-        capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+        [
+            sys.executable,
+            str(SCRIPTS / "pretrain_standin.py"),
+            "--idx-dir",
+            str(idx_with_sample_first),
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
     assert done.returncode == 0, done.stderr
     assert "15 training images (the sample's 300 left out), 32 px" in done.stdout
     assert "accuracy on 315 test images" in done.stdout and f"wrote {out}" in done.stdout

@@ -17,10 +17,32 @@ from transfer.startup_noise import is_noise
 
 PACKAGE = Path(transfer.__file__).parent
 # Heavy or optional libraries a module may import inside a function, on first use.
-DEFERRABLE = {"tensorflow", "tensorflow_datasets", "keras", "sklearn", "matplotlib", "torch",
-              "scipy", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert"}
-COMMANDS = ("finetune", "evaluate", "predict", "embed", "probe", "export", "info", "weights",
-            "lr-find", "report", "explain")
+DEFERRABLE = {
+    "tensorflow",
+    "tensorflow_datasets",
+    "keras",
+    "sklearn",
+    "matplotlib",
+    "torch",
+    "scipy",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime",
+    "ai_edge_litert",
+}
+COMMANDS = (
+    "finetune",
+    "evaluate",
+    "predict",
+    "embed",
+    "probe",
+    "export",
+    "info",
+    "weights",
+    "lr-find",
+    "report",
+    "explain",
+)
 
 
 def _module_name(path):
@@ -41,8 +63,10 @@ def _imports(path):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # `from package import submodule` imports the submodule.
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES
-                     else node.module for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                for a in node.names
+            ]
         else:
             continue
         found += [(name, node, id(node) in top_level) for name in names]
@@ -52,8 +76,11 @@ def _imports(path):
 def _graph():
     graph = {}
     for name, path in MODULES.items():
-        graph[name] = {imported for imported, _, _ in _imports(path)
-                       if imported in MODULES and imported != name}
+        graph[name] = {
+            imported
+            for imported, _, _ in _imports(path)
+            if imported in MODULES and imported != name
+        }
     return graph
 
 
@@ -67,7 +94,7 @@ def test_imports_of_the_package_form_no_cycle():
         stack.append(module)
         for imported in sorted(graph[module]):
             if state.get(imported) == "open":
-                cycle = stack[stack.index(imported):] + [imported]
+                cycle = stack[stack.index(imported) :] + [imported]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if imported not in state:
                 visit(imported)
@@ -83,8 +110,11 @@ def test_layers_point_down():
     graph = _graph()
     for module, imported in graph.items():
         if module.startswith("transfer.models"):
-            bad = {i for i in imported
-                   if i.split(".")[1] in ("data", "train", "report", "commands", "cli", "runs")}
+            bad = {
+                i
+                for i in imported
+                if i.split(".")[1] in ("data", "train", "report", "commands", "cli", "runs")
+            }
             assert not bad, f"{module} imports {bad}"
         if module != "transfer.__main__":  # `python -m transfer` is the CLI's entry point
             assert "transfer.cli" not in imported, f"{module} imports the CLI"
@@ -92,9 +122,14 @@ def test_layers_point_down():
 
 # The code that knows the kinds of backbone (ResNet rows, keras.applications families) and
 # builds or recognises each; everything else uses only the `Backbone` interface.
-BACKBONE_MODULES = ("transfer.models.backbones", "transfer.models.architectures",
-                    "transfer.models.families", "transfer.models.resnet",
-                    "transfer.models.applications", "transfer.models.identify")
+BACKBONE_MODULES = (
+    "transfer.models.backbones",
+    "transfer.models.architectures",
+    "transfer.models.families",
+    "transfer.models.resnet",
+    "transfer.models.applications",
+    "transfer.models.identify",
+)
 KIND_MODULES = BACKBONE_MODULES[:3]  # where the kinds are defined
 
 
@@ -107,7 +142,8 @@ def _kind_names():
             if isinstance(node, ast.ClassDef):
                 classes.add(node.name)
             elif isinstance(node, ast.FunctionDef) and (
-                    node.name.startswith("is_") or "family_of" in node.name):
+                node.name.startswith("is_") or "family_of" in node.name
+            ):
                 questions.add(node.name)
     return classes, questions
 
@@ -118,8 +154,11 @@ def _called_name(node):
 
 
 def _mentions(node, names):
-    return any((isinstance(n, ast.Name) and n.id in names)
-               or (isinstance(n, ast.Attribute) and n.attr in names) for n in ast.walk(node))
+    return any(
+        (isinstance(n, ast.Name) and n.id in names)
+        or (isinstance(n, ast.Attribute) and n.attr in names)
+        for n in ast.walk(node)
+    )
 
 
 def test_no_caller_outside_the_backbone_code_asks_which_kind_of_backbone_it_holds():
@@ -135,10 +174,12 @@ def test_no_caller_outside_the_backbone_code_asks_which_kind_of_backbone_it_hold
                 assert called not in questions, f"{where} asks which kind of backbone: {called}"
                 if called in ("isinstance", "issubclass") and len(node.args) == 2:
                     assert not _mentions(node.args[1], classes), (
-                        f"{where} checks the class of a backbone; use the Backbone interface")
+                        f"{where} checks the class of a backbone; use the Backbone interface"
+                    )
             elif isinstance(node, ast.Compare):  # type(x) is Family, type(x) == Architecture
                 assert not _mentions(node, classes), (
-                    f"{where} compares with a backbone class; use the Backbone interface")
+                    f"{where} compares with a backbone class; use the Backbone interface"
+                )
 
 
 def test_no_command_imports_another():
@@ -165,10 +206,12 @@ def test_own_modules_are_imported_at_the_top_and_only_heavy_ones_later():
             if at_top:
                 root = imported.split(".")[0]
                 assert root not in {"tensorflow", "keras"} or name == "transfer.lazy", (
-                    f"{name}:{node.lineno} imports {imported} at load time; use transfer.lazy")
+                    f"{name}:{node.lineno} imports {imported} at load time; use transfer.lazy"
+                )
                 continue
             assert imported.split(".")[0] in DEFERRABLE, (
-                f"{name}:{node.lineno} imports {imported} inside a function")
+                f"{name}:{node.lineno} imports {imported} inside a function"
+            )
 
 
 def test_help_of_every_command_does_not_import_tensorflow():
@@ -189,22 +232,42 @@ def test_help_of_every_command_does_not_import_tensorflow():
     assert done.stdout.strip() == "loaded: []"
 
 
-@pytest.mark.parametrize("message,command,expected", [
-    ("out=runs/a is not empty. Choose another folder or pass overwrite=True to replace it.",
-     "finetune", "--out runs/a is not empty. Choose another folder or pass --overwrite to "
-                 "replace it."),
-    ("Unknown group: fine_tune_from='conv9'.", "finetune",
-     "Unknown group: --fine-tune-from 'conv9'."),
-    ("pass weights=PATH to a file, or weights=None.", "finetune",
-     "pass --weights PATH to a file, or --weights none."),
-    ("features were cached (cache_features=False turns it off)", "finetune",
-     "features were cached (--no-cache turns it off)"),
-    ("pass weights_dir=DIR (or set TRANSFER_WEIGHTS_DIR=DIR)", "weights",
-     "pass --weights-dir DIR (or set TRANSFER_WEIGHTS_DIR=DIR)"),
-    ("a file with include_top=False", "weights", "a file with --notop"),
-    ("out=x.h5 exists; head_epochs=3 is not an option here.", "export",
-     "--out x.h5 exists; head_epochs=3 is not an option here."),
-])
+@pytest.mark.parametrize(
+    "message,command,expected",
+    [
+        (
+            "out=runs/a is not empty. Choose another folder or pass overwrite=True to replace it.",
+            "finetune",
+            "--out runs/a is not empty. Choose another folder or pass --overwrite to replace it.",
+        ),
+        (
+            "Unknown group: fine_tune_from='conv9'.",
+            "finetune",
+            "Unknown group: --fine-tune-from 'conv9'.",
+        ),
+        (
+            "pass weights=PATH to a file, or weights=None.",
+            "finetune",
+            "pass --weights PATH to a file, or --weights none.",
+        ),
+        (
+            "features were cached (cache_features=False turns it off)",
+            "finetune",
+            "features were cached (--no-cache turns it off)",
+        ),
+        (
+            "pass weights_dir=DIR (or set TRANSFER_WEIGHTS_DIR=DIR)",
+            "weights",
+            "pass --weights-dir DIR (or set TRANSFER_WEIGHTS_DIR=DIR)",
+        ),
+        ("a file with include_top=False", "weights", "a file with --notop"),
+        (
+            "out=x.h5 exists; head_epochs=3 is not an option here.",
+            "export",
+            "--out x.h5 exists; head_epochs=3 is not an option here.",
+        ),
+    ],
+)
 def test_library_arguments_become_the_commands_flags(message, command, expected):
     params = cli_module.cli.commands[command].params
     assert cli_module.flag_names(message, params) == expected
@@ -257,13 +320,18 @@ def test_startup_lines_are_noise_and_real_messages_are_not():
 def test_the_command_line_keeps_tensorflow_start_up_lines_off_stderr():
     done = subprocess.run(
         [sys.executable, "-m", "transfer", "info", "--depth", "50", "--image-size", "32"],
-        capture_output=True, text=True)
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ResNet50 (depth 50")
     assert done.stderr == ""
-    bad = subprocess.run([sys.executable, "-m", "transfer", "info", "--depth", "34"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "transfer", "info", "--depth", "34"], capture_output=True, text=True
+    )
     assert bad.returncode == 2
-    assert bad.stderr == "Error: Unsupported ResNet depth: 34. Expected one of 50, 101, 152. " \
-        "For a smaller model, pass another family: --arch mobilenet_v3_small or --arch " \
+    assert (
+        bad.stderr == "Error: Unsupported ResNet depth: 34. Expected one of 50, 101, 152. "
+        "For a smaller model, pass another family: --arch mobilenet_v3_small or --arch "
         "efficientnet_b0, for example.\n"
+    )

@@ -57,8 +57,9 @@ def torchvision_resnet(depth, seed=0):
 
 def run_torch(model, images_nhwc):
     with torch.no_grad():  # NHWC (Keras) -> NCHW (PyTorch)
-        return model(torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))))\
-            .numpy()
+        return model(
+            torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+        ).numpy()
 
 
 def normalize_torch(pixels_nhwc):
@@ -97,8 +98,9 @@ def test_outputs_equal_torchvisions(checkpoint):
 def test_features_equal_at_odd_sizes(checkpoint):
     # 75x61: odd and even sizes at different stages, where TF's "same" would shift.
     depth, reference, path = checkpoint
-    ours = transfer.ResNet(depth, "v1.5", weights=str(path), include_top=False,
-                           input_shape=(75, 61, 3))
+    ours = transfer.ResNet(
+        depth, "v1.5", weights=str(path), include_top=False, input_shape=(75, 61, 3)
+    )
     features = torch.nn.Sequential(*list(reference.children())[:-2]).eval()  # up to layer4
     x = random_images((2, 75, 61, 3), seed=1).astype("float32") / 64.0 - 2.0
     expected = run_torch(features, x).transpose(0, 2, 3, 1)  # back to NHWC
@@ -115,13 +117,17 @@ def test_raw_pixels_through_our_preprocessing(checkpoint):
     import keras
 
     depth, reference, path = checkpoint
-    backbone = transfer.ResNet(depth, "v1.5", weights=str(path), include_top=False,
-                               input_shape=(64, 64, 3))
+    backbone = transfer.ResNet(
+        depth, "v1.5", weights=str(path), include_top=False, input_shape=(64, 64, 3)
+    )
     extractor = transfer.feature_extractor(backbone)
-    classifier = keras.Sequential([keras.Input((224, 224, 3)),
-                                   transfer.preprocessing_layer("torch"),
-                                   transfer.ResNet(depth, "v1.5", weights=str(path),
-                                                   classifier_activation=None)])
+    classifier = keras.Sequential(
+        [
+            keras.Input((224, 224, 3)),
+            transfer.preprocessing_layer("torch"),
+            transfer.ResNet(depth, "v1.5", weights=str(path), classifier_activation=None),
+        ]
+    )
     pixels = random_images((2, 64, 64, 3), seed=2)
     pooled = torch.nn.Sequential(*list(reference.children())[:-1], torch.nn.Flatten()).eval()
     expected = run_torch(pooled, normalize_torch(pixels))
@@ -145,8 +151,9 @@ def test_state_dict_keys_and_shapes_match_the_default_suites_helper():
         assert [tuple(v.shape) for v in real.values()] == [v.shape for v in made.values()]
 
 
-@pytest.mark.parametrize("variant", ["legacy-pickle", "wrapped", "data-parallel",
-                                     "safetensors.torch"])
+@pytest.mark.parametrize(
+    "variant", ["legacy-pickle", "wrapped", "data-parallel", "safetensors.torch"]
+)
 def test_checkpoint_variants(tmp_path, variant):
     model = torchvision_resnet(50, seed=4)
     state = model.state_dict()
@@ -162,17 +169,21 @@ def test_checkpoint_variants(tmp_path, variant):
 
         path = tmp_path / "model.safetensors"
         save_file(state, str(path))
-    ours = transfer.ResNet(50, "v1.5", weights=str(path), include_top=False,
-                           input_shape=(32, 32, 3))
+    ours = transfer.ResNet(
+        50, "v1.5", weights=str(path), include_top=False, input_shape=(32, 32, 3)
+    )
     np.testing.assert_array_equal(
         np.asarray(ours.get_layer("conv4_block2_2_conv").kernel),
-        state["layer3.1.conv2.weight"].numpy().transpose(2, 3, 1, 0))
+        state["layer3.1.conv2.weight"].numpy().transpose(2, 3, 1, 0),
+    )
 
 
 def test_whole_pickled_model_is_refused(tmp_path):
     path = tmp_path / "model.pth"
     torch.save(torchvision.models.resnet50(weights=None), path)
-    with pytest.raises(transfer.WeightsError,
-                       match="could not be loaded as a PyTorch state_dict with "
-                             "weights_only=True .*Save model.state_dict\\(\\)"):
+    with pytest.raises(
+        transfer.WeightsError,
+        match="could not be loaded as a PyTorch state_dict with "
+        "weights_only=True .*Save model.state_dict\\(\\)",
+    ):
         transfer.ResNet(50, "v1.5", weights=str(path), include_top=False)

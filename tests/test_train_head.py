@@ -48,12 +48,15 @@ def test_feature_statistics_match_numpy_in_chunks():
     np.testing.assert_allclose(standardized, (features - mean) / np.sqrt(variance), rtol=1e-6)
 
 
-@pytest.mark.parametrize("images,cached,expected", [
-    (240, True, 75),      # 8 steps an epoch: 600 steps take 75 epochs
-    (100_000, True, 10),  # 3125 steps an epoch: the floor of 10 epochs
-    (16, True, 200),      # 1 step an epoch: capped at 200 (early stopping ends it sooner)
-    (240, False, 10),     # through the backbone an epoch costs a pass over the images
-])
+@pytest.mark.parametrize(
+    "images,cached,expected",
+    [
+        (240, True, 75),  # 8 steps an epoch: 600 steps take 75 epochs
+        (100_000, True, 10),  # 3125 steps an epoch: the floor of 10 epochs
+        (16, True, 200),  # 1 step an epoch: capped at 200 (early stopping ends it sooner)
+        (240, False, 10),  # through the backbone an epoch costs a pass over the images
+    ],
+)
 def test_head_epochs_auto_plans_from_the_data(images, cached, expected):
     options = FinetuneOptions(batch_size=32)
     assert options.head_epochs == "auto"
@@ -77,14 +80,26 @@ def test_the_probe_becomes_a_dense_softmax_with_the_same_probabilities(classes):
     dense = keras.layers.Dense(classes, activation="softmax")
     dense.build((None, 16))
     dense.set_weights([kernel, bias])
-    np.testing.assert_allclose(np.asarray(dense(features.astype("float32"))),
-                               classifier.predict_proba(features), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(dense(features.astype("float32"))),
+        classifier.predict_proba(features),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.heavy
 def test_phase_one_from_the_probe_matches_the_probe(tmp_path, image_folder):
-    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
-                               batch_size=8, fine_tune_from="none", seed=1)
+    result = transfer.finetune(
+        image_folder,
+        report=False,
+        out=tmp_path / "run",
+        weights=None,
+        image_size=32,
+        batch_size=8,
+        fine_tune_from="none",
+        seed=1,
+    )
     rows = result.history
     assert len(rows) == 1 and rows[0]["phase"] == "head" and rows[0]["probe_C"] > 0
     # The head is the regression: its validation accuracy is the run's (validation
@@ -97,8 +112,16 @@ def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image
     from transfer.data.sources import load_dataset
     from transfer.models.heads import pooled_features
 
-    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=None, image_size=32,
-                               batch_size=8, fine_tune_from="none", seed=1)
+    result = transfer.finetune(
+        image_folder,
+        report=False,
+        out=tmp_path / "run",
+        weights=None,
+        image_size=32,
+        batch_size=8,
+        fine_tune_from="none",
+        seed=1,
+    )
     splits = load_dataset(image_folder, val_split=FinetuneOptions.val_split).splits
     train, val = splits["train"], splits["val"]
     assert result.metrics["kept"]["refit"]["images"] == len(train) + len(val)
@@ -106,16 +129,31 @@ def test_a_kept_probe_is_refit_on_training_and_validation_images(tmp_path, image
     assert result.metrics["kept"]["refit"]["C"] == result.history[0]["probe_C"]
     # The standardisation now has the statistics of the training and validation images.
     extractor = pooled_features(result.model)
-    features = np.concatenate([np.asarray(extractor(batch)) for split in (train, val)
-                               for batch in images_only(split, 32, 8)])
+    features = np.concatenate(
+        [
+            np.asarray(extractor(batch))
+            for split in (train, val)
+            for batch in images_only(split, 32, 8)
+        ]
+    )
     mean = np.asarray(result.model.get_layer(HEAD_STANDARDIZE).mean).ravel()
     np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-4, atol=1e-5)
     # ... and the refit model is the one saved.
     reloaded = keras.models.load_model(result.run_dir / "model.keras", safe_mode=True)
     images = next(iter(images_only(val, 32, 8)))
-    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(result.model(images)),
-                               rtol=1e-5, atol=1e-6)
-    plain = transfer.finetune(image_folder, report=False, out=tmp_path / "plain", weights=None, image_size=32,
-                              batch_size=8, fine_tune_from="none", seed=1, refit=False)
+    np.testing.assert_allclose(
+        np.asarray(reloaded(images)), np.asarray(result.model(images)), rtol=1e-5, atol=1e-6
+    )
+    plain = transfer.finetune(
+        image_folder,
+        report=False,
+        out=tmp_path / "plain",
+        weights=None,
+        image_size=32,
+        batch_size=8,
+        fine_tune_from="none",
+        seed=1,
+        refit=False,
+    )
     assert "refit" not in plain.metrics["kept"]
     assert plain.metrics["val"] == result.metrics["val"]

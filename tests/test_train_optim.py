@@ -16,7 +16,7 @@ def test_warmup_then_cosine_decay():
     assert rates[0] == 0.0
     assert rates[warmup // 2] == pytest.approx(5e-4, rel=1e-5)
     assert rates[warmup] == pytest.approx(1e-3, rel=1e-5)
-    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))
+    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1 :]))
     assert rates[warmup + 45] == pytest.approx(5e-4, rel=1e-3)  # half way down the cosine
     assert rates[100] == pytest.approx(0.0, abs=1e-9)
 
@@ -35,7 +35,7 @@ def test_layer_decay_scales_each_groups_step():
     for distance, name in enumerate(("head", "conv5", "conv4")):
         for layer in found[name]:
             for variable in layer.trainable_weights:
-                expected[id(variable)] = 0.1 * 0.5 ** distance
+                expected[id(variable)] = 0.1 * 0.5**distance
     assert len(expected) == len(variables)
     for variable, old in zip(variables, before):
         step = old - np.asarray(variable)  # SGD's first step with momentum: lr * gradient

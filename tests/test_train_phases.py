@@ -20,16 +20,27 @@ from transfer.train.phase import release_training_state
 
 
 @pytest.mark.heavy
-def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folder, caplog,
-                                                           monkeypatch):
+def test_a_diverging_phase_two_keeps_phase_one_and_says_so(
+    tmp_path, image_folder, caplog, monkeypatch
+):
     import logging
 
     monkeypatch.setattr(logging.getLogger("transfer"), "propagate", True)
     path, before = _weights_file(tmp_path)
-    result = transfer.finetune(image_folder, report=False, out=tmp_path / "run", weights=str(path),
-                               image_size=32, batch_size=8, head_epochs=2, fine_tune_epochs=1,
-                               fine_tune_from="conv5", fine_tune_learning_rate=1e4,
-                               early_stopping_patience=0, augment="none")
+    result = transfer.finetune(
+        image_folder,
+        report=False,
+        out=tmp_path / "run",
+        weights=str(path),
+        image_size=32,
+        batch_size=8,
+        head_epochs=2,
+        fine_tune_epochs=1,
+        fine_tune_from="conv5",
+        fine_tune_learning_rate=1e4,
+        early_stopping_patience=0,
+        augment="none",
+    )
     kept = result.metrics["kept"]
     assert kept["phase"] == "head", kept
     assert kept["validation"]["head"]["accuracy"] >= kept["validation"]["fine-tune"]["accuracy"]
@@ -40,7 +51,8 @@ def test_a_diverging_phase_two_keeps_phase_one_and_says_so(tmp_path, image_folde
     assert "_transfer_inference" not in result.model.__dict__  # runtime._compiled_call's
     val = transfer.data.load_dataset(image_folder, val_split=0.2).splits["val"]
     whole = selection.validation_score(
-        run_inference(result.model, images_only(val, image_size=32, batch_size=8)), val.labels)
+        run_inference(result.model, images_only(val, image_size=32, batch_size=8)), val.labels
+    )
     assert kept["validation"]["head"]["accuracy"] == pytest.approx(whole["accuracy"])
     assert kept["validation"]["head"]["loss"] == pytest.approx(whole["loss"], rel=1e-4)
     after, _ = _backbone_after(result.run_dir)
@@ -59,10 +71,30 @@ def test_lr_find_writes_its_curve_and_suggests_a_rate(tmp_path, image_folder):
 
     from transfer.cli import cli
 
-    result = CliRunner().invoke(cli, [
-        "lr-find", "--data", str(image_folder), "--out", str(tmp_path / "lr"), "--weights",
-        "none", "--image-size", "32", "--batch-size", "8", "--head-epochs", "1",
-        "--steps", "12", "--start-lr", "1e-6", "--end-lr", "10"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "lr-find",
+            "--data",
+            str(image_folder),
+            "--out",
+            str(tmp_path / "lr"),
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--head-epochs",
+            "1",
+            "--steps",
+            "12",
+            "--start-lr",
+            "1e-6",
+            "--end-lr",
+            "10",
+        ],
+    )
     assert result.exit_code == 0, result.output
     suggested = float(result.output.strip().splitlines()[-1].split()[2])
     assert 1e-7 <= suggested <= 1.0
@@ -73,14 +105,17 @@ def test_lr_find_writes_its_curve_and_suggests_a_rate(tmp_path, image_folder):
     assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("gained,lost,kept", [
-    (0, 0, False),   # the same images right: a tie keeps phase 1
-    (1, 0, False),   # one image more is noise (1 > 1 * sqrt(1) fails)
-    (3, 1, False),   # 2 > sqrt(4) fails
-    (4, 0, True),    # 4 > sqrt(4)
-    (30, 10, True),  # 20 > sqrt(40)
-    (10, 30, False),
-])
+@pytest.mark.parametrize(
+    "gained,lost,kept",
+    [
+        (0, 0, False),  # the same images right: a tie keeps phase 1
+        (1, 0, False),  # one image more is noise (1 > 1 * sqrt(1) fails)
+        (3, 1, False),  # 2 > sqrt(4) fails
+        (4, 0, True),  # 4 > sqrt(4)
+        (30, 10, True),  # 20 > sqrt(40)
+        (10, 30, False),
+    ],
+)
 def test_phase_two_is_kept_only_when_clearly_better(gained, lost, kept):
     both = 50  # images both get right; they do not count
     fine_tune = np.array([True] * gained + [False] * lost + [True] * both)
@@ -89,8 +124,9 @@ def test_phase_two_is_kept_only_when_clearly_better(gained, lost, kept):
 
 
 @pytest.mark.parametrize("on_disk", [False, True], ids=["in-memory", "on-disk"])
-def test_early_stopping_restores_the_best_epoch_from_copies_of_what_trains(caplog, tmp_path,
-                                                                          on_disk):
+def test_early_stopping_restores_the_best_epoch_from_copies_of_what_trains(
+    caplog, tmp_path, on_disk
+):
     from transfer.train.callbacks import early_stopping
 
     frozen, trained = keras.layers.Dense(3, name="frozen"), keras.layers.Dense(2, name="trained")
@@ -118,8 +154,7 @@ def test_early_stopping_restores_the_best_epoch_from_copies_of_what_trains(caplo
         assert not path.exists()  # restored, then removed
 
 
-def test_after_training_the_optimizer_goes_and_the_model_predicts_and_saves_the_same(
-        tmp_path):
+def test_after_training_the_optimizer_goes_and_the_model_predicts_and_saves_the_same(tmp_path):
     import gc
     import weakref
 
@@ -140,8 +175,9 @@ def test_after_training_the_optimizer_goes_and_the_model_predicts_and_saves_the_
     np.testing.assert_allclose(np.asarray(reloaded(x)), before, atol=1e-6)
 
 
-def test_a_backup_restores_what_training_changes_and_a_broken_one_starts_over(tmp_path, caplog,
-                                                                             monkeypatch):
+def test_a_backup_restores_what_training_changes_and_a_broken_one_starts_over(
+    tmp_path, caplog, monkeypatch
+):
     import logging
 
     from transfer.train.callbacks import backup_epoch, restore_backup, resume_backup
@@ -171,8 +207,9 @@ def test_a_backup_restores_what_training_changes_and_a_broken_one_starts_over(tm
 
     fresh = compiled_model()
     assert restore_backup(fresh, tmp_path / "b")
-    for a, b in zip(fresh.weights + fresh.optimizer.variables,
-                    trained.weights + trained.optimizer.variables):
+    for a, b in zip(
+        fresh.weights + fresh.optimizer.variables, trained.weights + trained.optimizer.variables
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     (tmp_path / "b" / "backup.npz").write_bytes(b"PK\x03\x04 truncated")
@@ -192,8 +229,9 @@ def test_a_model_splits_at_a_group_into_frozen_prefix_and_trained_suffix(version
     images = random_images((3, 32, 32, 3))
     for group in ("conv2", "conv4", "conv5"):
         prefix, suffix = split_at_group(model, group)
-        np.testing.assert_allclose(np.asarray(suffix(prefix(images))), np.asarray(model(images)),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(suffix(prefix(images))), np.asarray(model(images)), rtol=1e-5, atol=1e-6
+        )
         # The suffix shares the model's layers: it follows any change of weights.
         assert {id(w) for w in suffix.weights} <= {id(w) for w in model.weights}
         assert not {id(w) for w in prefix.weights} & {id(w) for w in suffix.trainable_weights}
@@ -202,21 +240,36 @@ def test_a_model_splits_at_a_group_into_frozen_prefix_and_trained_suffix(version
 
 @pytest.mark.heavy
 def test_phase_two_on_the_frozen_groups_outputs_matches_training_the_whole_model(
-        tmp_path, image_folder, monkeypatch, caplog):
+    tmp_path, image_folder, monkeypatch, caplog
+):
     made = []
     original = phase2.cached_validation
-    monkeypatch.setattr(phase2, "cached_validation",
-                        lambda suffix, *args: made.append(suffix.name) or original(suffix, *args))
+    monkeypatch.setattr(
+        phase2,
+        "cached_validation",
+        lambda suffix, *args: made.append(suffix.name) or original(suffix, *args),
+    )
     # Without a phase 1 (one run for both tests' worth of assertions): phase 2 is kept.
     # No augmentation: the training images' conv4 outputs are computed once, too.
-    options = dict(report=False, weights=None, image_size=32, batch_size=8, head_epochs=0,
-                   fine_tune_epochs=2, fine_tune_from="conv5", early_stopping_patience=0,
-                   augment="none", dropout=0.0)
+    options = dict(
+        report=False,
+        weights=None,
+        image_size=32,
+        batch_size=8,
+        head_epochs=0,
+        fine_tune_epochs=2,
+        fine_tune_from="conv5",
+        early_stopping_patience=0,
+        augment="none",
+        dropout=0.0,
+    )
     with caplog.at_level("INFO", logger="transfer"):
         result = transfer.finetune(image_folder, out=tmp_path / "run", **options)
     assert "outputs for the training images are computed once" in caplog.text
-    assert result.metrics["kept"] == {"phase": "fine-tune",
-                                      "reason": "phase 1 did not train (head_epochs=0)"}
+    assert result.metrics["kept"] == {
+        "phase": "fine-tune",
+        "reason": "phase 1 did not train (head_epochs=0)",
+    }
     assert [row["phase"] for row in result.history] == ["fine-tune"] * 2
     last = result.history[-1]
     assert last["phase"] == "fine-tune"
@@ -224,7 +277,8 @@ def test_phase_two_on_the_frozen_groups_outputs_matches_training_the_whole_model
     # The last epoch's logged validation is the whole model's on the validation images.
     val = transfer.data.load_dataset(image_folder, val_split=0.2).splits["val"]
     whole = selection.validation_score(
-        run_inference(result.model, images_only(val, image_size=32, batch_size=8)), val.labels)
+        run_inference(result.model, images_only(val, image_size=32, batch_size=8)), val.labels
+    )
     assert last["val_accuracy"] == pytest.approx(whole["accuracy"])
     assert last["val_loss"] == pytest.approx(whole["loss"], rel=1e-2)
     assert made == ["from_conv5"]  # phase 2 validated through conv5 and the head only
@@ -264,16 +318,25 @@ def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
     count = len(train)
     assert cache.orientations == 2 and cache.train.shape[0] == 2 * count
     pixels = np.concatenate(list(phase2.images_only(train, 32, 8)))
-    for outputs, images in ((cache.train[:count], pixels), (cache.train[count:], pixels[:, :, ::-1])):
-        np.testing.assert_allclose(np.asarray(outputs, dtype="float32"),
-                                   np.asarray(cache.prefix(images)), rtol=1e-2, atol=1e-2)
+    for outputs, images in (
+        (cache.train[:count], pixels),
+        (cache.train[count:], pixels[:, :, ::-1]),
+    ):
+        np.testing.assert_allclose(
+            np.asarray(outputs, dtype="float32"),
+            np.asarray(cache.prefix(images)),
+            rtol=1e-2,
+            atol=1e-2,
+        )
     # Each image comes as it is or mirrored, half and half, the same for the same seed.
     positions = tf.constant(np.tile(np.arange(count), 50))
     draws = [np.asarray(cache.train_inputs(seed=5)(positions)) for _ in range(2)]
     np.testing.assert_array_equal(*draws)
     table = np.asarray(cache.train)
-    mirrored = [np.array_equal(draw, table[count + p]) and not np.array_equal(draw, table[p])
-                for draw, p in zip(draws[0], np.asarray(positions))]
+    mirrored = [
+        np.array_equal(draw, table[count + p]) and not np.array_equal(draw, table[p])
+        for draw, p in zip(draws[0], np.asarray(positions))
+    ]
     as_is = [np.array_equal(draw, table[p]) for draw, p in zip(draws[0], np.asarray(positions))]
     assert all(m or a for m, a in zip(mirrored, as_is))
     assert 0.4 < np.mean(mirrored) < 0.6
@@ -286,12 +349,25 @@ def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
 # whose straight and resumed runs agree to 1e-5, to keep the suite under 20 minutes.
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_model(tmp_path, image_folder):
-    runs = [transfer.finetune(image_folder, report=False, out=tmp_path / f"run{i}", weights=None,
-                              image_size=32, batch_size=8, fine_tune_epochs=1,
-                              early_stopping_patience=0, keep="last", seed=3)
-            for i in range(2)]
-    first, second = ([{k: v for k, v in row.items() if "seconds" not in k}
-                      for row in run.history] for run in runs)
+    runs = [
+        transfer.finetune(
+            image_folder,
+            report=False,
+            out=tmp_path / f"run{i}",
+            weights=None,
+            image_size=32,
+            batch_size=8,
+            fine_tune_epochs=1,
+            early_stopping_patience=0,
+            keep="last",
+            seed=3,
+        )
+        for i in range(2)
+    ]
+    first, second = (
+        [{k: v for k, v in row.items() if "seconds" not in k} for row in run.history]
+        for run in runs
+    )
     assert first == second and [row["phase"] for row in first][-1] == "fine-tune"
     for a, b in zip(runs[0].model.weights, runs[1].model.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -53,8 +53,9 @@ def test_a_label_in_nfc_and_nfd_is_one_class_in_a_csv(tmp_path):
 
 
 def test_folder_names_in_nfc_and_nfd_are_one_class(tmp_path):
-    root = make_image_folder(tmp_path / "images", {CAFE_NFC: 3, CAFE_NFD: 3, "tea": 6},
-                             size=(16, 16))
+    root = make_image_folder(
+        tmp_path / "images", {CAFE_NFC: 3, CAFE_NFD: 3, "tea": 6}, size=(16, 16)
+    )
     if len(list(root.iterdir())) < 3:
         pytest.skip("this file system stores names in one normal form")
     dataset = load_folder(root, val_split=0.0)
@@ -95,8 +96,9 @@ def test_csv_cells_never_start_a_formula_and_read_back_exactly(tmp_path):
     from transfer.io import escape_cell, unescape_cell, write_csv
 
     texts = FORMULAS + ["'=quoted", "''@twice", "'plain", "-0.5", "+3", "1e-3", "café"]
-    path = write_csv(tmp_path / "t.csv", ["name", *texts], [[t, -0.5, 7, np.float32(-2.5)]
-                                                            for t in texts])
+    path = write_csv(
+        tmp_path / "t.csv", ["name", *texts], [[t, -0.5, 7, np.float32(-2.5)] for t in texts]
+    )
     cells = raw_cells(path)
     for cell in cells:
         if cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
@@ -115,8 +117,7 @@ def test_predictions_and_confusion_csv_hold_no_formula(tmp_path):
 
     class_names = ['=HYPERLINK("http://x","y")', "@SUM(1+1)", "tea"]
     y_true = np.array([0, 1, 2, 0])
-    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8],
-                              [0.1, 0.8, 0.1]])
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
     paths = ["-a.png", "=b.png", "c.png", "d.png"]
     write_reports(tmp_path, y_true, probabilities, class_names, paths)
     for name in ("predictions.csv", "confusion_matrix.csv"):
@@ -144,8 +145,11 @@ def test_a_link_out_of_the_image_folder_is_skipped_and_reported(tmp_path):
     (data / "cat" / "secret.png").symlink_to(secret)
     (data / "fox").symlink_to(secret.parent, target_is_directory=True)  # a class folder
     (data / "dog" / "also_cat.png").symlink_to(data / "cat" / "img_000.png")  # inside: kept
-    with pytest.raises(DataError, match=r"no images .* Not followed: .*fox, links to folders "
-                                        r"outside the image folder"):
+    with pytest.raises(
+        DataError,
+        match=r"no images .* Not followed: .*fox, links to folders "
+        r"outside the image folder",
+    ):
         load_folder(data)
     (data / "fox").unlink()
     dataset = load_folder(data)
@@ -153,7 +157,8 @@ def test_a_link_out_of_the_image_folder_is_skipped_and_reported(tmp_path):
     assert len(paths) == 9 and data / "dog" / "also_cat.png" in paths
     assert not [p for p in paths if os.path.realpath(p) == str(secret)]
     assert [(Path(s["path"]).name, s["reason"]) for s in dataset.skipped] == [
-        ("secret.png", "link to a file outside the image folder, not read")]
+        ("secret.png", "link to a file outside the image folder, not read")
+    ]
     with pytest.raises(DataError, match="secret.png: link to a file outside"):
         drop_unreadable(load_folder(data), strict=True, progress=False)
 
@@ -167,11 +172,13 @@ def test_a_csv_row_whose_file_links_out_is_skipped_and_reported(tmp_path):
     dataset = load_table(labels, images=images, val_split=0.0)
     assert len(dataset.splits["train"]) == 4
     assert [(Path(s["path"]).name, s["reason"]) for s in dataset.skipped] == [
-        ("secret.png", f"link to a file outside the image folder, not read "
-                       f"(row 6 of {labels})")]
+        ("secret.png", f"link to a file outside the image folder, not read (row 6 of {labels})")
+    ]
     with pytest.raises(DataError, match="Paths outside the image folder"):  # as before
-        load_table(write_labels(tmp_path / "up.csv", [*rows, ("../private/secret.png", "a")]),
-                   images=images)
+        load_table(
+            write_labels(tmp_path / "up.csv", [*rows, ("../private/secret.png", "a")]),
+            images=images,
+        )
 
 
 # ------------------------------------------------ images changed under a run (item 8)
@@ -184,8 +191,7 @@ def test_images_changed_in_place_change_the_fingerprint_and_stop_a_resume(tmp_pa
     for c, (name, tint) in enumerate((("cat", (200, 60, 60)), ("dog", (60, 60, 200)))):
         (data / name).mkdir(parents=True)
         for i in range(3):  # BMPs: their size depends on nothing but width and height
-            write_image(data / name / f"img_{i}.bmp", size=(16, 16), seed=10 * c + i,
-                        tint=tint)
+            write_image(data / name / f"img_{i}.bmp", size=(16, 16), seed=10 * c + i, tint=tint)
     before = load_folder(data)
     assert load_folder(data).fingerprint == before.fingerprint  # nothing changed
     # The case: pixels swapped between classes, same names, same sizes.
@@ -246,8 +252,11 @@ def test_a_keras_zip_bomb_is_refused_before_it_is_read(tmp_path, monkeypatch):
         return read(archive, name, *args, **kwargs)
 
     monkeypatch.setattr(zipfile.ZipFile, "read", guarded_read)
-    with pytest.raises(WeightsError, match=r"Not allowed: .*bomb\.keras declares a "
-                                           r"model\.weights\.h5 of 209,715,200 bytes"):
+    with pytest.raises(
+        WeightsError,
+        match=r"Not allowed: .*bomb\.keras declares a "
+        r"model\.weights\.h5 of 209,715,200 bytes",
+    ):
         read_weights_file(bomb)
 
 
@@ -267,8 +276,9 @@ def test_predict_as_csv_escapes_labels_that_start_a_formula(tmp_path):
     save_model(build_classifier(2, weights=None, image_size=32), paths.model)
     write_labels(paths.labels, ['=HYPERLINK("http://x","y")', "@SUM(1+1)"])
     image = write_image(tmp_path / "a.png", size=(32, 32))
-    result = CliRunner().invoke(cli, ["predict", str(paths.root), str(image), "--format", "csv",
-                                      "--top-k", "2"])
+    result = CliRunner().invoke(
+        cli, ["predict", str(paths.root), str(image), "--format", "csv", "--top-k", "2"]
+    )
     assert result.exit_code == 0, result.output
     cells = [cell for row in csv_module.reader(io_module.StringIO(result.stdout)) for cell in row]
     assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")]

@@ -43,21 +43,29 @@ def tf_keras_file(path, ref_name, include_top, input_shape, seed=0, **kwargs):
 # every depth, and test_resnet_compat checks every depth's names, shapes and outputs. The top
 # adds the same `predictions` layer at every depth. The rest are in the slow run.
 DEFAULT_LEGACY_CASES = {(50, True), (50, False), (152, False)}
-LEGACY_CASES = [pytest.param(*variant, top, id=f"{variant_id}-{'top' if top else 'notop'}",
-                             marks=() if (variant[2], top) in DEFAULT_LEGACY_CASES
-                             else pytest.mark.slow)
-                for variant, variant_id in zip(VARIANTS, VARIANT_IDS) for top in (True, False)]
+LEGACY_CASES = [
+    pytest.param(
+        *variant,
+        top,
+        id=f"{variant_id}-{'top' if top else 'notop'}",
+        marks=() if (variant[2], top) in DEFAULT_LEGACY_CASES else pytest.mark.slow,
+    )
+    for variant, variant_id in zip(VARIANTS, VARIANT_IDS)
+    for top in (True, False)
+]
 
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("builder,ref_name,depth,version,include_top", LEGACY_CASES)
-def test_legacy_h5_from_tf_keras_reproduces_its_outputs(tmp_path, builder, ref_name, depth,
-                                                        version, include_top):
+def test_legacy_h5_from_tf_keras_reproduces_its_outputs(
+    tmp_path, builder, ref_name, depth, version, include_top
+):
     shape = (64, 64, 3) if include_top else (64, 48, 3)
     extra = {"classifier_activation": None} if include_top else {"pooling": "avg"}
     path, ref = tf_keras_file(tmp_path / "w.h5", ref_name, include_top, shape, **extra)
-    ours = build_fresh(builder, weights=str(path), include_top=include_top,
-                       input_shape=shape, **extra)
+    ours = build_fresh(
+        builder, weights=str(path), include_top=include_top, input_shape=shape, **extra
+    )
     x = random_images((2, *shape)).astype("float32") - 127.0
     expected = ref(x, training=False).numpy()
     got = np.asarray(ours(x, training=False))
@@ -80,8 +88,9 @@ def test_keras3_formats_round_trip(tmp_path, builder, fmt):
 @pytest.mark.heavy
 @pytest.mark.parametrize("fmt", ["weights.h5", "keras"])
 def test_backbone_weights_taken_from_a_saved_classifier(tmp_path, fmt):
-    backbone = randomize(transfer.ResNet50V2(weights=None, include_top=False,
-                                             input_shape=(32, 32, 3)), seed=3)
+    backbone = randomize(
+        transfer.ResNet50V2(weights=None, include_top=False, input_shape=(32, 32, 3)), seed=3
+    )
     classifier = transfer.attach_head(backbone, 4, hidden_units=8)
     path = tmp_path / f"classifier.{fmt}"
     classifier.save_weights(path) if fmt == "weights.h5" else classifier.save(path)
@@ -108,8 +117,9 @@ def test_imagenet_taken_from_keras_cache_without_network(keras_home, monkeypatch
     # The real file's MD5 cannot match a locally made one: point the table at ours.
     trust_notop_file(monkeypatch, arch, path)
     model = transfer.ResNet50(weights="imagenet", include_top=False, input_shape=(32, 32, 3))
-    expected = tf_keras.applications.ResNet50(weights=None, include_top=False,
-                                              input_shape=(32, 32, 3))
+    expected = tf_keras.applications.ResNet50(
+        weights=None, include_top=False, input_shape=(32, 32, 3)
+    )
     expected.load_weights(str(path))
     for a, b in zip(model.weights, expected.weights):
         np.testing.assert_array_equal(np.asarray(a), b.numpy())
@@ -156,12 +166,24 @@ def resnet50_top_file(tmp_path):
 @pytest.mark.parametrize(
     "ref_name,include_top,builder,message",
     [
-        ("ResNet101", False, transfer.ResNet50,
-         "holds weights for ResNet101, but the model is ResNet50"),
-        ("ResNet50V2", False, transfer.ResNet50,
-         "holds weights for ResNet50V2, but the model is ResNet50"),
-        ("ResNet50", False, transfer.ResNet152V2,
-         "holds weights for ResNet50, but the model is ResNet152V2"),
+        (
+            "ResNet101",
+            False,
+            transfer.ResNet50,
+            "holds weights for ResNet101, but the model is ResNet50",
+        ),
+        (
+            "ResNet50V2",
+            False,
+            transfer.ResNet50,
+            "holds weights for ResNet50V2, but the model is ResNet50",
+        ),
+        (
+            "ResNet50",
+            False,
+            transfer.ResNet152V2,
+            "holds weights for ResNet50, but the model is ResNet152V2",
+        ),
     ],
 )
 def test_other_architecture_is_named(tmp_path, ref_name, include_top, builder, message):
@@ -174,15 +196,17 @@ def test_other_architecture_is_named(tmp_path, ref_name, include_top, builder, m
 def test_other_architecture_is_named_for_keras3_files(tmp_path):
     path = tmp_path / "r101.weights.h5"
     transfer.ResNet101(weights=None, include_top=False).save_weights(path)
-    with pytest.raises(transfer.WeightsError,
-                       match="holds weights for ResNet101, but the model is ResNet50"):
+    with pytest.raises(
+        transfer.WeightsError, match="holds weights for ResNet101, but the model is ResNet50"
+    ):
         transfer.ResNet50(weights=str(path), include_top=False)
 
 
 @pytest.mark.heavy
 def test_top_file_into_model_without_top(resnet50_top_file):
-    with pytest.raises(transfer.WeightsError,
-                       match="with its classifier .*1000 classes.*but the model has no top"):
+    with pytest.raises(
+        transfer.WeightsError, match="with its classifier .*1000 classes.*but the model has no top"
+    ):
         transfer.ResNet50(weights=str(resnet50_top_file), include_top=False)
 
 
@@ -198,12 +222,17 @@ def test_top_file_with_other_class_count_loads_backbone_and_says_so(resnet50_top
     reference = tf_keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3))
     reference.load_weights(str(resnet50_top_file))
     with caplog.at_level(logging.WARNING, logger="transfer"):
-        model = transfer.ResNet50(weights=str(resnet50_top_file), input_shape=(32, 32, 3),
-                                  classes=7)
-    assert "Skipped the classifier of resnet50_top.h5: it has 1000 classes and the model 7" \
+        model = transfer.ResNet50(
+            weights=str(resnet50_top_file), input_shape=(32, 32, 3), classes=7
+        )
+    assert (
+        "Skipped the classifier of resnet50_top.h5: it has 1000 classes and the model 7"
         in caplog.text
-    np.testing.assert_array_equal(np.asarray(model.get_layer("conv5_block3_3_conv").kernel),
-                                  reference.get_layer("conv5_block3_3_conv").kernel.numpy())
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.get_layer("conv5_block3_3_conv").kernel),
+        reference.get_layer("conv5_block3_3_conv").kernel.numpy(),
+    )
     assert model.get_layer("predictions").kernel.shape == (2048, 7)
 
 
@@ -219,9 +248,10 @@ def test_truncated_file(resnet50_top_file, tmp_path):
 def test_not_hdf5(tmp_path):
     path = tmp_path / "weights.h5"
     path.write_text("these are not weights\n")
-    with pytest.raises(transfer.WeightsError,
-                       match="is not a weights file: expected HDF5 .*, a .keras archive, "
-                             "or a PyTorch checkpoint"):
+    with pytest.raises(
+        transfer.WeightsError,
+        match="is not a weights file: expected HDF5 .*, a .keras archive, or a PyTorch checkpoint",
+    ):
         transfer.ResNet50(weights=str(path), include_top=False)
 
 
@@ -241,8 +271,10 @@ def test_load_weights_into_existing_classifier(tmp_path):
     classifier = transfer.build_classifier(3, depth=50, version="v2", weights=None, image_size=32)
     transfer.load_weights(classifier, str(path))
     backbone = transfer.find_backbone(classifier)
-    np.testing.assert_array_equal(np.asarray(backbone.get_layer("post_bn").moving_mean),
-                                  ref.get_layer("post_bn").moving_mean.numpy())
+    np.testing.assert_array_equal(
+        np.asarray(backbone.get_layer("post_bn").moving_mean),
+        ref.get_layer("post_bn").moving_mean.numpy(),
+    )
 
 
 def test_cli_weights_finds_the_file_or_explains(tmp_path, keras_home, no_network, monkeypatch):
@@ -254,7 +286,8 @@ def test_cli_weights_finds_the_file_or_explains(tmp_path, keras_home, no_network
     assert result.exit_code == 2
     assert result.output.splitlines()[-1].startswith(
         "Error: ImageNet weights file resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 "
-        "is not available")
+        "is not available"
+    )
     arch, path = _official_notop_file(tmp_path)
     trust_notop_file(monkeypatch, arch, path)
     result = CliRunner().invoke(cli, ["weights", "--depth", "50", "--weights-dir", str(tmp_path)])
@@ -263,24 +296,30 @@ def test_cli_weights_finds_the_file_or_explains(tmp_path, keras_home, no_network
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("builder,ref_name", [(transfer.ResNet50, "ResNet50"),
-                                              (transfer.ResNet50V2, "ResNet50V2")])
+@pytest.mark.parametrize(
+    "builder,ref_name", [(transfer.ResNet50, "ResNet50"), (transfer.ResNet50V2, "ResNet50V2")]
+)
 def test_written_notop_file_loads_like_the_official_one(tmp_path, builder, ref_name):
     """Our H5 writer's file is read by tf-keras, keras.applications and transfer alike."""
     shape = (32, 32, 3)
-    ours = randomize(build_fresh(builder, weights=None, include_top=False, input_shape=shape,
-                                 pooling="avg"), seed=5)
+    ours = randomize(
+        build_fresh(builder, weights=None, include_top=False, input_shape=shape, pooling="avg"),
+        seed=5,
+    )
     path = formats.write_legacy_h5(ours, tmp_path / "source_notop.h5")
     assert formats.read_weights_file(path).format == "legacy-h5"
     x = random_images((2, *shape), seed=1).astype("float32") - 127.0
     expected = np.asarray(ours(x, training=False))
     readers = [
-        getattr(tf_keras.applications, ref_name)(weights=str(path), include_top=False,
-                                                 input_shape=shape, pooling="avg"),
+        getattr(tf_keras.applications, ref_name)(
+            weights=str(path), include_top=False, input_shape=shape, pooling="avg"
+        ),
         getattr(keras.applications, ref_name)(
-            weights=str(path), include_top=False, input_shape=shape, pooling="avg"),
-        build_fresh(builder, weights=str(path), include_top=False, input_shape=shape,
-                    pooling="avg"),
+            weights=str(path), include_top=False, input_shape=shape, pooling="avg"
+        ),
+        build_fresh(
+            builder, weights=str(path), include_top=False, input_shape=shape, pooling="avg"
+        ),
     ]
     for reader in readers:
         got = np.asarray(reader(x, training=False))
@@ -288,7 +327,8 @@ def test_written_notop_file_loads_like_the_official_one(tmp_path, builder, ref_n
 
 
 def test_written_top_file_needs_a_classifier(tmp_path):
-    backbone = build_fresh(transfer.ResNet50, weights=None, include_top=False,
-                           input_shape=(32, 32, 3))
+    backbone = build_fresh(
+        transfer.ResNet50, weights=None, include_top=False, input_shape=(32, 32, 3)
+    )
     with pytest.raises(transfer.InvalidArgumentError, match="without the top"):
         formats.write_legacy_h5(backbone, tmp_path / "top.h5", include_top=True)

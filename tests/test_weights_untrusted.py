@@ -19,8 +19,11 @@ def _legacy_h5(path, make_kernel):
 
 def _external_storage(tmp_path, secret):
     return lambda f, group: group.create_dataset(
-        "dense/kernel:0", shape=(secret.stat().st_size,), dtype="u1",
-        external=[(str(secret), 0, secret.stat().st_size)])
+        "dense/kernel:0",
+        shape=(secret.stat().st_size,),
+        dtype="u1",
+        external=[(str(secret), 0, secret.stat().st_size)],
+    )
 
 
 def _virtual(tmp_path, secret):
@@ -34,6 +37,7 @@ def _virtual(tmp_path, secret):
         layout = h5py.VirtualLayout(shape=(secret.stat().st_size,), dtype="u1")
         layout[:] = h5py.VirtualSource(str(source), "data", shape=(secret.stat().st_size,))
         group.create_virtual_dataset("dense/kernel:0", layout)
+
     return make
 
 
@@ -49,7 +53,8 @@ def _external_link(tmp_path, secret):
 def _huge(tmp_path, secret):
     # Declared 4 GB, stored as almost nothing (unwritten chunks read as the fill value).
     return lambda f, group: group.create_dataset(
-        "dense/kernel:0", shape=(2**16, 2**14), dtype="f4", chunks=(64, 64))
+        "dense/kernel:0", shape=(2**16, 2**14), dtype="f4", chunks=(64, 64)
+    )
 
 
 @pytest.mark.parametrize("make", [_external_storage, _virtual, _external_link, _huge])
@@ -75,8 +80,11 @@ def test_torch_checkpoints_need_a_torch_without_cve_2025_32434(tmp_path, monkeyp
     def load(*args, **kwargs):
         raise AssertionError("torch.load must not run on a vulnerable PyTorch")
 
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(
-        __version__="2.5.1+cpu", load=load, is_tensor=lambda value: False))
+    monkeypatch.setitem(
+        sys.modules,
+        "torch",
+        types.SimpleNamespace(__version__="2.5.1+cpu", load=load, is_tensor=lambda value: False),
+    )
     path = tmp_path / "resnet50.pth"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("resnet50/data.pkl", b"\x80\x02}q\x00.")

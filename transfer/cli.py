@@ -35,8 +35,8 @@ from transfer.commands import report as report_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
 from transfer.data.sources import IMAGE_EXTENSIONS  # noqa: E402
 from transfer.errors import RunFailedError, RunInterruptedError, TransferError  # noqa: E402
-from transfer.io import escaped_row  # noqa: E402
 from transfer.export.compare import describe as describe_agreement  # noqa: E402
+from transfer.io import escaped_row  # noqa: E402
 from transfer.models.architectures import BLOCKS_PER_STAGE  # noqa: E402
 from transfer.models.backbones import MIN_INPUT_SIZE  # noqa: E402
 from transfer.models.families import ARCH_NAMES  # noqa: E402
@@ -71,8 +71,10 @@ def flag_names(message, params):
             options.setdefault(param.name, param)
     if not options:
         return message
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, options)) + r")="
-                         r"('[^']*'|\"[^\"]*\"|[\w./~:-]*[\w/~-])")
+    pattern = re.compile(
+        r"\b(" + "|".join(map(re.escape, options)) + r")="
+        r"('[^']*'|\"[^\"]*\"|[\w./~:-]*[\w/~-])"
+    )
 
     def replace(match):
         option, value = options[match.group(1)], match.group(2)
@@ -133,8 +135,7 @@ class ResultsStream:
                 os.dup2(null, self._stream.fileno())
                 os.close(null)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise RunFailedError(f"Cannot write the results to standard output: {reason}.") \
-                from exc
+            raise RunFailedError(f"Cannot write the results to standard output: {reason}.") from exc
 
 
 def results_stream():
@@ -230,7 +231,9 @@ class Choice(click.Choice):
             return value
         raise click.UsageError(
             f"Unknown {self.name_in_errors or param.name}: {value!r}. Expected one of "
-            f"{', '.join(self.choices)}.", ctx)
+            f"{', '.join(self.choices)}.",
+            ctx,
+        )
 
 
 class IntOrAuto(click.ParamType):
@@ -259,12 +262,17 @@ class ImagePaths(click.Argument):
             return super().process_value(ctx, value)
         except click.MissingParameter:
             first = ctx.params.get("run_or_model")
-            looks = (f"{first} looks like an image, but " if first
-                     and os.path.splitext(first)[1].lower() in IMAGE_EXTENSIONS else "")
+            looks = (
+                f"{first} looks like an image, but "
+                if first and os.path.splitext(first)[1].lower() in IMAGE_EXTENSIONS
+                else ""
+            )
             raise click.UsageError(
                 f"Missing the images: {looks}the first argument is a run directory or a .keras "
                 "model file, and the image files or folders come after it, as in "
-                f"`{ctx.command_path} runs/flowers photo.jpg`.", ctx) from None
+                f"`{ctx.command_path} runs/flowers photo.jpg`.",
+                ctx,
+            ) from None
 
 
 class FloatRange(click.FloatRange):
@@ -344,8 +352,13 @@ OPTION_ALIASES = {
 def suggested_options(name, command):
     """The command's options that an unknown `name` may have meant: those other tools'
     name (OPTION_ALIASES), else click's near spellings."""
-    own = [opt for param in command.params if isinstance(param, click.Option)
-           for opt in (*param.opts, *param.secondary_opts) if opt.startswith("--")]
+    own = [
+        opt
+        for param in command.params
+        if isinstance(param, click.Option)
+        for opt in (*param.opts, *param.secondary_opts)
+        if opt.startswith("--")
+    ]
     aliased = [opt for opt in OPTION_ALIASES.get(name, ()) if opt in own]
     return aliased or difflib.get_close_matches(name, own)
 
@@ -381,79 +394,176 @@ def _options(*decorators):
 
 
 architecture_options = _options(
-    click.option("--arch", type=Choice(ARCH_NAMES, name="architecture"),
-                 help="The backbone, any family (e.g. mobilenet_v3_small, efficientnet_b0, "
-                      "convnext_tiny); overrides --depth and --version. Default: the ResNet "
-                      "of --depth and --version."),
-    click.option("--depth", default=str(FINETUNE.depth), show_default=True,
-                 help=f"ResNet depth: {', '.join(map(str, BLOCKS_PER_STAGE))}."),
-    click.option("--version", "version", default=FINETUNE.version, show_default=True,
-                 help="ResNet version: v1 (keras.applications.ResNet50), v1.5 (torchvision's "
-                      "resnet50: stride on the 3x3 convolution) or v2 (ResNet50V2)."),
+    click.option(
+        "--arch",
+        type=Choice(ARCH_NAMES, name="architecture"),
+        help="The backbone, any family (e.g. mobilenet_v3_small, efficientnet_b0, "
+        "convnext_tiny); overrides --depth and --version. Default: the ResNet "
+        "of --depth and --version.",
+    ),
+    click.option(
+        "--depth",
+        default=str(FINETUNE.depth),
+        show_default=True,
+        help=f"ResNet depth: {', '.join(map(str, BLOCKS_PER_STAGE))}.",
+    ),
+    click.option(
+        "--version",
+        "version",
+        default=FINETUNE.version,
+        show_default=True,
+        help="ResNet version: v1 (keras.applications.ResNet50), v1.5 (torchvision's "
+        "resnet50: stride on the 3x3 convolution) or v2 (ResNet50V2).",
+    ),
 )
 weights_dir_option = click.option(
-    "--weights-dir", type=click.Path(file_okay=False), envvar=WEIGHTS_DIR_ENV,
+    "--weights-dir",
+    type=click.Path(file_okay=False),
+    envvar=WEIGHTS_DIR_ENV,
     help="Folder of pre-downloaded official weight files, looked in before Keras' "
-         f"cache and the network [env: {WEIGHTS_DIR_ENV}].")
-batch_size_option = click.option("--batch-size", type=AT_LEAST_ONE, default=INFERENCE_BATCH_SIZE,
-                                  show_default=True)
-any_size_option = click.option("--image-size", type=IMAGE_SIZE, help="Only for models that take any size.")
-tfds_data_dir_option = click.option("--tfds-data-dir", type=click.Path(),
-                                    help="TFDS data folder for tfds:NAME [default: TFDS' "
-                                         "own, $TFDS_DATA_DIR or ~/tensorflow_datasets].")
-strict_option = click.option("--strict", is_flag=True, help="Stop on unreadable or non-image "
-                             "files instead of reporting and skipping them.")
+    f"cache and the network [env: {WEIGHTS_DIR_ENV}].",
+)
+batch_size_option = click.option(
+    "--batch-size", type=AT_LEAST_ONE, default=INFERENCE_BATCH_SIZE, show_default=True
+)
+any_size_option = click.option(
+    "--image-size", type=IMAGE_SIZE, help="Only for models that take any size."
+)
+tfds_data_dir_option = click.option(
+    "--tfds-data-dir",
+    type=click.Path(),
+    help="TFDS data folder for tfds:NAME [default: TFDS' "
+    "own, $TFDS_DATA_DIR or ~/tensorflow_datasets].",
+)
+strict_option = click.option(
+    "--strict",
+    is_flag=True,
+    help="Stop on unreadable or non-image files instead of reporting and skipping them.",
+)
 # Labels from a CSV file (--data labels.csv): the library's TABLE_OPTIONS.
 table_options = _options(
-    click.option("--images", type=click.Path(file_okay=False),
-                 help="With a CSV: the folder its paths are relative to [default: the CSV's]."),
-    click.option("--path-column", help="With a CSV: the column of image paths [default: path, "
-                                       "file, filename, filepath, image or image_path]."),
-    click.option("--label-column", help="With a CSV: the column of labels [default: label, "
-                                        "labels, class, category, tags or target]."),
-    click.option("--split-column", help="With a CSV: the column of splits, train, val or test, "
-                                        "used as given [default: split or subset, if present]."),
-    click.option("--label-sep", help="With a CSV: the separator of several labels in one cell, "
-                                     "which makes it multi-label [default: ; or | if found]."),
-    click.option("--multi-label", is_flag=True,
-                 help="With a CSV: multi-label (sigmoid outputs) even if no cell holds several "
-                      "labels."),
+    click.option(
+        "--images",
+        type=click.Path(file_okay=False),
+        help="With a CSV: the folder its paths are relative to [default: the CSV's].",
+    ),
+    click.option(
+        "--path-column",
+        help="With a CSV: the column of image paths [default: path, "
+        "file, filename, filepath, image or image_path].",
+    ),
+    click.option(
+        "--label-column",
+        help="With a CSV: the column of labels [default: label, "
+        "labels, class, category, tags or target].",
+    ),
+    click.option(
+        "--split-column",
+        help="With a CSV: the column of splits, train, val or test, "
+        "used as given [default: split or subset, if present].",
+    ),
+    click.option(
+        "--label-sep",
+        help="With a CSV: the separator of several labels in one cell, "
+        "which makes it multi-label [default: ; or | if found].",
+    ),
+    click.option(
+        "--multi-label",
+        is_flag=True,
+        help="With a CSV: multi-label (sigmoid outputs) even if no cell holds several labels.",
+    ),
 )
-reports_out_option = click.option("--out", required=True, type=click.Path(file_okay=False),
-                                  help="Folder for the reports.")
+reports_out_option = click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Folder for the reports."
+)
 
 
 trust_model_option = click.option(
-    "--trust-model", is_flag=True,
+    "--trust-model",
+    is_flag=True,
     help="Run a SavedModel that transfer did not write: its graph runs, and a graph can "
-         "read and write files. (A .keras file never runs code; see the deploying guide.)")
+    "read and write files. (A .keras file never runs code; see the deploying guide.)",
+)
 
 
 calibrate_option = click.option(
-    "--calibrate", is_flag=True,
+    "--calibrate",
+    is_flag=True,
     help="Fit a temperature on the validation images and store it in the model "
-         "(report.html shows the calibration error before and after).")
+    "(report.html shows the calibration error before and after).",
+)
 
 
 # --help of the recipe's commands (finetune, lr-find): section -> its options, in order.
 HELP_SECTIONS = {
-    "Data": ("data", "val_split", "test_split", "class_weight", "strict", "max_pixels",
-             "tfds_data_dir", "images", "path_column", "label_column", "split_column",
-             "label_sep", "multi_label"),
-    "Model and weights": ("arch", "depth", "version", "weights", "weights_dir", "image_size",
-                          "pooling", "dropout", "hidden_units", "standardize"),
-    "Phase 1 (the new head, backbone frozen)": ("head_init", "head_epochs",
-                                                "head_learning_rate", "refit"),
-    "Phase 2 (fine-tuning)": ("preset", "fine_tune_from", "fine_tune_epochs",
-                              "fine_tune_learning_rate", "lr_schedule", "layer_decay",
-                              "optimizer", "label_smoothing", "early_stopping_patience",
-                              "futility_stop", "train_bn", "ema", "keep"),
+    "Data": (
+        "data",
+        "val_split",
+        "test_split",
+        "class_weight",
+        "strict",
+        "max_pixels",
+        "tfds_data_dir",
+        "images",
+        "path_column",
+        "label_column",
+        "split_column",
+        "label_sep",
+        "multi_label",
+    ),
+    "Model and weights": (
+        "arch",
+        "depth",
+        "version",
+        "weights",
+        "weights_dir",
+        "image_size",
+        "pooling",
+        "dropout",
+        "hidden_units",
+        "standardize",
+    ),
+    "Phase 1 (the new head, backbone frozen)": (
+        "head_init",
+        "head_epochs",
+        "head_learning_rate",
+        "refit",
+    ),
+    "Phase 2 (fine-tuning)": (
+        "preset",
+        "fine_tune_from",
+        "fine_tune_epochs",
+        "fine_tune_learning_rate",
+        "lr_schedule",
+        "layer_decay",
+        "optimizer",
+        "label_smoothing",
+        "early_stopping_patience",
+        "futility_stop",
+        "train_bn",
+        "ema",
+        "keep",
+    ),
     "Learning-rate range test": ("start_lr", "end_lr", "steps"),
     "Augmentation (phase 2)": ("augment", "flip"),
-    "Run directory and output": ("out", "overwrite", "resume", "backup_interval", "seed",
-                                 "calibrate", "report"),
-    "Devices and performance": ("batch_size", "time_limit", "cache_features", "cache_dir",
-                                "mixed_precision", "jit_compile", "strategy"),
+    "Run directory and output": (
+        "out",
+        "overwrite",
+        "resume",
+        "backup_interval",
+        "seed",
+        "calibrate",
+        "report",
+    ),
+    "Devices and performance": (
+        "batch_size",
+        "time_limit",
+        "cache_features",
+        "cache_dir",
+        "mixed_precision",
+        "jit_compile",
+        "strategy",
+    ),
 }
 OTHER_OPTIONS = "Other options"  # options HELP_SECTIONS does not list (none, for finetune)
 
@@ -463,13 +573,18 @@ class SectionedCommand(TransferCommand):
     with its default; -h/--help last."""
 
     def __init__(self, *args, **kwargs):
-        kwargs["context_settings"] = {"show_default": True,
-                                      **(kwargs.get("context_settings") or {})}
+        kwargs["context_settings"] = {
+            "show_default": True,
+            **(kwargs.get("context_settings") or {}),
+        }
         super().__init__(*args, **kwargs)
 
     def format_options(self, ctx, formatter):
-        records = {param.name: _with_default(param, param.get_help_record(ctx))
-                   for param in self.get_params(ctx) if isinstance(param, click.Option)}
+        records = {
+            param.name: _with_default(param, param.get_help_record(ctx))
+            for param in self.get_params(ctx)
+            if isinstance(param, click.Option)
+        }
         records = {name: record for name, record in records.items() if record}
         help_option = self.get_help_option(ctx)
         help_record = records.pop(help_option.name, None) if help_option else None
@@ -486,8 +601,13 @@ class SectionedCommand(TransferCommand):
 def _with_default(param, record):
     """A help record that names its default: an option without one (and without a
     default in its own words) is not given, `none`; a flag is off unless given."""
-    if record is None or param.is_flag or param.required or param.hidden \
-            or "default:" in record[1].lower():
+    if (
+        record is None
+        or param.is_flag
+        or param.required
+        or param.hidden
+        or "default:" in record[1].lower()
+    ):
         return record
     return record[0], f"{record[1]}  [default: none]".lstrip()
 
@@ -517,8 +637,12 @@ def cli(debug):
 
 @cli.command()
 @architecture_options
-@click.option("--image-size", type=IMAGE_SIZE, show_default=BACKBONE_SIZE,
-              help="Input height and width used for the output shapes.")
+@click.option(
+    "--image-size",
+    type=IMAGE_SIZE,
+    show_default=BACKBONE_SIZE,
+    help="Input height and width used for the output shapes.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(arch, depth, version, image_size, as_json):
     """Show an architecture's groups, shapes, parameters and ImageNet weight files.
@@ -534,11 +658,16 @@ def info(arch, depth, version, image_size, as_json):
         echo(json.dumps(summary, indent=2))
         return
     family = summary["depth"] is None
-    named = f"arch {summary['arch']}" if family else \
-        f"depth {summary['depth']}, version {summary['version']}"
+    named = (
+        f"arch {summary['arch']}"
+        if family
+        else f"depth {summary['depth']}, version {summary['version']}"
+    )
     default_size = f", ImageNet size {summary['default_image_size']}" if family else ""
-    echo(f"{summary['name']} ({named}, input {image_size}x{image_size}x3, preprocessing "
-         f"'{summary['preprocessing']}'{default_size})")
+    echo(
+        f"{summary['name']} ({named}, input {image_size}x{image_size}x3, preprocessing "
+        f"'{summary['preprocessing']}'{default_size})"
+    )
     echo("")
     header = f"{'group':<7} {'layers':>6}  {'output shape':<22} {'parameters':>12}"
     echo(header)
@@ -548,22 +677,33 @@ def info(arch, depth, version, image_size, as_json):
         echo(f"{row['name']:<7} {row['layers']:>6}  {shape:<22} {row['params']:>12,}")
     echo("-" * len(header))
     echo(f"{'total':<7} {summary['layers']:>6}  {'':<22} {summary['params']:>12,}")
-    echo(f"trainable {summary['trainable_params']:,}, "
-         f"non-trainable {summary['non_trainable_params']:,} (BatchNormalization statistics)")
-    echo(f"FLOPs per image: {summary['flops'] / 1e9:.2f} G ({summary['multiply_adds'] / 1e9:.2f} "
-         f"G multiply-adds, convolutions and dense layers, at {image_size}x{image_size})")
+    echo(
+        f"trainable {summary['trainable_params']:,}, "
+        f"non-trainable {summary['non_trainable_params']:,} (BatchNormalization statistics)"
+    )
+    echo(
+        f"FLOPs per image: {summary['flops'] / 1e9:.2f} G ({summary['multiply_adds'] / 1e9:.2f} "
+        f"G multiply-adds, convolutions and dense layers, at {image_size}x{image_size})"
+    )
     echo("")
     if summary["weights"]:
         echo("ImageNet weights (keras.applications):")
         for entry in summary["weights"]:
             kind = "with top" if entry["include_top"] else "notop   "
-            digest = (f"sha256 {entry['sha256']}" if entry["sha256"] else
-                      f"md5 {entry['md5']}" if entry["md5"] else "no published hash")
+            digest = (
+                f"sha256 {entry['sha256']}"
+                if entry["sha256"]
+                else f"md5 {entry['md5']}"
+                if entry["md5"]
+                else "no published hash"
+            )
             echo(f"  {kind}  {entry['file']}  {digest}")
         echo(f"  from {summary['weights'][0]['url'].rsplit('/', 1)[0]}/")
     else:
-        echo(f"ImageNet weights: no keras.applications file exists for "
-             f"{summary['version']}; use torchvision/timm checkpoints (--weights FILE):")
+        echo(
+            f"ImageNet weights: no keras.applications file exists for "
+            f"{summary['version']}; use torchvision/timm checkpoints (--weights FILE):"
+        )
         for entry in summary["torch_weights"]:
             top1 = f"top-1 {entry['top1']:.1f}%" if entry["top1"] else ""
             echo(f"  {entry['source']:<11}  {entry['name']:<17} {top1:<12}  {entry['url']}")
@@ -571,8 +711,13 @@ def info(arch, depth, version, image_size, as_json):
 
 @cli.command()
 @architecture_options
-@click.option("--top/--notop", "include_top", default=False, show_default=True,
-              help="The file with the 1000-class ImageNet classifier, or without it.")
+@click.option(
+    "--top/--notop",
+    "include_top",
+    default=False,
+    show_default=True,
+    help="The file with the 1000-class ImageNet classifier, or without it.",
+)
 @weights_dir_option
 def weights(arch, depth, version, include_top, weights_dir):
     """Find (or download) the official ImageNet weights file and print its path.
@@ -582,134 +727,249 @@ def weights(arch, depth, version, include_top, weights_dir):
       transfer weights --depth 50
       transfer weights --depth 101 --version v2 --weights-dir /data/keras-weights
     """
-    echo(weights_command.weights(depth, version, include_top=include_top,
-                                 weights_dir=weights_dir, arch=arch))
+    echo(
+        weights_command.weights(
+            depth, version, include_top=include_top, weights_dir=weights_dir, arch=arch
+        )
+    )
 
 
 def _given(options):
     """The recipe options given on the command line (or by an environment variable):
     the library fills in the rest, a --preset's values first."""
     ctx = click.get_current_context()
-    return {name: value for name, value in options.items()
-            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    return {
+        name: value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
 
 
 # The options of a fine-tuning recipe, shared by finetune and lr-find.
 recipe_options = _options(
     architecture_options,
-    click.option("--weights", default=FINETUNE.weights, show_default=True,
-                 help="imagenet (v1, v2), none (random initialisation), or a weights file "
-                      "(.h5, .weights.h5, .keras; for v1.5 a torchvision .pth or timm "
-                      ".safetensors checkpoint)."),
+    click.option(
+        "--weights",
+        default=FINETUNE.weights,
+        show_default=True,
+        help="imagenet (v1, v2), none (random initialisation), or a weights file "
+        "(.h5, .weights.h5, .keras; for v1.5 a torchvision .pth or timm "
+        ".safetensors checkpoint).",
+    ),
     weights_dir_option,
     _finetune_option("--image-size", type=IMAGE_SIZE, show_default=BACKBONE_SIZE),
     _finetune_option("--batch-size", type=AT_LEAST_ONE, help="Global batch size."),
-    _finetune_option("--val-split", type=FRACTION,
-                     help="Fraction of each class held out for validation (by a hash of its path)."),
-    _finetune_option("--test-split", type=FRACTION,
-                     help="Fraction of each class held out for a final test."),
-    _finetune_option("--head-init", type=Choice(finetune_options.HEAD_INITS),
-                     help="Phase 1 on cached features: probe fits a logistic regression (C by "
-                          "cross-validation) as the head; train (or a number of --head-epochs) "
-                          "trains it with the optimizer."),
-    _finetune_option("--head-epochs", type=IntOrAuto(),
-                     help="Phase 1: epochs for the new head on the frozen backbone; auto: the "
-                          "probe, or (--head-init train) enough steps to converge on cached "
-                          "features (at least 10 epochs)."),
+    _finetune_option(
+        "--val-split",
+        type=FRACTION,
+        help="Fraction of each class held out for validation (by a hash of its path).",
+    ),
+    _finetune_option(
+        "--test-split", type=FRACTION, help="Fraction of each class held out for a final test."
+    ),
+    _finetune_option(
+        "--head-init",
+        type=Choice(finetune_options.HEAD_INITS),
+        help="Phase 1 on cached features: probe fits a logistic regression (C by "
+        "cross-validation) as the head; train (or a number of --head-epochs) "
+        "trains it with the optimizer.",
+    ),
+    _finetune_option(
+        "--head-epochs",
+        type=IntOrAuto(),
+        help="Phase 1: epochs for the new head on the frozen backbone; auto: the "
+        "probe, or (--head-init train) enough steps to converge on cached "
+        "features (at least 10 epochs).",
+    ),
     _finetune_option("--head-lr", "head_learning_rate", type=LEARNING_RATE),
-    _finetune_option("--fine-tune-from",
-                     help="Phase 2: first group to unfreeze (stem, conv2..conv5, post), or none."),
+    _finetune_option(
+        "--fine-tune-from",
+        help="Phase 2: first group to unfreeze (stem, conv2..conv5, post), or none.",
+    ),
     _finetune_option("--fine-tune-epochs", type=COUNT),
     _finetune_option("--fine-tune-lr", "fine_tune_learning_rate", type=LEARNING_RATE),
-    _finetune_option("--lr-schedule", type=Choice(finetune_options.LR_SCHEDULES),
-                     help="Phase 2: cosine warms up over the first epoch, then decays to 0."),
-    _finetune_option("--layer-decay", type=LAYER_DECAY,
-                     help="Phase 2: each group below the head learns this much slower "
-                          "(1: one learning rate for all)."),
-    click.option("--ema", is_flag=True,
-                 help="Phase 2 ends with the exponential moving average of its weights."),
-    _finetune_option("--keep", type=Choice(finetune_options.KEEP_MODES),
-                     help="best: phase 1's model when phase 2 does not clearly beat it on "
-                          "validation; last: phase 2's model regardless."),
-    click.option("--refit/--no-refit", default=FINETUNE.refit, show_default=True,
-                 help="When phase 1 (the probe) is kept, fit it again on the training and "
-                      "validation images together."),
-    click.option("--train-bn", is_flag=True,
-                 help="Let BatchNormalization of unfrozen groups train (default: inference mode)."),
-    _finetune_option("--optimizer", type=Choice(tuple(finetune_options.OPTIMIZERS)),
-                     help="sgd uses momentum 0.9."),
+    _finetune_option(
+        "--lr-schedule",
+        type=Choice(finetune_options.LR_SCHEDULES),
+        help="Phase 2: cosine warms up over the first epoch, then decays to 0.",
+    ),
+    _finetune_option(
+        "--layer-decay",
+        type=LAYER_DECAY,
+        help="Phase 2: each group below the head learns this much slower "
+        "(1: one learning rate for all).",
+    ),
+    click.option(
+        "--ema",
+        is_flag=True,
+        help="Phase 2 ends with the exponential moving average of its weights.",
+    ),
+    _finetune_option(
+        "--keep",
+        type=Choice(finetune_options.KEEP_MODES),
+        help="best: phase 1's model when phase 2 does not clearly beat it on "
+        "validation; last: phase 2's model regardless.",
+    ),
+    click.option(
+        "--refit/--no-refit",
+        default=FINETUNE.refit,
+        show_default=True,
+        help="When phase 1 (the probe) is kept, fit it again on the training and "
+        "validation images together.",
+    ),
+    click.option(
+        "--train-bn",
+        is_flag=True,
+        help="Let BatchNormalization of unfrozen groups train (default: inference mode).",
+    ),
+    _finetune_option(
+        "--optimizer",
+        type=Choice(tuple(finetune_options.OPTIMIZERS)),
+        help="sgd uses momentum 0.9.",
+    ),
     _finetune_option("--label-smoothing", type=FRACTION),
     _finetune_option("--dropout", type=FRACTION),
     _finetune_option("--pooling", type=Choice(POOLINGS)),
-    click.option("--hidden-units", type=AT_LEAST_ONE, default=None, show_default="none",
-                 help="Add a hidden ReLU layer to the head."),
-    click.option("--standardize/--no-standardize", default=FINETUNE.standardize, show_default=True,
-                 help="Standardise the pooled features inside the head (training statistics)."),
-    _finetune_option("--class-weight", type=Choice(finetune_options.CLASS_WEIGHT_MODES),
-                     help="auto: balanced weights for imbalanced classes."),
-    _finetune_option("--augment", type=Choice(finetune_options.AUGMENT_PRESETS),
-                     help="Phase 2's augmentation: none and flip (fastest: the frozen groups run "
-                          "once), light (flip, shift), default (flip, rotation, "
-                          "zoom, contrast), strong (flip, RandAugment, random erasing)."),
-    click.option("--flip/--no-flip", default=FINETUNE.flip, show_default=True,
-                 help="Horizontal flips in the augmentation (--no-flip for digits and text)."),
-    _finetune_option("--early-stopping", "early_stopping_patience", type=COUNT,
-                     help="Stop a phase after this many epochs without a better val_loss, and "
-                          "restore the best weights (0: off)."),
-    click.option("--futility-stop/--no-futility-stop", default=FINETUNE.futility_stop,
-                 show_default=True,
-                 help="Phase 2 stops as soon as it cannot plausibly beat phase 1 on "
-                      "validation in the epochs left (with --keep best)."),
-    click.option("--time-limit", metavar="DURATION",
-                 help="Plan the run to end within this time (90s, 10m, 2h): phase 1, then as "
-                      "many phase-2 epochs as fit, the end of the run reserved."),
-    click.option("--preset", type=Choice(tuple(finetune_options.RECIPE_PRESETS)),
-                 help="fast: a short phase 2 on the frozen groups' cached outputs; balanced: "
-                      "the defaults; best: more epochs, strong augmentation, EMA. Options "
-                      "given explicitly win."),
+    click.option(
+        "--hidden-units",
+        type=AT_LEAST_ONE,
+        default=None,
+        show_default="none",
+        help="Add a hidden ReLU layer to the head.",
+    ),
+    click.option(
+        "--standardize/--no-standardize",
+        default=FINETUNE.standardize,
+        show_default=True,
+        help="Standardise the pooled features inside the head (training statistics).",
+    ),
+    _finetune_option(
+        "--class-weight",
+        type=Choice(finetune_options.CLASS_WEIGHT_MODES),
+        help="auto: balanced weights for imbalanced classes.",
+    ),
+    _finetune_option(
+        "--augment",
+        type=Choice(finetune_options.AUGMENT_PRESETS),
+        help="Phase 2's augmentation: none and flip (fastest: the frozen groups run "
+        "once), light (flip, shift), default (flip, rotation, "
+        "zoom, contrast), strong (flip, RandAugment, random erasing).",
+    ),
+    click.option(
+        "--flip/--no-flip",
+        default=FINETUNE.flip,
+        show_default=True,
+        help="Horizontal flips in the augmentation (--no-flip for digits and text).",
+    ),
+    _finetune_option(
+        "--early-stopping",
+        "early_stopping_patience",
+        type=COUNT,
+        help="Stop a phase after this many epochs without a better val_loss, and "
+        "restore the best weights (0: off).",
+    ),
+    click.option(
+        "--futility-stop/--no-futility-stop",
+        default=FINETUNE.futility_stop,
+        show_default=True,
+        help="Phase 2 stops as soon as it cannot plausibly beat phase 1 on "
+        "validation in the epochs left (with --keep best).",
+    ),
+    click.option(
+        "--time-limit",
+        metavar="DURATION",
+        help="Plan the run to end within this time (90s, 10m, 2h): phase 1, then as "
+        "many phase-2 epochs as fit, the end of the run reserved.",
+    ),
+    click.option(
+        "--preset",
+        type=Choice(tuple(finetune_options.RECIPE_PRESETS)),
+        help="fast: a short phase 2 on the frozen groups' cached outputs; balanced: "
+        "the defaults; best: more epochs, strong augmentation, EMA. Options "
+        "given explicitly win.",
+    ),
     _finetune_option("--seed", type=SEEDS),
-    _finetune_option("--backup-interval", type=SECONDS,
-                     help="Seconds between the backups that --resume continues from (written "
-                          "at the end of an epoch; 0: every epoch)."),
+    _finetune_option(
+        "--backup-interval",
+        type=SECONDS,
+        help="Seconds between the backups that --resume continues from (written "
+        "at the end of an epoch; 0: every epoch).",
+    ),
     strict_option,
-    _finetune_option("--max-pixels", type=AT_LEAST_ONE,
-                     help="Images whose header declares more pixels are skipped unread "
-                          "(Pillow's decompression-bomb limit)."),
-    click.option("--no-cache", "cache_features", flag_value=False, default=True,
-                 show_default=False, help="Train phase 1 through the frozen backbone instead of on cached features."),
-    click.option("--cache-dir", type=click.Path(file_okay=False),
-                 help="Where phase-1 features are kept for reuse "
-                      f"[default: ${CACHE_DIR_ENV} or ~/.cache/transfer/features]."),
-    click.option("--mixed-precision", is_flag=True,
-                 help="float16 compute on a GPU (on a CPU: accepted, and the run stays float32, "
-                      "which is faster there)."),
-    _finetune_option("--jit-compile", type=Choice(tuple(finetune_options.JIT_COMPILE)),
-                     help="XLA-compile the training steps: auto is Keras' choice, on for GPUs, "
-                          "off for CPUs, where oneDNN's kernels were faster."),
-    _finetune_option("--strategy", type=Choice(STRATEGIES),
-                     help="tf.distribute: auto, one (device), mirrored (all GPUs of this machine) "
-                          "or multiworker (machines listed in TF_CONFIG)."),
+    _finetune_option(
+        "--max-pixels",
+        type=AT_LEAST_ONE,
+        help="Images whose header declares more pixels are skipped unread "
+        "(Pillow's decompression-bomb limit).",
+    ),
+    click.option(
+        "--no-cache",
+        "cache_features",
+        flag_value=False,
+        default=True,
+        show_default=False,
+        help="Train phase 1 through the frozen backbone instead of on cached features.",
+    ),
+    click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        help="Where phase-1 features are kept for reuse "
+        f"[default: ${CACHE_DIR_ENV} or ~/.cache/transfer/features].",
+    ),
+    click.option(
+        "--mixed-precision",
+        is_flag=True,
+        help="float16 compute on a GPU (on a CPU: accepted, and the run stays float32, "
+        "which is faster there).",
+    ),
+    _finetune_option(
+        "--jit-compile",
+        type=Choice(tuple(finetune_options.JIT_COMPILE)),
+        help="XLA-compile the training steps: auto is Keras' choice, on for GPUs, "
+        "off for CPUs, where oneDNN's kernels were faster.",
+    ),
+    _finetune_option(
+        "--strategy",
+        type=Choice(STRATEGIES),
+        help="tf.distribute: auto, one (device), mirrored (all GPUs of this machine) "
+        "or multiworker (machines listed in TF_CONFIG).",
+    ),
     tfds_data_dir_option,
     table_options,
 )
 
 
 @cli.command(cls=SectionedCommand)
-@click.option("--data", "--labels", "data", required=True,
-              help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
-                   "or a CSV file of image paths and labels.")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Run directory [default: runs/<timestamp>-<data name>].")
+@click.option(
+    "--data",
+    "--labels",
+    "data",
+    required=True,
+    help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
+    "or a CSV file of image paths and labels.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Run directory [default: runs/<timestamp>-<data name>].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
 @recipe_options
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted run in --out from its last completed epoch "
-                   "(same command otherwise).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run in --out from its last completed epoch "
+    "(same command otherwise).",
+)
 @calibrate_option
-@click.option("--report/--no-report", default=True, show_default=True,
-              help="Write report.html at the end (its duplicates check needs the training "
-                   "images' features: a pass of the backbone over them when phase 2 is "
-                   "kept; `transfer report` writes it later).")
+@click.option(
+    "--report/--no-report",
+    default=True,
+    show_default=True,
+    help="Write report.html at the end (its duplicates check needs the training "
+    "images' features: a pass of the backbone over them when phase 2 is "
+    "kept; `transfer report` writes it later).",
+)
 def finetune(data, out, overwrite, resume, calibrate, report, **options):
     """Fine-tune a ResNet on a folder of images (or a TFDS dataset).
 
@@ -728,9 +988,15 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     """
     if resume and not out:
         raise click.UsageError("--resume needs the --out of the run to continue.")
-    result = finetune_command.finetune(data, out=out, overwrite=overwrite, resume=resume,
-                                       calibrate=calibrate, report=report,
-                                       **_given(options))
+    result = finetune_command.finetune(
+        data,
+        out=out,
+        overwrite=overwrite,
+        resume=resume,
+        calibrate=calibrate,
+        report=report,
+        **_given(options),
+    )
     echo("")
     for split, name in (("val", "validation"), ("test", "test")):
         if split in result.metrics:
@@ -738,32 +1004,45 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     kept = result.metrics["kept"]
     if "validation" in kept:
         scores = kept["validation"]
-        echo(f"kept: {phase_label(kept['phase'])} - {kept['reason']} (validation accuracy: "
-             f"phase 1 {scores['head']['accuracy']:.4f}, "
-             f"phase 2 {scores['fine-tune']['accuracy']:.4f})")
+        echo(
+            f"kept: {phase_label(kept['phase'])} - {kept['reason']} (validation accuracy: "
+            f"phase 1 {scores['head']['accuracy']:.4f}, "
+            f"phase 2 {scores['fine-tune']['accuracy']:.4f})"
+        )
     if "refit" in kept:
-        echo(f"refit: phase 1's probe on {kept['refit']['images']} training and validation "
-             "images (the validation scores above are from before it)")
+        echo(
+            f"refit: phase 1's probe on {kept['refit']['images']} training and validation "
+            "images (the validation scores above are from before it)"
+        )
     timings = result.timings
     phases = [f"head {timings.get('head_seconds', 0):.0f}s"]
     if "fine_tune_seconds" in timings:
         phases.append(f"fine-tune {timings['fine_tune_seconds']:.0f}s")
     echo(f"time: {', '.join(phases)}, total {timings['total_seconds']:.0f}s")
     if result.metrics.get("skipped_files"):
-        echo(f"skipped files: {len(result.metrics['skipped_files'])} "
-             "(listed in metrics.json)")
+        echo(f"skipped files: {len(result.metrics['skipped_files'])} (listed in metrics.json)")
     echo(f"run directory: {result.run_dir}")
 
 
 @cli.command("lr-find", cls=SectionedCommand)
-@click.option("--data", "--labels", "data", required=True,
-              help="Image folder, tfds:NAME or a CSV file of paths and labels.")
+@click.option(
+    "--data",
+    "--labels",
+    "data",
+    required=True,
+    help="Image folder, tfds:NAME or a CSV file of paths and labels.",
+)
 @reports_out_option
 @click.option("--overwrite", is_flag=True, help="Replace the files in a non-empty --out.")
 @click.option("--start-lr", type=LEARNING_RATE, default=lr_find_command.START_LR, show_default=True)
 @click.option("--end-lr", type=LEARNING_RATE, default=lr_find_command.END_LR, show_default=True)
-@click.option("--steps", type=AT_LEAST_ONE, default=lr_find_command.STEPS, show_default=True,
-              help="Batches over which the learning rate grows from --start-lr to --end-lr.")
+@click.option(
+    "--steps",
+    type=AT_LEAST_ONE,
+    default=lr_find_command.STEPS,
+    show_default=True,
+    help="Batches over which the learning rate grows from --start-lr to --end-lr.",
+)
 @recipe_options
 def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
     """Learning-rate range test for phase 2: suggests --fine-tune-lr.
@@ -776,10 +1055,19 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
     Example:
       transfer lr-find --data ./flowers --out runs/flowers-lr
     """
-    result = lr_find_command.lr_find(data, out, start_lr=start_lr, end_lr=end_lr, steps=steps,
-                                     overwrite=overwrite, **_given(options))
-    echo(f"suggested: --fine-tune-lr {result.suggested:.2g} "
-         f"(plot: {result.out / lr_find_command.PLOT_FILE})")
+    result = lr_find_command.lr_find(
+        data,
+        out,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        steps=steps,
+        overwrite=overwrite,
+        **_given(options),
+    )
+    echo(
+        f"suggested: --fine-tune-lr {result.suggested:.2g} "
+        f"(plot: {result.out / lr_find_command.PLOT_FILE})"
+    )
 
 
 def _echo_metrics(name, m, log_loss=True):
@@ -788,28 +1076,56 @@ def _echo_metrics(name, m, log_loss=True):
 
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
-@click.option("--data", "--labels", "data", required=True,
-              help="Image folder (class sub-folders), tfds:NAME or a CSV file of paths and labels.")
+@click.option(
+    "--data",
+    "--labels",
+    "data",
+    required=True,
+    help="Image folder (class sub-folders), tfds:NAME or a CSV file of paths and labels.",
+)
 @reports_out_option
 @click.option("--overwrite", is_flag=True, help="Replace the reports in a non-empty --out.")
 @batch_size_option
 @any_size_option
 @tfds_data_dir_option
 @click.option("--strict", is_flag=True, help="Stop on unreadable files instead of skipping.")
-@click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
-                                          "horizontal mirror's (not for digits or text).")
-@click.option("--compare", type=click.Path(),
-              help="Run or .keras model to compare with (top-1 agreement, accuracy "
-                   "difference); an export of transfer names its own run by default.")
-@click.option("--split", type=Choice(evaluate_command.SPLITS),
-              help="Images to score. On the run's own data: its val or test split, or all "
-                   "(training images included) [default: test, else val]. On other data: "
-                   "its val/ or test/ folder (or split column), or all [default: test/, "
-                   "else val/, else all, less the run's training images].")
+@click.option(
+    "--tta",
+    is_flag=True,
+    help="Average each image's probabilities with its "
+    "horizontal mirror's (not for digits or text).",
+)
+@click.option(
+    "--compare",
+    type=click.Path(),
+    help="Run or .keras model to compare with (top-1 agreement, accuracy "
+    "difference); an export of transfer names its own run by default.",
+)
+@click.option(
+    "--split",
+    type=Choice(evaluate_command.SPLITS),
+    help="Images to score. On the run's own data: its val or test split, or all "
+    "(training images included) [default: test, else val]. On other data: "
+    "its val/ or test/ folder (or split column), or all [default: test/, "
+    "else val/, else all, less the run's training images].",
+)
 @trust_model_option
 @table_options
-def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_data_dir, strict,
-             tta, compare, split, trust_model, **table):
+def evaluate(
+    run_or_model,
+    data,
+    out,
+    overwrite,
+    batch_size,
+    image_size,
+    tfds_data_dir,
+    strict,
+    tta,
+    compare,
+    split,
+    trust_model,
+    **table,
+):
     """Evaluate a trained classifier, or an export of one, on labelled images.
 
     RUN_OR_MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite
@@ -826,25 +1142,42 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
       transfer evaluate runs/flowers --data ./flowers --out reports/flowers-val
       transfer evaluate flowers-int8.tflite --data ./flowers-test --out reports/int8
     """
-    metrics = evaluate_command.evaluate(run_or_model, data, out, batch_size=batch_size,
-                                        image_size=image_size, tfds_data_dir=tfds_data_dir,
-                                        overwrite=overwrite, strict=strict, tta=tta,
-                                        compare=compare, split=split, trust_model=trust_model,
-                                        **table)
+    metrics = evaluate_command.evaluate(
+        run_or_model,
+        data,
+        out,
+        batch_size=batch_size,
+        image_size=image_size,
+        tfds_data_dir=tfds_data_dir,
+        overwrite=overwrite,
+        strict=strict,
+        tta=tta,
+        compare=compare,
+        split=split,
+        trust_model=trust_model,
+        **table,
+    )
     echo("")
     _echo_metrics(f"{metrics['split']} split", metrics)
     if metrics.get("training_images_scored"):
-        echo(f"training images scored: {metrics['training_images_scored']} of "
-             f"{metrics['images']} (not a held-out score)")
+        echo(
+            f"training images scored: {metrics['training_images_scored']} of "
+            f"{metrics['images']} (not a held-out score)"
+        )
     if metrics.get("training_images_left_out"):
-        echo(f"training images left out: {metrics['training_images_left_out']} "
-             "(--split all scores them)")
+        echo(
+            f"training images left out: {metrics['training_images_left_out']} "
+            "(--split all scores them)"
+        )
     if metrics.get("agreement"):
-        echo(f"agreement with {metrics['compared_with']}: "
-             f"{describe_agreement(metrics['agreement'])}")
+        echo(
+            f"agreement with {metrics['compared_with']}: {describe_agreement(metrics['agreement'])}"
+        )
     if metrics["unknown_class_images"]:
-        echo(f"images of unknown classes: {metrics['unknown_class_images']} "
-             f"({', '.join(metrics['unknown_classes'])}), not in the metrics")
+        echo(
+            f"images of unknown classes: {metrics['unknown_class_images']} "
+            f"({', '.join(metrics['unknown_classes'])}), not in the metrics"
+        )
     echo(f"reports: {out}")
 
 
@@ -852,18 +1185,29 @@ def evaluate(run_or_model, data, out, overwrite, batch_size, image_size, tfds_da
 @click.argument("run_or_model", type=click.Path())
 @click.argument("paths", nargs=-1, required=True, type=click.Path(), cls=ImagePaths)
 @click.option("--top-k", type=AT_LEAST_ONE, default=predict_command.TOP_K, show_default=True)
-@click.option("--format", "output_format", default=predict_command.OUTPUT_FORMATS[0],
-              show_default=True, type=Choice(predict_command.OUTPUT_FORMATS, name="format"))
+@click.option(
+    "--format",
+    "output_format",
+    default=predict_command.OUTPUT_FORMATS[0],
+    show_default=True,
+    type=Choice(predict_command.OUTPUT_FORMATS, name="format"),
+)
 @batch_size_option
 @any_size_option
-@click.option("--tta", is_flag=True, help="Average each image's probabilities with its "
-                                          "horizontal mirror's (not for digits or text).")
-@click.option("--min-confidence", type=PROBABILITY,
-              help=f"Label an image '{predict_command.UNKNOWN}' when its top probability is "
-                   "below this (report.html shows accuracy against coverage; single-label "
-                   "models).")
-def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, tta,
-            min_confidence):
+@click.option(
+    "--tta",
+    is_flag=True,
+    help="Average each image's probabilities with its "
+    "horizontal mirror's (not for digits or text).",
+)
+@click.option(
+    "--min-confidence",
+    type=PROBABILITY,
+    help=f"Label an image '{predict_command.UNKNOWN}' when its top probability is "
+    "below this (report.html shows accuracy against coverage; single-label "
+    "models).",
+)
+def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, tta, min_confidence):
     """Top-k labels and probabilities for image files and folders (for a multi-label
     model: every label above its threshold).
 
@@ -876,8 +1220,15 @@ def predict(run_or_model, paths, top_k, output_format, batch_size, image_size, t
       transfer predict runs/flowers ./photos --format csv > predictions.csv
       transfer predict runs/flowers ./photos --min-confidence 0.8
     """
-    rows = predict_command.predict(run_or_model, paths, top_k=top_k, batch_size=batch_size,
-                                   image_size=image_size, tta=tta, min_confidence=min_confidence)
+    rows = predict_command.predict(
+        run_or_model,
+        paths,
+        top_k=top_k,
+        batch_size=batch_size,
+        image_size=image_size,
+        tta=tta,
+        min_confidence=min_confidence,
+    )
     PREDICTION_PRINTERS[output_format](rows)
     errors = sum(1 for r in rows if r["error"])
     if errors:
@@ -894,24 +1245,43 @@ def _label(r):
 
 
 def _print_json(rows):
-    echo(json.dumps([
-        {"path": r["path"], **_label(r), "error": r["error"],
-         "predictions": [{"label": label, "probability": p} for label, p in r["predictions"]]}
-        for r in rows], indent=2))
+    echo(
+        json.dumps(
+            [
+                {
+                    "path": r["path"],
+                    **_label(r),
+                    "error": r["error"],
+                    "predictions": [
+                        {"label": label, "probability": p} for label, p in r["predictions"]
+                    ],
+                }
+                for r in rows
+            ],
+            indent=2,
+        )
+    )
 
 
 def _print_csv(rows):
     writer = csv.writer(results_stream())
     k = max((len(r["predictions"]) for r in rows), default=0)
     chosen = ["label"] if rows and "label" in rows[0] else []
-    writer.writerow(["path", *chosen, *[f"{kind}_{i + 1}" for i in range(k)
-                                        for kind in ("label", "probability")], "error"])
+    writer.writerow(
+        [
+            "path",
+            *chosen,
+            *[f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "probability")],
+            "error",
+        ]
+    )
     for r in rows:
         cells = [c for label, p in r["predictions"] for c in (label, f"{p:.6f}")]
         cells += [""] * (2 * k - len(cells))
         # Labels and paths may start like a formula: escaped as every CSV of ours is.
-        writer.writerow(escaped_row([r["path"], *[r["label"] or "" for _ in chosen], *cells,
-                                     r["error"] or ""]))
+        writer.writerow(
+            escaped_row([r["path"], *[r["label"] or "" for _ in chosen], *cells, r["error"] or ""])
+        )
 
 
 def _print_table(rows):
@@ -931,34 +1301,72 @@ assert set(PREDICTION_PRINTERS) == set(predict_command.OUTPUT_FORMATS)
 
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
-@click.option("--format", "format", default="keras", show_default=True,
-              type=Choice(tuple(export_command.FORMATS), name="export format"),
-              help="keras (.keras file), savedmodel (folder, for TF Serving), tflite, onnx, "
-                   "or h5 (the backbone's weights as a keras.applications notop file, for "
-                   "--weights of another run).")
-@click.option("--quantize", default="none", show_default=True,
-              type=Choice(export_command.QUANTIZATIONS, name="quantization"),
-              help="TFLite only: int8 and int16x8 (int8 weights, 16-bit activations) calibrate "
-                   "on a seeded sample of the training images; int8 keeps the features and "
-                   "the head float.")
+@click.option(
+    "--format",
+    "format",
+    default="keras",
+    show_default=True,
+    type=Choice(tuple(export_command.FORMATS), name="export format"),
+    help="keras (.keras file), savedmodel (folder, for TF Serving), tflite, onnx, "
+    "or h5 (the backbone's weights as a keras.applications notop file, for "
+    "--weights of another run).",
+)
+@click.option(
+    "--quantize",
+    default="none",
+    show_default=True,
+    type=Choice(export_command.QUANTIZATIONS, name="quantization"),
+    help="TFLite only: int8 and int16x8 (int8 weights, 16-bit activations) calibrate "
+    "on a seeded sample of the training images; int8 keeps the features and "
+    "the head float.",
+)
 @click.option("--out", required=True, type=click.Path(), help="File or folder to write.")
-@click.option("--feature-extractor", is_flag=True,
-              help="Export the backbone with its preprocessing and pooling, not the classifier.")
+@click.option(
+    "--feature-extractor",
+    is_flag=True,
+    help="Export the backbone with its preprocessing and pooling, not the classifier.",
+)
 @click.option("--group", help="With --feature-extractor: end at this group (stem, conv2..conv5).")
-@click.option("--pooling", default=export_command.POOLING, show_default=True,
-              type=Choice((*POOLINGS, "none")),
-              help="With --feature-extractor: none keeps the feature map.")
+@click.option(
+    "--pooling",
+    default=export_command.POOLING,
+    show_default=True,
+    type=Choice((*POOLINGS, "none")),
+    help="With --feature-extractor: none keeps the feature map.",
+)
 @any_size_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-@click.option("--data", help="Images for int8 calibration and the comparison with the Keras "
-                             "model, instead of the run's own (its config.json).")
-@click.option("--max-drop", default=export_command.MAX_DROP, show_default=True, type=POINTS,
-              help="Warn when the export's accuracy is more than this many points below the "
-                   "Keras model's.")
-@click.option("--no-compare", is_flag=True,
-              help="Skip running the export beside the Keras model on the validation images.")
-def export(run_or_model, format, out, feature_extractor, group, pooling, image_size, overwrite,
-           quantize, data, max_drop, no_compare):
+@click.option(
+    "--data",
+    help="Images for int8 calibration and the comparison with the Keras "
+    "model, instead of the run's own (its config.json).",
+)
+@click.option(
+    "--max-drop",
+    default=export_command.MAX_DROP,
+    show_default=True,
+    type=POINTS,
+    help="Warn when the export's accuracy is more than this many points below the Keras model's.",
+)
+@click.option(
+    "--no-compare",
+    is_flag=True,
+    help="Skip running the export beside the Keras model on the validation images.",
+)
+def export(
+    run_or_model,
+    format,
+    out,
+    feature_extractor,
+    group,
+    pooling,
+    image_size,
+    overwrite,
+    quantize,
+    data,
+    max_drop,
+    no_compare,
+):
     """Export a trained model as Keras, SavedModel, TFLite or ONNX, or its backbone's weights.
 
     Every export takes raw RGB pixels (the SavedModel, TFLite and ONNX exports take
@@ -977,35 +1385,79 @@ def export(run_or_model, format, out, feature_extractor, group, pooling, image_s
       transfer export runs/source --format h5 --out source_notop.h5
     """
     # the library's log line names what was written, and where: once
-    export_command.export(run_or_model, out, format=format, feature_extractor=feature_extractor,
-                          group=group, pooling=None if pooling == "none" else pooling,
-                          image_size=image_size, overwrite=overwrite, quantize=quantize,
-                          data=data, max_drop=max_drop, compare=not no_compare)
+    export_command.export(
+        run_or_model,
+        out,
+        format=format,
+        feature_extractor=feature_extractor,
+        group=group,
+        pooling=None if pooling == "none" else pooling,
+        image_size=image_size,
+        overwrite=overwrite,
+        quantize=quantize,
+        data=data,
+        max_drop=max_drop,
+        compare=not no_compare,
+    )
 
 
 @cli.command()
-@click.option("--data", "--labels", "data", required=True,
-              help="Image folder, tfds:NAME or a CSV file of paths and labels.")
+@click.option(
+    "--data",
+    "--labels",
+    "data",
+    required=True,
+    help="Image folder, tfds:NAME or a CSV file of paths and labels.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (.npz).")
-@click.option("--model", "model", type=click.Path(),
-              help="Run directory or .keras model whose backbone to use.")
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(),
+    help="Run directory or .keras model whose backbone to use.",
+)
 @architecture_options
-@click.option("--weights", default=FINETUNE.weights, show_default=True,
-              help="Without --model: imagenet, none or a weights file.")
+@click.option(
+    "--weights",
+    default=FINETUNE.weights,
+    show_default=True,
+    help="Without --model: imagenet, none or a weights file.",
+)
 @weights_dir_option
-@_finetune_option("--image-size", type=IMAGE_SIZE, show_default=BACKBONE_SIZE,
-                  help="Without --model: input size.")
+@_finetune_option(
+    "--image-size", type=IMAGE_SIZE, show_default=BACKBONE_SIZE, help="Without --model: input size."
+)
 @_finetune_option("--pooling", type=Choice(POOLINGS))
 @batch_size_option
-@_finetune_option("--val-split", type=FRACTION,
-                  help="Marks each image's split (by a hash of its path), as finetune does.")
+@_finetune_option(
+    "--val-split",
+    type=FRACTION,
+    help="Marks each image's split (by a hash of its path), as finetune does.",
+)
 @_finetune_option("--test-split", type=FRACTION)
 @tfds_data_dir_option
 @strict_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @table_options
-def embed(data, out, model, arch, depth, version, weights, weights_dir, image_size, pooling,
-          batch_size, val_split, test_split, tfds_data_dir, strict, overwrite, **table):
+def embed(
+    data,
+    out,
+    model,
+    arch,
+    depth,
+    version,
+    weights,
+    weights_dir,
+    image_size,
+    pooling,
+    batch_size,
+    val_split,
+    test_split,
+    tfds_data_dir,
+    strict,
+    overwrite,
+    **table,
+):
     """Backbone features of every image, with labels, paths and splits, as .npz.
 
     \b
@@ -1014,20 +1466,38 @@ def embed(data, out, model, arch, depth, version, weights, weights_dir, image_si
       transfer embed --data ./flowers --model runs/flowers --out tuned.npz
     """
     result = embed_command.embed(
-        data, out=out, model=model, arch=arch, depth=depth, version=version, weights=weights,
-        weights_dir=weights_dir, image_size=image_size, batch_size=batch_size, pooling=pooling,
-        val_split=val_split, test_split=test_split, tfds_data_dir=tfds_data_dir, strict=strict,
-        overwrite=overwrite, **table)
+        data,
+        out=out,
+        model=model,
+        arch=arch,
+        depth=depth,
+        version=version,
+        weights=weights,
+        weights_dir=weights_dir,
+        image_size=image_size,
+        batch_size=batch_size,
+        pooling=pooling,
+        val_split=val_split,
+        test_split=test_split,
+        tfds_data_dir=tfds_data_dir,
+        strict=strict,
+        overwrite=overwrite,
+        **table,
+    )
     n, d = result["features"].shape
-    echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) "
-         f"to {out}")
+    echo(f"embedded {n} images ({d} features each, {len(result['class_names'])} classes) to {out}")
 
 
 @cli.command()
 @click.argument("embeddings", type=click.Path())
 @reports_out_option
-@click.option("--folds", type=CV_FOLDS, default=probe_command.FOLDS, show_default=True,
-              help="Cross-validation folds for choosing the regularisation.")
+@click.option(
+    "--folds",
+    type=CV_FOLDS,
+    default=probe_command.FOLDS,
+    show_default=True,
+    help="Cross-validation folds for choosing the regularisation.",
+)
 @click.option("--seed", type=SEEDS, default=probe_command.SEED, show_default=True)
 @click.option("--overwrite", is_flag=True)
 def probe(embeddings, out, folds, seed, overwrite):
@@ -1069,26 +1539,39 @@ def report(run_dir, calibrate, batch_size):
     path, metrics = report_command.report(run_dir, calibrate=calibrate, batch_size=batch_size)
     calibration = metrics.get("calibration", {})
     if "temperature" in calibration:
-        echo(f"temperature {calibration['temperature']:.3f}: validation ECE "
-             f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+        echo(
+            f"temperature {calibration['temperature']:.3f}: validation ECE "
+            f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
+        )
     leaked = metrics.get("leaked_duplicates", {})
     if leaked.get("checked"):
-        echo("leaked duplicates: " + ", ".join(f"{split} {leaked[split]}"
-                                               for split in ("val", "test") if split in leaked))
+        echo(
+            "leaked duplicates: "
+            + ", ".join(f"{split} {leaked[split]}" for split in ("val", "test") if split in leaked)
+        )
     if metrics.get("training_images_scored"):
-        echo(f"training images scored: {metrics['training_images_scored']} of "
-             f"{metrics['images']} (not a held-out score)")
+        echo(
+            f"training images scored: {metrics['training_images_scored']} of "
+            f"{metrics['images']} (not a held-out score)"
+        )
     echo(f"report: {path}")
 
 
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
 @click.argument("paths", nargs=-1, required=True, type=click.Path(), cls=ImagePaths)
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder for the overlays (<image name>.gradcam.png).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the overlays (<image name>.gradcam.png).",
+)
 @click.option("--top-k", type=AT_LEAST_ONE, default=predict_command.TOP_K, show_default=True)
-@click.option("--group", help="Convolutional group to explain (conv2..conv5, post) "
-                              "[default: the last one at least 4 cells wide].")
+@click.option(
+    "--group",
+    help="Convolutional group to explain (conv2..conv5, post) "
+    "[default: the last one at least 4 cells wide].",
+)
 @any_size_option
 def explain(run_or_model, paths, out, top_k, group, image_size):
     """Grad-CAM heat maps of the top-k classes for image files and folders.
@@ -1097,8 +1580,9 @@ def explain(run_or_model, paths, out, top_k, group, image_size):
     Example:
       transfer explain runs/flowers photo.jpg ./more-photos --out explained
     """
-    rows = explain_command.explain(run_or_model, paths, out, top_k=top_k, group=group,
-                                   image_size=image_size)
+    rows = explain_command.explain(
+        run_or_model, paths, out, top_k=top_k, group=group, image_size=image_size
+    )
     for path, written, labels, error in rows:
         if error:
             echo(f"{path}  error: {error}")

@@ -74,11 +74,13 @@ def check_whole_number(name, value, minimum=1):
     of at least `minimum` (a batch size or top-k of 0 must not reach TensorFlow)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InvalidArgumentError(
-            f"{name} must be a whole number of at least {minimum}. Received: {name}={value!r}")
+            f"{name} must be a whole number of at least {minimum}. Received: {name}={value!r}"
+        )
     return int(value)
 
 
 def unknown_choice(name, value, accepted):
     """The error for a value outside a fixed set of choices."""
     return InvalidArgumentError(
-        f"Unknown {name}: {value!r}. Expected one of {', '.join(map(str, accepted))}.")
+        f"Unknown {name}: {value!r}. Expected one of {', '.join(map(str, accepted))}."
+    )

@@ -32,8 +32,11 @@ def atomic_path(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         # Keep every suffix (.weights.h5, .keras): Keras checks them on the temp name.
         suffixes = "".join(path.suffixes)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:len(path.name) - len(suffixes)]}.",
-                                   suffix=f".partial{suffixes}", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name[: len(path.name) - len(suffixes)]}.",
+            suffix=f".partial{suffixes}",
+            dir=path.parent,
+        )
         os.close(fd)
     except OSError as exc:
         raise write_failure(path, exc) from exc
@@ -187,16 +190,16 @@ def save_weight_values(model, path):
     """Every weight of `model`, in order, as an .npz written atomically: a run's own
     checkpoint. Not through h5py: after a failed write (a full disk) its file objects
     stay half-open and crash the process when they are freed."""
-    return write_npz(path, {f"weight_{i}": v for i, v in enumerate(model.weights)},
-                     compress=False)
+    return write_npz(path, {f"weight_{i}": v for i, v in enumerate(model.weights)}, compress=False)
 
 
 def load_weight_values(model, path):
     """Load what `save_weight_values` wrote into `model` (built the same way)."""
     with np.load(path, allow_pickle=False) as stored:
         if len(stored.files) != len(model.weights):
-            raise ValueError(f"{path} holds {len(stored.files)} weights; the model has "
-                             f"{len(model.weights)}.")
+            raise ValueError(
+                f"{path} holds {len(stored.files)} weights; the model has {len(model.weights)}."
+            )
         for i, weight in enumerate(model.weights):
             weight.assign(stored[f"weight_{i}"])
 

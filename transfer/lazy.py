@@ -28,4 +28,3 @@ keras = LazyModule("keras")
 tf = LazyModule("tensorflow")
 layers = LazyModule("keras.layers")
 ops = LazyModule("keras.ops")
-

@@ -58,5 +58,10 @@ class Progress:
                 self.bar.update(self.count, finalize=True)
             return
         plural = self.unit + ("es" if self.unit.endswith(("s", "x", "ch", "sh")) else "s")
-        logger.info("%s: %d %s in %.1f s.", self.description, self.count,
-                    self.unit if self.count == 1 else plural, time.monotonic() - self.started)
+        logger.info(
+            "%s: %d %s in %.1f s.",
+            self.description,
+            self.count,
+            self.unit if self.count == 1 else plural,
+            time.monotonic() - self.started,
+        )

@@ -58,8 +58,12 @@ METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
 AUGMENTATION_PREVIEW_FILE = "augmentation_preview.png"
 REPORT_HTML = "report.html"  # transfer.report.html: the page built from the files above
-REPORT_FILES = ("classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
-                "predictions.csv")
+REPORT_FILES = (
+    "classification_report.txt",
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "predictions.csv",
+)
 HEAD, FINE_TUNE = "head", "fine-tune"  # the phases' names in history.csv, logs/ and backups
 TEST_PREFIX = "test_"  # the test split's reports: test_predictions.csv, ...
 LOGS_DIR = "logs"
@@ -74,9 +78,18 @@ LOCK_WRITE_SECONDS = 10  # a lock without a pid yet is being written for this lo
 STALE_PARTIAL_SECONDS = 300
 
 # The files and folders a run writes; overwrite=True removes exactly these.
-RUN_FILES = (CONFIG_FILE, LABELS_FILE, MODEL_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE,
-             AUGMENTATION_PREVIEW_FILE, REPORT_HTML,
-             *REPORT_FILES, *(TEST_PREFIX + name for name in REPORT_FILES))
+RUN_FILES = (
+    CONFIG_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    CURVES_FILE,
+    AUGMENTATION_PREVIEW_FILE,
+    REPORT_HTML,
+    *REPORT_FILES,
+    *(TEST_PREFIX + name for name in REPORT_FILES),
+)
 RUN_FOLDERS = (LOGS_DIR, CHECKPOINTS_DIR)
 
 # config.json's status; a run that stops early records why in "reason"
@@ -142,12 +155,14 @@ def check_run_dir(path, overwrite=False, keep=False):
         if not overwrite:
             raise InvalidArgumentError(
                 f"out={path} is not empty. Choose another folder or pass overwrite=True "
-                "to replace the run in it.")
+                "to replace the run in it."
+            )
         if not is_ours(path):
             raise InvalidArgumentError(
                 f"out={path} is not empty and was not written by transfer (no {MARKER_FILE} "
                 f"or {CONFIG_FILE} of a run in it): overwrite=True replaces only a folder of "
-                "ours. Choose another folder, or empty this one yourself.")
+                "ours. Choose another folder, or empty this one yourself."
+            )
         return True
     return False
 
@@ -182,8 +197,11 @@ def is_ours(folder):
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and {"options", "versions", "dataset"} <= set(config) \
+    return (
+        isinstance(config, dict)
+        and {"options", "versions", "dataset"} <= set(config)
         and "transfer" in config["versions"]
+    )
 
 
 @contextlib.contextmanager
@@ -223,8 +241,12 @@ def remove_stale_partials(folder, max_age=STALE_PARTIAL_SECONDS):
                 removed += 1
         dirs[:] = [d for d in dirs if (Path(root) / d).exists()]
     if removed:
-        logger.info("Removed %d temporary file%s that an interrupted process left in %s.",
-                    removed, "" if removed == 1 else "s", folder)
+        logger.info(
+            "Removed %d temporary file%s that an interrupted process left in %s.",
+            removed,
+            "" if removed == 1 else "s",
+            folder,
+        )
     return removed
 
 
@@ -235,7 +257,8 @@ def _check_not_in_use(folder):
     if pid is not None and _is_running(pid) and pid != os.getpid():
         raise InvalidArgumentError(
             f"out={folder} is in use by another run (process {pid}). Wait for it "
-            f"to end, or choose another folder.")
+            f"to end, or choose another folder."
+        )
 
 
 def _take_lock(folder):
@@ -291,23 +314,37 @@ def versions():
     """Versions of what made a run, for config.json."""
     import sklearn
 
-    return {"transfer": __version__, "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+    return {
+        "transfer": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def run_config(data, out, options, dataset, replicas):
     """config.json of a run that starts now; `status` and timings come later."""
     task = {"task": dataset.task} if dataset.task == MULTI_LABEL else {}
-    return {"data": str(data), "out": str(out), "working_dir": os.getcwd(),
-            "options": options.as_dict(), **task,
-            "dataset": {"name": dataset.name, "source": dataset.source,
-                        "fingerprint": dataset.fingerprint,
-                        "splits": {k: len(v) for k, v in dataset.splits.items()},
-                        "skipped_files": len(dataset.skipped)},
-            "classes": dataset.class_names, "versions": versions(),
-            "replicas": replicas,
-            "started": datetime.now().isoformat(timespec="seconds")}
+    return {
+        "data": str(data),
+        "out": str(out),
+        "working_dir": os.getcwd(),
+        "options": options.as_dict(),
+        **task,
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "fingerprint": dataset.fingerprint,
+            "splits": {k: len(v) for k, v in dataset.splits.items()},
+            "skipped_files": len(dataset.skipped),
+        },
+        "classes": dataset.class_names,
+        "versions": versions(),
+        "replicas": replicas,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def read_config(run_dir):
@@ -324,17 +361,23 @@ def reopen_data(run, data=None, min_classes=2):
     DataError or InvalidArgumentError where the images cannot be read."""
     config = run if isinstance(run, dict) else read_config(run)
     base = recorded_base(config, None if isinstance(run, dict) else run)
-    options = {name: recorded_path(value, base) if name in RECORDED_PATH_OPTIONS else value
-               for name, value in config.get("options", {}).items()}
+    options = {
+        name: recorded_path(value, base) if name in RECORDED_PATH_OPTIONS else value
+        for name, value in config.get("options", {}).items()
+    }
     own = data is None or is_run_data(config, data, base)
     data = recorded_path(config.get("data"), base) if data is None else data
     if data is None:
         raise InvalidArgumentError("The run's config.json names no data: pass data=.")
     table = {name: options[name] for name in TABLE_OPTIONS if name in options} if own else {}
-    return load_dataset(data, val_split=options.get("val_split", DEFAULT_VAL_SPLIT),
-                        test_split=options.get("test_split", DEFAULT_TEST_SPLIT),
-                        tfds_data_dir=options.get("tfds_data_dir"), min_classes=min_classes,
-                        **table)
+    return load_dataset(
+        data,
+        val_split=options.get("val_split", DEFAULT_VAL_SPLIT),
+        test_split=options.get("test_split", DEFAULT_TEST_SPLIT),
+        tfds_data_dir=options.get("tfds_data_dir"),
+        min_classes=min_classes,
+        **table,
+    )
 
 
 def is_run_data(run, data, base=None):
@@ -371,17 +414,22 @@ def recorded_base(record, folder=None):
     if folder is None or not out or Path(out).is_absolute() or ".." in Path(out).parts:
         return None
     here, parts = Path(folder).resolve().parts, Path(out).parts
-    if len(parts) >= len(here) or here[-len(parts):] != parts:
+    if len(parts) >= len(here) or here[-len(parts) :] != parts:
         return None  # moved or renamed since
-    return Path(*here[:-len(parts)])
+    return Path(*here[: -len(parts)])
 
 
 def recorded_path(path, base):
     """A path stored in a run or `evaluate` folder, as this process opens it: a relative
     one is joined to `base` (`recorded_base`) unless that is the current folder; TFDS
     names and absolute paths are kept."""
-    if base is None or not isinstance(path, (str, os.PathLike)) or os.path.isabs(path) \
-            or str(path).startswith(TFDS_PREFIX) or base.resolve() == Path.cwd().resolve():
+    if (
+        base is None
+        or not isinstance(path, (str, os.PathLike))
+        or os.path.isabs(path)
+        or str(path).startswith(TFDS_PREFIX)
+        or base.resolve() == Path.cwd().resolve()
+    ):
         return path
     return str(base / path)
 
@@ -416,8 +464,12 @@ def training_images(run_dir):
     try:
         dataset = reopen_data(run_dir, min_classes=1)
     except Exception as exc:  # moved, deleted, or not readable here
-        logger.warning("The training images of %s cannot be read again (%s): whether any "
-                       "of them are among these images is not known.", run_dir, first_line(exc))
+        logger.warning(
+            "The training images of %s cannot be read again (%s): whether any "
+            "of them are among these images is not known.",
+            run_dir,
+            first_line(exc),
+        )
         return None
     return {path_key(p) for p in dataset.splits["train"].paths}
 
@@ -454,13 +506,15 @@ def recorded_model(folder, metrics):
     if not path.exists():
         raise InvalidArgumentError(
             f"{path}, the model {folder} was evaluated with, does not exist any more. "
-            "Evaluate the model again to report on it.")
+            "Evaluate the model again to report on it."
+        )
     found = model_identity(path)
     if found != {k: recorded.get(k) for k in found}:
         raise InvalidArgumentError(
             f"{path} is not the model {folder} was evaluated with (its size or SHA-256 "
             f"differs from the model_file of {METRICS_FILE}). Evaluate it again to report "
-            "on it.")
+            "on it."
+        )
     return path
 
 
@@ -469,17 +523,22 @@ def check_resume(run_dir, options):
     paths = RunPaths(run_dir)
     if not paths.config.exists():
         raise InvalidArgumentError(
-            f"resume=True: {run_dir} holds no run to resume (no {CONFIG_FILE}).")
+            f"resume=True: {run_dir} holds no run to resume (no {CONFIG_FILE})."
+        )
     config = read_config(run_dir)
     if config.get("status") == COMPLETE:
         raise InvalidArgumentError(f"resume=True: the run in {run_dir} is already complete.")
     stored = config.get("options", {})
-    differ = sorted(k for k, v in options.as_dict().items()
-                    if k in stored and stored[k] != v and k not in RESULT_NEUTRAL)
+    differ = sorted(
+        k
+        for k, v in options.as_dict().items()
+        if k in stored and stored[k] != v and k not in RESULT_NEUTRAL
+    )
     if differ:
         raise InvalidArgumentError(
             f"resume=True: {run_dir} was started with other options ({', '.join(differ)}); "
-            "run the same command again with resume=True.")
+            "run the same command again with resume=True."
+        )
 
 
 def own_labels_path(model_file):
@@ -502,7 +561,8 @@ def check_resume_data(run_dir, dataset, data):
         raise InvalidArgumentError(
             f"resume=True: {run_dir} was started on other data (its images, splits or "
             f"classes differ from data={data}); resume it with the data it "
-            "started with, or start a new run.")
+            "started with, or start a new run."
+        )
 
 
 def write_labels(path, class_names):
@@ -550,8 +610,9 @@ def class_names_of(model_or_run):
         return model_or_run.class_names
     path = Path(model_or_run)
     model_path = path / MODEL_FILE if path.is_dir() else path
-    return read_model_metadata(model_path).get("class_names") or \
-        read_labels(labels_beside(model_path))
+    return read_model_metadata(model_path).get("class_names") or read_labels(
+        labels_beside(model_path)
+    )
 
 
 @dataclass
@@ -584,7 +645,8 @@ def _image_size(model, model_path, image_size):
         if size:
             return image_size_pair(size)
     raise InvalidArgumentError(
-        f"{model_path} takes images of any size; pass image_size to choose one.")
+        f"{model_path} takes images of any size; pass image_size to choose one."
+    )
 
 
 def load_model(run_or_model, need_classifier=True, image_size=None):
@@ -598,38 +660,49 @@ def load_model(run_or_model, need_classifier=True, image_size=None):
     if not path.exists():
         raise InvalidArgumentError(
             f"{path} does not exist. Expected a run directory of `transfer finetune` "
-            "or a .keras model file.")
+            "or a .keras model file."
+        )
     model_path = path / MODEL_FILE if path.is_dir() else path
     if not model_path.is_file():
         raise InvalidArgumentError(
             f"{path} holds no {MODEL_FILE}. Expected a run directory of `transfer finetune` "
-            "or a .keras model file.")
+            "or a .keras model file."
+        )
     try:
         model = keras.models.load_model(model_path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises ValueError, OSError, zip errors...
         raise InvalidArgumentError(
             f"{model_path} is not a Keras model that can be loaded safely ({first_line(exc)}). "
-            "Expected a .keras file written by transfer or Keras.") from exc
+            "Expected a .keras file written by transfer or Keras."
+        ) from exc
     labels_path = labels_beside(model_path)
     metadata = read_model_metadata(model_path)
     class_names = class_names_of(model_path)
-    loaded = LoadedModel(model, model_path, class_names,
-                         _image_size(model, model_path, image_size), metadata.get("thresholds"))
+    loaded = LoadedModel(
+        model,
+        model_path,
+        class_names,
+        _image_size(model, model_path, image_size),
+        metadata.get("thresholds"),
+    )
     if need_classifier:
         if not loaded.is_classifier:
             raise InvalidArgumentError(
                 f"{model_path} is a feature extractor (output shape "
                 f"{tuple(model.output.shape)}), not a classifier: this command needs a model "
-                f"ending in a '{CLASSIFIER}' layer, such as a run's model.keras.")
+                f"ending in a '{CLASSIFIER}' layer, such as a run's model.keras."
+            )
         if class_names is None:
             raise InvalidArgumentError(
                 f"{model_path} has no class names inside it and no {LABELS_FILE} beside it. "
                 "Expected the class names, one per line in output order, in "
-                + str(labels_path) + ".")
+                + str(labels_path)
+                + "."
+            )
         outputs = model.output.shape[-1]
         if len(class_names) != outputs:
             source = model_path if metadata.get("class_names") else labels_path
             raise InvalidArgumentError(
-                f"{source} names {len(class_names)} classes but the model has {outputs} "
-                "outputs.")
+                f"{source} names {len(class_names)} classes but the model has {outputs} outputs."
+            )
     return loaded

@@ -23,7 +23,7 @@ MULTI_LABEL_THRESHOLD = 0.5
 
 
 def device_kind():
-    """"GPU" when TensorFlow sees one, else "CPU"."""
+    """ "GPU" when TensorFlow sees one, else "CPU"."""
     return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
@@ -34,8 +34,10 @@ def precision_policy(mixed_precision):
     if device_kind() == "GPU":
         logger.info("Mixed precision: float16 compute, float32 weights and outputs.")
         return "mixed_float16"
-    logger.warning("mixed_precision=True: no GPU here, and a CPU emulates float16 more slowly "
-                   "than it computes float32, so this run stays in float32.")
+    logger.warning(
+        "mixed_precision=True: no GPU here, and a CPU emulates float16 more slowly "
+        "than it computes float32, so this run stays in float32."
+    )
     return "float32"
 
 
@@ -60,6 +62,7 @@ def _compiled_call(model, jit_compile=None, tta=False):
         jit_compile = INFERENCE_JIT[device_kind()]
     cache = model.__dict__.setdefault("_transfer_inference", {})
     if (jit_compile, tta) not in cache:
+
         def call(x):
             return model(x, training=False)
 
@@ -79,8 +82,9 @@ def predict_batch(model, batch, jit_compile=None):
     return np.asarray(_compiled_call(model, jit_compile)(batch))
 
 
-def run_inference(model, images, verbose=0, jit_compile=None, description="Inference",
-                  tta=False, dtype=None):
+def run_inference(
+    model, images, verbose=0, jit_compile=None, description="Inference", tta=False, dtype=None
+):
     """Outputs of `model` for a tf.data.Dataset of image batches, as one array.
 
     The one place inference runs for predict, evaluate, embed and the feature
@@ -90,18 +94,26 @@ def run_inference(model, images, verbose=0, jit_compile=None, description="Infer
     """
     # The shape only matters for no batches; asked then (a Sequential has no `output`
     # until it is called).
-    return collect_outputs(_compiled_call(model, jit_compile, tta), images,
-                           lambda: model.output.shape[1:], verbose, description, dtype)
+    return collect_outputs(
+        _compiled_call(model, jit_compile, tta),
+        images,
+        lambda: model.output.shape[1:],
+        verbose,
+        description,
+        dtype,
+    )
 
 
-def collect_outputs(call, batches, output_shape, verbose=0, description="Inference",
-                    dtype=None):
+def collect_outputs(call, batches, output_shape, verbose=0, description="Inference", dtype=None):
     """`call`'s outputs for each of `batches`, as one array (of `output_shape` per
     image: a tuple, or a function giving it); with `verbose`, a progress line. `dtype`
     converts each batch's outputs."""
     cardinality = int(batches.cardinality()) if hasattr(batches, "cardinality") else -1
-    progress = Progress(description, cardinality if cardinality > 0 else None,
-                        unit="batch") if verbose else None
+    progress = (
+        Progress(description, cardinality if cardinality > 0 else None, unit="batch")
+        if verbose
+        else None
+    )
     outputs = []
     for step, batch in enumerate(batches, start=1):
         outputs.append(np.asarray(call(batch), dtype=dtype))

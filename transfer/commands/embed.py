@@ -24,8 +24,15 @@ logger = logging.getLogger("transfer")
 __all__ = ["EMBEDDING_KEYS", "embed"]
 
 
-def embed(data, out=None, model=None, batch_size=INFERENCE_BATCH_SIZE, overwrite=False,
-          options=None, **overrides):
+def embed(
+    data,
+    out=None,
+    model=None,
+    batch_size=INFERENCE_BATCH_SIZE,
+    overwrite=False,
+    options=None,
+    **overrides,
+):
     """Pooled backbone features for every image of `data`, with labels and splits.
 
     The backbone is a trained model's (`model`: run directory or .keras file) or a
@@ -43,20 +50,30 @@ def embed(data, out=None, model=None, batch_size=INFERENCE_BATCH_SIZE, overwrite
     if out is not None and Path(out).suffix != ".npz":
         raise InvalidArgumentError(f"out={out}: embeddings are written as .npz.")
     if out is not None and Path(out).exists() and not overwrite:
-        raise InvalidArgumentError(
-            f"out={out} exists. Choose another path or pass overwrite=True.")
+        raise InvalidArgumentError(f"out={out} exists. Choose another path or pass overwrite=True.")
     extractor, image_size, source = _extractor(model, options)
-    dataset = load_dataset(data, val_split=options.val_split, test_split=options.test_split,
-                           tfds_data_dir=options.tfds_data_dir, min_classes=1,
-                           **{name: getattr(options, name) for name in TABLE_OPTIONS})
+    dataset = load_dataset(
+        data,
+        val_split=options.val_split,
+        test_split=options.test_split,
+        tfds_data_dir=options.tfds_data_dir,
+        min_classes=1,
+        **{name: getattr(options, name) for name in TABLE_OPTIONS},
+    )
     drop_unreadable(dataset, strict=options.strict)
     features, labels, paths, splits = [], [], [], []
     for name, split in dataset.splits.items():
         if not len(split):
             continue
         logger.info("Embedding the %s split (%d images)...", name, len(split))
-        features.append(run_inference(extractor, images_only(split, image_size, batch_size),
-                                      verbose=1, description=f"Embedded {name}"))
+        features.append(
+            run_inference(
+                extractor,
+                images_only(split, image_size, batch_size),
+                verbose=1,
+                description=f"Embedded {name}",
+            )
+        )
         labels.append(split.labels)
         paths += list(split.paths)
         splits += [name] * len(split)
@@ -77,10 +94,21 @@ def _extractor(model, options):
     """(feature extractor, image size, description) of a trained model or a fresh backbone."""
     if model is not None:
         loaded = load_model(model, need_classifier=False)
-        return (feature_extractor(loaded.model, pooling=options.pooling), loaded.image_size,
-                str(loaded.path))
+        return (
+            feature_extractor(loaded.model, pooling=options.pooling),
+            loaded.image_size,
+            str(loaded.path),
+        )
     size = image_size_pair(options.image_size)
-    backbone = build_backbone(options.architecture, include_top=False, weights=options.weights,
-                              input_shape=(*size, 3), weights_dir=options.weights_dir)
-    return (feature_extractor(backbone, pooling=options.pooling), size,
-            f"{backbone.name} weights={options.weights}")
+    backbone = build_backbone(
+        options.architecture,
+        include_top=False,
+        weights=options.weights,
+        input_shape=(*size, 3),
+        weights_dir=options.weights_dir,
+    )
+    return (
+        feature_extractor(backbone, pooling=options.pooling),
+        size,
+        f"{backbone.name} weights={options.weights}",
+    )

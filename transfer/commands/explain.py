@@ -18,8 +18,15 @@ from transfer.runtime import INFERENCE_BATCH_SIZE, TOP_K
 SUFFIX = ".gradcam.png"
 
 
-def explain(run_or_model, paths, out, top_k=TOP_K, group=None, image_size=None,
-            batch_size=INFERENCE_BATCH_SIZE):
+def explain(
+    run_or_model,
+    paths,
+    out,
+    top_k=TOP_K,
+    group=None,
+    image_size=None,
+    batch_size=INFERENCE_BATCH_SIZE,
+):
     """For each image, `out`/<name>.gradcam.png: the image, then its Grad-CAM for each
     of the top-k classes with their probabilities. Returns [(image, written file or
     None, top-k [(label, probability)], error or None)]."""
@@ -32,21 +39,29 @@ def explain(run_or_model, paths, out, top_k=TOP_K, group=None, image_size=None,
     out = make_writable_dir(out)
     written, results = set(), {}
     for start in range(0, len(good), batch_size):
-        batch = good[start:start + batch_size]
+        batch = good[start : start + batch_size]
         split = Split(batch, np.zeros(len(batch), np.int64))
-        pixels = np.concatenate([np.asarray(b) for b in images_only(split, loaded.image_size,
-                                                                    batch_size)])
+        pixels = np.concatenate(
+            [np.asarray(b) for b in images_only(split, loaded.image_size, batch_size)]
+        )
         probabilities = np.asarray(loaded.model(pixels, training=False))
         top = np.argsort(-probabilities, axis=1)[:, :top_k]
         maps = [gradcam.heatmaps(cam, pixels, top[:, k]) for k in range(top_k)]
         for i, path in enumerate(batch):
             labels = [(loaded.class_names[c], float(probabilities[i, c])) for c in top[i]]
             target = _unique_name(Path(out), Path(path).stem, written)
-            plot_explanation(pixels[i], [gradcam.overlay(pixels[i], m[i]) for m in maps],
-                             labels, target, group=cam.name.split("_", 1)[1])
+            plot_explanation(
+                pixels[i],
+                [gradcam.overlay(pixels[i], m[i]) for m in maps],
+                labels,
+                target,
+                group=cam.name.split("_", 1)[1],
+            )
             results[path] = (target, labels)
-    return [(path, *results[path], None) if path in results else (path, None, [], bad[path])
-            for path in files]
+    return [
+        (path, *results[path], None) if path in results else (path, None, [], bad[path])
+        for path in files
+    ]
 
 
 def _unique_name(out, stem, written):

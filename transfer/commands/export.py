@@ -44,9 +44,20 @@ POOLING = "avg"  # of feature extractors
 MAX_DROP = comparison.MAX_DROP
 
 
-def export(run_or_model, out, format="keras", feature_extractor=False, group=None,
-           pooling=POOLING, image_size=None, overwrite=False, quantize="none", data=None,
-           max_drop=MAX_DROP, compare=True):
+def export(
+    run_or_model,
+    out,
+    format="keras",
+    feature_extractor=False,
+    group=None,
+    pooling=POOLING,
+    image_size=None,
+    overwrite=False,
+    quantize="none",
+    data=None,
+    max_drop=MAX_DROP,
+    compare=True,
+):
     """Export a classifier (or, with `feature_extractor`, its backbone) to `out`.
 
     Returns the path written. `group` (stem, conv2..conv5, post) exports that
@@ -70,28 +81,41 @@ def export(run_or_model, out, format="keras", feature_extractor=False, group=Non
         return _export_backbone_weights(run_or_model, out, group, overwrite)
     if not feature_extractor and group is not None:
         raise InvalidArgumentError(
-            f"group={group!r} applies to feature_extractor=True exports only.")
-    loaded = load_model(run_or_model, need_classifier=not feature_extractor,
-                        image_size=image_size)
-    model = (feature_extractor_of(loaded.model, pooling=pooling, group=group)
-             if feature_extractor else loaded.model)
+            f"group={group!r} applies to feature_extractor=True exports only."
+        )
+    loaded = load_model(run_or_model, need_classifier=not feature_extractor, image_size=image_size)
+    model = (
+        feature_extractor_of(loaded.model, pooling=pooling, group=group)
+        if feature_extractor
+        else loaded.model
+    )
     _check_out(out, format, overwrite, labels=not feature_extractor)
     dataset = run_dataset(loaded.path, data) if compare or quantize in CALIBRATED else None
-    info = ExportInfo(loaded.image_size, None if feature_extractor else loaded.class_names,
-                      source=str(Path(run_or_model).resolve()), quantize=quantize,
-                      task=loaded.task, thresholds=loaded.thresholds,
-                      representative=_representative(dataset, loaded.image_size))
+    info = ExportInfo(
+        loaded.image_size,
+        None if feature_extractor else loaded.class_names,
+        source=str(Path(run_or_model).resolve()),
+        quantize=quantize,
+        task=loaded.task,
+        thresholds=loaded.thresholds,
+        representative=_representative(dataset, loaded.image_size),
+    )
     writer.write(model, out, info)
     if not feature_extractor:
         write_labels(_labels_path(out, format), loaded.class_names)
     elif format != "savedmodel":  # a classifier's labels would now describe the wrong model
         own_labels_path(out).unlink(missing_ok=True)
-    logger.info("Exported %s to %s (%s%s).",
-                "feature extractor" if feature_extractor else "classifier", out, format,
-                f", {quantize} quantisation" if quantize != "none" else "")
+    logger.info(
+        "Exported %s to %s (%s%s).",
+        "feature extractor" if feature_extractor else "classifier",
+        out,
+        format,
+        f", {quantize} quantisation" if quantize != "none" else "",
+    )
     if compare and not feature_extractor and dataset is not None:
-        compare_with_keras(loaded, out, dataset, max_drop,
-                           training=_training_images_of(loaded.path, data))
+        compare_with_keras(
+            loaded, out, dataset, max_drop, training=_training_images_of(loaded.path, data)
+        )
     return out
 
 
@@ -114,17 +138,18 @@ def _check_out(out, format, overwrite, labels):
     if suffix and out.suffix != suffix:
         raise InvalidArgumentError(f"out={out}: a {kind} export needs a name ending in {suffix}.")
     if out.exists() and not overwrite:
-        raise InvalidArgumentError(
-            f"out={out} exists. Choose another path or pass overwrite=True.")
+        raise InvalidArgumentError(f"out={out} exists. Choose another path or pass overwrite=True.")
     if out.is_dir() and not (format == "savedmodel" and is_ours(out)):
         raise InvalidArgumentError(
             f"out={out} is a folder that is not a SavedModel export of transfer (no "
             f"{MARKER_FILE} in it): overwrite=True replaces only an export of ours. Choose "
-            "another path, or remove it yourself.")
+            "another path, or remove it yourself."
+        )
     labels_path = _labels_path(out, format)
     if labels and labels_path.exists() and not overwrite:
         raise InvalidArgumentError(
-            f"{labels_path} exists. Choose another out or pass overwrite=True.")
+            f"{labels_path} exists. Choose another out or pass overwrite=True."
+        )
 
 
 def run_dataset(model_path, data):
@@ -134,16 +159,22 @@ def run_dataset(model_path, data):
     config_path = Path(model_path).parent / CONFIG_FILE
     config = read_config(config_path.parent) if config_path.exists() else {}
     if data is None and config.get("data") is None:
-        logger.warning("%s has no %s beside it naming its images: pass data= to compare the "
-                       "export with it.", model_path, CONFIG_FILE)
+        logger.warning(
+            "%s has no %s beside it naming its images: pass data= to compare the export with it.",
+            model_path,
+            CONFIG_FILE,
+        )
         return None
     try:
         # the run's folder, not only its config: its relative paths are found from it
         dataset = reopen_data(config_path.parent if config else {}, data, min_classes=1)
         drop_unreadable(dataset, progress=False)
     except (DataError, InvalidArgumentError) as exc:
-        logger.warning("The images of %s cannot be read (%s): pass data= to compare the "
-                       "export with it.", model_path, first_line(exc))
+        logger.warning(
+            "The images of %s cannot be read (%s): pass data= to compare the export with it.",
+            model_path,
+            first_line(exc),
+        )
         return None
     return dataset
 
@@ -154,8 +185,10 @@ def _representative(dataset, image_size, count=REPRESENTATIVE_IMAGES, seed=0):
     if dataset is None:
         return None
     sample = dataset.splits["train"].sample(count, seed)
-    return lambda: (np.asarray(batch).astype(np.uint8)
-                    for batch in images_only(sample, image_size, batch_size=1))
+    return lambda: (
+        np.asarray(batch).astype(np.uint8)
+        for batch in images_only(sample, image_size, batch_size=1)
+    )
 
 
 INT8_HINT_AGREEMENT = 0.98  # below it, export suggests int16x8
@@ -177,32 +210,44 @@ def compare_with_keras(loaded, out, dataset, max_drop=MAX_DROP, training=None):
     reference = keras_format.KerasRunner(loaded).predict_split(split, INFERENCE_BATCH_SIZE)
     probabilities = exported.predict_split(split, INFERENCE_BATCH_SIZE)
     result = comparison.agreement(np.asarray(split.labels), reference, probabilities)
-    logger.info("Compared with the Keras model on the %s split: %s.", split_name,
-                comparison.describe(result))
+    logger.info(
+        "Compared with the Keras model on the %s split: %s.",
+        split_name,
+        comparison.describe(result),
+    )
     if training is not None:
         result["training_images_compared"] = trained
     if trained:
-        logger.warning("%d of the %d images compared are training images of the model's run: "
-                       "the accuracies are not held-out ones (the agreement still holds).",
-                       trained, len(split))
+        logger.warning(
+            "%d of the %d images compared are training images of the model's run: "
+            "the accuracies are not held-out ones (the agreement still holds).",
+            trained,
+            len(split),
+        )
     drop = 0.0 - result["accuracy_difference_points"]
     if drop > max_drop:
-        logger.warning("The export is %.2f accuracy points below the Keras model (more than "
-                       "max_drop=%g).", drop, max_drop)
-    if (exported.metadata.get("quantization") == "int8"
-            and result["top1_agreement"] < INT8_HINT_AGREEMENT):
-        logger.warning("int8 changes %.1f%% of the top-1 predictions: --quantize int16x8 (int8 "
-                       "weights, 16-bit activations: the same size, much closer to the Keras "
-                       "model, slower on CPUs) or dynamic may serve better; compare them.",
-                       100 * (1 - result["top1_agreement"]))
+        logger.warning(
+            "The export is %.2f accuracy points below the Keras model (more than max_drop=%g).",
+            drop,
+            max_drop,
+        )
+    if (
+        exported.metadata.get("quantization") == "int8"
+        and result["top1_agreement"] < INT8_HINT_AGREEMENT
+    ):
+        logger.warning(
+            "int8 changes %.1f%% of the top-1 predictions: --quantize int16x8 (int8 "
+            "weights, 16-bit activations: the same size, much closer to the Keras "
+            "model, slower on CPUs) or dynamic may serve better; compare them.",
+            100 * (1 - result["top1_agreement"]),
+        )
     return result
 
 
 def _export_backbone_weights(run_or_model, out, group, overwrite):
     FORMATS["h5"].check_out(out, group)
     if out.exists() and not overwrite:
-        raise InvalidArgumentError(
-            f"out={out} exists. Choose another path or pass overwrite=True.")
+        raise InvalidArgumentError(f"out={out} exists. Choose another path or pass overwrite=True.")
     loaded = load_model(run_or_model, need_classifier=False)
     FORMATS["h5"].write(loaded.model, out)
     logger.info("Exported the backbone's weights to %s (keras.applications notop H5).", out)

@@ -20,8 +20,16 @@ logger = logging.getLogger("transfer")
 __all__ = ["RunResult", "finetune"]
 
 
-def finetune(data, out=None, overwrite=False, resume=False, options=None, calibrate=False,
-             report=True, **overrides):
+def finetune(
+    data,
+    out=None,
+    overwrite=False,
+    resume=False,
+    options=None,
+    calibrate=False,
+    report=True,
+    **overrides,
+):
     """Fine-tune a backbone on `data` (a folder, `tfds:NAME`, or a CSV file or pandas
     DataFrame of paths and labels) and write a run directory.
 
@@ -58,15 +66,23 @@ def finetune(data, out=None, overwrite=False, resume=False, options=None, calibr
             run.record_stop(exc)
             if isinstance(exc, KeyboardInterrupt):
                 raise RunInterruptedError(
-                    f"The run was interrupted. resume=True out={out} continues it.") from exc
+                    f"The run was interrupted. resume=True out={out} continues it."
+                ) from exc
             raise
         if chief and (report or calibrate) and not single_label:
-            logger.info("No %s: the report's sections are for single-label runs; "
-                        "metrics.json and the per-label reports hold the results.", REPORT_HTML)
+            logger.info(
+                "No %s: the report's sections are for single-label runs; "
+                "metrics.json and the per-label reports hold the results.",
+                REPORT_HTML,
+            )
         elif chief and (report or calibrate):
             result.metrics, calibrated = write_report_or_warn(
-                run.paths.root, result.metrics, calibrate, model=local_copy(run.model, strategy),
-                features=run.features)
+                run.paths.root,
+                result.metrics,
+                calibrate,
+                model=local_copy(run.model, strategy),
+                features=run.features,
+            )
             if calibrated is not None:  # the temperature goes into the run's model
                 resave_model(run.paths.root, calibrated)
         return result

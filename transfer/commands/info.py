@@ -21,8 +21,12 @@ def info(depth, version, image_size=None, arch=None):
         "image_size": summary["input_size"],
         "default_image_size": arch.default_size,
         "groups": [
-            {"name": r.name, "layers": r.layers, "output_shape": list(r.output_shape[1:]),
-             "params": r.params}
+            {
+                "name": r.name,
+                "layers": r.layers,
+                "output_shape": list(r.output_shape[1:]),
+                "params": r.params,
+            }
             for r in summary["groups"]
         ],
         "layers": summary["layers"],
@@ -31,8 +35,24 @@ def info(depth, version, image_size=None, arch=None):
         "non_trainable_params": summary["non_trainable_params"],
         "multiply_adds": summary["multiply_adds"],
         "flops": 2 * summary["multiply_adds"],  # a multiply-add is two floating-point operations
-        "weights": [{"include_top": row.include_top, "file": row.file, "url": row.url,
-                     "md5": row.md5, "sha256": row.sha256} for row in keras_files],
-        "torch_weights": [{"source": row.source, "name": row.name, "file": row.file,
-                           "url": row.url, "top1": row.top1} for row in torch_files],
+        "weights": [
+            {
+                "include_top": row.include_top,
+                "file": row.file,
+                "url": row.url,
+                "md5": row.md5,
+                "sha256": row.sha256,
+            }
+            for row in keras_files
+        ],
+        "torch_weights": [
+            {
+                "source": row.source,
+                "name": row.name,
+                "file": row.file,
+                "url": row.url,
+                "top1": row.top1,
+            }
+            for row in torch_files
+        ],
     }

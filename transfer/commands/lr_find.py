@@ -41,42 +41,60 @@ class RangeTest:
     out: Path
 
 
-def lr_find(data, out, start_lr=START_LR, end_lr=END_LR, steps=STEPS, overwrite=False,
-            options=None, **overrides):
+def lr_find(
+    data,
+    out,
+    start_lr=START_LR,
+    end_lr=END_LR,
+    steps=STEPS,
+    overwrite=False,
+    options=None,
+    **overrides,
+):
     """Run the range test on `data` with finetune's options; write lr_find.csv and
     lr_find.png to `out` and return a `RangeTest` with the suggested learning rate."""
     if not 0 < start_lr < end_lr:
         raise InvalidArgumentError(
             f"start_lr must be positive and below end_lr. Received: start_lr={start_lr}, "
-            f"end_lr={end_lr}")
+            f"end_lr={end_lr}"
+        )
     options = resolve_options(options, **overrides)
     if options.fine_tune_from == "none":
         raise InvalidArgumentError("fine_tune_from=none: the range test is for phase 2.")
-    run = Run(options, RunPaths(prepare_run_dir(out, overwrite=overwrite)),
-              tf.distribute.get_strategy())
+    run = Run(
+        options, RunPaths(prepare_run_dir(out, overwrite=overwrite)), tf.distribute.get_strategy()
+    )
     keras.utils.set_random_seed(options.seed)
     run.prepare(data)
     run.train_head()
-    learning_rates, losses = _range_test(run.model, run.dataset, options, start_lr, end_lr,
-                                         steps)
+    learning_rates, losses = _range_test(run.model, run.dataset, options, start_lr, end_lr, steps)
     paths = run.paths
     suggested = _suggestion(learning_rates, losses)
-    write_csv(paths.root / CSV_FILE, ["learning_rate", "smoothed_loss"],
-              [[f"{r:.6g}", f"{loss:.6g}"] for r, loss in zip(learning_rates, losses)])
+    write_csv(
+        paths.root / CSV_FILE,
+        ["learning_rate", "smoothed_loss"],
+        [[f"{r:.6g}", f"{loss:.6g}"] for r, loss in zip(learning_rates, losses)],
+    )
     plot_lr_find(learning_rates, losses, suggested, paths.root / PLOT_FILE)
     return RangeTest(learning_rates, losses, suggested, paths.root)
 
 
 def _range_test(model, dataset, options, start_lr, end_lr, steps):
     unfreeze(model, options.fine_tune_from, train_bn=options.train_bn)
-    rate = keras.optimizers.schedules.ExponentialDecay(start_lr, decay_steps=steps,
-                                                       decay_rate=end_lr / start_lr)
+    rate = keras.optimizers.schedules.ExponentialDecay(
+        start_lr, decay_steps=steps, decay_rate=end_lr / start_lr
+    )
     compile_model(model, options, rate, dataset.num_classes)
     train = dataset.splits["train"]
     epochs = math.ceil(steps * options.batch_size / len(train))  # enough batches for `steps`
-    batches = epoch_batches(one_hot_images(train, options.image_size, dataset.num_classes),
-                            len(train), options.batch_size, options.seed, epochs,
-                            augment=augmentation(options.seed, options.augment, options.flip))
+    batches = epoch_batches(
+        one_hot_images(train, options.image_size, dataset.num_classes),
+        len(train),
+        options.batch_size,
+        options.seed,
+        epochs,
+        augment=augmentation(options.seed, options.augment, options.flip),
+    )
     learning_rates, losses = [], []
     state = {"mean": 0.0, "average": 0.0, "best": math.inf}
 
@@ -93,10 +111,15 @@ def _range_test(model, dataset, options, start_lr, end_lr, steps):
         if batch > 5 and (smoothed > DIVERGED * state["best"] or not math.isfinite(smoothed)):
             model.stop_training = True
 
-    logger.info("Range test: learning rate from %g to %g over %d steps...", start_lr, end_lr,
-                steps)
-    model.fit(batches, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,
-              callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=on_train_batch_end)])
+    logger.info("Range test: learning rate from %g to %g over %d steps...", start_lr, end_lr, steps)
+    model.fit(
+        batches,
+        epochs=1,
+        steps_per_epoch=steps,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=on_train_batch_end)],
+    )
     return learning_rates, losses
 
 
@@ -106,4 +129,3 @@ def _suggestion(learning_rates, losses):
     if not finite:
         raise InvalidArgumentError("The range test's loss was never finite; lower start_lr.")
     return float(min(finite)[1] / 10)
-

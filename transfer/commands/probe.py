@@ -30,15 +30,17 @@ def probe(embeddings, out, folds=FOLDS, seed=SEED, overwrite=False):
     train = data["splits"] == "train"
     evaluated = [s for s in ("val", "test") if (data["splits"] == s).any()]
     if not train.any() or not evaluated:
-        raise DataError("The embeddings need a train split and a val or test split; embed "
-                        "with val_split above 0.")
-    classifier = fit_logistic_regression(data["features"][train], data["labels"][train],
-                                         len(class_names), folds, seed)
+        raise DataError(
+            "The embeddings need a train split and a val or test split; embed "
+            "with val_split above 0."
+        )
+    classifier = fit_logistic_regression(
+        data["features"][train], data["labels"][train], len(class_names), folds, seed
+    )
     out = prepare_run_dir(out, overwrite=overwrite)
     fitted = classifier[-1]
     multi_label = data["labels"].ndim == 2
-    metrics = {"classes": class_names, "C": fitted_c(classifier),
-               "train_images": int(train.sum())}
+    metrics = {"classes": class_names, "C": fitted_c(classifier), "train_images": int(train.sum())}
     thresholds = None
     for split in evaluated:
         rows = data["splits"] == split
@@ -49,10 +51,17 @@ def probe(embeddings, out, folds=FOLDS, seed=SEED, overwrite=False):
         else:
             probabilities = np.zeros((int(rows.sum()), len(class_names)))
             probabilities[:, fitted.classes_] = classifier.predict_proba(data["features"][rows])
-        metrics[split] = compute_metrics(data["labels"][rows], probabilities, class_names,
-                                         thresholds)
-        write_reports(out, data["labels"][rows], probabilities, class_names,
-                      [str(p) for p in data["paths"][rows]],
-                      prefix="" if split == evaluated[0] else TEST_PREFIX, thresholds=thresholds)
+        metrics[split] = compute_metrics(
+            data["labels"][rows], probabilities, class_names, thresholds
+        )
+        write_reports(
+            out,
+            data["labels"][rows],
+            probabilities,
+            class_names,
+            [str(p) for p in data["paths"][rows]],
+            prefix="" if split == evaluated[0] else TEST_PREFIX,
+            thresholds=thresholds,
+        )
     write_json(Path(out) / METRICS_FILE, metrics)
     return metrics

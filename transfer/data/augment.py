@@ -62,7 +62,9 @@ def augmentation(seed=None, preset="default", flip=True):
     if not steps:
         return None
     return keras.Sequential(
-        [getattr(keras.layers, name)(**args, seed=None if seed is None else seed + i)
-         for i, (name, args) in enumerate(steps)],
+        [
+            getattr(keras.layers, name)(**args, seed=None if seed is None else seed + i)
+            for i, (name, args) in enumerate(steps)
+        ],
         name="augmentation",
     )

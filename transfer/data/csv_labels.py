@@ -42,11 +42,16 @@ PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "i
 LABEL_COLUMNS = ("label", "labels", "class", "category", "tags", "target")
 SPLIT_COLUMNS = ("split", "subset")
 LABEL_SEPARATORS = (";", "|")  # a cell holding one of these holds several labels
-SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val",
-               "test": "test"}
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 # The options of a table source, as `load_dataset` and `FinetuneOptions` name them.
-TABLE_OPTIONS = ("images", "path_column", "label_column", "split_column", "label_sep",
-                 "multi_label")
+TABLE_OPTIONS = (
+    "images",
+    "path_column",
+    "label_column",
+    "split_column",
+    "label_sep",
+    "multi_label",
+)
 
 
 def is_table(data):
@@ -65,13 +70,16 @@ def _read_rows(data):
     """(header, rows as lists of strings, description) of a CSV file or a DataFrame."""
     if hasattr(data, "columns"):
         header = [str(c) for c in data.columns]
-        rows = [["" if _missing(v) else str(v) for v in row]
-                for row in data.itertuples(index=False, name=None)]
+        rows = [
+            ["" if _missing(v) else str(v) for v in row]
+            for row in data.itertuples(index=False, name=None)
+        ]
         return header, rows, "the DataFrame"
     path = Path(data).expanduser()
     if not path.is_file():
-        raise DataError(f"data={path} does not exist." if not path.exists()
-                        else f"data={path} is not a file.")
+        raise DataError(
+            f"data={path} does not exist." if not path.exists() else f"data={path} is not a file."
+        )
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             table = list(csv.reader(f))
@@ -90,8 +98,10 @@ def _column(header, given, candidates, what, source, option):
     """The index of a column: the one given by name, else the first candidate found."""
     if given is not None:
         if given not in header:
-            raise DataError(f"Unknown {what} column: {option}={given!r}. {source} has the "
-                            f"columns {listing(map(repr, header), limit=20)}.")
+            raise DataError(
+                f"Unknown {what} column: {option}={given!r}. {source} has the "
+                f"columns {listing(map(repr, header), limit=20)}."
+            )
         return header.index(given)
     lowered = [c.lower() for c in header]
     for name in candidates:
@@ -108,9 +118,18 @@ def _separator(cells, label_sep, multi_label):
     return found or (LABEL_SEPARATORS[0] if multi_label else None)
 
 
-def load_table(data, images=None, path_column=None, label_column=None, split_column=None,
-               label_sep=None, multi_label=False, val_split=DEFAULT_VAL_SPLIT,
-               test_split=DEFAULT_TEST_SPLIT, min_classes=2):
+def load_table(
+    data,
+    images=None,
+    path_column=None,
+    label_column=None,
+    split_column=None,
+    label_sep=None,
+    multi_label=False,
+    val_split=DEFAULT_VAL_SPLIT,
+    test_split=DEFAULT_TEST_SPLIT,
+    min_classes=2,
+):
     """A `Dataset` from a CSV file or a DataFrame (see the module docstring).
 
     Rows whose file is missing are reported and skipped, as unreadable files are;
@@ -130,12 +149,15 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
     path_at = _column(header, path_column, PATH_COLUMNS, "path", source, "path_column")
     label_at = _column(header, label_column, LABEL_COLUMNS, "label", source, "label_column")
     split_at = _column(header, split_column, SPLIT_COLUMNS, "split", source, "split_column")
-    for at, what, option, candidates in ((path_at, "path", "path_column", PATH_COLUMNS),
-                                         (label_at, "label", "label_column", LABEL_COLUMNS)):
+    for at, what, option, candidates in (
+        (path_at, "path", "path_column", PATH_COLUMNS),
+        (label_at, "label", "label_column", LABEL_COLUMNS),
+    ):
         if at is None:
             raise DataError(
                 f"{source} has no {what} column (looked for {', '.join(candidates)} among "
-                f"{listing(map(repr, header), limit=20)}); name it with {option}=NAME.")
+                f"{listing(map(repr, header), limit=20)}); name it with {option}=NAME."
+            )
     width = len(header)
     rows = [row + [""] * (width - len(row)) for row in rows]
     separator = _separator([row[label_at] for row in rows], label_sep, multi_label)
@@ -151,8 +173,12 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
             outside.append(f"{cell!r} ({where})")
             continue
         if str(path) in seen:
-            skipped.append({"path": printable_path(path),
-                            "reason": f"listed again in {where} (first in row {seen[str(path)]})"})
+            skipped.append(
+                {
+                    "path": printable_path(path),
+                    "reason": f"listed again in {where} (first in row {seen[str(path)]})",
+                }
+            )
             continue
         seen[str(path)] = number
         labels = _labels_of(row[label_at], separator)
@@ -166,41 +192,54 @@ def load_table(data, images=None, path_column=None, label_column=None, split_col
             skipped.append({"path": printable_path(path), "reason": f"file not found ({where})"})
             continue
         if not is_inside(path, inside):
-            skipped.append({"path": printable_path(path),
-                            "reason": f"link to a file outside the image folder, not read "
-                                      f"({where})"})
+            skipped.append(
+                {
+                    "path": printable_path(path),
+                    "reason": f"link to a file outside the image folder, not read ({where})",
+                }
+            )
             continue
         split = _split_name(row[split_at], where) if split_at is not None else None
         entries.append((path, labels, split))
     if outside:
-        raise DataError(f"Paths outside the image folder {root}: {listing(outside)}. Every "
-                        "path must lead to a file inside it (pass images=DIR to choose it).")
+        raise DataError(
+            f"Paths outside the image folder {root}: {listing(outside)}. Every "
+            "path must lead to a file inside it (pass images=DIR to choose it)."
+        )
     if unprintable:
-        raise DataError(f"Labels with control characters (a class name is one line of "
-                        f"text): {listing(unprintable)}. Remove them from {source}.")
+        raise DataError(
+            f"Labels with control characters (a class name is one line of "
+            f"text): {listing(unprintable)}. Remove them from {source}."
+        )
     if not entries:
         reasons = listing((f"{s['path']}: {s['reason']}" for s in skipped), separator="; ")
         raise DataError(f"{source} has no usable rows{': ' + reasons if reasons else ''}.")
     class_names = sorted({label for _, labels, _ in entries for label in labels})
     if len(class_names) < min_classes:
-        raise DataError(f"{source} names {len(class_names)} class"
-                        f"{'' if len(class_names) == 1 else 'es'} ({', '.join(class_names)}); "
-                        "a classifier needs at least two.")
+        raise DataError(
+            f"{source} names {len(class_names)} class"
+            f"{'' if len(class_names) == 1 else 'es'} ({', '.join(class_names)}); "
+            "a classifier needs at least two."
+        )
     for entry in skipped:
         logger.warning("Skipped %s: %s", entry["path"], entry["reason"])
-    records = _split_records(entries, root, split_at is not None, val_split, test_split,
-                             separator)
+    records = _split_records(entries, root, split_at is not None, val_split, test_split, separator)
     index = {name: i for i, name in enumerate(class_names)}
-    splits = {name: Split([str(p) for p, _ in recs], _label_array(recs, index, separator))
-              for name, recs in records.items()}
+    splits = {
+        name: Split([str(p) for p, _ in recs], _label_array(recs, index, separator))
+        for name, recs in records.items()
+    }
     if not len(splits["train"]):
         raise DataError(f"{source} leaves no images for training.")
     fingerprint = fingerprint_of(
         (split, os.path.relpath(p, root), *file_stamp(p), sorted(labels))
-        for split, recs in records.items() for p, labels in recs)
+        for split, recs in records.items()
+        for p, labels in recs
+    )
     name = Path(data).stem if not hasattr(data, "columns") else "dataframe"
-    return Dataset(name, "csv" if split_at is None else "csv-splits", class_names, splits,
-                   skipped, fingerprint)
+    return Dataset(
+        name, "csv" if split_at is None else "csv-splits", class_names, splits, skipped, fingerprint
+    )
 
 
 def _labels_of(cell, separator):
@@ -214,8 +253,9 @@ def _labels_of(cell, separator):
 def _split_name(cell, where):
     name = SPLIT_NAMES.get(cell.strip().lower())
     if name is None:
-        raise DataError(f"Unknown split {cell.strip()!r} in {where}: expected "
-                        f"{', '.join(SPLIT_NAMES)}.")
+        raise DataError(
+            f"Unknown split {cell.strip()!r} in {where}: expected {', '.join(SPLIT_NAMES)}."
+        )
     return name
 
 
@@ -224,11 +264,14 @@ def _split_records(entries, root, given, val_split, test_split, separator):
     if not 0.0 <= val_split < 1.0 or not 0.0 <= test_split < 1.0 or val_split + test_split >= 1:
         raise InvalidArgumentError(
             f"val_split and test_split must be in [0, 1) and leave images for training. "
-            f"Received: val_split={val_split}, test_split={test_split}")
+            f"Received: val_split={val_split}, test_split={test_split}"
+        )
     labels_of = {path: labels for path, labels, _ in entries}
     if given:
-        records = {name: [(p, labels) for p, labels, split in entries if split == name]
-                   for name in ("train", "val", "test")}
+        records = {
+            name: [(p, labels) for p, labels, split in entries if split == name]
+            for name in ("train", "val", "test")
+        }
         if records["val"] or not val_split:
             return {name: recs for name, recs in records.items() if recs or name != "test"}
         pool, held_out = records["train"], {"test": records["test"]} if records["test"] else {}
@@ -238,8 +281,9 @@ def _split_records(entries, root, given, val_split, test_split, separator):
     groups = {}
     for path, labels in pool:
         groups.setdefault((separator or "\n").join(labels), []).append(path)
-    train, val, test = hash_split(groups, val_split, test_split,
-                                  key=lambda path, group: path.relative_to(root).as_posix())
+    train, val, test = hash_split(
+        groups, val_split, test_split, key=lambda path, group: path.relative_to(root).as_posix()
+    )
     found = {"train": train, "val": val, **held_out}
     if test_split > 0:
         found["test"] = test

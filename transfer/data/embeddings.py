@@ -21,7 +21,8 @@ def load_embeddings(path):
     missing = set(EMBEDDING_KEYS) - set(loaded)
     if missing:
         raise InvalidArgumentError(
-            f"{path} lacks {', '.join(sorted(missing))}: expected an .npz of `transfer embed`.")
+            f"{path} lacks {', '.join(sorted(missing))}: expected an .npz of `transfer embed`."
+        )
     _check_embeddings(path, loaded)
     return loaded
 
@@ -30,21 +31,28 @@ def _check_embeddings(path, data):
     """The arrays must agree: one row per image, labels that name a class."""
     features, labels = data["features"], data["labels"]
     if features.ndim != 2:
-        raise DataError(f"{path}: features must be one row per image. Received shape "
-                        f"{features.shape}.")
+        raise DataError(
+            f"{path}: features must be one row per image. Received shape {features.shape}."
+        )
     lengths = {key: len(data[key]) for key in ("features", "labels", "paths", "splits")}
     if len(set(lengths.values())) > 1:
-        raise DataError(f"{path}: features, labels, paths and splits must have one entry per "
-                        f"image. Received {lengths}.")
+        raise DataError(
+            f"{path}: features, labels, paths and splits must have one entry per "
+            f"image. Received {lengths}."
+        )
     classes = len(data["class_names"])
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels must be integers. Received {labels.dtype}.")
     if labels.ndim == 2:  # multi-label: a row of 0/1 per image, a column per class
         if labels.shape[1] != classes or not np.isin(labels, (0, 1)).all():
-            raise DataError(f"{path}: multi-label labels must be rows of 0 and 1, one column "
-                            f"for each of its {classes} class_names. Received shape "
-                            f"{labels.shape}.")
+            raise DataError(
+                f"{path}: multi-label labels must be rows of 0 and 1, one column "
+                f"for each of its {classes} class_names. Received shape "
+                f"{labels.shape}."
+            )
         return
     if len(labels) and (labels.min() < 0 or labels.max() >= classes):
-        raise DataError(f"{path}: labels must be in [0, {classes}), one of its {classes} "
-                        f"class_names. Received labels from {labels.min()} to {labels.max()}.")
+        raise DataError(
+            f"{path}: labels must be in [0, {classes}), one of its {classes} "
+            f"class_names. Received labels from {labels.min()} to {labels.max()}."
+        )

@@ -32,10 +32,12 @@ def _re2_bytes(data):
 # entry after a marker, its value captured.
 ORIENTATION_ENTRY = (
     rf"^\C*?(?:{'|'.join(map(_re2_bytes, EXIF_MARKERS))})\C*?"
-    rf"(?:{_re2_bytes(ENTRY_LITTLE)}([\x01-\x08])\x00|{_re2_bytes(ENTRY_BIG)}([\x01-\x08]))")
+    rf"(?:{_re2_bytes(ENTRY_LITTLE)}([\x01-\x08])\x00|{_re2_bytes(ENTRY_BIG)}([\x01-\x08]))"
+)
 # For Python: an entry whose value turns a picture (2-8).
-TURNING_ENTRY = re.compile(re.escape(ENTRY_LITTLE) + rb"[\x02-\x08]\x00|"
-                           + re.escape(ENTRY_BIG) + rb"[\x02-\x08]")
+TURNING_ENTRY = re.compile(
+    re.escape(ENTRY_LITTLE) + rb"[\x02-\x08]\x00|" + re.escape(ENTRY_BIG) + rb"[\x02-\x08]"
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_ALPHA_TYPES = (4, 6)  # colour types gray + alpha, RGBA
 GIF_HEADER_BYTES = 1 << 11  # its colour table (768 bytes at most) and first blocks
@@ -61,10 +63,16 @@ def decode_upright(contents):
     signature = tf.strings.substr(contents, 0, len(PNG_SIGNATURE))
     # Conditions side by side, not nested (nested, they cost more): only a PNG's alpha
     # channel is read, only a GIF's palette is edited.
-    opaque = tf.cond(tf.equal(tf.strings.substr(signature, 0, 3), b"GIF"),
-                     lambda: _gif_on_white(contents), lambda: contents)
-    image = tf.cond(tf.equal(signature, PNG_SIGNATURE), lambda: _png_on_white(contents),
-                    lambda: tf.io.decode_image(opaque, channels=3, expand_animations=False))
+    opaque = tf.cond(
+        tf.equal(tf.strings.substr(signature, 0, 3), b"GIF"),
+        lambda: _gif_on_white(contents),
+        lambda: contents,
+    )
+    image = tf.cond(
+        tf.equal(signature, PNG_SIGNATURE),
+        lambda: _png_on_white(contents),
+        lambda: tf.io.decode_image(opaque, channels=3, expand_animations=False),
+    )
     image.set_shape([None, None, 3])
     return apply_orientation(image, exif_orientation(contents))
 
@@ -89,8 +97,9 @@ def _turn(image, orientation):
     """One transpose and one reverse, chosen by data: one op graph for the 7 cases."""
     index = orientation - 1
     perm = tf.where(tf.gather(_TRANSPOSED, index), [1, 0, 2], [0, 1, 2])
-    axes = tf.boolean_mask([0, 1], tf.stack([tf.gather(_REVERSED_ROWS, index),
-                                             tf.gather(_REVERSED_COLUMNS, index)]))
+    axes = tf.boolean_mask(
+        [0, 1], tf.stack([tf.gather(_REVERSED_ROWS, index), tf.gather(_REVERSED_COLUMNS, index)])
+    )
     return tf.reverse(tf.transpose(image, perm), axes)
 
 
@@ -109,16 +118,19 @@ def _png_on_white(contents):
     """A PNG decoded as RGB, with any transparency composited onto white."""
     image = tf.io.decode_png(contents, channels=0)  # gray, gray+alpha, RGB or RGBA
     rgb_shape = tf.concat([tf.shape(image)[:2], [3]], 0)  # gray broadcasts to it
-    return tf.cond(tf.shape(image)[-1] % 2 == 0,
-                   lambda: on_white(tf.broadcast_to(image[..., :-1], rgb_shape), image[..., -1:]),
-                   lambda: tf.broadcast_to(image, rgb_shape))
+    return tf.cond(
+        tf.shape(image)[-1] % 2 == 0,
+        lambda: on_white(tf.broadcast_to(image[..., :-1], rgb_shape), image[..., -1:]),
+        lambda: tf.broadcast_to(image, rgb_shape),
+    )
 
 
 def on_white(rgb, alpha):
     """uint8 RGB pixels with uint8 alpha, composited onto white, rounded."""
     rgb, alpha = tf.cast(rgb, tf.float32), tf.cast(alpha, tf.float32)
-    return tf.cast(tf.round(rgb * (alpha / 255.0) + (BACKGROUND / 255.0) * (255.0 - alpha)),
-                   tf.uint8)
+    return tf.cast(
+        tf.round(rgb * (alpha / 255.0) + (BACKGROUND / 255.0) * (255.0 - alpha)), tf.uint8
+    )
 
 
 def _gif_on_white(contents):
@@ -126,8 +138,14 @@ def _gif_on_white(contents):
     bytes unchanged. TensorFlow's decoder makes transparent pixels black: all of them
     use this one palette entry, so they become the white every other format gets."""
     # Zero-padded: a crafted offset reads zeros, never fails.
-    data = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, 0, GIF_HEADER_BYTES),
-                                    tf.uint8, fixed_length=GIF_HEADER_BYTES + 1), tf.int32)
+    data = tf.cast(
+        tf.io.decode_raw(
+            tf.strings.substr(contents, 0, GIF_HEADER_BYTES),
+            tf.uint8,
+            fixed_length=GIF_HEADER_BYTES + 1,
+        ),
+        tf.int32,
+    )
     global_colours = _colour_table_size(data[10])
     # The first graphic control block (8 bytes) and the frame descriptor after it (10):
     # right after the global colour table, or after an animation's loop block, as GIF
@@ -135,23 +153,28 @@ def _gif_on_white(contents):
     # than decoding the GIF.
     starts = 13 + 3 * global_colours + tf.constant([[0], [GIF_LOOP_BLOCK]])
     blocks = tf.gather(data, tf.minimum(starts + tf.range(18), GIF_HEADER_BYTES))
-    found = tf.reduce_all(tf.equal(tf.gather(blocks, GIF_CONTROL_AT, axis=1), GIF_CONTROL),
-                          axis=1)
+    found = tf.reduce_all(tf.equal(tf.gather(blocks, GIF_CONTROL_AT, axis=1), GIF_CONTROL), axis=1)
     which = tf.argmax(tf.cast(found, tf.int32), output_type=tf.int32)
     control, block = tf.gather(starts[:, 0], which), tf.gather(blocks, which)
     local_colours = _colour_table_size(block[17])
     colours = tf.where(local_colours > 0, local_colours, global_colours)
     colour = tf.where(local_colours > 0, control + 18, 13) + 3 * block[6]
-    transparent = tf.reduce_any(found) & (block[3] % 2 == 1) & (block[6] < colours) \
+    transparent = (
+        tf.reduce_any(found)
+        & (block[3] % 2 == 1)
+        & (block[6] < colours)
         & (colour + 3 <= tf.minimum(GIF_HEADER_BYTES, tf.strings.length(contents)))
+    )
     # Without a condition (one inside another costs more): where there is nothing to
     # change, nothing (no bytes at 0) is replaced.
     colour_bytes = tf.where(transparent, b"\xff\xff\xff", b"")
     flag_byte = tf.where(transparent, tf.gather(BYTE_STRINGS, block[3] & 0xFE), b"")
-    patched = _replace(contents, tf.where(transparent, colour, 0), colour_bytes,
-                       tf.where(transparent, 3, 0))
-    return _replace(patched, tf.where(transparent, control + 3, 0), flag_byte,
-                    tf.where(transparent, 1, 0))
+    patched = _replace(
+        contents, tf.where(transparent, colour, 0), colour_bytes, tf.where(transparent, 3, 0)
+    )
+    return _replace(
+        patched, tf.where(transparent, control + 3, 0), flag_byte, tf.where(transparent, 1, 0)
+    )
 
 
 def _colour_table_size(flags):
@@ -161,8 +184,13 @@ def _colour_table_size(flags):
 
 def _replace(contents, at, new, length):
     """`contents` with `length` bytes at `at` replaced by as many others."""
-    return tf.strings.join([tf.strings.substr(contents, 0, at), new,
-                            tf.strings.substr(contents, at + length, tf.strings.length(contents))])
+    return tf.strings.join(
+        [
+            tf.strings.substr(contents, 0, at),
+            new,
+            tf.strings.substr(contents, at + length, tf.strings.length(contents)),
+        ]
+    )
 
 
 def needs_upright(path):
@@ -192,8 +220,9 @@ def _png_may_be_transparent(head):
     at = len(PNG_SIGNATURE)
     while at + 8 <= len(head):
         length, kind = struct.unpack_from(">I4s", head, at)
-        if kind == b"IHDR" and (length < 13 or at + 17 >= len(head)
-                                or head[at + 17] in PNG_ALPHA_TYPES):
+        if kind == b"IHDR" and (
+            length < 13 or at + 17 >= len(head) or head[at + 17] in PNG_ALPHA_TYPES
+        ):
             return True
         if kind == b"tRNS":
             return True

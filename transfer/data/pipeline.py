@@ -11,7 +11,7 @@ from PIL import Image
 from transfer.data.dataset import printable_path
 from transfer.data.images import decode_upright, needs_upright, on_white
 from transfer.errors import DataError, listing
-from transfer.lazy import keras, tf
+from transfer.lazy import tf
 from transfer.models.architectures import image_size_pair
 from transfer.progress import Progress
 
@@ -52,9 +52,11 @@ def _by_decoding(paths, elements, dataset):
     one; `elements` are arrays in the order of `paths`. Returns them and which files
     were picked out."""
     upright = np.array([needs_upright(p) for p in paths], dtype=bool)
-    parts = [dataset(tuple(np.asarray(e)[chosen] for e in elements), decode)
-             for chosen, decode in ((~upright, _decode_plain), (upright, decode_upright))
-             if chosen.any()]
+    parts = [
+        dataset(tuple(np.asarray(e)[chosen] for e in elements), decode)
+        for chosen, decode in ((~upright, _decode_plain), (upright, decode_upright))
+        if chosen.any()
+    ]
     return parts or [dataset(elements, _decode_plain)], upright
 
 
@@ -73,8 +75,9 @@ def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
     undecodable = [p for p in paths if not _is_utf8(p)]
     if undecodable:  # TensorFlow takes only UTF-8 paths
         checked = [p for p in paths if _is_utf8(p)]
-        return [(p, "file name is not valid UTF-8; rename it to use it") for p in undecodable] \
-            + find_unreadable(checked, progress, max_pixels)
+        return [
+            (p, "file name is not valid UTF-8; rename it to use it") for p in undecodable
+        ] + find_unreadable(checked, progress, max_pixels)
     too_large = _too_large(paths, max_pixels)
     if too_large:
         checked = [p for p in paths if p not in too_large]
@@ -86,11 +89,13 @@ def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
             tf.debugging.assert_positive(tf.size(image), message="empty image")
             return index
 
-        return tf.data.Dataset.from_tensor_slices(elements).map(
-            check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+        return (
+            tf.data.Dataset.from_tensor_slices(elements)
+            .map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+            .ignore_errors()
+        )
 
-    parts, _ = _by_decoding(paths, (np.arange(len(paths), dtype=np.int64), list(paths)),
-                            checked)
+    parts, _ = _by_decoding(paths, (np.arange(len(paths), dtype=np.int64), list(paths)), checked)
     readable = parts[0]
     for part in parts[1:]:
         readable = readable.concatenate(part)
@@ -134,8 +139,9 @@ def _too_large(paths, max_pixels):
             continue
         if width is None or width * height > max_pixels:
             size = "" if width is None else f" ({width}x{height})"
-            found[path] = (f"image too large{size}: more than max_pixels={max_pixels} "
-                           "pixels, not decoded")
+            found[path] = (
+                f"image too large{size}: more than max_pixels={max_pixels} pixels, not decoded"
+            )
     return found
 
 
@@ -201,9 +207,13 @@ def decoded_images(split, image_size, cache=None, uint8=False):
     of float32's bytes, and Keras' models and augmentation layers cast them."""
     size = image_size_pair(image_size)
     if split.tfds is not None:
-        ds = split.tfds.map(lambda image, label: (_whole_levels(tf.image.resize(
-            _to_rgb(image), size, method=RESIZE_METHOD)), label),
-            num_parallel_calls=tf.data.AUTOTUNE)
+        ds = split.tfds.map(
+            lambda image, label: (
+                _whole_levels(tf.image.resize(_to_rgb(image), size, method=RESIZE_METHOD)),
+                label,
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     else:
         ds = _decoded_files(split, size)
     if cache is None:
@@ -211,65 +221,87 @@ def decoded_images(split, image_size, cache=None, uint8=False):
     if not cache and not uint8:
         return ds
     # Kept as uint8 (the pixels are whole levels already), a quarter of float32's bytes.
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), y),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda x, y: (tf.cast(x, tf.uint8), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     if cache:
         ds = ds.cache()
     if uint8:
         return ds
-    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y),
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.map(
+        lambda x, y: (tf.cast(x, tf.float32), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
 def _decoded_files(split, size):
     """(pixels, label) of a split's files, in order, each file decoded by `decode_image`
     or, where `needs_upright` says that gives the same pixels, plainly."""
+
     def decoded(elements, decode):
         return tf.data.Dataset.from_tensor_slices(elements).map(
             lambda path, label: (_resized(decode(tf.io.read_file(path)), size), label),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
 
     parts, upright = _by_decoding(split.paths, (list(split.paths), split.labels), decoded)
     if len(parts) == 1:
         return parts[0]
     # Each file from its part, in the split's order.
     return tf.data.Dataset.choose_from_datasets(
-        parts, tf.data.Dataset.from_tensor_slices(upright.astype(np.int64)))
+        parts, tf.data.Dataset.from_tensor_slices(upright.astype(np.int64))
+    )
 
 
-def image_dataset(split, image_size, batch_size, num_classes, shuffle=False, seed=None,
-                  augment=None, one_hot=True, cache=False):
+def image_dataset(
+    split,
+    image_size,
+    batch_size,
+    num_classes,
+    shuffle=False,
+    seed=None,
+    augment=None,
+    one_hot=True,
+    cache=False,
+):
     """A batched, prefetched tf.data.Dataset of (float32 pixels 0-255, labels)."""
     ds = decoded_images(split, image_size, cache=cache)
     if shuffle:
         ds = ds.shuffle(min(len(split), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
     if one_hot:
-        ds = ds.map(lambda x, y: (x, targets(y, num_classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y: (x, targets(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def images_only(split, image_size, batch_size):
     """Batches of pixels of a split, in its order, without labels: for inference."""
-    return image_dataset(split, image_size, batch_size, num_classes=1,
-                         one_hot=False).map(lambda x, y: x)
+    return image_dataset(split, image_size, batch_size, num_classes=1, one_hot=False).map(
+        lambda x, y: x
+    )
 
 
 def one_hot_images(split, image_size, num_classes):
     """Unbatched decoded images (uint8, cached in memory when they fit) with one-hot
     labels: training shuffles them in a buffer of up to SHUFFLE_BUFFER images."""
     return decoded_images(split, image_size, uint8=True).map(
-        lambda x, y: (x, targets(y, num_classes)))
+        lambda x, y: (x, targets(y, num_classes))
+    )
 
 
 def labelled(x, labels, num_classes):
     """Unbatched (x, one-hot label) pairs, e.g. of cached features."""
     return tf.data.Dataset.from_tensor_slices(
-        (x, targets(tf.convert_to_tensor(labels), num_classes)))
+        (x, targets(tf.convert_to_tensor(labels), num_classes))
+    )
 
 
 def targets(labels, num_classes):
@@ -280,8 +312,9 @@ def targets(labels, num_classes):
     return tf.one_hot(labels, num_classes)
 
 
-def epoch_batches(base, count, batch_size, seed, epochs, first_epoch=0, augment=None,
-                  drop_remainder=False):
+def epoch_batches(
+    base, count, batch_size, seed, epochs, first_epoch=0, augment=None, drop_remainder=False
+):
     """Batches of epochs `first_epoch`..`epochs`-1 as one dataset.
 
     Epoch e's order depends on (seed, e) only, so a resumed run sees the same
@@ -291,8 +324,9 @@ def epoch_batches(base, count, batch_size, seed, epochs, first_epoch=0, augment=
     buffer = min(count, SHUFFLE_BUFFER)
 
     def one_epoch(epoch):
-        return base.shuffle(buffer, seed=seed * 7919 + epoch,
-                            reshuffle_each_iteration=False).batch(batch_size, drop_remainder)
+        return base.shuffle(buffer, seed=seed * 7919 + epoch, reshuffle_each_iteration=False).batch(
+            batch_size, drop_remainder
+        )
 
     # Python-int seeds per epoch: a tensor seed (flat_map over a range) breaks TF's
     # seed check when the global seed is 0, i.e. `seed=0`.

@@ -74,10 +74,15 @@ def _list_class_files(class_dir, skipped, inside):
     for root, dirs, names in os.walk(class_dir):
         for name in sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
             if not name.startswith("."):
-                skipped.append({"path": printable_path(os.path.join(root, name)),
-                                "reason": "link to a folder, not followed"})
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and not os.path.islink(os.path.join(root, d)))
+                skipped.append(
+                    {
+                        "path": printable_path(os.path.join(root, name)),
+                        "reason": "link to a folder, not followed",
+                    }
+                )
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d))
+        )
         for name in sorted(names):
             path = Path(root) / name
             if _is_hidden(path):
@@ -86,8 +91,9 @@ def _list_class_files(class_dir, skipped, inside):
                 skipped.append({"path": printable_path(path), "reason": NOT_AN_IMAGE})
                 continue
             if not path.is_file():
-                skipped.append({"path": printable_path(path),
-                                "reason": "broken link or not a file"})
+                skipped.append(
+                    {"path": printable_path(path), "reason": "broken link or not a file"}
+                )
                 continue
             # Only a link can lead out: the folders walked are inside, none a link.
             if path.is_symlink() and not is_inside(path, inside):
@@ -109,11 +115,14 @@ def _check_class_names(dirs):
         if printable_path(d.name) != d.name:
             bad.append(f"{printable_path(d)!r} (not valid UTF-8)")
         elif control_characters(d.name):
-            bad.append(f"{printable_path(d)!r} (holds the control characters "
-                       f"{' '.join(control_characters(d.name))})")
+            bad.append(
+                f"{printable_path(d)!r} (holds the control characters "
+                f"{' '.join(control_characters(d.name))})"
+            )
     if bad:
-        raise DataError(f"Class folder names that cannot be class names: {listing(bad)}. "
-                        "Rename the folders.")
+        raise DataError(
+            f"Class folder names that cannot be class names: {listing(bad)}. Rename the folders."
+        )
 
 
 def _scan_class_folders(root, skipped, inside, class_names=None):
@@ -152,8 +161,12 @@ def _scan_class_folders(root, skipped, inside, class_names=None):
 def _outside_hint(skipped):
     """What an error about empty classes adds when class folders lead outside."""
     outside = [entry["path"] for entry in skipped if entry["reason"] == OUTSIDE_FOLDER]
-    return f" Not followed: {listing(outside)}, links to folders outside the image " \
-        "folder (pass the folder they lead to instead)." if outside else ""
+    return (
+        f" Not followed: {listing(outside)}, links to folders outside the image "
+        "folder (pass the folder they lead to instead)."
+        if outside
+        else ""
+    )
 
 
 def _files_by_class(dirs, names, skipped, inside):
@@ -195,15 +208,17 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
         by_split = {"train": train_files}
         for folder, dir_path in subdirs.items():
             if SPLIT_FOLDERS[folder] != "train":
-                by_split[SPLIT_FOLDERS[folder]] = _scan_class_folders(dir_path, skipped, inside,
-                                                                      class_names)
+                by_split[SPLIT_FOLDERS[folder]] = _scan_class_folders(
+                    dir_path, skipped, inside, class_names
+                )
         records = {
             split: [(p, c) for c in sorted(files) for p in files[c]]
             for split, files in by_split.items()
         }
         if "val" not in records:  # no val/ folder: split train/ by hash as usual
-            records["train"], records["val"] = _hash_split(train_files, subdirs["train"],
-                                                          val_split, 0.0)[:2]
+            records["train"], records["val"] = _hash_split(
+                train_files, subdirs["train"], val_split, 0.0
+            )[:2]
     else:
         source = "folder"
         files = _scan_class_folders(root, skipped, inside)
@@ -223,7 +238,8 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
         raise DataError(f"{root} leaves no images for training.")
     fingerprint = fingerprint_of(
         (split, os.path.relpath(p, root), *file_stamp(p))
-        for split, s in splits.items() for p in s.paths
+        for split, s in splits.items()
+        for p in s.paths
     )
     dataset = Dataset(root.resolve().name, source, class_names, splits, skipped, fingerprint)
     if val_split > 0 or "val" in subdirs:
@@ -233,8 +249,12 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
 
 def _hash_split(files, root, val_split, test_split):
     """Per class, assign each file by the hash of its path within its class folder."""
-    return hash_split(files, val_split, test_split,
-                      key=lambda path, _: Path(*path.relative_to(root).parts[1:]).as_posix())
+    return hash_split(
+        files,
+        val_split,
+        test_split,
+        key=lambda path, _: Path(*path.relative_to(root).parts[1:]).as_posix(),
+    )
 
 
 def _warn_small_validation(dataset):
@@ -242,7 +262,9 @@ def _warn_small_validation(dataset):
     if val is not None and len(val) < dataset.num_classes:
         logger.warning(
             "Only %d validation images for %d classes: validation metrics will be noisy. "
-            "Add images or raise val_split.", len(val), dataset.num_classes,
+            "Add images or raise val_split.",
+            len(val),
+            dataset.num_classes,
         )
 
 
@@ -259,17 +281,28 @@ def check_training_classes(dataset):
             f"No training images for class{'es' if len(empty) > 1 else ''} "
             f"{listing(repr(name) for name in empty)} of {dataset.name}: their images all went "
             "to validation or test, or could not be read. Add images or lower val_split "
-            "and test_split.")
-    few = [(name, int(count)) for name, count in zip(dataset.class_names, counts)
-           if count < FEW_TRAINING_IMAGES]
+            "and test_split."
+        )
+    few = [
+        (name, int(count))
+        for name, count in zip(dataset.class_names, counts)
+        if count < FEW_TRAINING_IMAGES
+    ]
     if len(few) == 1:
         name, count = few[0]
-        logger.warning("Class %r has only %d training image%s: the model will hardly "
-                       "learn it.", name, count, "" if count == 1 else "s")
+        logger.warning(
+            "Class %r has only %d training image%s: the model will hardly learn it.",
+            name,
+            count,
+            "" if count == 1 else "s",
+        )
     elif few:  # one line, however many classes
-        logger.warning("%d classes have fewer than %d training images: the model will "
-                       "hardly learn them (%s).", len(few), FEW_TRAINING_IMAGES,
-                       listing(f"{name!r} {count}" for name, count in few))
+        logger.warning(
+            "%d classes have fewer than %d training images: the model will hardly learn them (%s).",
+            len(few),
+            FEW_TRAINING_IMAGES,
+            listing(f"{name!r} {count}" for name, count in few),
+        )
 
 
 def check_source_exists(data):
@@ -282,16 +315,27 @@ def check_source_exists(data):
         raise DataError(f"data={path} does not exist.")
 
 
-def load_dataset(data, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT,
-                 tfds_data_dir=None, min_classes=2, **table_options):
+def load_dataset(
+    data,
+    val_split=DEFAULT_VAL_SPLIT,
+    test_split=DEFAULT_TEST_SPLIT,
+    tfds_data_dir=None,
+    min_classes=2,
+    **table_options,
+):
     """A `Dataset` from a folder path, `tfds:NAME`, or a CSV file or pandas DataFrame
     of paths and labels (`table_options`: those of `transfer.data.csv_labels.load_table`)."""
     if is_table(data):
-        return load_table(data, val_split=val_split, test_split=test_split,
-                          min_classes=min_classes, **table_options)
+        return load_table(
+            data,
+            val_split=val_split,
+            test_split=test_split,
+            min_classes=min_classes,
+            **table_options,
+        )
     data = str(data)
     if data.startswith(TFDS_PREFIX):
-        return load_tfds(data[len(TFDS_PREFIX):], val_split=val_split, data_dir=tfds_data_dir)
+        return load_tfds(data[len(TFDS_PREFIX) :], val_split=val_split, data_dir=tfds_data_dir)
     return load_folder(data, val_split=val_split, test_split=test_split, min_classes=min_classes)
 
 

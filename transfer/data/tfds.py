@@ -55,9 +55,11 @@ def load_tfds(name, val_split=DEFAULT_VAL_SPLIT, data_dir=None):
     splits = {}
     for split, spec in split_specs.items():
         labels_only = builder.as_dataset(
-            split=spec, decoders={image_key: tfds.decode.SkipDecoding()})
-        labels = np.array([int(example[label_key]) for example in labels_only.as_numpy_iterator()],
-                          dtype=np.int64)
+            split=spec, decoders={image_key: tfds.decode.SkipDecoding()}
+        )
+        labels = np.array(
+            [int(example[label_key]) for example in labels_only.as_numpy_iterator()], dtype=np.int64
+        )
         data = builder.as_dataset(split=spec, as_supervised=True, shuffle_files=False)
         paths = [f"tfds:{name}/{spec}/{i}" for i in range(len(labels))]
         splits[split] = Split(paths, labels, tfds=data)

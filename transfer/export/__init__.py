@@ -50,7 +50,8 @@ def open_model(path, image_size=None, trust_model=False):
         raise InvalidArgumentError(
             f"{path} is a SavedModel that transfer did not write (no {MARKER_FILE} in it), "
             "and running a SavedModel runs its graph, which can read and write files. Pass "
-            "trust_model=True if you trust where it came from.")
+            "trust_model=True if you trust where it came from."
+        )
     if image_size:  # an int (the command line's) or (height, width)
         image_size = image_size_pair(image_size)
     try:
@@ -59,14 +60,16 @@ def open_model(path, image_size=None, trust_model=False):
         raise
     except Exception as exc:  # each runtime raises its own types for a file it cannot read
         raise InvalidArgumentError(
-            f"{path} is not a {FORMATS[format].KIND} model that can be read "
-            f"({first_line(exc)}).") from exc
+            f"{path} is not a {FORMATS[format].KIND} model that can be read ({first_line(exc)})."
+        ) from exc
     if not runner.image_size:
-        raise InvalidArgumentError(f"{path} takes images of any size; pass image_size to "
-                                   "choose one.")
+        raise InvalidArgumentError(
+            f"{path} takes images of any size; pass image_size to choose one."
+        )
     if not runner.class_names:
         raise InvalidArgumentError(
             f"{path} carries no class names (no labels.txt beside or inside it): expected "
-            "a classifier exported by transfer.")
+            "a classifier exported by transfer."
+        )
     check_classifier(runner)
     return runner

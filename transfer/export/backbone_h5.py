@@ -16,7 +16,8 @@ def check_out(out, group):
     if out.suffix != SUFFIX or out.name.endswith(".weights.h5"):
         raise InvalidArgumentError(
             f"out={out}: the backbone's weights are written as a legacy .h5 file "
-            "(e.g. source_notop.h5).")
+            "(e.g. source_notop.h5)."
+        )
 
 
 def write(model, out, info=None):

@@ -38,11 +38,20 @@ class ExportInfo:
 
     def metadata(self):
         """The metadata embedded in exported files: the same keys in every format."""
-        return {"class_names": self.class_names, "image_size": list(self.image_size),
-                "input": INPUT, "normalization": NORMALIZATION, "quantization": self.quantize,
-                "source": self.source, "transfer_version": __version__,
-                **({"task": self.task, "thresholds": self.thresholds}
-                   if self.task == MULTI_LABEL else {})}
+        return {
+            "class_names": self.class_names,
+            "image_size": list(self.image_size),
+            "input": INPUT,
+            "normalization": NORMALIZATION,
+            "quantization": self.quantize,
+            "source": self.source,
+            "transfer_version": __version__,
+            **(
+                {"task": self.task, "thresholds": self.thresholds}
+                if self.task == MULTI_LABEL
+                else {}
+            ),
+        }
 
 
 def output_name(model):
@@ -54,9 +63,10 @@ def pixels_function(model, image_size):
     the converted (TFLite, ONNX) exports, with a dynamic batch size."""
     spec = tf.TensorSpec([None, *image_size, 3], tf.uint8, name=SERVING_INPUT)
     name = output_name(model)
-    return tf.function(lambda images: {name: model(tf.cast(images, tf.float32),
-                                                   training=False)},
-                       input_signature=[spec])
+    return tf.function(
+        lambda images: {name: model(tf.cast(images, tf.float32), training=False)},
+        input_signature=[spec],
+    )
 
 
 def metadata_json(metadata):
@@ -97,8 +107,12 @@ class Runner:
         probabilities = collect_outputs(
             # decoded pixels are whole levels 0-255: uint8 holds them exactly
             lambda batch: predict(np.asarray(batch).astype(np.uint8)),
-            images_only(split, self.image_size, batch_size), (len(self.class_names or ()),),
-            verbose, description, dtype=np.float32)
+            images_only(split, self.image_size, batch_size),
+            (len(self.class_names or ()),),
+            verbose,
+            description,
+            dtype=np.float32,
+        )
         check_probabilities(self.path, probabilities)
         return probabilities
 
@@ -114,26 +128,31 @@ def check_classifier(runner):
     if shape is not None and (len(shape) != 4 or shape[-1] not in (None, 3)):
         raise InvalidArgumentError(
             f"{runner.path} takes an input of shape {_shape(shape)}, not images: expected "
-            "(batch, height, width, 3), as a classifier exported by transfer takes.")
+            "(batch, height, width, 3), as a classifier exported by transfer takes."
+        )
     outputs = runner.output_shapes
-    if outputs is not None and (not outputs or len(outputs[0]) != 2
-                                or outputs[0][-1] not in (None, classes)):
+    if outputs is not None and (
+        not outputs or len(outputs[0]) != 2 or outputs[0][-1] not in (None, classes)
+    ):
         found = ", ".join(_shape(s) for s in outputs) or "none"
         raise InvalidArgumentError(
             f"{runner.path} is not a classifier of its {classes} classes: it outputs "
-            f"{found}; expected (batch, {classes}), one probability per class.")
+            f"{found}; expected (batch, {classes}), one probability per class."
+        )
 
 
 def check_probabilities(path, probabilities):
     """An InvalidArgumentError when a model's outputs are not probabilities (logits, or
     a model that is not a classifier); non-finite outputs are left to the metrics."""
     finite = probabilities[np.isfinite(probabilities)]
-    if finite.size and (finite.min() < -PROBABILITY_TOLERANCE
-                        or finite.max() > 1 + PROBABILITY_TOLERANCE):
+    if finite.size and (
+        finite.min() < -PROBABILITY_TOLERANCE or finite.max() > 1 + PROBABILITY_TOLERANCE
+    ):
         raise InvalidArgumentError(
             f"{path} outputs values from {finite.min():.4g} to {finite.max():.4g}, not "
             "probabilities in [0, 1]: expected a classifier that ends in a softmax (or a "
-            "sigmoid), as transfer's exports do; a model that outputs logits needs one.")
+            "sigmoid), as transfer's exports do; a model that outputs logits needs one."
+        )
 
 
 def _shape(shape):

@@ -24,7 +24,9 @@ def agreement(labels, reference, exported):
 
 
 def describe(result):
-    return (f"top-1 agreement {result['top1_agreement']:.2%} on {result['images']} images, "
-            f"accuracy {result['accuracy']:.4f} vs {result['reference_accuracy']:.4f} "
-            f"({result['accuracy_difference_points']:+.2f} points), largest probability "
-            f"difference {result['max_probability_difference']:.2g}")
+    return (
+        f"top-1 agreement {result['top1_agreement']:.2%} on {result['images']} images, "
+        f"accuracy {result['accuracy']:.4f} vs {result['reference_accuracy']:.4f} "
+        f"({result['accuracy_difference_points']:+.2f} points), largest probability "
+        f"difference {result['max_probability_difference']:.2g}"
+    )

@@ -13,8 +13,13 @@ KIND = "Keras"
 
 def write(model, out, info):
     # a classifier keeps its class names, task and thresholds inside
-    save_model(model, out, None if info.class_names is None else model_metadata(
-        info.class_names, info.task, info.thresholds))
+    save_model(
+        model,
+        out,
+        None
+        if info.class_names is None
+        else model_metadata(info.class_names, info.task, info.thresholds),
+    )
 
 
 class KerasRunner(Runner):
@@ -39,8 +44,13 @@ class KerasRunner(Runner):
         return predict_batch(self.loaded.model, images.astype("float32"))
 
     def predict_split(self, split, batch_size, tta=False, verbose=0, description="Inference"):
-        return run_inference(self.loaded.model, images_only(split, self.image_size, batch_size),
-                             verbose=verbose, description=description, tta=tta)
+        return run_inference(
+            self.loaded.model,
+            images_only(split, self.image_size, batch_size),
+            verbose=verbose,
+            description=description,
+            tta=tta,
+        )
 
 
 def load(path, image_size=None):

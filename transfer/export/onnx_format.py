@@ -32,11 +32,10 @@ def _convert(model, info):
     """
     tf2onnx = optional_module("tf2onnx")
     optional_module("onnx")
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # noqa: PLC0415
     from tensorflow.python.framework.convert_to_constants import (  # noqa: PLC0415
         convert_variables_to_constants_v2,
     )
-
-    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # noqa: PLC0415
 
     with warnings.catch_warnings():  # the patch's own probe of np.object warns
         warnings.simplefilter("ignore", FutureWarning)
@@ -46,11 +45,15 @@ def _convert(model, info):
     tf_logger.setLevel(logging.ERROR)  # deprecation notes of TF1 APIs tf2onnx calls
     try:
         frozen = convert_variables_to_constants_v2(
-            pixels_function(model, info.image_size).get_concrete_function())
+            pixels_function(model, info.image_size).get_concrete_function()
+        )
         graph_input, graph_output = frozen.inputs[0].name, frozen.outputs[0].name
         proto, _ = tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(), input_names=[graph_input],
-            output_names=[graph_output], opset=OPSET)
+            frozen.graph.as_graph_def(),
+            input_names=[graph_input],
+            output_names=[graph_output],
+            opset=OPSET,
+        )
     finally:
         tf_logger.setLevel(level)
     _rename(proto.graph, {graph_input: SERVING_INPUT, graph_output: output_name(model)})
@@ -70,8 +73,9 @@ def _rename(graph, names):
 
 
 def read_metadata(session):
-    return {key: json.loads(value)
-            for key, value in session.get_modelmeta().custom_metadata_map.items()}
+    return {
+        key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()
+    }
 
 
 class OnnxRunner(Runner):
@@ -80,20 +84,18 @@ class OnnxRunner(Runner):
     def __init__(self, path, image_size=None):
         onnxruntime = optional_module("onnxruntime")
         self.path = Path(path)
-        self.session = onnxruntime.InferenceSession(str(path),
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.metadata = read_metadata(self.session)
-        self.class_names = (self.metadata.get("class_names")
-                            or read_labels(labels_beside(path)))
+        self.class_names = self.metadata.get("class_names") or read_labels(labels_beside(path))
         self._input = self.session.get_inputs()[0]
         self.input_shape = _declared(self._input.shape)
         self.output_shapes = [_declared(o.shape) for o in self.session.get_outputs()]
-        self.image_size = tuple(image_size or self.metadata.get("image_size")
-                                or self._input.shape[1:3])
+        self.image_size = tuple(
+            image_size or self.metadata.get("image_size") or self._input.shape[1:3]
+        )
 
     def predict(self, images):
-        return np.asarray(self.session.run(None, {self._input.name: images})[0],
-                          dtype=np.float32)
+        return np.asarray(self.session.run(None, {self._input.name: images})[0], dtype=np.float32)
 
 
 def _declared(shape):

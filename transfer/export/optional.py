@@ -17,6 +17,5 @@ def optional_module(name):
     except ImportError as exc:
         extra = EXTRAS[name.split(".")[0]]
         raise MissingExtraError(
-            f"{name} is not installed ({exc}); `pip install '{DISTRIBUTION}[{extra}]'` "
-            "installs it."
+            f"{name} is not installed ({exc}); `pip install '{DISTRIBUTION}[{extra}]'` installs it."
         ) from exc

@@ -51,17 +51,23 @@ def serving_functions(model, image_size, class_names=None):
     batch of encoded JPEG/PNG/BMP/GIF images, decoded like training."""
     outputs = _outputs(model, class_names)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                                name=SERVING_INPUT)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=SERVING_INPUT)]
+    )
     def serve(images):
-        return outputs(tf.image.resize(tf.cast(images, tf.float32), image_size,
-                                       method=RESIZE_METHOD))
+        return outputs(
+            tf.image.resize(tf.cast(images, tf.float32), image_size, method=RESIZE_METHOD)
+        )
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     def serve_bytes(image_bytes):
-        return outputs(tf.map_fn(lambda contents: decode_image(contents, image_size),
-                                 image_bytes,
-                                 fn_output_signature=tf.TensorSpec([*image_size, 3], tf.float32)))
+        return outputs(
+            tf.map_fn(
+                lambda contents: decode_image(contents, image_size),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([*image_size, 3], tf.float32),
+            )
+        )
 
     return {"serve": serve, BYTES_SIGNATURE: serve_bytes}
 
@@ -76,8 +82,9 @@ def write(model, out, info):
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        for endpoint, function in serving_functions(model, info.image_size,
-                                                    info.class_names).items():
+        for endpoint, function in serving_functions(
+            model, info.image_size, info.class_names
+        ).items():
             archive.add_endpoint(endpoint, function)
         try:
             archive.write_out(str(tmp / "export"), verbose=False)
@@ -113,15 +120,15 @@ class SavedModelRunner(Runner):
         self.path = Path(path)
         metadata_path = self.path / METADATA_FILE
         self.metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
-        self.class_names = (self.metadata.get("class_names")
-                            or read_labels(self.path / LABELS_FILE))
+        self.class_names = self.metadata.get("class_names") or read_labels(self.path / LABELS_FILE)
         self.image_size = tuple(image_size or self.metadata.get("image_size") or ())
         signatures = tf.saved_model.load(str(path)).signatures
         if SERVING_SIGNATURE not in signatures:
             raise InvalidArgumentError(
                 f"{path} has no {SERVING_SIGNATURE} signature (it has "
                 f"{', '.join(signatures) or 'none'}): expected a SavedModel exported by "
-                "transfer.")
+                "transfer."
+            )
         self.serve = signatures[SERVING_SIGNATURE]
         inputs = self.serve.structured_input_signature[1]
         outputs = self.serve.structured_outputs
@@ -129,7 +136,8 @@ class SavedModelRunner(Runner):
             raise InvalidArgumentError(
                 f"{path}: its {SERVING_SIGNATURE} signature takes {', '.join(inputs)} and "
                 f"gives {', '.join(outputs)}; expected '{SERVING_INPUT}' in and "
-                f"'{PROBABILITIES}' out, as a classifier exported by transfer.")
+                f"'{PROBABILITIES}' out, as a classifier exported by transfer."
+            )
         self.input_shape = tuple(inputs[SERVING_INPUT].shape)
         self.output_shapes = [tuple(outputs[PROBABILITIES].shape)]
 

@@ -93,13 +93,14 @@ def _calibrated(converter, info, model):
     if info.representative is None:
         raise InvalidArgumentError(
             f"quantize={info.quantize!r} calibrates on training images: pass data=FOLDER "
-            "(the run's own data is not available).")
+            "(the run's own data is not available)."
+        )
 
     # Decoded once: TFLite's calibration, the values' pass and the candidates' check.
     images = np.concatenate([np.asarray(batch) for batch in info.representative()])
 
     def representative():
-        return ([images[i:i + 1]] for i in range(len(images)))
+        return ([images[i : i + 1]] for i in range(len(images)))
 
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
@@ -108,13 +109,19 @@ def _calibrated(converter, info, model):
         # too. TFLITE_BUILTINS: an op without a 16x8 kernel stays float.
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
-            tf.lite.OpsSet.TFLITE_BUILTINS]
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
         return converter.convert()
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+    ]
     # Minutes on a CPU (TFLite calibrates one image at a time), so say what it does.
-    logger.info("int8: calibrating on %d training images (TFLite runs them one at a "
-                "time; minutes for a ResNet)...", len(images))
+    logger.info(
+        "int8: calibrating on %d training images (TFLite runs them one at a "
+        "time; minutes for a ResNet)...",
+        len(images),
+    )
     # TFLite's selective quantisation: the debugger calibrates once, then quantises
     # with these ops, and then these tensors, left float. It builds tf.lite
     # Interpreters of its own, each of which warns (7 lines) that it is deprecated.
@@ -122,23 +129,27 @@ def _calibrated(converter, info, model):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=INTERPRETER_DEPRECATION)
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=representative,
-            debug_options=options(denylisted_ops=FLOAT_OPS))
+            converter=converter,
+            debug_dataset=representative,
+            debug_options=options(denylisted_ops=FLOAT_OPS),
+        )
         float_layers = feature_and_head_layers(model)
         if float_layers:
             nodes = tensors_of_layers(debugger.get_nondebug_quantized_model(), float_layers)
             debugger.options = options(denylisted_ops=FLOAT_OPS, denylisted_nodes=nodes)
         calibrated = debugger.calibrated_model
-        logger.info("int8: fitting each activation's range (%s)...",
-                    " and ".join(RANGE_WEIGHINGS))
+        logger.info("int8: fitting each activation's range (%s)...", " and ".join(RANGE_WEIGHINGS))
         values = calibration_values(calibrated, images)
         expected = np.asarray(model.predict(images.astype(np.float32), verbose=0))
         candidates = []
         for weighing in RANGE_WEIGHINGS:
             debugger.calibrated_model = fitted_ranges(calibrated, values, weighing)
             candidates.append(debugger.get_nondebug_quantized_model())
-    logger.info("int8: keeping the one of %d quantised models closest to the Keras model "
-                "on the calibration images...", len(candidates))
+    logger.info(
+        "int8: keeping the one of %d quantised models closest to the Keras model "
+        "on the calibration images...",
+        len(candidates),
+    )
     return max(candidates, key=lambda flatbuffer: fidelity(flatbuffer, images, expected))
 
 
@@ -147,10 +158,15 @@ def fidelity(flatbuffer, images, expected, batch_size=32):
     minus the mean squared difference), higher is closer."""
     interpreter = _interpreter(flatbuffer)
     target = interpreter.get_output_details()[0]["index"]
-    got = np.concatenate([
-        np.array(_invoke(interpreter, images[start:start + batch_size]).get_tensor(target),
-                 np.float32)
-        for start in range(0, len(images), batch_size)]).reshape(expected.shape)
+    got = np.concatenate(
+        [
+            np.array(
+                _invoke(interpreter, images[start : start + batch_size]).get_tensor(target),
+                np.float32,
+            )
+            for start in range(0, len(images), batch_size)
+        ]
+    ).reshape(expected.shape)
     agreement = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
     return agreement, -float(np.mean((got - expected) ** 2))
 
@@ -160,14 +176,18 @@ def calibration_values(calibrated, images, samples_per_image=20_000, seed=0):
     for each of the calibrated model's activations (TFLite's calibration keeps only
     their min-max); at most `samples_per_image` values an image, seeded."""
     flat = _flatbuffer_utils().convert_bytearray_to_object(bytearray(calibrated))
-    ranged = [index for index, tensor in enumerate(flat.subgraphs[0].tensors)
-              if tensor.quantization is not None and tensor.quantization.min is not None
-              and len(tensor.quantization.min) == 1]
+    ranged = [
+        index
+        for index, tensor in enumerate(flat.subgraphs[0].tensors)
+        if tensor.quantization is not None
+        and tensor.quantization.min is not None
+        and len(tensor.quantization.min) == 1
+    ]
     interpreter = _interpreter(calibrated, experimental_preserve_all_tensors=True)
     rng = np.random.default_rng(seed)
     values = {index: [] for index in ranged}
     for start in range(len(images)):  # one at a time: every tensor is kept
-        _invoke(interpreter, images[start:start + 1])
+        _invoke(interpreter, images[start : start + 1])
         for index in ranged:
             seen = interpreter.get_tensor(index).ravel()
             if seen.size > samples_per_image:
@@ -197,8 +217,9 @@ def fitted_ranges(calibrated, values, weighing="absolute"):
     tensors = flat.subgraphs[0].tensors
     for index, images in values.items():
         stats = tensors[index].quantization
-        stats.min[0], stats.max[0] = best_range(images, float(stats.min[0]),
-                                                float(stats.max[0]), weighing)
+        stats.min[0], stats.max[0] = best_range(
+            images, float(stats.min[0]), float(stats.max[0]), weighing
+        )
     return bytes(_flatbuffer_utils().convert_object_to_bytearray(flat))
 
 
@@ -225,10 +246,13 @@ def best_range(images, low, high, weighing="absolute", levels=256):
     if weighing == "absolute":
         weights = np.float32(1.0 / values.size)
     else:  # an all-zero image rounds exactly: it weighs nothing
-        weights = np.concatenate([np.full(image.size, 1.0 / (image.size * energy)
-                                          if energy else 0.0, np.float32)
-                                  for image in images
-                                  for energy in [float(np.mean(np.square(image)))]])
+        weights = np.concatenate(
+            [
+                np.full(image.size, 1.0 / (image.size * energy) if energy else 0.0, np.float32)
+                for image in images
+                for energy in [float(np.mean(np.square(image)))]
+            ]
+        )
     errors = {}
     work = np.empty_like(values)  # in place: these arrays hold millions of values
 
@@ -250,8 +274,7 @@ def best_range(images, low, high, weighing="absolute", levels=256):
 
     count = len(RANGE_SCALES)
     coarse = min(range(0, count, COARSE_STEP), key=error)
-    best = min(range(max(0, coarse - COARSE_STEP + 1), min(count, coarse + COARSE_STEP)),
-               key=error)
+    best = min(range(max(0, coarse - COARSE_STEP + 1), min(count, coarse + COARSE_STEP)), key=error)
     return low * RANGE_SCALES[best], high * RANGE_SCALES[best]
 
 
@@ -269,12 +292,11 @@ def _interpreter(flatbuffer, **options):
 def feature_and_head_layers(model):
     """Names of the backbone's output layer and of the layers after the backbone; []
     for a model without a nested backbone."""
-    nested = [index for index, layer in enumerate(model.layers)
-              if isinstance(layer, keras.Model)]
+    nested = [index for index, layer in enumerate(model.layers) if isinstance(layer, keras.Model)]
     if not nested:
         return []
     backbone = model.layers[nested[-1]]
-    return [backbone.layers[-1].name] + [layer.name for layer in model.layers[nested[-1] + 1:]]
+    return [backbone.layers[-1].name] + [layer.name for layer in model.layers[nested[-1] + 1 :]]
 
 
 def tensors_of_layers(flatbuffer, layer_names):
@@ -283,8 +305,11 @@ def tensors_of_layers(flatbuffer, layer_names):
     names with ';'."""
     interpreter = _interpreter(flatbuffer)
     layer = re.compile(r"(^|/)(%s)(_\d+)?/" % "|".join(map(re.escape, layer_names)))
-    return [tensor["name"] for tensor in interpreter.get_tensor_details()
-            if any(layer.search(part) for part in tensor["name"].split(";"))]
+    return [
+        tensor["name"]
+        for tensor in interpreter.get_tensor_details()
+        if any(layer.search(part) for part in tensor["name"].split(";"))
+    ]
 
 
 def read_metadata(path):
@@ -292,10 +317,12 @@ def read_metadata(path):
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-            metadata = (json.loads(archive.read(METADATA_FILE))
-                        if METADATA_FILE in names else {})
-            labels = (archive.read(LABELS_FILE).decode("utf8").split("\n")
-                      if LABELS_FILE in names else None)
+            metadata = json.loads(archive.read(METADATA_FILE)) if METADATA_FILE in names else {}
+            labels = (
+                archive.read(LABELS_FILE).decode("utf8").split("\n")
+                if LABELS_FILE in names
+                else None
+            )
     except zipfile.BadZipFile:
         return {}, None
     return metadata, [name for name in labels if name] if labels else None

@@ -14,16 +14,17 @@ from transfer.models.weights.download import imagenet_weights_path
 from transfer.models.weights.load import check_weights_argument
 
 
-def build_backbone(architecture, include_top=False, weights="imagenet", input_shape=None,
-                   weights_dir=None):
+def build_backbone(
+    architecture, include_top=False, weights="imagenet", input_shape=None, weights_dir=None
+):
     """The model of any `Backbone` (see `Backbone.build`)."""
-    return architecture.build(include_top=include_top, weights=weights,
-                              input_shape=input_shape, weights_dir=weights_dir)
+    return architecture.build(
+        include_top=include_top, weights=weights, input_shape=input_shape, weights_dir=weights_dir
+    )
 
 
 @builds(Family)
-def build_family(family, include_top=False, weights="imagenet", input_shape=None,
-                 weights_dir=None):
+def build_family(family, include_top=False, weights="imagenet", input_shape=None, weights_dir=None):
     """keras.applications' model of `family` with `weights` (None, "imagenet" from the
     weights folder, Keras' cache or the network, or a path), without pooling."""
     check_weights_argument(weights)
@@ -32,10 +33,16 @@ def build_family(family, include_top=False, weights="imagenet", input_shape=None
     if any(d is not None and d < least for d in shape[:2]):
         raise InvalidArgumentError(
             f"{family.display_name} needs images of at least {least}x{least} "
-            f"pixels. Received: input_shape={shape}")
+            f"pixels. Received: input_shape={shape}"
+        )
     builder = getattr(keras.applications, family.builder)
-    model = builder(include_top=include_top, weights=None, input_shape=shape,
-                    name=family.model_name, **dict(family.builder_options))
+    model = builder(
+        include_top=include_top,
+        weights=None,
+        input_shape=shape,
+        name=family.model_name,
+        **dict(family.builder_options),
+    )
     if weights is not None:
         load_family_weights(model, family, weights, weights_dir)
     return model
@@ -52,14 +59,16 @@ def load_family_weights(model, family, weights, weights_dir=None):
     if not path.name.endswith((".h5", ".hdf5")):
         raise WeightsError(
             f"{path.name}: {family.display_name} loads keras.applications' weight files "
-            "(.h5, or Keras 3's .weights.h5).")
+            "(.h5, or Keras 3's .weights.h5)."
+        )
     try:
         model.load_weights(str(path))
     except (ValueError, KeyError, OSError, TypeError) as exc:
         raise WeightsError(
             f"{path.name} does not hold {family.display_name} weights "
             f"({'with' if has_top else 'without'} the 1000-class top, as the model is): "
-            f"{first_line(exc)}") from exc
+            f"{first_line(exc)}"
+        ) from exc
     if weights == "imagenet" and family.imagenet_rescale:
         _fold_rescale(model, family.imagenet_rescale)
     return path
@@ -69,8 +78,7 @@ def _fold_rescale(model, stddev):
     """Make the first Normalization layer also divide by sqrt(stddev), as the Rescaling
     keras.applications puts after it for ImageNet weights: (x - m) / sqrt(v) / sqrt(s)
     is (x - m) / sqrt(v * s)."""
-    layer = next(layer for layer in model.layers
-                 if isinstance(layer, keras.layers.Normalization))
+    layer = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
     values = [np.asarray(w) for w in layer.get_weights()]
     values[1] = (values[1] * np.reshape(stddev, values[1].shape)).astype(values[1].dtype)
     layer.set_weights(values)

@@ -44,26 +44,54 @@ class Version:
 VERSIONS = {
     # He et al. 2015, as in keras.applications.ResNet50: stride on the first block,
     # on its first 1x1 convolution.
-    "v1": Version(name="v1", model_suffix="", block="bottleneck_v1", preact=False,
-                  stage_strides=(1, 2, 2, 2), stride_on="1x1", conv_bias=True,
-                  bn_epsilon=BN_EPSILON, preprocessing="caffe"),
+    "v1": Version(
+        name="v1",
+        model_suffix="",
+        block="bottleneck_v1",
+        preact=False,
+        stage_strides=(1, 2, 2, 2),
+        stride_on="1x1",
+        conv_bias=True,
+        bn_epsilon=BN_EPSILON,
+        preprocessing="caffe",
+    ),
     # v1 with the stride on the 3x3 convolution, as in torchvision's and timm's resnet50:
     # PyTorch's arithmetic (symmetric padding, no conv biases, its BN epsilon), so that
     # their checkpoints reproduce their outputs.
-    "v1.5": Version(name="v1.5", model_suffix="v1.5", block="bottleneck_v1", preact=False,
-                    stage_strides=(1, 2, 2, 2), stride_on="3x3", conv_bias=False,
-                    bn_epsilon=TORCH_BN_EPSILON, preprocessing="torch"),
+    "v1.5": Version(
+        name="v1.5",
+        model_suffix="v1.5",
+        block="bottleneck_v1",
+        preact=False,
+        stage_strides=(1, 2, 2, 2),
+        stride_on="3x3",
+        conv_bias=False,
+        bn_epsilon=TORCH_BN_EPSILON,
+        preprocessing="torch",
+    ),
     # He et al. 2016 (identity mappings), as in keras.applications.ResNet50V2:
     # stride on the last block of a stage.
-    "v2": Version(name="v2", model_suffix="v2", block="bottleneck_v2", preact=True,
-                  stage_strides=(2, 2, 2, 1), stride_on="3x3", conv_bias=True,
-                  bn_epsilon=BN_EPSILON, preprocessing="tf"),
+    "v2": Version(
+        name="v2",
+        model_suffix="v2",
+        block="bottleneck_v2",
+        preact=True,
+        stage_strides=(2, 2, 2, 1),
+        stride_on="3x3",
+        conv_bias=True,
+        bn_epsilon=BN_EPSILON,
+        preprocessing="tf",
+    ),
 }
 
 
 # The first part of a ResNet layer's name -> its group: the layer names are keras.applications'.
-_PREFIX_GROUPS = {"conv1": "stem", "pool1": "stem", "post": "post",
-                  **{stage: stage for stage in STAGES}}
+_PREFIX_GROUPS = {
+    "conv1": "stem",
+    "pool1": "stem",
+    "post": "post",
+    **{stage: stage for stage in STAGES},
+}
 
 
 @dataclass(frozen=True)
@@ -114,8 +142,11 @@ def get_architecture(depth=50, version="v1"):
     except (TypeError, ValueError):
         depth = depth  # reported as given below
     if depth not in BLOCKS_PER_STAGE:
-        smaller = (f" For a smaller model, pass another family: {SMALLER_FAMILIES}."
-                   if isinstance(depth, int) and depth < min(BLOCKS_PER_STAGE) else "")
+        smaller = (
+            f" For a smaller model, pass another family: {SMALLER_FAMILIES}."
+            if isinstance(depth, int) and depth < min(BLOCKS_PER_STAGE)
+            else ""
+        )
         raise InvalidArgumentError(
             f"Unsupported ResNet depth: {depth!r}. "
             f"Expected one of {', '.join(str(d) for d in BLOCKS_PER_STAGE)}.{smaller}"
@@ -129,8 +160,9 @@ def get_architecture(depth=50, version="v1"):
 
 
 # Every ResNet of the table, by depth then version.
-ARCHITECTURES = tuple(Architecture(depth, version) for depth in BLOCKS_PER_STAGE
-                      for version in VERSIONS.values())
+ARCHITECTURES = tuple(
+    Architecture(depth, version) for depth in BLOCKS_PER_STAGE for version in VERSIONS.values()
+)
 
 
 def image_size_pair(image_size):

@@ -21,9 +21,11 @@ def builds(kind):
     The builders sit above the weight loading, which identifies backbones: a row cannot
     import its builder, so the builder names the row's class instead.
     """
+
     def register(function):
         _BUILDERS[kind] = function
         return function
+
     return register
 
 
@@ -65,5 +67,10 @@ class Backbone:
         then downloaded) or a weights file; `input_shape` is (height, width, channels),
         None for any size.
         """
-        return _BUILDERS[type(self)](self, include_top=include_top, weights=weights,
-                                     input_shape=input_shape, weights_dir=weights_dir)
+        return _BUILDERS[type(self)](
+            self,
+            include_top=include_top,
+            weights=weights,
+            input_shape=input_shape,
+            weights_dir=weights_dir,
+        )

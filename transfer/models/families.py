@@ -27,18 +27,32 @@ class LayerNames:
     rules: tuple
 
 
-_MOBILENET_V2 = LayerNames((
-    (r"^(Conv1|bn_Conv1)", "stem"), (r"^(Conv_1|out_relu)", "post"),
-    (r"^block_(\d+)_", 0), (r"^expanded_conv_", 0)))
-_MOBILENET_V3 = LayerNames((
-    (r"^conv(_bn)?$", "stem"), (r"^conv_1(_bn)?$", "post"),
-    (r"^expanded_conv_(\d+)_", 0), (r"^expanded_conv_", 0)))
+_MOBILENET_V2 = LayerNames(
+    (
+        (r"^(Conv1|bn_Conv1)", "stem"),
+        (r"^(Conv_1|out_relu)", "post"),
+        (r"^block_(\d+)_", 0),
+        (r"^expanded_conv_", 0),
+    )
+)
+_MOBILENET_V3 = LayerNames(
+    (
+        (r"^conv(_bn)?$", "stem"),
+        (r"^conv_1(_bn)?$", "post"),
+        (r"^expanded_conv_(\d+)_", 0),
+        (r"^expanded_conv_", 0),
+    )
+)
 _EFFICIENTNET = LayerNames(((r"^stem_", "stem"), (r"^top_", "post"), (r"^block(\d+)", 0)))
-_CONVNEXT = LayerNames((
-    (r"^convnext_\w+?_(prestem|stem)", "stem"), (r"^layer_normalization", "post"),
-    (r"^convnext_\w+?_stage_(\d+)_", 0),
-    # downsampling_block_i opens stage i + 1 (the stem opens stage 0)
-    (r"^convnext_\w+?_downsampling_block_(\d+)", 1)))
+_CONVNEXT = LayerNames(
+    (
+        (r"^convnext_\w+?_(prestem|stem)", "stem"),
+        (r"^layer_normalization", "post"),
+        (r"^convnext_\w+?_stage_(\d+)_", 0),
+        # downsampling_block_i opens stage i + 1 (the stem opens stage 0)
+        (r"^convnext_\w+?_downsampling_block_(\d+)", 1),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -86,23 +100,62 @@ _IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)  # keras.applications.efficientnet'
 
 
 def _efficientnet(name, builder, model_name, size):
-    return Family(name, builder, model_name, INSIDE, size, _EFFICIENTNET, (2, 3, 4, 6),
-                  imagenet_rescale=_IMAGENET_STDDEV_RGB)
+    return Family(
+        name,
+        builder,
+        model_name,
+        INSIDE,
+        size,
+        _EFFICIENTNET,
+        (2, 3, 4, 6),
+        imagenet_rescale=_IMAGENET_STDDEV_RGB,
+    )
 
 
 def _efficientnet_v2(name, builder, model_name, size):
-    return Family(name, builder, model_name, INSIDE, size, _EFFICIENTNET, (2, 3, 4, 6),
-                  builder_options=(("include_preprocessing", True),))
+    return Family(
+        name,
+        builder,
+        model_name,
+        INSIDE,
+        size,
+        _EFFICIENTNET,
+        (2, 3, 4, 6),
+        builder_options=(("include_preprocessing", True),),
+    )
 
 
 _ROWS = [
     # tf mode: keras' MobileNetV2 expects x / 127.5 - 1 outside the model.
-    Family("mobilenet_v2", "MobileNetV2", "mobilenetv2_1.00_224", "tf", 224, _MOBILENET_V2,
-           (1, 3, 6, 13)),
-    Family("mobilenet_v3_small", "MobileNetV3Small", "MobileNetV3Small", INSIDE, 224,
-           _MOBILENET_V3, (0, 1, 3, 8), builder_options=(("include_preprocessing", True),)),
-    Family("mobilenet_v3_large", "MobileNetV3Large", "MobileNetV3Large", INSIDE, 224,
-           _MOBILENET_V3, (1, 3, 6, 12), builder_options=(("include_preprocessing", True),)),
+    Family(
+        "mobilenet_v2",
+        "MobileNetV2",
+        "mobilenetv2_1.00_224",
+        "tf",
+        224,
+        _MOBILENET_V2,
+        (1, 3, 6, 13),
+    ),
+    Family(
+        "mobilenet_v3_small",
+        "MobileNetV3Small",
+        "MobileNetV3Small",
+        INSIDE,
+        224,
+        _MOBILENET_V3,
+        (0, 1, 3, 8),
+        builder_options=(("include_preprocessing", True),),
+    ),
+    Family(
+        "mobilenet_v3_large",
+        "MobileNetV3Large",
+        "MobileNetV3Large",
+        INSIDE,
+        224,
+        _MOBILENET_V3,
+        (1, 3, 6, 12),
+        builder_options=(("include_preprocessing", True),),
+    ),
     _efficientnet("efficientnet_b0", "EfficientNetB0", "efficientnetb0", 224),
     _efficientnet("efficientnet_b1", "EfficientNetB1", "efficientnetb1", 240),
     _efficientnet("efficientnet_b2", "EfficientNetB2", "efficientnetb2", 260),
@@ -112,8 +165,16 @@ _ROWS = [
     _efficientnet_v2("efficientnet_v2_b2", "EfficientNetV2B2", "efficientnetv2-b2", 260),
     _efficientnet_v2("efficientnet_v2_b3", "EfficientNetV2B3", "efficientnetv2-b3", 300),
     _efficientnet_v2("efficientnet_v2_s", "EfficientNetV2S", "efficientnetv2-s", 384),
-    Family("convnext_tiny", "ConvNeXtTiny", "convnext_tiny", INSIDE, 224, _CONVNEXT,
-           (0, 1, 2, 3), builder_options=(("include_preprocessing", True),)),
+    Family(
+        "convnext_tiny",
+        "ConvNeXtTiny",
+        "convnext_tiny",
+        INSIDE,
+        224,
+        _CONVNEXT,
+        (0, 1, 2, 3),
+        builder_options=(("include_preprocessing", True),),
+    ),
 ]
 FAMILIES = {row.name: row for row in _ROWS}
 _BY_MODEL_NAME = {row.model_name: row for row in _ROWS}
@@ -122,8 +183,14 @@ _BY_MODEL_NAME = {row.model_name: row for row in _ROWS}
 RESNET_NAMES = {architecture.name: architecture for architecture in ARCHITECTURES}
 BACKBONES = {**RESNET_NAMES, **FAMILIES}  # --arch name -> Backbone
 ARCH_NAMES = tuple(BACKBONES)
-SMALLEST = ("resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-            "efficientnet_v2_b0", "convnext_tiny")  # each family's smallest member
+SMALLEST = (
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "efficientnet_v2_b0",
+    "convnext_tiny",
+)  # each family's smallest member
 
 
 def resolve_architecture(arch=None, depth=50, version="v1"):
@@ -135,7 +202,8 @@ def resolve_architecture(arch=None, depth=50, version="v1"):
     if key in BACKBONES:
         return BACKBONES[key]
     raise InvalidArgumentError(
-        f"Unknown architecture: arch={arch!r}. Expected one of {', '.join(ARCH_NAMES)}.")
+        f"Unknown architecture: arch={arch!r}. Expected one of {', '.join(ARCH_NAMES)}."
+    )
 
 
 def family_of_model(model):
@@ -143,4 +211,3 @@ def family_of_model(model):
     name = str(getattr(model, "name", ""))
     # keras.applications names a MobileNetV2 by its input size unless told a name
     return _BY_MODEL_NAME.get(re.sub(r"^(mobilenetv2_1\.00)_\d+$", r"\1_224", name))
-

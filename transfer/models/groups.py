@@ -71,7 +71,7 @@ def set_trainable_from(model, first_trainable=None, train_bn=False):
         _check_group(model_groups, first_trainable, "from")
     backbone = find_backbone(model)
     # Layers before the backbone (input, preprocessing) hold fixed arithmetic.
-    fixed = {id(layer) for layer in model_groups["stem"]} - {id(l) for l in backbone.layers}
+    fixed = {id(layer) for layer in model_groups["stem"]} - {id(layer) for layer in backbone.layers}
     trainable = False
     for name, layers in model_groups.items():
         trainable = trainable or name == first_trainable
@@ -122,26 +122,30 @@ def split_at_group(model, start):
     if index == 0 or backbone is model:
         return None
     before = {id(layer) for name in names_[:index] for layer in model_groups[name]}
-    after = [layer for name in names_[index:] for layer in model_groups[name]
-             if layer in backbone.layers]
+    after = [
+        layer for name in names_[index:] for layer in model_groups[name] if layer in backbone.layers
+    ]
     # The tensors that layers from `start` on take from the earlier groups, in the
     # backbone's own graph (a layer's first call; later ones are other models').
-    crossing = {id(tensor): tensor for layer in after
-                for tensor in layer._inbound_nodes[0].input_tensors
-                if id(tensor._keras_history.operation) in before}
+    crossing = {
+        id(tensor): tensor
+        for layer in after
+        for tensor in layer._inbound_nodes[0].input_tensors
+        if id(tensor._keras_history.operation) in before
+    }
     if len(crossing) != 1 or not after:
         return None
     boundary = next(iter(crossing.values()))
     inner_suffix = keras.Model(boundary, backbone.output, name=f"{backbone.name}_from_{start}")
     inputs = keras.Input(boundary.shape[1:], dtype=boundary.dtype, name=f"{start}_input")
     x = inner_suffix(inputs)
-    for layer in model.layers[model.layers.index(backbone) + 1:]:
+    for layer in model.layers[model.layers.index(backbone) + 1 :]:
         x = layer(x)
     # The prefix: the classifier up to the backbone, then the backbone up to the boundary.
     inner_prefix = keras.Model(backbone.input, boundary, name=f"{backbone.name}_to_{start}")
     pixels = model.input
     y = pixels
-    for layer in model.layers[1:model.layers.index(backbone)]:
+    for layer in model.layers[1 : model.layers.index(backbone)]:
         y = layer(y)
     prefix = keras.Model(pixels, inner_prefix(y), name=f"to_{start}")
     return prefix, keras.Model(inputs, x, name=f"from_{start}")

@@ -12,12 +12,12 @@ import numpy as np
 from transfer.errors import InvalidArgumentError, unknown_choice
 from transfer.lazy import keras
 from transfer.models import names
+from transfer.models.applications import build_backbone
 from transfer.models.architectures import image_size_pair
+from transfer.models.families import resolve_architecture
 from transfer.models.groups import groups
 from transfer.models.identify import architecture_of, find_backbone
 from transfer.models.preprocessing import preprocessing_layer
-from transfer.models.applications import build_backbone
-from transfer.models.families import resolve_architecture
 
 # pooling -> the Keras layer that pools the last feature map
 # The two tasks: one class per image (softmax), or any number of labels (sigmoids).
@@ -92,11 +92,13 @@ def attach_head(
         x = layers.Dense(hidden_units, activation="relu", name=names.HEAD_HIDDEN)(x)
     if dropout:
         x = layers.Dropout(
-            dropout, name=names.HEAD_HIDDEN_DROPOUT if hidden_units else names.HEAD_DROPOUT)(x)
+            dropout, name=names.HEAD_HIDDEN_DROPOUT if hidden_units else names.HEAD_DROPOUT
+        )(x)
     activation = OUTPUT_ACTIVATION[MULTI_LABEL if multi_label else SINGLE_LABEL]
     # float32 output: softmax and the loss stay stable under mixed precision.
-    outputs = layers.Dense(num_classes, activation=activation, dtype="float32",
-                           name=names.CLASSIFIER)(x)
+    outputs = layers.Dense(
+        num_classes, activation=activation, dtype="float32", name=names.CLASSIFIER
+    )(x)
     return keras.Model(inputs, outputs, name=name or f"{backbone.name}_classifier")
 
 
@@ -118,8 +120,13 @@ def build_classifier(
     `attach_head`.
     """
     shape = (None, None, 3) if image_size is None else (*image_size_pair(image_size), 3)
-    backbone = build_backbone(resolve_architecture(arch, depth, version), include_top=False,
-                              weights=weights, input_shape=shape, weights_dir=weights_dir)
+    backbone = build_backbone(
+        resolve_architecture(arch, depth, version),
+        include_top=False,
+        weights=weights,
+        input_shape=shape,
+        weights_dir=weights_dir,
+    )
     return attach_head(backbone, num_classes, **head_options)
 
 
@@ -133,15 +140,18 @@ def feature_extractor(model, pooling="avg", group=None):
     architecture = architecture_of(backbone)
     if pooling is not None and pooling not in HEAD_POOLING:
         raise InvalidArgumentError(
-            f"Unknown pooling: {pooling!r}. Expected one of {', '.join(POOLINGS)} or none.")
+            f"Unknown pooling: {pooling!r}. Expected one of {', '.join(POOLINGS)} or none."
+        )
     if group is not None:
         found = groups(backbone)
         choices = [g for g in found if g != "head"]
         if group not in choices:
             raise InvalidArgumentError(
-                f"Unknown group: {group!r}. Expected one of {', '.join(choices)}.")
-        backbone = keras.Model(backbone.input, found[group][-1].output,
-                               name=f"{backbone.name}_{group}")
+                f"Unknown group: {group!r}. Expected one of {', '.join(choices)}."
+            )
+        backbone = keras.Model(
+            backbone.input, found[group][-1].output, name=f"{backbone.name}_{group}"
+        )
     inputs = keras.Input(shape=backbone.input.shape[1:], name=names.INPUT)
     x = preprocessing_layer(architecture.preprocessing, name=names.PREPROCESSING)(inputs)
     x = backbone(x)
@@ -159,15 +169,16 @@ def head_model(classifier):
     pool_index = [layer.name for layer in head_layers].index(names.HEAD_POOL)
     features = keras.Input(shape=head_layers[pool_index].output.shape[1:], name="features")
     x = features
-    for layer in head_layers[pool_index + 1:]:
+    for layer in head_layers[pool_index + 1 :]:
         x = layer(x)
     return keras.Model(features, x, name="head")
 
 
 def pooled_features(classifier):
     """Model: raw pixels -> pooled backbone features, sharing layers with `classifier`."""
-    return keras.Model(classifier.input, classifier.get_layer(names.HEAD_POOL).output,
-                       name="pooled_features")
+    return keras.Model(
+        classifier.input, classifier.get_layer(names.HEAD_POOL).output, name="pooled_features"
+    )
 
 
 def set_standardization(model, mean, variance):
@@ -189,8 +200,10 @@ def has_standardization(model):
 
 def is_classifier(model):
     """Whether `model` ends in our (or keras.applications') classifier layer."""
-    return (any(layer.name == names.CLASSIFIER for layer in model.layers)
-            and len(model.output.shape) == 2)
+    return (
+        any(layer.name == names.CLASSIFIER for layer in model.layers)
+        and len(model.output.shape) == 2
+    )
 
 
 def task_of(model):

@@ -30,8 +30,10 @@ class LayerCounts:
 
 
 def is_backbone(model):
-    return isinstance(model, keras.Model) and (family_of_model(model) is not None or any(
-        layer.name == names.STEM_CONV for layer in model.layers))
+    return isinstance(model, keras.Model) and (
+        family_of_model(model) is not None
+        or any(layer.name == names.STEM_CONV for layer in model.layers)
+    )
 
 
 def find_backbone(model):
@@ -89,8 +91,10 @@ def identify_architecture(layer_names):
     else:
         padded = any(_PADDED_3X3.match(name) for name in layer_list)
         conv_bias = is_preact or not padded  # v1 blocks have no pad, v1.5 blocks do
-    version = next((v.name for v in VERSIONS.values()
-                    if v.preact == is_preact and v.conv_bias == conv_bias), None)
+    version = next(
+        (v.name for v in VERSIONS.values() if v.preact == is_preact and v.conv_bias == conv_bias),
+        None,
+    )
     return None if version is None else (depth, version)
 
 
@@ -100,7 +104,8 @@ def identify_from_counts(counts):
         for version in VERSIONS.values():
             expected = layer_counts(get_architecture(depth, version.name))
             if (expected.conv, expected.bn) == (counts.conv, counts.bn) and counts.conv_bias in (
-                None, version.conv_bias
+                None,
+                version.conv_bias,
             ):
                 return depth, version.name
     return None

@@ -99,18 +99,29 @@ def preprocessing_layer(mode="caffe", name=names.PREPROCESSING):
         permutation = np.zeros((1, 1, 3, 3), dtype="float32")
         for out_channel in range(3):
             permutation[0, 0, 2 - out_channel, out_channel] = 1.0
-        steps = [keras.layers.Conv2D(
-            3, 1, name=f"{name}_bgr_mean", trainable=False, **f32,
-            kernel_initializer=keras.initializers.Constant(permutation),
-            bias_initializer=keras.initializers.Constant(-np.array(mean, dtype="float32")))]
+        steps = [
+            keras.layers.Conv2D(
+                3,
+                1,
+                name=f"{name}_bgr_mean",
+                trainable=False,
+                **f32,
+                kernel_initializer=keras.initializers.Constant(permutation),
+                bias_initializer=keras.initializers.Constant(-np.array(mean, dtype="float32")),
+            )
+        ]
     elif mode == "none":
         steps = [keras.layers.Identity(name=f"{name}_none", **f32)]
     elif mode == "tf":
-        steps = [keras.layers.Normalization(mean=0.0, variance=divisor**2, name=f"{name}_scale",
-                                            **f32),
-                 keras.layers.Rescaling(1.0, offset=-1.0, name=f"{name}_shift", **f32)]
+        steps = [
+            keras.layers.Normalization(mean=0.0, variance=divisor**2, name=f"{name}_scale", **f32),
+            keras.layers.Rescaling(1.0, offset=-1.0, name=f"{name}_shift", **f32),
+        ]
     else:
-        steps = [keras.layers.Rescaling(1.0 / divisor, name=f"{name}_scale", **f32),
-                 keras.layers.Normalization(mean=list(mean), variance=[s**2 for s in std],
-                                            name=f"{name}_normalize", **f32)]
+        steps = [
+            keras.layers.Rescaling(1.0 / divisor, name=f"{name}_scale", **f32),
+            keras.layers.Normalization(
+                mean=list(mean), variance=[s**2 for s in std], name=f"{name}_normalize", **f32
+            ),
+        ]
     return keras.Sequential(steps, name=name, trainable=False)

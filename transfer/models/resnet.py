@@ -39,8 +39,9 @@ def bottleneck_v1(x, filters, version, stride=1, conv_shortcut=True, name=None):
     stride_1x1, stride_3x3 = (stride, 1) if version.stride_on == "1x1" else (1, stride)
     bias = version.conv_bias
     if conv_shortcut:
-        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, use_bias=bias,
-                                 name=f"{name}_0_conv")(x)
+        shortcut = layers.Conv2D(
+            4 * filters, 1, strides=stride, use_bias=bias, name=f"{name}_0_conv"
+        )(x)
         shortcut = _bn(f"{name}_0_bn", version)(shortcut)
     else:
         shortcut = x
@@ -49,8 +50,7 @@ def bottleneck_v1(x, filters, version, stride=1, conv_shortcut=True, name=None):
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     if version.stride_on == "3x3":
         x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name=f"{name}_2_pad")(x)
-        x = layers.Conv2D(filters, 3, strides=stride_3x3, use_bias=bias,
-                          name=f"{name}_2_conv")(x)
+        x = layers.Conv2D(filters, 3, strides=stride_3x3, use_bias=bias, name=f"{name}_2_conv")(x)
     else:
         x = layers.Conv2D(filters, 3, padding="same", use_bias=bias, name=f"{name}_2_conv")(x)
     x = _bn(f"{name}_2_bn", version)(x)
@@ -234,11 +234,18 @@ def ResNet(
 
 
 @builds(Architecture)
-def build_resnet(architecture, include_top=False, weights="imagenet", input_shape=None,
-                 weights_dir=None):
+def build_resnet(
+    architecture, include_top=False, weights="imagenet", input_shape=None, weights_dir=None
+):
     """`Backbone.build` of a ResNet of the table."""
-    return ResNet(architecture.depth, architecture.version.name, include_top=include_top,
-                  weights=weights, input_shape=input_shape, weights_dir=weights_dir)
+    return ResNet(
+        architecture.depth,
+        architecture.version.name,
+        include_top=include_top,
+        weights=weights,
+        input_shape=input_shape,
+        weights_dir=weights_dir,
+    )
 
 
 def _variant(depth, version):

@@ -34,8 +34,9 @@ def multiply_adds(model):
             total += multiply_adds(layer)
             continue
         kernel = getattr(layer, "kernel", None)
-        if kernel is None or not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense,
-                                                    keras.layers.DepthwiseConv2D)):
+        if kernel is None or not isinstance(
+            layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D)
+        ):
             continue
         outputs = int(np.prod(layer.output.shape[1:]))
         if isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -57,11 +58,19 @@ def describe(depth=50, version="v1", input_size=None, arch=None):
     """
     arch = resolve_architecture(arch, depth, version)
     input_size = input_size or arch.default_size
-    model = build_backbone(arch, include_top=arch.summary_with_top, weights=None,
-                           input_shape=(input_size, input_size, 3))
+    model = build_backbone(
+        arch,
+        include_top=arch.summary_with_top,
+        weights=None,
+        input_shape=(input_size, input_size, 3),
+    )
     rows = [
-        GroupSummary(name, len(layers), tuple(layers[-1].output.shape),
-                     _count(w for layer in layers for w in layer.weights))
+        GroupSummary(
+            name,
+            len(layers),
+            tuple(layers[-1].output.shape),
+            _count(w for layer in layers for w in layer.weights),
+        )
         for name, layers in groups(model).items()
     ]
     return {

@@ -24,9 +24,15 @@ def reliability_bins(probabilities, labels, bins=ECE_BINS):
     for b in range(bins):
         inside = index == b
         count = int(inside.sum())
-        rows.append((edges[b], edges[b + 1],
-                     float(confidence[inside].mean()) if count else np.nan,
-                     float(correct[inside].mean()) if count else np.nan, count))
+        rows.append(
+            (
+                edges[b],
+                edges[b + 1],
+                float(confidence[inside].mean()) if count else np.nan,
+                float(correct[inside].mean()) if count else np.nan,
+                count,
+            )
+        )
     return rows
 
 
@@ -35,9 +41,13 @@ def expected_calibration_error(probabilities, labels, bins=ECE_BINS):
     total = len(labels)
     if not total:
         return float("nan")
-    return float(sum(count / total * abs(accuracy - confidence)
-                     for _, _, confidence, accuracy, count in
-                     reliability_bins(probabilities, labels, bins) if count))
+    return float(
+        sum(
+            count / total * abs(accuracy - confidence)
+            for _, _, confidence, accuracy, count in reliability_bins(probabilities, labels, bins)
+            if count
+        )
+    )
 
 
 def coverage_curve(probabilities, labels):

@@ -33,9 +33,10 @@ def find_duplicates(train_features, query_features, threshold=DUPLICATE_THRESHOL
     query = _normalised(query_features, mean)
     found = []
     for start in range(0, len(query), CHUNK):
-        similarity = query[start:start + CHUNK] @ train.T
+        similarity = query[start : start + CHUNK] @ train.T
         best = similarity.argmax(axis=1)
         scores = similarity[np.arange(len(best)), best]
-        found += [(start + i, int(best[i]), float(scores[i]))
-                  for i in np.flatnonzero(scores >= threshold)]
+        found += [
+            (start + i, int(best[i]), float(scores[i])) for i in np.flatnonzero(scores >= threshold)
+        ]
     return sorted(found, key=lambda row: -row[2])

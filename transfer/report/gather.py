@@ -65,6 +65,7 @@ def eager_batch(size):
 @dataclass
 class Evaluated:
     """One split's images as the report sees them."""
+
     name: str
     paths: list
     labels: np.ndarray
@@ -84,14 +85,16 @@ class GatheredReport:
     (updated with the calibration error and the leaked duplicates), and with
     calibration the in-memory model that now holds the fitted temperature, for the
     command that asked for it to save (`transfer.runs.resave_model`)."""
+
     folder: Path
     page: dict
     metrics: dict
     calibrated: object = None  # a keras.Model
 
 
-def gather_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model=None,
-                  features=None):
+def gather_report(
+    folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, model=None, features=None
+):
     """The report of `folder`; with `calibrate`, a temperature is first fitted on the
     validation images and applied to the model in memory (not saved). `model` (a
     keras.Model, a LoadedModel or an export's runner from `transfer.export.open_model`)
@@ -103,45 +106,62 @@ def gather_report(folder, calibrate=False, batch_size=INFERENCE_BATCH_SIZE, mode
     if not metrics_path.is_file():
         raise InvalidArgumentError(
             f"{folder} holds no {METRICS_FILE}. Expected a run directory of `transfer "
-            "finetune` or the --out folder of `transfer evaluate`.")
+            "finetune` or the --out folder of `transfer evaluate`."
+        )
     metrics = json.loads(metrics_path.read_text())
     is_run = (folder / CONFIG_FILE).is_file()
     config = read_config(folder) if is_run else {}
     if calibrate and not is_run:
         raise InvalidArgumentError(
             f"calibrate=True: {folder} is not a run directory; temperature scaling is "
-            "fitted on a run's validation images and stored in its model.")
+            "fitted on a run's validation images and stored in its model."
+        )
     loaded = _loaded_model(folder, metrics, is_run, model)
     if loaded.thresholds is not None:  # only multi-label models carry thresholds
         raise InvalidArgumentError(
             f"{folder} holds a multi-label model: report.html is for single-label runs; its "
             "metrics.json, classification_report.txt and confusion_matrix.csv hold the "
-            "per-label results.")
+            "per-label results."
+        )
     base = recorded_base(config if is_run else metrics, folder)
-    splits = [_evaluated(folder, prefix, name, loaded.class_names, base)
-              for prefix, name in (("", "val" if is_run else metrics.get("split", "data")),
-                                   (TEST_PREFIX, "test"))]
+    splits = [
+        _evaluated(folder, prefix, name, loaded.class_names, base)
+        for prefix, name in (
+            ("", "val" if is_run else metrics.get("split", "data")),
+            (TEST_PREFIX, "test"),
+        )
+    ]
     splits = [s for s in splits if s is not None]
-    page = {"title": _title(folder, config, metrics),
-            "generated": datetime.now().isoformat(timespec="seconds"),
-            "summary": summary_rows(config, metrics, loaded.class_names),
-            "curves": _inline_file(RunPaths(folder).curves),
-            "confusion_png": _inline_file(folder / report_file("confusion_matrix.png")),
-            "per_class": [{"name": name, **values} for name, values in
-                          (metrics["val"] if is_run else metrics)["per_class"].items()],
-            "skipped": metrics.get("skipped_files", []),
-            **_confusion(folder, loaded.class_names)}
+    page = {
+        "title": _title(folder, config, metrics),
+        "generated": datetime.now().isoformat(timespec="seconds"),
+        "summary": summary_rows(config, metrics, loaded.class_names),
+        "curves": _inline_file(RunPaths(folder).curves),
+        "confusion_png": _inline_file(folder / report_file("confusion_matrix.png")),
+        "per_class": [
+            {"name": name, **values}
+            for name, values in (metrics["val"] if is_run else metrics)["per_class"].items()
+        ],
+        "skipped": metrics.get("skipped_files", []),
+        **_confusion(folder, loaded.class_names),
+    }
     gathered = GatheredReport(folder, page, metrics)
     if loaded.model is None:
-        page["no_images"] = (f"{loaded.path} is an export, not a Keras model; evaluate the "
-                             "run it came from for Grad-CAM, calibration and duplicates")
+        page["no_images"] = (
+            f"{loaded.path} is an export, not a Keras model; evaluate the "
+            "run it came from for Grad-CAM, calibration and duplicates"
+        )
     elif splits[0].readable:
-        page.update(_image_sections(loaded, folder, config, metrics, splits, calibrate,
-                                    batch_size, features or {}))
+        page.update(
+            _image_sections(
+                loaded, folder, config, metrics, splits, calibrate, batch_size, features or {}
+            )
+        )
         gathered.calibrated = loaded.model if calibrate else None
     else:
-        page["no_images"] = f"the images of {folder / report_file('predictions.csv')} " \
-                            "cannot be read any more"
+        page["no_images"] = (
+            f"the images of {folder / report_file('predictions.csv')} cannot be read any more"
+        )
     return gathered
 
 
@@ -150,8 +170,7 @@ def _loaded_model(folder, metrics, is_run, model):
         # an export's evaluation: the page comes from its saved predictions; nothing runs
         per_class = metrics.get("per_class", {})
         thresholds = [v["threshold"] for v in per_class.values() if "threshold" in v]
-        return LoadedModel(None, Path(metrics["model"]), list(per_class), None,
-                           thresholds or None)
+        return LoadedModel(None, Path(metrics["model"]), list(per_class), None, thresholds or None)
     if model is None:
         return load_model(folder if is_run else recorded_model(folder, metrics))
     if isinstance(model, LoadedModel):  # evaluate's, already loaded
@@ -161,8 +180,7 @@ def _loaded_model(folder, metrics, is_run, model):
     if isinstance(model, Runner):  # evaluate's reader of an export: no Keras model to run
         return LoadedModel(None, model.path, model.class_names, model.image_size)
     paths = RunPaths(folder)  # the run's model, still in memory
-    return LoadedModel(model, paths.model, read_labels(paths.labels),
-                       tuple(model.input_shape[1:3]))
+    return LoadedModel(model, paths.model, read_labels(paths.labels), tuple(model.input_shape[1:3]))
 
 
 def _image_sections(loaded, folder, config, metrics, splits, calibrate, batch, known):
@@ -178,11 +196,9 @@ def _image_sections(loaded, folder, config, metrics, splits, calibrate, batch, k
     page = {"calibration": _calibration(main, metrics.get("calibration"))}
     metrics.setdefault("calibration", {})["ece"] = page["calibration"]["ece"]
     cam = gradcam.cam_model(model)
-    page["top_losses"], page["cam_correct"] = _gradcam_sections(main, loaded.class_names, cam,
-                                                                size)
+    page["top_losses"], page["cam_correct"] = _gradcam_sections(main, loaded.class_names, cam, size)
     page["cam_group"] = cam.name.split("_", 1)[1]
-    page["duplicates"] = _duplicates(train, train_features, no_train, splits, size, batch,
-                                     metrics)
+    page["duplicates"] = _duplicates(train, train_features, no_train, splits, size, batch, metrics)
     return page
 
 
@@ -204,8 +220,9 @@ def _evaluated(folder, prefix, name, class_names, base=None):
         return None
     paths, labels = _read_predictions(path, class_names)
     paths = [recorded_path(p, base) for p in paths]
-    return Evaluated(name, paths, labels, bool(paths) and not find_unreadable(paths,
-                                                                           progress=False))
+    return Evaluated(
+        name, paths, labels, bool(paths) and not find_unreadable(paths, progress=False)
+    )
 
 
 def _features(model, split, size, batch):
@@ -213,8 +230,9 @@ def _features(model, split, size, batch):
     through the compiled inference path beyond."""
     if len(split) * size[0] * size[1] > EAGER_PIXELS:
         return run_inference(model, images_only(split, size, batch))
-    return np.concatenate([np.asarray(model(x, training=False))
-                           for x in images_only(split, size, eager_batch(size))])
+    return np.concatenate(
+        [np.asarray(model(x, training=False)) for x in images_only(split, size, eager_batch(size))]
+    )
 
 
 def _embed_and_predict(model, train, splits, size, batch, known):
@@ -231,11 +249,14 @@ def _embed_and_predict(model, train, splits, size, batch, known):
             found[name] = features
     missing = [name for name in parts if name not in found]
     paths = [p for name in missing for p in parts[name].paths]
-    computed = _features(pooled_features(model), Split(paths, np.zeros(len(paths), np.int64)),
-                         size, batch) if paths else None
+    computed = (
+        _features(pooled_features(model), Split(paths, np.zeros(len(paths), np.int64)), size, batch)
+        if paths
+        else None
+    )
     start = 0
     for name in missing:
-        found[name] = computed[start:start + len(parts[name].paths)]
+        found[name] = computed[start : start + len(parts[name].paths)]
         start += len(parts[name].paths)
     head = head_model(model)
     for split in (s for s in splits if s.readable):
@@ -296,14 +317,20 @@ def summary_rows(config, metrics, class_names):
     options = config.get("options", {})
     rows = [("data", config.get("data") or metrics.get("data"))]
     if config:
-        rows += [("splits", ", ".join(f"{k} {v}" for k, v in
-                                      config.get("dataset", {}).get("splits", {}).items())),
-                 ("model", backbone_name(options)),
-                 ("weights", config.get("weights_used", options.get("weights"))),
-                 ("image size", options.get("image_size")),
-                 ("phases", _phases(options)),
-                 ("model kept", _kept(metrics.get("kept", {}))),
-                 ("wall time", f"{metrics.get('timings', {}).get('total_seconds', 0):.0f} s")]
+        rows += [
+            (
+                "splits",
+                ", ".join(
+                    f"{k} {v}" for k, v in config.get("dataset", {}).get("splits", {}).items()
+                ),
+            ),
+            ("model", backbone_name(options)),
+            ("weights", config.get("weights_used", options.get("weights"))),
+            ("image size", options.get("image_size")),
+            ("phases", _phases(options)),
+            ("model kept", _kept(metrics.get("kept", {}))),
+            ("wall time", f"{metrics.get('timings', {}).get('total_seconds', 0):.0f} s"),
+        ]
     else:
         rows += [("model", metrics.get("model")), ("split", metrics.get("split"))]
         if "training_images_scored" in metrics:
@@ -320,12 +347,15 @@ def summary_rows(config, metrics, class_names):
 
 def training_images_line(metrics):
     """How many of an evaluation's images the model's run trained on, in words."""
-    scored, left_out = metrics.get("training_images_scored"), metrics.get(
-        "training_images_left_out")
+    scored, left_out = (
+        metrics.get("training_images_scored"),
+        metrics.get("training_images_left_out"),
+    )
     if scored is None:
         return "not known: the model names no run whose images can be read"
     line = f"{scored} of {metrics.get('images')}" + (
-        ": the run trained on them, so these scores are not held-out" if scored else "")
+        ": the run trained on them, so these scores are not held-out" if scored else ""
+    )
     return line + (f" ({left_out} left out)" if left_out else "")
 
 
@@ -333,8 +363,9 @@ def backbone_name(options):
     """The display name of a run's backbone (ResNet50V2, EfficientNetB0), from the
     options of its config.json; as recorded where the architecture is not known here."""
     try:
-        return resolve_architecture(options.get("arch"), options.get("depth"),
-                                    options.get("version")).display_name
+        return resolve_architecture(
+            options.get("arch"), options.get("depth"), options.get("version")
+        ).display_name
     except InvalidArgumentError:  # a name from another version of transfer, or none
         depth, version = options.get("depth"), options.get("version")
         return options.get("arch") or (f"ResNet{depth} {version}" if depth else "unknown")
@@ -344,8 +375,9 @@ def _phases(options):
     head = f"head {options.get('head_epochs')} epochs"
     if options.get("fine_tune_from") in (None, "none") or not options.get("fine_tune_epochs"):
         return head
-    return f"{head}; fine-tune from {options['fine_tune_from']}, " \
-           f"{options['fine_tune_epochs']} epochs"
+    return (
+        f"{head}; fine-tune from {options['fine_tune_from']}, {options['fine_tune_epochs']} epochs"
+    )
 
 
 def _kept(kept):
@@ -362,15 +394,24 @@ def _confusion(folder, class_names):
     with open(path, newline="", encoding="utf8") as f:
         rows = list(csv.reader(f))[1:]
     matrix = np.array([[int(v) for v in row[1:]] for row in rows])
-    off = [(matrix[i, j], class_names[i], class_names[j])
-           for i in range(len(matrix)) for j in range(len(matrix)) if i != j and matrix[i, j]]
+    off = [
+        (matrix[i, j], class_names[i], class_names[j])
+        for i in range(len(matrix))
+        for j in range(len(matrix))
+        if i != j and matrix[i, j]
+    ]
     off.sort(key=lambda row: -row[0])
     totals = matrix.sum(axis=1)
-    return {"matrix": [(class_names[i], [(int(v), v / totals[i] if totals[i] else 0.0)
-                                         for v in row]) for i, row in enumerate(matrix)],
-            "confused": [{"true": t, "predicted": p, "count": int(c),
-                          "share": c / totals[class_names.index(t)]}
-                         for c, t, p in off[:CONFUSED_PAIRS]]}
+    return {
+        "matrix": [
+            (class_names[i], [(int(v), v / totals[i] if totals[i] else 0.0) for v in row])
+            for i, row in enumerate(matrix)
+        ],
+        "confused": [
+            {"true": t, "predicted": p, "count": int(c), "share": c / totals[class_names.index(t)]}
+            for c, t, p in off[:CONFUSED_PAIRS]
+        ],
+    }
 
 
 def _with_cam(split, indices, classes, cam, size):
@@ -379,10 +420,16 @@ def _with_cam(split, indices, classes, cam, size):
     pixels = _pixels([split.paths[i] for i in indices], size, batch)
     if not len(indices):
         return []
-    maps = np.concatenate([gradcam.heatmaps(cam, pixels[s:s + batch], classes[s:s + batch])
-                           for s in range(0, len(indices), batch)])
-    return [(_thumbnail(image), _data_uri(gradcam.png_bytes(gradcam.overlay(image, m), THUMBNAIL)))
-            for image, m in zip(pixels, maps)]
+    maps = np.concatenate(
+        [
+            gradcam.heatmaps(cam, pixels[s : s + batch], classes[s : s + batch])
+            for s in range(0, len(indices), batch)
+        ]
+    )
+    return [
+        (_thumbnail(image), _data_uri(gradcam.png_bytes(gradcam.overlay(image, m), THUMBNAIL)))
+        for image, m in zip(pixels, maps)
+    ]
 
 
 def _gradcam_sections(split, class_names, cam, size):
@@ -397,13 +444,28 @@ def _gradcam_sections(split, class_names, cam, size):
         right = np.flatnonzero((split.labels == c) & (predicted == c))
         correct += list(right[np.argsort(-confidence[right])][:CAM_CORRECT_PER_CLASS])
     images = _with_cam(split, top + correct, predicted[top + correct], cam, size)
-    top_losses = [{"path": split.paths[i], "true": class_names[split.labels[i]],
-                   "predicted": class_names[predicted[i]], "confidence": confidence[i],
-                   "loss": losses[i], "thumbnail": thumb, "cam": overlay}
-                  for i, (thumb, overlay) in zip(top, images)]
-    examples = [{"path": split.paths[i], "label": class_names[predicted[i]],
-                 "confidence": confidence[i], "thumbnail": thumb, "cam": overlay}
-                for i, (thumb, overlay) in zip(correct, images[len(top):])]
+    top_losses = [
+        {
+            "path": split.paths[i],
+            "true": class_names[split.labels[i]],
+            "predicted": class_names[predicted[i]],
+            "confidence": confidence[i],
+            "loss": losses[i],
+            "thumbnail": thumb,
+            "cam": overlay,
+        }
+        for i, (thumb, overlay) in zip(top, images)
+    ]
+    examples = [
+        {
+            "path": split.paths[i],
+            "label": class_names[predicted[i]],
+            "confidence": confidence[i],
+            "thumbnail": thumb,
+            "cam": overlay,
+        }
+        for i, (thumb, overlay) in zip(correct, images[len(top) :])
+    ]
     return top_losses, examples
 
 
@@ -414,17 +476,23 @@ def _calibrate(model, main, splits, metrics):
     if model.get_layer(CLASSIFIER).activation.__name__ != "softmax":
         raise InvalidArgumentError("calibrate=True needs a softmax classifier.")
     previous = metrics.get("calibration", {})
-    before = previous.get("ece_before",
-                          calibration.expected_calibration_error(main.probabilities, main.labels))
+    before = previous.get(
+        "ece_before", calibration.expected_calibration_error(main.probabilities, main.labels)
+    )
     temperature = calibration.fit_temperature(main.probabilities, main.labels)
     calibration.apply_temperature(model, temperature)
     for split in splits:
         split.probabilities = calibration.scaled(split.probabilities, temperature)
     after = calibration.expected_calibration_error(main.probabilities, main.labels)
-    logger.info("Temperature scaling: T=%.3f, validation ECE %.4f -> %.4f.", temperature,
-                before, after)
-    return {"temperature": temperature * previous.get("temperature", 1.0),
-            "fitted_on": main.name, "ece_before": before, "ece_after": after}
+    logger.info(
+        "Temperature scaling: T=%.3f, validation ECE %.4f -> %.4f.", temperature, before, after
+    )
+    return {
+        "temperature": temperature * previous.get("temperature", 1.0),
+        "fitted_on": main.name,
+        "ece_before": before,
+        "ece_after": after,
+    }
 
 
 def _calibration(main, stored):
@@ -433,12 +501,22 @@ def _calibration(main, stored):
     thresholds, coverage, accuracy = calibration.coverage_curve(main.probabilities, main.labels)
     stored = stored or {}
     before = stored.get("ece_before") if "temperature" in stored else None
-    return {"ece": ece, "temperature": stored.get("temperature"), "ece_before": before,
-            "reliability": _data_uri(plot_reliability(bins, ece, before)),
-            "coverage": _data_uri(plot_coverage(coverage, accuracy, thresholds)),
-            "trade_off": [(p, coverage[np.flatnonzero(thresholds >= p)[-1]],
-                           accuracy[np.flatnonzero(thresholds >= p)[-1]])
-                          for p in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95) if (thresholds >= p).any()]}
+    return {
+        "ece": ece,
+        "temperature": stored.get("temperature"),
+        "ece_before": before,
+        "reliability": _data_uri(plot_reliability(bins, ece, before)),
+        "coverage": _data_uri(plot_coverage(coverage, accuracy, thresholds)),
+        "trade_off": [
+            (
+                p,
+                coverage[np.flatnonzero(thresholds >= p)[-1]],
+                accuracy[np.flatnonzero(thresholds >= p)[-1]],
+            )
+            for p in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+            if (thresholds >= p).any()
+        ],
+    }
 
 
 def _duplicates(train, train_features, reason, splits, size, batch, metrics):
@@ -455,10 +533,31 @@ def _duplicates(train, train_features, reason, splits, size, batch, metrics):
     query = _pixels([split.paths[q] for split, q, _, _ in shown], size, batch)
     originals = _pixels([train.paths[t] for _, _, t, _ in shown], size, batch)
     metrics["leaked_duplicates"] = {
-        "checked": True, "threshold": duplicates.DUPLICATE_THRESHOLD, **counts,
-        "pairs": [{"split": split.name, "path": split.paths[q], "train_path": train.paths[t],
-                   "similarity": round(s, 4)} for split, q, t, s in found]}
-    return {"counts": counts, "threshold": duplicates.DUPLICATE_THRESHOLD,
-            "pairs": [{"split": split.name, "path": split.paths[q], "train_path": train.paths[t],
-                       "similarity": s, "image": _thumbnail(a), "original": _thumbnail(b)}
-                      for (split, q, t, s), a, b in zip(shown, query, originals)]}
+        "checked": True,
+        "threshold": duplicates.DUPLICATE_THRESHOLD,
+        **counts,
+        "pairs": [
+            {
+                "split": split.name,
+                "path": split.paths[q],
+                "train_path": train.paths[t],
+                "similarity": round(s, 4),
+            }
+            for split, q, t, s in found
+        ],
+    }
+    return {
+        "counts": counts,
+        "threshold": duplicates.DUPLICATE_THRESHOLD,
+        "pairs": [
+            {
+                "split": split.name,
+                "path": split.paths[q],
+                "train_path": train.paths[t],
+                "similarity": s,
+                "image": _thumbnail(a),
+                "original": _thumbnail(b),
+            }
+            for (split, q, t, s), a, b in zip(shown, query, originals)
+        ],
+    }

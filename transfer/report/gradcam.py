@@ -30,8 +30,11 @@ def _side(layer):
 
 def cam_group(model):
     """The group whose output Grad-CAM weighs (see MIN_CAM_CELLS)."""
-    found = [(name, layers) for name, layers in groups(find_backbone(model)).items()
-             if name not in ("stem", "head")]
+    found = [
+        (name, layers)
+        for name, layers in groups(find_backbone(model)).items()
+        if name not in ("stem", "head")
+    ]
     for name, layers in reversed(found):
         side = _side(layers[-1])
         if side is None or side >= MIN_CAM_CELLS:
@@ -46,16 +49,19 @@ def cam_model(classifier, group=None):
     if backbone is classifier:
         raise InvalidArgumentError(
             f"Model {classifier.name!r} is a bare backbone; Grad-CAM needs a classifier "
-            f"ending in a '{CLASSIFIER}' layer, such as a run's model.keras.")
+            f"ending in a '{CLASSIFIER}' layer, such as a run's model.keras."
+        )
     found = groups(backbone)
     group = group or cam_group(classifier)
     if group not in found or group == "stem":
         raise InvalidArgumentError(
             f"Unknown group: group={group!r}. Expected one of "
-            f"{', '.join(g for g in found if g not in ('stem', 'head'))}.")
+            f"{', '.join(g for g in found if g not in ('stem', 'head'))}."
+        )
     group_output = found[group][-1].output
-    layers = [layer for layer in classifier.layers
-              if not isinstance(layer, keras.layers.InputLayer)]
+    layers = [
+        layer for layer in classifier.layers if not isinstance(layer, keras.layers.InputLayer)
+    ]
     at = layers.index(backbone)
     # Two halves, so that `heatmaps` records gradients through the layers after the
     # group only: a tape around the whole model would hold every activation of the
@@ -63,7 +69,7 @@ def cam_model(classifier, group=None):
     features_in = x = keras.Input(shape=group_output.shape[1:])
     if group_output is not backbone.output:  # the group is not the backbone's last
         x = keras.Model(group_output, backbone.output, name=f"{group}_to_output")(x)
-    for layer in layers[at + 1:]:
+    for layer in layers[at + 1 :]:
         if layer.name == CLASSIFIER:
             # The same weights without the softmax: Grad-CAM follows the class's score.
             linear = keras.layers.Dense(layer.units, dtype="float32", name="logits")
@@ -124,8 +130,9 @@ def png_bytes(pixels, size=None):
     image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     if size and max(image.size) < size:
         scale = size / max(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)),
-                             Image.NEAREST)
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.NEAREST
+        )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

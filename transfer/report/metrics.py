@@ -18,9 +18,12 @@ def scores_line(metrics, log_loss=True):
     micro and macro F1 and exact match."""
     m = metrics
     if "mean_average_precision" in m:
-        parts = [f"mAP {m['mean_average_precision']:.4f} (chance {m['label_frequency']:.4f})",
-                 f"micro F1 {m['micro_f1']:.4f}", f"macro F1 {m['macro_f1']:.4f}",
-                 f"exact match {m['exact_match']:.4f}"]
+        parts = [
+            f"mAP {m['mean_average_precision']:.4f} (chance {m['label_frequency']:.4f})",
+            f"micro F1 {m['micro_f1']:.4f}",
+            f"macro F1 {m['macro_f1']:.4f}",
+            f"exact match {m['exact_match']:.4f}",
+        ]
         return ", ".join(parts)
     parts = [f"accuracy {m['accuracy']:.4f}"]
     if "top5_accuracy" in m:
@@ -32,7 +35,7 @@ def scores_line(metrics, log_loss=True):
 
 
 def split_title(name, metrics):
-    """"validation (64 images)": a split's name and its number of images."""
+    """ "validation (64 images)": a split's name and its number of images."""
     return f"{name} ({metrics['images']} images)"
 
 
@@ -63,16 +66,19 @@ def compute_metrics(y_true, probabilities, class_names, thresholds=None):
     result = {
         "images": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro",
-                                       zero_division=0)),
-        "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted",
-                                          zero_division=0)),
+        "macro_f1": float(
+            skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
+        "weighted_f1": float(
+            skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
+        ),
         "log_loss": float(skm.log_loss(y_true, probabilities, labels=labels)),
     }
     if len(class_names) >= 5:
         result["top5_accuracy"] = top_k_accuracy(y_true, probabilities, 5)
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     result["per_class"] = {
         name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
@@ -80,8 +86,7 @@ def compute_metrics(y_true, probabilities, class_names, thresholds=None):
     return result
 
 
-def write_reports(out_dir, y_true, probabilities, class_names, paths, prefix="",
-                  thresholds=None):
+def write_reports(out_dir, y_true, probabilities, class_names, paths, prefix="", thresholds=None):
     """classification_report.txt, confusion_matrix.csv/.png and predictions.csv
     (multi-label: see `write_multi_label_reports`). The classification report and the
     figure are `report_step`s: a failure is a warning."""
@@ -91,23 +96,36 @@ def write_reports(out_dir, y_true, probabilities, class_names, paths, prefix="",
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities)
     if y_true.ndim == 2:
-        return write_multi_label_reports(out_dir, y_true, probabilities, class_names, paths,
-                                         prefix, thresholds)
+        return write_multi_label_reports(
+            out_dir, y_true, probabilities, class_names, paths, prefix, thresholds
+        )
     y_pred = probabilities.argmax(axis=1)
     labels = list(range(len(class_names)))
     report_path = out_dir / report_file("classification_report.txt", prefix)
-    report = report_step(report_path.name, _write_classification_report, report_path,
-                         y_true, y_pred, labels, class_names)
+    report = report_step(
+        report_path.name,
+        _write_classification_report,
+        report_path,
+        y_true,
+        y_pred,
+        labels,
+        class_names,
+    )
     matrix = skm.confusion_matrix(y_true, y_pred, labels=labels)
-    write_csv(out_dir / report_file("confusion_matrix.csv", prefix),
-              ["true \\ predicted", *class_names],
-              [[name, *row] for name, row in zip(class_names, matrix.tolist())])
+    write_csv(
+        out_dir / report_file("confusion_matrix.csv", prefix),
+        ["true \\ predicted", *class_names],
+        [[name, *row] for name, row in zip(class_names, matrix.tolist())],
+    )
     figure = out_dir / report_file("confusion_matrix.png", prefix)
     report_step(figure.name, plot_confusion_matrix, matrix, class_names, figure)
     write_csv(
-        out_dir / report_file("predictions.csv", prefix), ["path", "true_label", "predicted_label", "confidence"],
-        [[path, class_names[t], class_names[p], f"{probs[p]:.6f}"]
-         for path, t, p, probs in zip(paths, y_true, y_pred, probabilities)],
+        out_dir / report_file("predictions.csv", prefix),
+        ["path", "true_label", "predicted_label", "confidence"],
+        [
+            [path, class_names[t], class_names[p], f"{probs[p]:.6f}"]
+            for path, t, p, probs in zip(paths, y_true, y_pred, probabilities)
+        ],
     )
     return report
 
@@ -115,8 +133,9 @@ def write_reports(out_dir, y_true, probabilities, class_names, paths, prefix="",
 def _write_classification_report(path, y_true, y_pred, labels, class_names):
     from sklearn import metrics as skm
 
-    report = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
-                                       digits=4, zero_division=0)
+    report = skm.classification_report(
+        y_true, y_pred, labels=labels, target_names=class_names, digits=4, zero_division=0
+    )
     write_text(path, report)
     return report
 
@@ -163,19 +182,22 @@ def multi_label_metrics(y_true, probabilities, class_names, thresholds=None):
 
     y_true = (np.asarray(y_true) > 0.5).astype(np.int64)
     probabilities = np.nan_to_num(np.asarray(probabilities, dtype=np.float64))
-    thresholds = np.asarray(MULTI_LABEL_THRESHOLD if thresholds is None else thresholds,
-                            dtype=np.float64) * np.ones(len(class_names))
+    thresholds = np.asarray(
+        MULTI_LABEL_THRESHOLD if thresholds is None else thresholds, dtype=np.float64
+    ) * np.ones(len(class_names))
     y_pred = predicted_labels(probabilities, thresholds).astype(np.int64)
     present = y_true.sum(axis=0) > 0
     precision_per_label = np.full(len(class_names), np.nan)
     if present.any():
         precision_per_label[present] = skm.average_precision_score(
-            y_true[:, present], probabilities[:, present], average=None)
+            y_true[:, present], probabilities[:, present], average=None
+        )
     average = dict(labels=list(range(len(class_names))), zero_division=0)
     result = {
         "images": int(len(y_true)),
         "task": "multi-label",
-        "mean_average_precision": float(np.nanmean(precision_per_label)) if present.any()
+        "mean_average_precision": float(np.nanmean(precision_per_label))
+        if present.any()
         else float("nan"),
         "micro_f1": float(skm.f1_score(y_true, y_pred, average="micro", **average)),
         "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", **average)),
@@ -184,20 +206,26 @@ def multi_label_metrics(y_true, probabilities, class_names, thresholds=None):
         "log_loss": score(y_true, probabilities)["loss"],
         "label_frequency": float(y_true.mean()),
     }
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, **average)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, **average)
     result["per_class"] = {
-        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n),
-               "average_precision": None if np.isnan(ap) else float(ap),
-               "threshold": float(t)}
-        for name, p, r, f, n, ap, t in zip(class_names, precision, recall, f1, support,
-                                           precision_per_label, thresholds)
+        name: {
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f),
+            "support": int(n),
+            "average_precision": None if np.isnan(ap) else float(ap),
+            "threshold": float(t),
+        }
+        for name, p, r, f, n, ap, t in zip(
+            class_names, precision, recall, f1, support, precision_per_label, thresholds
+        )
     }
     return result
 
 
-def write_multi_label_reports(out_dir, y_true, probabilities, class_names, paths, prefix="",
-                              thresholds=None):
+def write_multi_label_reports(
+    out_dir, y_true, probabilities, class_names, paths, prefix="", thresholds=None
+):
     """classification_report.txt (scikit-learn's, with micro, macro, weighted and
     sample averages, then the mean average precision), confusion_matrix.csv (per label:
     support, true and false positives and negatives, threshold) and predictions.csv
@@ -206,23 +234,55 @@ def write_multi_label_reports(out_dir, y_true, probabilities, class_names, paths
 
     y_true = (np.asarray(y_true) > 0.5).astype(np.int64)
     metrics = multi_label_metrics(y_true, probabilities, class_names, thresholds)
-    y_pred = predicted_labels(probabilities, [metrics["per_class"][name]["threshold"]
-                                              for name in class_names]).astype(np.int64)
-    report = skm.classification_report(y_true, y_pred, labels=list(range(len(class_names))),
-                                       target_names=class_names, digits=4, zero_division=0)
+    y_pred = predicted_labels(
+        probabilities, [metrics["per_class"][name]["threshold"] for name in class_names]
+    ).astype(np.int64)
+    report = skm.classification_report(
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=class_names,
+        digits=4,
+        zero_division=0,
+    )
     report += f"\nmean average precision: {metrics['mean_average_precision']:.4f}\n"
     write_text(out_dir / report_file("classification_report.txt", prefix), report)
     matrices = skm.multilabel_confusion_matrix(y_true, y_pred)
-    write_csv(out_dir / report_file("confusion_matrix.csv", prefix),
-              ["label", "support", "true_positives", "false_positives", "false_negatives",
-               "true_negatives", "threshold"],
-              [[name, int(m[1].sum()), int(m[1, 1]), int(m[0, 1]), int(m[1, 0]), int(m[0, 0]),
-                f"{metrics['per_class'][name]['threshold']:.6f}"]
-               for name, m in zip(class_names, matrices)])
-    write_csv(out_dir / report_file("predictions.csv", prefix),
-              ["path", "true_labels", "predicted_labels", *class_names],
-              [[path, ";".join(n for n, t in zip(class_names, truth) if t),
+    write_csv(
+        out_dir / report_file("confusion_matrix.csv", prefix),
+        [
+            "label",
+            "support",
+            "true_positives",
+            "false_positives",
+            "false_negatives",
+            "true_negatives",
+            "threshold",
+        ],
+        [
+            [
+                name,
+                int(m[1].sum()),
+                int(m[1, 1]),
+                int(m[0, 1]),
+                int(m[1, 0]),
+                int(m[0, 0]),
+                f"{metrics['per_class'][name]['threshold']:.6f}",
+            ]
+            for name, m in zip(class_names, matrices)
+        ],
+    )
+    write_csv(
+        out_dir / report_file("predictions.csv", prefix),
+        ["path", "true_labels", "predicted_labels", *class_names],
+        [
+            [
+                path,
+                ";".join(n for n, t in zip(class_names, truth) if t),
                 ";".join(n for n, p in zip(class_names, predicted) if p),
-                *(f"{p:.6f}" for p in probs)]
-               for path, truth, predicted, probs in zip(paths, y_true, y_pred, probabilities)])
+                *(f"{p:.6f}" for p in probs),
+            ]
+            for path, truth, predicted, probs in zip(paths, y_true, y_pred, probabilities)
+        ],
+    )
     return report

@@ -25,8 +25,12 @@ def report_step(what, step, *args, **kwargs):
     try:
         return step(*args, **kwargs)
     except Exception as exc:  # the model and metrics do not depend on it
-        logger.warning("%s could not be written (%s: %s); the rest of the run is kept.", what,
-                       type(exc).__name__, first_line(exc))
+        logger.warning(
+            "%s could not be written (%s: %s); the rest of the run is kept.",
+            what,
+            type(exc).__name__,
+            first_line(exc),
+        )
         return None
 
 
@@ -96,15 +100,22 @@ def plot_confusion_matrix(matrix, class_names, path):
     if n <= MAX_CELL_LABELS:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if normalised[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if normalised[i, j] > 0.5 else "black",
+                )
     ax.set_title(f"Confusion matrix ({int(matrix.sum())} images, {n} classes)")
     _save(fig, path)
 
 
 def _shorten(name):
     name = str(name)
-    return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS - 1] + "…"
+    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
 
 
 KEPT_PHASE_ONE = "kept: phase 1 (phase 2 did not beat it)"
@@ -129,25 +140,41 @@ def plot_training_curves(history_rows, path, kept=None):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = [row.get(prefix + key) for row in history_rows]
             if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else float(v) for v in values], style,
-                        marker="o", markersize=3, label="validation" if prefix else "training")
+                ax.plot(
+                    epochs,
+                    [np.nan if v is None else float(v) for v in values],
+                    style,
+                    marker="o",
+                    markersize=3,
+                    label="validation" if prefix else "training",
+                )
         ax.set_xlim(0.5, len(history_rows) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         if key == "loss" and boundaries:
             _clip_spikes(ax, boundaries[0])
-        along_line = offset_copy(blended_transform_factory(ax.transData, ax.transAxes), fig=fig,
-                                 x=2, units="points")
+        along_line = offset_copy(
+            blended_transform_factory(ax.transData, ax.transAxes), fig=fig, x=2, units="points"
+        )
         for i in boundaries:
             ax.axvline(i + 0.5, color="gray", linestyle=":", linewidth=1)
-            ax.text(i + 0.5, 0.98, "fine-tune", transform=along_line, rotation=90, ha="left",
-                    va="top", fontsize=8, color="gray", clip_on=True)
+            ax.text(
+                i + 0.5,
+                0.98,
+                "fine-tune",
+                transform=along_line,
+                rotation=90,
+                ha="left",
+                va="top",
+                fontsize=8,
+                color="gray",
+                clip_on=True,
+            )
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside upper center", ncol=len(handles),
-                   frameon=False)
+        fig.legend(handles, labels, loc="outside upper center", ncol=len(handles), frameon=False)
     if kept == "head" and boundaries:
         fig.supxlabel(KEPT_PHASE_ONE, fontsize=9, color="firebrick")
     _save(fig, path)
@@ -169,8 +196,14 @@ def _clip_spikes(ax, phase_two_start):
     for line in list(ax.get_lines()):
         x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata(), dtype=float)
         over = np.nan_to_num(y, nan=-np.inf) > top
-        ax.plot(x[over], np.full(over.sum(), top), "^", color=line.get_color(), markersize=6,
-                clip_on=False)
+        ax.plot(
+            x[over],
+            np.full(over.sum(), top),
+            "^",
+            color=line.get_color(),
+            markersize=6,
+            clip_on=False,
+        )
     ax.set_title(f"loss (cut at {top:.3g}; highest {highest:.3g})")
 
 
@@ -179,8 +212,9 @@ def plot_image_grid(images, path, columns=8, title=None):
     """A grid of images (0-255 pixels), e.g. augmented training images."""
     images = np.clip(np.asarray(images), 0, 255).astype("uint8")
     rows = int(np.ceil(len(images) / columns))
-    fig, axes = _pyplot().subplots(rows, columns, figsize=(1.4 * columns, 1.4 * rows + 0.4),
-                                   squeeze=False)
+    fig, axes = _pyplot().subplots(
+        rows, columns, figsize=(1.4 * columns, 1.4 * rows + 0.4), squeeze=False
+    )
     for ax, image in zip(axes.flat, images):
         ax.imshow(image)
     for ax in axes.flat:
@@ -197,8 +231,14 @@ def plot_lr_find(learning_rates, losses, suggested, path):
     ax.plot(learning_rates, losses)
     ax.set_xscale("log")
     ax.axvline(suggested, color="firebrick", linestyle="--", linewidth=1)
-    ax.text(suggested, ax.get_ylim()[1], f" suggested {suggested:.2g}", va="top", fontsize=8,
-            color="firebrick")
+    ax.text(
+        suggested,
+        ax.get_ylim()[1],
+        f" suggested {suggested:.2g}",
+        va="top",
+        fontsize=8,
+        color="firebrick",
+    )
     finite = [loss for loss in losses if np.isfinite(loss)]
     if finite:  # the run-away end would hide the valley
         ax.set_ylim(min(finite) * 0.95, min(max(finite), 4 * min(finite)) * 1.05)
@@ -221,16 +261,27 @@ def plot_reliability(bins, ece, ece_before=None):
     """Reliability diagram: accuracy against confidence per bin, with the diagonal of a
     calibrated model and the share of images per bin below. PNG bytes."""
     fig, (ax, count_ax) = _pyplot().subplots(
-        2, 1, figsize=(4.6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        2, 1, figsize=(4.6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     lower = np.array([b[0] for b in bins])
     width = bins[0][1] - bins[0][0]
     accuracy = np.array([b[3] for b in bins], dtype=float)
     counts = np.array([b[4] for b in bins])
-    ax.bar(lower, np.nan_to_num(accuracy), width=width, align="edge", edgecolor="navy",
-           color="cornflowerblue", label="accuracy")
+    ax.bar(
+        lower,
+        np.nan_to_num(accuracy),
+        width=width,
+        align="edge",
+        edgecolor="navy",
+        color="cornflowerblue",
+        label="accuracy",
+    )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
-    title = f"ECE {ece:.3f}" if ece_before is None else \
-        f"ECE {ece:.3f} (before temperature scaling {ece_before:.3f})"
+    title = (
+        f"ECE {ece:.3f}"
+        if ece_before is None
+        else f"ECE {ece:.3f} (before temperature scaling {ece_before:.3f})"
+    )
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -267,8 +318,22 @@ def plot_coverage(coverage, accuracy, thresholds):
 
 # Where a point's label may go, in points from it (right of, left of or centred on it;
 # below, above or beside it), in the order tried.
-LABEL_OFFSETS = ((6, -10), (-6, -10), (0, -14), (6, 10), (-6, 10), (0, 14), (8, -22),
-                 (-8, -22), (0, -26), (8, 22), (-8, 22), (0, 26), (14, 0), (-14, 0))
+LABEL_OFFSETS = (
+    (6, -10),
+    (-6, -10),
+    (0, -14),
+    (6, 10),
+    (-6, 10),
+    (0, 14),
+    (8, -22),
+    (-8, -22),
+    (0, -26),
+    (8, 22),
+    (-8, 22),
+    (0, 26),
+    (14, 0),
+    (-14, 0),
+)
 
 
 def _label_clear_of(ax, curve, marked):
@@ -279,14 +344,24 @@ def _label_clear_of(ax, curve, marked):
     inside, placed = ax.get_window_extent(renderer), []
     for xy, text in marked:
         for dx, dy in LABEL_OFFSETS:
-            label = ax.annotate(text, xy, fontsize=8, textcoords="offset points",
-                                xytext=(dx, dy), va="center",
-                                ha="left" if dx > 0 else "right" if dx < 0 else "center")
+            label = ax.annotate(
+                text,
+                xy,
+                fontsize=8,
+                textcoords="offset points",
+                xytext=(dx, dy),
+                va="center",
+                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            )
             box = label.get_window_extent(renderer).padded(2)
-            if (inside.containsx(box.x0) and inside.containsx(box.x1)
-                    and inside.containsy(box.y0) and inside.containsy(box.y1)
-                    and not box.count_contains(shown)
-                    and not any(box.overlaps(other) for other in placed)):
+            if (
+                inside.containsx(box.x0)
+                and inside.containsx(box.x1)
+                and inside.containsy(box.y0)
+                and inside.containsy(box.y1)
+                and not box.count_contains(shown)
+                and not any(box.overlaps(other) for other in placed)
+            ):
                 break
             if (dx, dy) != LABEL_OFFSETS[-1]:
                 label.remove()
@@ -300,8 +375,9 @@ def _densified(points, step=1.0):
         return points
     gaps = np.diff(points, axis=0)
     counts = np.maximum(1, np.ceil(np.hypot(*gaps.T) / step).astype(int))
-    parts = [start + np.arange(n)[:, None] / n * gap
-             for start, gap, n in zip(points[:-1], gaps, counts)]
+    parts = [
+        start + np.arange(n)[:, None] / n * gap for start, gap, n in zip(points[:-1], gaps, counts)
+    ]
     return np.concatenate([*parts, points[-1:]])
 
 
@@ -309,8 +385,9 @@ def _densified(points, step=1.0):
 def plot_explanation(image, overlays, labels, path, group):
     """An image, then its Grad-CAM overlay for each of its top classes, titled with
     the class and its probability."""
-    fig, axes = _pyplot().subplots(1, 1 + len(overlays), figsize=(2.4 * (1 + len(overlays)), 2.8),
-                                   squeeze=False)
+    fig, axes = _pyplot().subplots(
+        1, 1 + len(overlays), figsize=(2.4 * (1 + len(overlays)), 2.8), squeeze=False
+    )
     axes[0, 0].imshow(np.clip(image, 0, 255).astype("uint8"))
     axes[0, 0].set_title("image", fontsize=9)
     for ax, overlay, (label, probability) in zip(axes[0, 1:], overlays, labels):

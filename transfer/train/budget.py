@@ -48,11 +48,15 @@ def parse_duration(value):
         text = str(value).strip().lower().replace(" ", "")
         parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text)
         # A bare number alone is seconds; after a unit ("1h30") it is ambiguous.
-        if not text or "".join(n + u for n, u in parts) != text or \
-                (len(parts) > 1 and any(not u for _, u in parts)):
+        if (
+            not text
+            or "".join(n + u for n, u in parts) != text
+            or (len(parts) > 1 and any(not u for _, u in parts))
+        ):
             raise InvalidArgumentError(
                 f"time_limit={value!r} is not a duration. Expected seconds or a number with "
-                "a unit: 90s, 10m, 2h, 1h30m.")
+                "a unit: 90s, 10m, 2h, 1h30m."
+            )
         seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
     if not math.isfinite(seconds) or seconds <= 0:
         raise InvalidArgumentError(f"time_limit={value!r} must be a duration above 0.")
@@ -112,8 +116,10 @@ class TimePlan:
         fit in the limit; record the estimate."""
         needed = images_to_embed * self.seconds_per_image
         reserve = self.end_of_run_seconds(end_images)
-        self.record.update(phase_one_estimate_seconds=round(needed, 1),
-                           end_of_run_reserve_seconds=round(reserve, 1))
+        self.record.update(
+            phase_one_estimate_seconds=round(needed, 1),
+            end_of_run_reserve_seconds=round(reserve, 1),
+        )
         if self.elapsed() + needed + reserve > self.limit:
             raise RunFailedError(
                 f"time_limit={describe_seconds(self.limit)} is too short: phase 1 needs about "
@@ -121,10 +127,14 @@ class TimePlan:
                 f"{1 / self.seconds_per_image:.0f} images/s) and the end of the run about "
                 f"{describe_seconds(reserve)}, after {describe_seconds(self.elapsed())} spent. "
                 f"Raise time_limit to {describe_seconds(self.elapsed() + needed + reserve)} or "
-                "more, or lower image_size.")
-        logger.info("Time limit %s: phase 1 needs about %s; %s kept for the end of the run.",
-                    describe_seconds(self.limit), describe_seconds(needed),
-                    describe_seconds(reserve))
+                "more, or lower image_size."
+            )
+        logger.info(
+            "Time limit %s: phase 1 needs about %s; %s kept for the end of the run.",
+            describe_seconds(self.limit),
+            describe_seconds(needed),
+            describe_seconds(reserve),
+        )
 
     def phase_two_epochs(self, end_images, train_images, most):
         """Phase 2's epochs that fit before the reserved end, from an estimate of an
@@ -134,9 +144,11 @@ class TimePlan:
         available = self.left() - reserve
         fits = int(available // epoch) if epoch > 0 else most
         planned = max(0, min(most, fits))
-        self.record.update(end_of_run_reserve_seconds=round(reserve, 1),
-                           fine_tune_epoch_estimate_seconds=round(epoch, 1),
-                           fine_tune_epochs_planned=planned)
+        self.record.update(
+            end_of_run_reserve_seconds=round(reserve, 1),
+            fine_tune_epoch_estimate_seconds=round(epoch, 1),
+            fine_tune_epochs_planned=planned,
+        )
         return planned, reserve
 
 
@@ -161,8 +173,7 @@ def _planned_cosine_class():
             self.steps_per_epoch = max(1, int(steps_per_epoch))
             self.warmup_fraction = warmup_fraction
             self.epochs = epochs
-            self.total_steps = tf.Variable(self._total(epochs), trainable=False,
-                                           dtype="float32")
+            self.total_steps = tf.Variable(self._total(epochs), trainable=False, dtype="float32")
             self.warmup = tf.Variable(self._warmup(epochs), trainable=False, dtype="float32")
 
         def _total(self, epochs):
@@ -181,13 +192,18 @@ def _planned_cosine_class():
             step = tf.cast(step, "float32")
             warm = self.learning_rate * step / self.warmup
             progress = tf.clip_by_value(
-                (step - self.warmup) / tf.maximum(1.0, self.total_steps - self.warmup), 0.0, 1.0)
+                (step - self.warmup) / tf.maximum(1.0, self.total_steps - self.warmup), 0.0, 1.0
+            )
             cosine = 0.5 * self.learning_rate * (1.0 + tf.cos(np.pi * progress))
             return tf.where(step < self.warmup, warm, cosine)
 
         def get_config(self):
-            return {"learning_rate": self.learning_rate, "steps_per_epoch": self.steps_per_epoch,
-                    "epochs": self.epochs, "warmup_fraction": self.warmup_fraction}
+            return {
+                "learning_rate": self.learning_rate,
+                "steps_per_epoch": self.steps_per_epoch,
+                "epochs": self.epochs,
+                "warmup_fraction": self.warmup_fraction,
+            }
 
     _CLASSES["planned_cosine"] = PlannedCosine
     return PlannedCosine
@@ -226,15 +242,22 @@ def deadline_callback(plan, reserve, planned_epochs, most, schedule=None, record
                 schedule.set_epochs(horizon)
         record.update(fine_tune_epochs_planned=horizon, fine_tune_epoch_seconds=round(per_epoch, 1))
         left = max(0.0, plan.left())
-        logger.info("Phase 2: epoch %d of %d; %s left of the time limit (ETA of the run %s).",
-                    done, horizon, describe_seconds(left),
-                    plan.eta(per_epoch * (horizon - done) + reserve))
+        logger.info(
+            "Phase 2: epoch %d of %d; %s left of the time limit (ETA of the run %s).",
+            done,
+            horizon,
+            describe_seconds(left),
+            plan.eta(per_epoch * (horizon - done) + reserve),
+        )
         if done >= horizon:
             stop(callback.model, "the time limit" if horizon < most else "its last epoch")
 
     callback = keras.callbacks.LambdaCallback(
-        on_train_begin=on_train_begin, on_epoch_begin=on_epoch_begin,
-        on_train_batch_end=on_train_batch_end, on_epoch_end=on_epoch_end)
+        on_train_begin=on_train_begin,
+        on_epoch_begin=on_epoch_begin,
+        on_train_batch_end=on_train_batch_end,
+        on_epoch_end=on_epoch_end,
+    )
     callback.state = state
     return callback
 
@@ -248,7 +271,7 @@ def cannot_win(head_accuracy, val_accuracies, epochs_left, val_images, margin):
     best_gain = max(max(b - a for a, b in zip(correct, correct[1:])), 1.0)
     # The guard keeps phase 2 for d more images right than phase 1 when d > margin *
     # sqrt(images that changed) >= margin * sqrt(d): d > margin squared at the least.
-    needed = correct[0] + max(1.0, margin ** 2)
+    needed = correct[0] + max(1.0, margin**2)
     reachable = min(val_images, correct[-1] + FUTILITY_OPTIMISM * best_gain * epochs_left)
     return reachable < needed
 
@@ -268,10 +291,16 @@ def futility_callback(head_accuracy, val_images, epochs, margin, record):
             callback.model.stop_training = True
             record["stopped"] = (
                 f"phase 2 could not beat phase 1 in its {left} epochs left (validation "
-                f"accuracy {accuracies[-1]:.4f} against {head_accuracy:.4f})")
-            logger.info("Phase 2 stops after epoch %d: it could not beat phase 1 in the %d "
-                        "epochs left (validation accuracy %.4f against phase 1's %.4f).",
-                        epoch + 1, left, accuracies[-1], head_accuracy)
+                f"accuracy {accuracies[-1]:.4f} against {head_accuracy:.4f})"
+            )
+            logger.info(
+                "Phase 2 stops after epoch %d: it could not beat phase 1 in the %d "
+                "epochs left (validation accuracy %.4f against phase 1's %.4f).",
+                epoch + 1,
+                left,
+                accuracies[-1],
+                head_accuracy,
+            )
 
     callback = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
     return callback

@@ -41,17 +41,25 @@ def epoch_log(phase, rows, path):
         clock["steps"] += time.perf_counter() - clock["batch"]
 
     def on_epoch_end(epoch, logs=None):
-        rows.append({"phase": phase, "epoch": epoch + 1,
-                     **{k: float(v) for k, v in (logs or {}).items()},
-                     ELAPSED: seconds_since_start(),
-                     EPOCH_SECONDS: round(time.perf_counter() - clock["epoch"], 3),
-                     STEP_SECONDS: round(clock["steps"], 3)})
+        rows.append(
+            {
+                "phase": phase,
+                "epoch": epoch + 1,
+                **{k: float(v) for k, v in (logs or {}).items()},
+                ELAPSED: seconds_since_start(),
+                EPOCH_SECONDS: round(time.perf_counter() - clock["epoch"], 3),
+                STEP_SECONDS: round(clock["steps"], 3),
+            }
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, rows)
 
     return keras.callbacks.LambdaCallback(
-        on_epoch_begin=on_epoch_begin, on_train_batch_begin=on_train_batch_begin,
-        on_train_batch_end=on_train_batch_end, on_epoch_end=on_epoch_end)
+        on_epoch_begin=on_epoch_begin,
+        on_train_batch_begin=on_train_batch_begin,
+        on_train_batch_end=on_train_batch_end,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 def cached_validation(suffix, inputs, labels, batch_size):
@@ -59,8 +67,11 @@ def cached_validation(suffix, inputs, labels, batch_size):
     groups' outputs for the validation images (`inputs`, computed once) through the
     groups being trained (`suffix`, which shares the model's layers)."""
     dtype = suffix.input.dtype
-    batches = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size).map(
-        lambda x: tf.cast(x, dtype))
+    batches = (
+        tf.data.Dataset.from_tensor_slices(inputs)
+        .batch(batch_size)
+        .map(lambda x: tf.cast(x, dtype))
+    )
     return validation_callback(suffix, batches, labels)
 
 
@@ -92,8 +103,11 @@ def precise_batchnorm(model, batches):
     validated at chance while it trained to 0.7 (MobileNetV3Small, 3 epochs at 32 px).
     A forward pass in training mode traced with momentum 0 sets each moving statistic
     to the batch's; their mean over the batches is what the layers keep."""
-    layers = [layer for layer in _leaves(model)
-              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    layers = [
+        layer
+        for layer in _leaves(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
     statistics = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
     traced = []
 
@@ -137,14 +151,20 @@ def stop_on_nan(phase, model, falls_back=False):
         if loss is None or np.isfinite(float(loss)):
             return
         if falls_back:
-            logger.warning("Training diverged in phase %s: the loss became %s at batch %d; "
-                           "the phase stops here.", phase, float(loss), batch + 1)
+            logger.warning(
+                "Training diverged in phase %s: the loss became %s at batch %d; "
+                "the phase stops here.",
+                phase,
+                float(loss),
+                batch + 1,
+            )
             model.stop_training = True
             return
         raise RunFailedError(
             f"Training diverged in phase {phase}: the loss became {float(loss)} at batch "
             f"{batch + 1}. Lower the learning rate (head_learning_rate, "
-            "fine_tune_learning_rate) or check the images.")
+            "fine_tune_learning_rate) or check the images."
+        )
 
     return keras.callbacks.LambdaCallback(on_train_batch_end=on_train_batch_end)
 
@@ -210,7 +230,8 @@ def early_stopping(model, patience, path=None):
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             state["weights"] = write_npz(
-                path, {f"variable_{i}": v for i, v in enumerate(variables)}, compress=False)
+                path, {f"variable_{i}": v for i, v in enumerate(variables)}, compress=False
+            )
         state["epoch"] = epoch
 
     def restore():
@@ -245,12 +266,14 @@ def early_stopping(model, patience, path=None):
         if state.get("stopped") is not None:
             logger.info("Epoch %d: early stopping", state["stopped"] + 1)
         if state.get("weights") is not None:
-            logger.info("Restoring model weights from the end of the best epoch: %d.",
-                        state["epoch"] + 1)
+            logger.info(
+                "Restoring model weights from the end of the best epoch: %d.", state["epoch"] + 1
+            )
             restore()
 
-    return keras.callbacks.LambdaCallback(on_train_begin=on_train_begin,
-                                          on_epoch_end=on_epoch_end, on_train_end=on_train_end)
+    return keras.callbacks.LambdaCallback(
+        on_train_begin=on_train_begin, on_epoch_end=on_epoch_end, on_train_end=on_train_end
+    )
 
 
 def resume_backup(model, directory, interval):
@@ -306,15 +329,17 @@ def restore_backup(model, directory):
     try:
         with np.load(Path(directory) / BACKUP_FILE) as stored:
             arrays = dict(stored)
-        targets = [(f"model_{i}", v) for i, v in enumerate(variables)] + \
-                  [(f"optimizer_{i}", v) for i, v in enumerate(optimizer.variables)]
+        targets = [(f"model_{i}", v) for i, v in enumerate(variables)] + [
+            (f"optimizer_{i}", v) for i, v in enumerate(optimizer.variables)
+        ]
         if len(arrays) != len(targets) or any(
-                name not in arrays or tuple(arrays[name].shape) != tuple(v.shape)
-                for name, v in targets):
+            name not in arrays or tuple(arrays[name].shape) != tuple(v.shape) for name, v in targets
+        ):
             raise ValueError("its variables do not match the model's")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        logger.warning("The backup in %s cannot be used (%s): the phase starts again.",
-                       directory, error)
+        logger.warning(
+            "The backup in %s cannot be used (%s): the phase starts again.", directory, error
+        )
         return False
     for name, variable in targets:
         variable.assign(arrays[name])

@@ -37,7 +37,8 @@ def make_strategy(name="auto"):
             raise InvalidArgumentError(
                 "strategy='multiworker' needs TF_CONFIG describing the cluster, e.g. "
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}}.')
+                '"task": {"type": "worker", "index": 0}}.'
+            )
         # Created before any other TensorFlow work, as MultiWorkerMirroredStrategy needs.
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
@@ -88,7 +89,8 @@ def keras_multi_worker_fit(model, strategy, dataset):
     def reduce_per_replica(values, distribution, reduction):
         if reduction in ("auto", "mean") and is_multi_worker(distribution):
             return keras.tree.map_structure(
-                lambda v: distribution.reduce("MEAN", v, axis=None), values)
+                lambda v: distribution.reduce("MEAN", v, axis=None), values
+            )
         return original_reduce(values, distribution, reduction)
 
     def build_from_local_batch(iterator=None, data_batch=None):

@@ -33,7 +33,9 @@ CACHE_DIR_ENV = "TRANSFER_CACHE_DIR"
 def default_cache_dir():
     base = os.environ.get(CACHE_DIR_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")),
-        "transfer", "features")
+        "transfer",
+        "features",
+    )
     return Path(base)
 
 
@@ -49,8 +51,11 @@ def weights_identity(weights, seed):
 def cache_key(identity, architecture_name, image_size, pooling, paths):
     """A hash of everything the features depend on."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([identity, architecture_name, [int(s) for s in np.atleast_1d(image_size)],
-                              pooling]).encode())
+    digest.update(
+        json.dumps(
+            [identity, architecture_name, [int(s) for s in np.atleast_1d(image_size)], pooling]
+        ).encode()
+    )
     for path in paths:
         try:
             stat = os.stat(path)
@@ -60,8 +65,9 @@ def cache_key(identity, architecture_name, image_size, pooling, paths):
     return digest.hexdigest()[:32]
 
 
-def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
-                     memory_fraction=0.25, verbose=1):
+def compute_features(
+    extractor, batches, count, dim, cache_dir=None, key=None, memory_fraction=0.25, verbose=1
+):
     """Run `extractor` over `batches` once; reuse a cached copy when the key matches.
 
     Returns a float32 array of shape (count, dim), possibly memory-mapped.
@@ -75,8 +81,9 @@ def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
             return features
     size = count * dim * 4
     if size <= memory_fraction * available_memory_bytes():
-        features = run_inference(extractor, batches, verbose=verbose,
-                                 description="Features").astype(np.float32)
+        features = run_inference(
+            extractor, batches, verbose=verbose, description="Features"
+        ).astype(np.float32)
         if cached is not None:
             _save(cached, features)
         return features
@@ -88,7 +95,7 @@ def compute_features(extractor, batches, count, dim, cache_dir=None, key=None,
         start = 0
         for batch in batches:
             out = predict_batch(extractor, batch)
-            mapped[start:start + len(out)] = out
+            mapped[start : start + len(out)] = out
             start += len(out)
         mapped.flush()
         del mapped
@@ -103,12 +110,16 @@ def _load_cached(path, count, dim):
     try:
         features = np.load(path, mmap_mode="r")
         if features.shape != (count, dim) or features.dtype != np.float32:
-            raise ValueError(f"holds {features.dtype} {features.shape}, expected float32 "
-                             f"{(count, dim)}")
+            raise ValueError(
+                f"holds {features.dtype} {features.shape}, expected float32 {(count, dim)}"
+            )
         return features
     except (OSError, ValueError, EOFError) as exc:
-        logger.warning("Discarding the damaged feature cache %s (%s); computing the features "
-                       "again.", path, first_line(exc))
+        logger.warning(
+            "Discarding the damaged feature cache %s (%s); computing the features again.",
+            path,
+            first_line(exc),
+        )
         with contextlib.suppress(OSError):
             path.unlink()
         return None

@@ -23,8 +23,13 @@ def run_extractor(run):
 def split_cache_key(split, options, architecture_name):
     """The feature cache's key of a split's pooled features at the run's start."""
     # The key holds the seed for random initialisation: same seed, same backbone.
-    return cache_key(weights_identity(options.weights, options.seed), architecture_name,
-                     options.image_size, options.pooling, split.paths)
+    return cache_key(
+        weights_identity(options.weights, options.seed),
+        architecture_name,
+        options.image_size,
+        options.pooling,
+        split.paths,
+    )
 
 
 def is_cached(key, options):
@@ -34,9 +39,14 @@ def is_cached(key, options):
 def cached_features(extractor, split, options, architecture_name):
     """The pooled features of `split`, from the cache when they are there."""
     key = split_cache_key(split, options, architecture_name)
-    return compute_features(extractor, images_only(split, options.image_size, options.batch_size),
-                            len(split), extractor.output.shape[-1],
-                            cache_dir=options.cache_dir or default_cache_dir(), key=key)
+    return compute_features(
+        extractor,
+        images_only(split, options.image_size, options.batch_size),
+        len(split),
+        extractor.output.shape[-1],
+        cache_dir=options.cache_dir or default_cache_dir(),
+        key=key,
+    )
 
 
 def split_features(run, split_names, backbone_as_cached, known=None):
@@ -59,6 +69,9 @@ def split_features(run, split_names, backbone_as_cached, known=None):
             found[split_name] = cached_features(extractor, split, options, name)
         else:
             found[split_name] = compute_features(
-                extractor, images_only(split, options.image_size, options.batch_size),
-                len(split), extractor.output.shape[-1])
+                extractor,
+                images_only(split, options.image_size, options.batch_size),
+                len(split),
+                extractor.output.shape[-1],
+            )
     return found

@@ -27,9 +27,15 @@ PREFIX_CACHE_BYTES = 2 * 2**30
 
 
 def fine_tune_schedule(options, augment, planned_epochs=None):
-    return Schedule(options.fine_tune_epochs, options.fine_tune_learning_rate, augment=augment,
-                    cosine=options.lr_schedule == "cosine", layer_decay=options.layer_decay,
-                    ema=options.ema, planned_epochs=planned_epochs)
+    return Schedule(
+        options.fine_tune_epochs,
+        options.fine_tune_learning_rate,
+        augment=augment,
+        cosine=options.lr_schedule == "cosine",
+        layer_decay=options.layer_decay,
+        ema=options.ema,
+        planned_epochs=planned_epochs,
+    )
 
 
 def fine_tune_on_images(run, phase, planned_epochs=None):
@@ -46,24 +52,40 @@ def fine_tune_on_images(run, phase, planned_epochs=None):
     recalibrate = None
     if options.train_bn and run.strategy.num_replicas_in_sync == 1:
         if train_on_prefix:
-            recalibrate = precise_batchnorm(cached.suffix, cached.train_batches(
-                train.sample_indices(PRECISE_BN_IMAGES, options.seed)))
+            recalibrate = precise_batchnorm(
+                cached.suffix,
+                cached.train_batches(train.sample_indices(PRECISE_BN_IMAGES, options.seed)),
+            )
         else:
-            recalibrate = precise_batchnorm(model, images_only(
-                train.sample(PRECISE_BN_IMAGES, options.seed), options.image_size,
-                options.batch_size))
+            recalibrate = precise_batchnorm(
+                model,
+                images_only(
+                    train.sample(PRECISE_BN_IMAGES, options.seed),
+                    options.image_size,
+                    options.batch_size,
+                ),
+            )
     # Keras' validation would come before the recalibration, and it cannot run images
     # through a model that trains on the prefix's outputs.
     if validation is None and len(val) and (recalibrate is not None or train_on_prefix):
         validation = validation_callback(
-            model, images_only(val, options.image_size, options.batch_size), val.labels)
+            model, images_only(val, options.image_size, options.batch_size), val.labels
+        )
     if train_on_prefix:
         schedule = fine_tune_schedule(options, cached.train_inputs(options.seed), planned_epochs)
-        return phase.fit(model, labelled(np.arange(len(train)), train.labels, dataset.num_classes),
-                         len(train), None, schedule, validation=validation,
-                         recalibrate=recalibrate, fitted=cached.suffix)
+        return phase.fit(
+            model,
+            labelled(np.arange(len(train)), train.labels, dataset.num_classes),
+            len(train),
+            None,
+            schedule,
+            validation=validation,
+            recalibrate=recalibrate,
+            fitted=cached.suffix,
+        )
     schedule = fine_tune_schedule(
-        options, augmentation(options.seed, options.augment, options.flip), planned_epochs)
+        options, augmentation(options.seed, options.augment, options.flip), planned_epochs
+    )
     return phase.fit_on_images(model, schedule, validation=validation, recalibrate=recalibrate)
 
 
@@ -93,24 +115,36 @@ class FrozenPrefix:
         budget = PREFIX_CACHE_BYTES
         cache = cls(prefix, suffix, options)
         if len(val) * per_image > budget:
-            logger.info("Validation runs through the whole model: the frozen groups' outputs "
-                        "would take %.1f GB.", len(val) * per_image / 2**30)
+            logger.info(
+                "Validation runs through the whole model: the frozen groups' outputs "
+                "would take %.1f GB.",
+                len(val) * per_image / 2**30,
+            )
         elif len(val):
             cache.val_outputs, cache.val_labels = cache._outputs(val), val.labels
             budget -= len(val) * per_image
         orientations = cacheable_orientations(options.augment, options.flip)
         size = orientations * len(train) * per_image
         if orientations and len(train) and size <= budget:
-            logger.info("Phase 2: the frozen groups' outputs for the training images are "
-                        "computed once (%d image%s, %.0f MB); each step runs from %s on.",
-                        len(train), "s and their mirror images" if orientations == 2 else "s",
-                        size / 2**20, options.fine_tune_from)
-            cache.train = tf.convert_to_tensor(np.concatenate(
-                [cache._outputs(train, mirrored=bool(o)) for o in range(orientations)]))
+            logger.info(
+                "Phase 2: the frozen groups' outputs for the training images are "
+                "computed once (%d image%s, %.0f MB); each step runs from %s on.",
+                len(train),
+                "s and their mirror images" if orientations == 2 else "s",
+                size / 2**20,
+                options.fine_tune_from,
+            )
+            cache.train = tf.convert_to_tensor(
+                np.concatenate(
+                    [cache._outputs(train, mirrored=bool(o)) for o in range(orientations)]
+                )
+            )
             cache.orientations = orientations
         elif orientations and len(train):
-            logger.info("Phase 2 trains on images: the frozen groups' outputs would take "
-                        "%.1f GB.", size / 2**30)
+            logger.info(
+                "Phase 2 trains on images: the frozen groups' outputs would take %.1f GB.",
+                size / 2**30,
+            )
         return cache
 
     def _outputs(self, split, mirrored=False):
@@ -128,8 +162,9 @@ class FrozenPrefix:
         model) where the validation outputs did not fit."""
         if self.val_outputs is None:
             return None
-        return cached_validation(self.suffix, self.val_outputs, self.val_labels,
-                                 self.options.batch_size)
+        return cached_validation(
+            self.suffix, self.val_outputs, self.val_labels, self.options.batch_size
+        )
 
     def _gather(self, positions):
         return tf.cast(tf.gather(self.train, positions), self.suffix.input.dtype)
@@ -137,8 +172,11 @@ class FrozenPrefix:
     def train_batches(self, positions):
         """Batches of the cached outputs of the training images at `positions`, as
         they are."""
-        return tf.data.Dataset.from_tensor_slices(positions).batch(
-            self.options.batch_size).map(self._gather)
+        return (
+            tf.data.Dataset.from_tensor_slices(positions)
+            .batch(self.options.batch_size)
+            .map(self._gather)
+        )
 
     def train_inputs(self, seed):
         """`epoch_batches`' augment for training on the cache: a batch of image

@@ -57,8 +57,12 @@ def train_head_on_cached_features(run, phase):
     model, dataset, options = run.model, run.dataset, run.options
     extractor, name = run_extractor(run)
     train, val = dataset.splits["train"], dataset.splits["val"]
-    logger.info("Phase 1: computing the frozen backbone's features once "
-                "(train %d, validation %d images)...", len(train), len(val))
+    logger.info(
+        "Phase 1: computing the frozen backbone's features once "
+        "(train %d, validation %d images)...",
+        len(train),
+        len(val),
+    )
     train_x = cached_features(extractor, train, options, name)
     val_x = cached_features(extractor, val, options, name)
     standardized = standardize_head(model, train_x)
@@ -66,14 +70,19 @@ def train_head_on_cached_features(run, phase):
         head = head_model(model)
     # The probe is phase 1 unless told otherwise: a number of head epochs asks for training.
     if options.head_init == "probe" and options.head_epochs == AUTO and not has_hidden_layer(model):
-        return fit_head_as_probe(run, head, standardized, (train_x, train.labels),
-                                 (val_x, val.labels))
+        return fit_head_as_probe(
+            run, head, standardized, (train_x, train.labels), (val_x, val.labels)
+        )
     epochs = head_epochs(options, len(train), on_cached_features=True)
     logger.info("Phase 1: training the head on cached features (%d epochs at most)...", epochs)
     num_classes = dataset.num_classes
-    return phase.fit(head, labelled(train_x, train.labels, num_classes), len(train),
-                     labelled(val_x, val.labels, num_classes).batch(options.batch_size),
-                     Schedule(epochs, options.head_learning_rate))
+    return phase.fit(
+        head,
+        labelled(train_x, train.labels, num_classes),
+        len(train),
+        labelled(val_x, val.labels, num_classes).batch(options.batch_size),
+        Schedule(epochs, options.head_learning_rate),
+    )
 
 
 def train_head_on_images(run, phase):
@@ -82,8 +91,10 @@ def train_head_on_images(run, phase):
     train = run.dataset.splits["train"]
     if has_standardization(run.model):
         extractor, _ = run_extractor(run)
-        standardize_head(run.model, run_inference(
-            extractor, images_only(train, options.image_size, options.batch_size)))
+        standardize_head(
+            run.model,
+            run_inference(extractor, images_only(train, options.image_size, options.batch_size)),
+        )
     logger.info("Phase 1: training the head through the frozen backbone...")
     epochs = head_epochs(options, len(train), on_cached_features=False)
     return phase.fit_on_images(run.model, Schedule(epochs, options.head_learning_rate))
@@ -101,20 +112,28 @@ def fit_head_as_probe(run, head, standardized, train, val):
     batch = run.options.batch_size
     train_score = score(train_labels, run_inference(head, _batches(train_x, batch)))
     val_score = score(val_labels, run_inference(head, _batches(val_x, batch)))
-    return [{"phase": HEAD, "epoch": 1, "accuracy": train_score["accuracy"],
-             "loss": train_score["loss"], "val_accuracy": val_score["accuracy"],
-             "val_loss": val_score["loss"], PROBE_C: c,
-             ELAPSED: seconds_since_start()}]
+    return [
+        {
+            "phase": HEAD,
+            "epoch": 1,
+            "accuracy": train_score["accuracy"],
+            "loss": train_score["loss"],
+            "val_accuracy": val_score["accuracy"],
+            "val_loss": val_score["loss"],
+            PROBE_C: c,
+            ELAPSED: seconds_since_start(),
+        }
+    ]
 
 
 def _set_probe_head(run, standardized_features, labels, c=None):
     """Fit the logistic regression (with C chosen by cross-validation, or `c`) and make
     it the classifier layer; returns its C."""
     num_classes = run.dataset.num_classes
-    classifier = fit_logistic_regression(standardized_features, labels, num_classes,
-                                         seed=run.options.seed, standardize=False, c=c)
-    run.model.get_layer(names.CLASSIFIER).set_weights(
-        list(output_weights(classifier, num_classes)))
+    classifier = fit_logistic_regression(
+        standardized_features, labels, num_classes, seed=run.options.seed, standardize=False, c=c
+    )
+    run.model.get_layer(names.CLASSIFIER).set_weights(list(output_weights(classifier, num_classes)))
     return fitted_c(classifier)
 
 
@@ -128,8 +147,7 @@ def head_is_probe(history):
 
 def probe_c(history):
     """The C that cross-validation chose for phase 1's probe; None if phase 1 trained."""
-    return next((row[PROBE_C] for row in history if row["phase"] == HEAD and PROBE_C in row),
-                None)
+    return next((row[PROBE_C] for row in history if row["phase"] == HEAD and PROBE_C in row), None)
 
 
 def refit_probe_on_all_labels(run, c):
@@ -141,8 +159,11 @@ def refit_probe_on_all_labels(run, c):
     records of the refit."""
     extractor, name = run_extractor(run)
     splits = [run.dataset.splits["train"], run.dataset.splits["val"]]
-    logger.info("Refitting phase 1's probe (C = %.4g) on the training and validation "
-                "images (%d)...", c, sum(len(split) for split in splits))
+    logger.info(
+        "Refitting phase 1's probe (C = %.4g) on the training and validation images (%d)...",
+        c,
+        sum(len(split) for split in splits),
+    )
     features = [cached_features(extractor, split, run.options, name) for split in splits]
     labels = np.concatenate([split.labels for split in splits])
     standardized = standardize_head(run.model, features)
@@ -150,5 +171,8 @@ def refit_probe_on_all_labels(run, c):
     # the bytes of the float64 its cross-validation needs.
     _set_probe_head(run, standardized(features), labels, c=c)
     return_freed_memory()  # the fit's arrays, before the reports
-    return {"images": int(len(labels)), "C": c,
-            "note": "validation scores are of the model before the refit"}
+    return {
+        "images": int(len(labels)),
+        "C": c,
+        "note": "validation scores are of the model before the refit",
+    }

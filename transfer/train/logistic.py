@@ -18,8 +18,9 @@ FOLDS = 5
 C_GRID = 10  # values of C tried, log-spaced from 1e-4 to 1e4 (scikit-learn's Cs=10)
 
 
-def fit_logistic_regression(features, labels, num_classes, folds=FOLDS, seed=0,
-                            standardize=True, c=None):
+def fit_logistic_regression(
+    features, labels, num_classes, folds=FOLDS, seed=0, standardize=True, c=None
+):
     """A fitted scikit-learn pipeline ([StandardScaler +] LogisticRegressionCV) with as
     many folds as the rarest class allows. Multi-label `labels` (rows of 0/1) get one
     binary regression per label, each with its own C (one-vs-rest). A given `c` (a C
@@ -44,17 +45,27 @@ def fit_logistic_regression(features, labels, num_classes, folds=FOLDS, seed=0,
     present = counts[counts > 0]
     if len(present) < 2:
         raise DataError("The train split holds a single class: a probe needs at least two.")
-    cv = StratifiedKFold(n_splits=max(2, min(folds, int(present.min()))), shuffle=True,
-                         random_state=seed)
+    cv = StratifiedKFold(
+        n_splits=max(2, min(folds, int(present.min()))), shuffle=True, random_state=seed
+    )
     steps = [StandardScaler()] if standardize else []
     jobs = min(cv.get_n_splits(), available_cores()) if c is None else 1
-    regression = (LogisticRegressionCV(Cs=C_GRID, cv=cv, max_iter=2000, random_state=seed,
-                                       scoring="accuracy", n_jobs=jobs) if c is None
-                  else LogisticRegression(C=c, max_iter=2000, random_state=seed))
-    classifier = make_pipeline(*steps, OneVsRestClassifier(regression) if multi_label
-                               else regression)
-    logger.info("Fitting a logistic regression%s on %d feature vectors (%d features)...",
-                " per label" if multi_label else "", len(labels), features.shape[1])
+    regression = (
+        LogisticRegressionCV(
+            Cs=C_GRID, cv=cv, max_iter=2000, random_state=seed, scoring="accuracy", n_jobs=jobs
+        )
+        if c is None
+        else LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    )
+    classifier = make_pipeline(
+        *steps, OneVsRestClassifier(regression) if multi_label else regression
+    )
+    logger.info(
+        "Fitting a logistic regression%s on %d feature vectors (%d features)...",
+        " per label" if multi_label else "",
+        len(labels),
+        features.shape[1],
+    )
     with warnings.catch_warnings():
         # scikit-learn 1.8 announces changes of LogisticRegressionCV's defaults and
         # attributes; the ones used here are set explicitly or read both ways.
@@ -66,8 +77,10 @@ def fit_logistic_regression(features, labels, num_classes, folds=FOLDS, seed=0,
         # One BLAS thread: lbfgs's small products spend more time syncing threads than
         # computing. The cores go to the folds instead, in threads (the same fits, in
         # parallel; no worker processes to start or copy the features to).
-        with threadpool_limits(limits=1, user_api="blas"), parallel_backend("threading",
-                                                                            n_jobs=jobs):
+        with (
+            threadpool_limits(limits=1, user_api="blas"),
+            parallel_backend("threading", n_jobs=jobs),
+        ):
             classifier.fit(features, labels)
     return classifier
 
@@ -88,9 +101,12 @@ def _learnable_labels(labels):
     labels = (labels > 0.5).astype(np.int64)
     rare = labels.sum(axis=0) < MIN_POSITIVES
     if rare.any():
-        logger.warning("%d label%s with fewer than %d training images: the probe predicts "
-                       "them never.", int(rare.sum()), "" if rare.sum() == 1 else "s",
-                       MIN_POSITIVES)
+        logger.warning(
+            "%d label%s with fewer than %d training images: the probe predicts them never.",
+            int(rare.sum()),
+            "" if rare.sum() == 1 else "s",
+            MIN_POSITIVES,
+        )
         labels[:, rare] = 0
     return labels
 
@@ -142,8 +158,10 @@ def softmax_weights(classifier, num_classes):
     bias = np.full(num_classes, -30.0, dtype="float32")
     coef, intercept = fitted.coef_, fitted.intercept_
     if len(fitted.classes_) == 2:  # scikit-learn keeps one row for two classes
-        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2,
-                                                                       intercept[0] / 2])
+        coef, intercept = (
+            np.vstack([-coef / 2, coef / 2]),
+            np.array([-intercept[0] / 2, intercept[0] / 2]),
+        )
     kernel[:, fitted.classes_] = coef.T
     bias[fitted.classes_] = intercept
     return kernel, bias

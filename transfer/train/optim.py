@@ -19,8 +19,12 @@ def warmup_cosine(learning_rate, total_steps, steps_per_epoch):
     (Loshchilov & Hutter 2017; Goyal et al. 2017's warmup), as timm and fastai do."""
     warmup = max(1, min(steps_per_epoch, int(WARMUP_FRACTION * total_steps)))
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup), alpha=0.0,
-        warmup_target=learning_rate, warmup_steps=warmup)
+        initial_learning_rate=0.0,
+        decay_steps=max(1, total_steps - warmup),
+        alpha=0.0,
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
 
 
 def group_rate_multipliers(model, layer_decay):
@@ -31,7 +35,7 @@ def group_rate_multipliers(model, layer_decay):
     for distance, layers in enumerate(reversed(list(groups(model).values()))):
         for layer in layers:
             for variable in layer.trainable_weights:
-                multipliers[id(variable)] = layer_decay ** distance
+                multipliers[id(variable)] = layer_decay**distance
     return multipliers
 
 
@@ -42,6 +46,7 @@ def _layerwise_class(base):
     """`base` with per-variable learning-rate multipliers: Keras 3 applies one learning
     rate to every variable, but passes it to `update_step` one variable at a time."""
     if base not in _LAYERWISE:
+
         def build(self, variables):
             base.build(self, variables)
             self.rate_multipliers = [self.multipliers_by_id.get(id(v), 1.0) for v in variables]
@@ -50,8 +55,9 @@ def _layerwise_class(base):
             multiplier = self.rate_multipliers[self._get_variable_index(variable)]
             return base.update_step(self, gradient, variable, learning_rate * multiplier)
 
-        _LAYERWISE[base] = type(f"Layerwise{base.__name__}", (base,),
-                                {"build": build, "update_step": update_step})
+        _LAYERWISE[base] = type(
+            f"Layerwise{base.__name__}", (base,), {"build": build, "update_step": update_step}
+        )
     return _LAYERWISE[base]
 
 
@@ -88,8 +94,9 @@ def _metrics(num_classes, task=SINGLE_LABEL):
     return found
 
 
-def compile_model(model, options, learning_rate, num_classes, replicas=1, rate_multipliers=None,
-                  ema=False):
+def compile_model(
+    model, options, learning_rate, num_classes, replicas=1, rate_multipliers=None, ema=False
+):
     jit_compile = JIT_COMPILE[options.jit_compile]
     if replicas > 1 and jit_compile == "auto":
         # XLA-compiled steps fail under tf.distribute's cross-replica code in TF 2.21
@@ -110,7 +117,8 @@ def class_weights(options, labels, num_classes):
     if np.ndim(labels) == 2:
         raise InvalidArgumentError(
             "class_weight='auto' weighs one class per image; multi-label data has several. "
-            "Use class_weight='none'.")
+            "Use class_weight='none'."
+        )
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)

@@ -37,8 +37,12 @@ RECIPE_PRESETS = {
     "fast": {"fine_tune_epochs": 3, "augment": "flip"},
     "balanced": {},  # the defaults
     # more epochs, stronger augmentation and an average of the weights
-    "best": {"fine_tune_epochs": 10, "augment": "strong", "ema": True,
-             "early_stopping_patience": 4},
+    "best": {
+        "fine_tune_epochs": 10,
+        "augment": "strong",
+        "ema": True,
+        "early_stopping_patience": 4,
+    },
 }
 AUTO = "auto"  # head_epochs: planned from the number of training images
 # jit_compile -> model.compile's value; "auto" is Keras' choice: XLA on GPUs, not on CPUs
@@ -103,12 +107,17 @@ class FinetuneOptions:
         architecture = self.architecture
         recorded = architecture.option_values  # a ResNet by depth and version, others by arch
         if recorded["depth"] is None and (
-                str(self.depth) not in ("None", "50") or self.version not in (None, "v1")):
+            str(self.depth) not in ("None", "50") or self.version not in (None, "v1")
+        ):
             raise InvalidArgumentError(
                 f"depth and version are ResNet's; arch={self.arch!r} names the whole "
-                f"architecture. Received: depth={self.depth!r}, version={self.version!r}")
+                f"architecture. Received: depth={self.depth!r}, version={self.version!r}"
+            )
         self.arch, self.depth, self.version = (
-            recorded["arch"], recorded["depth"], recorded["version"])
+            recorded["arch"],
+            recorded["depth"],
+            recorded["version"],
+        )
         if self.image_size is None:
             self.image_size = architecture.default_size
         checks = [
@@ -137,7 +146,9 @@ class FinetuneOptions:
         positive = ("image_size", "batch_size", "max_pixels")
         for name in positive:
             if int(getattr(self, name)) < 1:
-                raise InvalidArgumentError(f"{name} must be positive. Received: {getattr(self, name)}")
+                raise InvalidArgumentError(
+                    f"{name} must be positive. Received: {getattr(self, name)}"
+                )
         if str(self.head_epochs).lower() == AUTO:
             self.head_epochs = AUTO
         else:
@@ -149,15 +160,21 @@ class FinetuneOptions:
                 ) from None
         if not 0.0 < self.layer_decay <= 1.0:
             raise InvalidArgumentError(
-                f"layer_decay must be in (0, 1]. Received: {self.layer_decay}")
+                f"layer_decay must be in (0, 1]. Received: {self.layer_decay}"
+            )
         if self.head_epochs != AUTO and self.head_epochs < 0:
-            raise InvalidArgumentError(f"head_epochs must be 0 or more. Received: {self.head_epochs}")
+            raise InvalidArgumentError(
+                f"head_epochs must be 0 or more. Received: {self.head_epochs}"
+            )
         for name in ("fine_tune_epochs", "early_stopping_patience", "backup_interval"):
             if getattr(self, name) < 0:
-                raise InvalidArgumentError(f"{name} must be 0 or more. Received: {getattr(self, name)}")
+                raise InvalidArgumentError(
+                    f"{name} must be 0 or more. Received: {getattr(self, name)}"
+                )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InvalidArgumentError(
-                f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
+                f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}"
+            )
         self.time_limit = parse_duration(self.time_limit)
         if self.preset is not None and self.preset not in RECIPE_PRESETS:
             raise unknown_choice("preset", self.preset, tuple(RECIPE_PRESETS))
@@ -198,7 +215,12 @@ def resolve_options(options=None, **overrides):
         if preset not in RECIPE_PRESETS:
             raise unknown_choice("preset", preset, tuple(RECIPE_PRESETS))
         defaults = FinetuneOptions()
-        base = dataclasses.replace(base, **{
-            name: value for name, value in RECIPE_PRESETS[preset].items()
-            if name not in overrides and getattr(base, name) == getattr(defaults, name)})
+        base = dataclasses.replace(
+            base,
+            **{
+                name: value
+                for name, value in RECIPE_PRESETS[preset].items()
+                if name not in overrides and getattr(base, name) == getattr(defaults, name)
+            },
+        )
     return dataclasses.replace(base, **overrides).validate()

@@ -70,8 +70,17 @@ class Phase:
         """The epoch a backup of an interrupted run resumes from (0 without one)."""
         return backup_epoch(self.backup_dir)
 
-    def fit(self, model, train_base, train_count, val, schedule, validation=None,
-            recalibrate=None, fitted=None):
+    def fit(
+        self,
+        model,
+        train_base,
+        train_count,
+        val,
+        schedule,
+        validation=None,
+        recalibrate=None,
+        fitted=None,
+    ):
         """Train `model` on `train_base` (`train_count` labelled examples) as `schedule`
         says. `validation`, a callback that puts the validation scores in each epoch's
         logs, replaces Keras' pass over `val`; `recalibrate` (`precise_batchnorm`) runs
@@ -95,19 +104,31 @@ class Phase:
         drop_remainder = (replicas > 1 or xla) and train_count >= batch
 
         def batches(first_epoch):
-            return epoch_batches(train_base, train_count, batch, options.seed, epochs,
-                                 first_epoch, schedule.augment, drop_remainder=drop_remainder)
+            return epoch_batches(
+                train_base,
+                train_count,
+                batch,
+                options.seed,
+                epochs,
+                first_epoch,
+                schedule.augment,
+                drop_remainder=drop_remainder,
+            )
 
         train = batches(first)
         steps = train_count // batch if drop_remainder else math.ceil(train_count / batch)
         rate = None
         if schedule.compiles_twice:
-            multipliers = (group_rate_multipliers(model, schedule.layer_decay)
-                           if schedule.layer_decay != 1.0 else None)
+            multipliers = (
+                group_rate_multipliers(model, schedule.layer_decay)
+                if schedule.layer_decay != 1.0
+                else None
+            )
             with self.strategy.scope():
                 rate = self._rate(schedule, steps)
-                compile_model(fitted, options, rate, num_classes, replicas, multipliers,
-                              schedule.ema)
+                compile_model(
+                    fitted, options, rate, num_classes, replicas, multipliers, schedule.ema
+                )
         if first and not restore_backup(fitted, self.backup_dir):
             first = 0
             train = batches(first)
@@ -125,23 +146,36 @@ class Phase:
         elif validation is not None:
             callbacks.append(validation)
             val = None
-        callbacks += [epoch_log(self.name, rows, log_path),
-                      resume_backup(fitted, self.backup_dir, options.backup_interval),
-                      # Scalars only: the graph and histograms cost seconds an epoch.
-                      keras.callbacks.TensorBoard(log_dir=str(self.paths.logs(self.name)),
-                                                  write_graph=False, histogram_freq=0)]
+        callbacks += [
+            epoch_log(self.name, rows, log_path),
+            resume_backup(fitted, self.backup_dir, options.backup_interval),
+            # Scalars only: the graph and histograms cost seconds an epoch.
+            keras.callbacks.TensorBoard(
+                log_dir=str(self.paths.logs(self.name)), write_graph=False, histogram_freq=0
+            ),
+        ]
         callbacks += self._planning(schedule, rate)
         if options.early_stopping_patience:
-            callbacks.append(early_stopping(fitted, options.early_stopping_patience,
-                                            self.paths.best_weights(self.name)))
+            callbacks.append(
+                early_stopping(
+                    fitted, options.early_stopping_patience, self.paths.best_weights(self.name)
+                )
+            )
         # shuffle=False: epoch_batches has shuffled already (Keras warns otherwise).
         # In scope: the optimizer makes its variables on the first step.
         with self.strategy.scope(), keras_multi_worker_fit(fitted, self.strategy, train):
             try:
-                fitted.fit(train, validation_data=val, epochs=epochs, initial_epoch=first,
-                           steps_per_epoch=steps, class_weight=self.run.class_weight,
-                           callbacks=callbacks, shuffle=False,
-                           verbose=2 if self.name == HEAD else fit_verbosity())
+                fitted.fit(
+                    train,
+                    validation_data=val,
+                    epochs=epochs,
+                    initial_epoch=first,
+                    steps_per_epoch=steps,
+                    class_weight=self.run.class_weight,
+                    callbacks=callbacks,
+                    shuffle=False,
+                    verbose=2 if self.name == HEAD else fit_verbosity(),
+                )
             except KeyboardInterrupt:
                 self._back_up_when_interrupted(fitted, len(rows))
                 raise
@@ -153,8 +187,9 @@ class Phase:
         if not schedule.cosine:
             return schedule.learning_rate
         if schedule.planned_epochs is not None:
-            return planned_cosine(schedule.learning_rate, steps, schedule.planned_epochs,
-                                  WARMUP_FRACTION)
+            return planned_cosine(
+                schedule.learning_rate, steps, schedule.planned_epochs, WARMUP_FRACTION
+            )
         return warmup_cosine(schedule.learning_rate, steps * schedule.epochs, steps)
 
     def _planning(self, schedule, rate):
@@ -166,13 +201,26 @@ class Phase:
             return found
         record = run.phase_two
         if run.plan is not None and schedule.planned_epochs is not None:
-            found.append(deadline_callback(
-                run.plan, run.reserve, schedule.planned_epochs, schedule.epochs,
-                rate if hasattr(rate, "set_epochs") else None, record))
+            found.append(
+                deadline_callback(
+                    run.plan,
+                    run.reserve,
+                    schedule.planned_epochs,
+                    schedule.epochs,
+                    rate if hasattr(rate, "set_epochs") else None,
+                    record,
+                )
+            )
         if options.futility_stop and options.keep == "best" and run.head_score is not None:
-            found.append(futility_callback(run.head_score["accuracy"],
-                                           len(run.dataset.splits["val"]), schedule.epochs,
-                                           KEEP_MARGIN, record))
+            found.append(
+                futility_callback(
+                    run.head_score["accuracy"],
+                    len(run.dataset.splits["val"]),
+                    schedule.epochs,
+                    KEEP_MARGIN,
+                    record,
+                )
+            )
         return found
 
     def _back_up_when_interrupted(self, fitted, epochs_done):
@@ -186,8 +234,11 @@ class Phase:
         except Exception as exc:  # the interruption is what the user must see
             logger.warning("Interrupted: no backup could be written (%s).", exc)
             return
-        logger.info("Interrupted: backed up %s after epoch %d; --resume goes on from there.",
-                    self.name, epochs_done)
+        logger.info(
+            "Interrupted: backed up %s after epoch %d; --resume goes on from there.",
+            self.name,
+            epochs_done,
+        )
 
     def fit_on_images(self, model, schedule, validation=None, recalibrate=None):
         """`fit` on the run's training images, validated on its validation images."""
@@ -195,9 +246,15 @@ class Phase:
         train, val = dataset.splits["train"], dataset.splits["val"]
         num_classes = dataset.num_classes
         val_ds = image_dataset(val, options.image_size, options.batch_size, num_classes)
-        return self.fit(model, one_hot_images(train, options.image_size, num_classes),
-                        len(train), val_ds, schedule, validation=validation,
-                        recalibrate=recalibrate)
+        return self.fit(
+            model,
+            one_hot_images(train, options.image_size, num_classes),
+            len(train),
+            val_ds,
+            schedule,
+            validation=validation,
+            recalibrate=recalibrate,
+        )
 
 
 def release_training_state(model):

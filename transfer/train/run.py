@@ -75,14 +75,17 @@ class RunResult:
 
 def load_data(data, options):
     """The dataset a run trains on, its unreadable files dropped, checked for training."""
-    dataset = load_dataset(data, val_split=options.val_split, test_split=options.test_split,
-                           tfds_data_dir=options.tfds_data_dir,
-                           **{name: getattr(options, name) for name in TABLE_OPTIONS})
+    dataset = load_dataset(
+        data,
+        val_split=options.val_split,
+        test_split=options.test_split,
+        tfds_data_dir=options.tfds_data_dir,
+        **{name: getattr(options, name) for name in TABLE_OPTIONS},
+    )
     drop_unreadable(dataset, strict=options.strict, max_pixels=options.max_pixels)
     check_training_classes(dataset)
     if not len(dataset.splits["val"]):
-        raise DataError(f"{data} gives no validation images. Raise val_split or add a val/ "
-                        "folder.")
+        raise DataError(f"{data} gives no validation images. Raise val_split or add a val/ folder.")
     logger.info("Data: %s.", dataset.describe())
     return dataset
 
@@ -94,18 +97,26 @@ def build_model(dataset, options, strategy):
     try:
         with strategy.scope():
             model = build_classifier(
-                dataset.num_classes, depth=options.depth, version=options.version,
+                dataset.num_classes,
+                depth=options.depth,
+                version=options.version,
                 arch=options.arch,
-                weights=options.weights, image_size=options.image_size,
-                weights_dir=options.weights_dir, pooling=options.pooling,
-                dropout=options.dropout, hidden_units=options.hidden_units,
-                standardize=options.standardize, multi_label=dataset.task == MULTI_LABEL)
+                weights=options.weights,
+                image_size=options.image_size,
+                weights_dir=options.weights_dir,
+                pooling=options.pooling,
+                dropout=options.dropout,
+                hidden_units=options.hidden_units,
+                standardize=options.standardize,
+                multi_label=dataset.task == MULTI_LABEL,
+            )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     if options.fine_tunes and options.fine_tune_from not in groups(model):
         raise InvalidArgumentError(
             f"Unknown group: fine_tune_from={options.fine_tune_from!r}. Expected one of "
-            f"{', '.join(g for g in groups(model) if g != 'head')} or none.")
+            f"{', '.join(g for g in groups(model) if g != 'head')} or none."
+        )
     return model
 
 
@@ -122,8 +133,7 @@ def claim_run_dir(out, options, chief, overwrite, resume):
 class Run:
     """One fine-tuning run in the folder of `paths` (a `RunPaths`)."""
 
-    def __init__(self, options, paths, strategy, chief=True, resume=False,
-                 report_features=False):
+    def __init__(self, options, paths, strategy, chief=True, resume=False, report_features=False):
         self.options, self.paths, self.strategy = options, paths, strategy
         self.chief, self.resume = chief, resume
         # Whether the end of the run computes the training images' features (report.html)
@@ -151,24 +161,29 @@ class Run:
         if self.resume:
             check_resume_data(self.paths.root, self.dataset, data)
         if self.strategy.num_replicas_in_sync > 1:
-            logger.info("Training on %d replicas (%s); batch_size=%d is the global batch.",
-                        self.strategy.num_replicas_in_sync, type(self.strategy).__name__,
-                        self.options.batch_size)
+            logger.info(
+                "Training on %d replicas (%s); batch_size=%d is the global batch.",
+                self.strategy.num_replicas_in_sync,
+                type(self.strategy).__name__,
+                self.options.batch_size,
+            )
         self.model = build_model(self.dataset, self.options, self.strategy)
         return self
 
     def record_start(self, data, out):
         """config.json saying the run is running, and labels.txt."""
-        self.config = run_config(table_name(data), out, self.options, self.dataset,
-                                 self.strategy.num_replicas_in_sync)
+        self.config = run_config(
+            table_name(data), out, self.options, self.dataset, self.strategy.num_replicas_in_sync
+        )
         write_json(self.paths.config, {**self.config, "status": RUNNING})
         write_labels(self.paths.labels, self.dataset.class_names)
 
     def train_head(self):
         """Phase 1: the head, on a frozen backbone (skipped when a resumed run did it)."""
         options, paths = self.options, self.paths
-        self.class_weight = class_weights(options, self.dataset.splits["train"].labels,
-                                          self.num_classes)
+        self.class_weight = class_weights(
+            options, self.dataset.splits["train"].labels, self.num_classes
+        )
         freeze(self.model, train_bn=False)
         phase_start = time.monotonic()
         if self.resume and paths.head_weights.exists():
@@ -179,8 +194,9 @@ class Run:
             if self.plan is not None:
                 self._check_phase_one_fits()
             phase = Phase(HEAD, self)
-            train = (train_head_on_cached_features if options.cache_features
-                     else train_head_on_images)
+            train = (
+                train_head_on_cached_features if options.cache_features else train_head_on_images
+            )
             self.history = train(self, phase)
             self.timings["head_xla"] = phase.jit_compile
         self.timings["head_seconds"] = round(time.monotonic() - phase_start, 2)
@@ -200,26 +216,34 @@ class Run:
         self._save_phase_one()
         self._preview_augmentation()
         if options.weights is None and not options.train_bn:
-            logger.warning("The backbone is randomly initialised but its BatchNormalization "
-                           "stays in inference mode; pass train_bn=True to let it learn "
-                           "statistics.")
+            logger.warning(
+                "The backbone is randomly initialised but its BatchNormalization "
+                "stays in inference mode; pass train_bn=True to let it learn "
+                "statistics."
+            )
         planned = None
         if self.plan is not None:
             planned, self.reserve = self.plan.phase_two_epochs(
-                self._end_images(), len(self.dataset.splits["train"]), options.fine_tune_epochs)
+                self._end_images(), len(self.dataset.splits["train"]), options.fine_tune_epochs
+            )
             self.phase_two["fine_tune_epochs_planned"] = planned
             if not planned:
                 self.phase_two["stopped"] = "no time for phase 2 within the time limit"
-                logger.warning("No time for phase 2 within the time limit (%s left, %s kept "
-                               "for the end of the run): keeping phase 1.",
-                               describe_seconds(self.plan.left()),
-                               describe_seconds(self.reserve))
+                logger.warning(
+                    "No time for phase 2 within the time limit (%s left, %s kept "
+                    "for the end of the run): keeping phase 1.",
+                    describe_seconds(self.plan.left()),
+                    describe_seconds(self.reserve),
+                )
                 release_training_state(self.model)
                 return []
         unfreeze(self.model, options.fine_tune_from, train_bn=options.train_bn)
-        logger.info("Phase 2: fine-tuning from %s (learning rate %g%s)...",
-                    options.fine_tune_from, options.fine_tune_learning_rate,
-                    f", {planned} epochs planned to the time limit" if planned else "")
+        logger.info(
+            "Phase 2: fine-tuning from %s (learning rate %g%s)...",
+            options.fine_tune_from,
+            options.fine_tune_learning_rate,
+            f", {planned} epochs planned to the time limit" if planned else "",
+        )
         phase_start = time.monotonic()
         phase = Phase(FINE_TUNE, self)
         history = fine_tune_on_images(self, phase, planned_epochs=planned)
@@ -256,21 +280,29 @@ class Run:
         # and, with the training images', the report's sections: no second backbone pass.
         wanted = ["train"] * report_features + ["val", "test"]
         features = split_features(
-            self, wanted,
+            self,
+            wanted,
             backbone_as_cached=options.cache_features and kept["phase"] == HEAD,
-            known=self.fine_tuned_features if kept["phase"] == FINE_TUNE else None)
+            known=self.fine_tuned_features if kept["phase"] == FINE_TUNE else None,
+        )
         # Validation judges the model as chosen, before any refit; its reports come after
         # the model and its history are saved, so that a report that fails loses neither.
         predictions = {"val": self._head_outputs(features.get("val"))}
         # Multi-label: each label's threshold is tuned on validation, then kept in the
         # model; a refit would learn from those images, and leave none to tune them on.
-        thresholds = tune_thresholds(dataset.splits["val"].labels, predictions["val"]) \
-            if dataset.task == MULTI_LABEL else None
-        if kept["phase"] == HEAD and options.refit and head_is_probe(self.history) \
-                and thresholds is None:
+        thresholds = (
+            tune_thresholds(dataset.splits["val"].labels, predictions["val"])
+            if dataset.task == MULTI_LABEL
+            else None
+        )
+        if (
+            kept["phase"] == HEAD
+            and options.refit
+            and head_is_probe(self.history)
+            and thresholds is None
+        ):
             kept["refit"] = refit_probe_on_all_labels(self, probe_c(self.history))
-        self._write_training_results(model_metadata(dataset.class_names, dataset.task,
-                                                    thresholds))
+        self._write_training_results(model_metadata(dataset.class_names, dataset.task, thresholds))
         predictions["test"] = self._head_outputs(features.get("test"))
         metrics = {"classes": dataset.class_names}
         for split_name, probabilities in predictions.items():
@@ -281,21 +313,39 @@ class Run:
         if self.phase_two.get("stopped"):
             kept["fine_tune_stopped"] = self.phase_two["stopped"]
         if self.plan is not None:
-            metrics["time_plan"] = {**self.plan.record, **self.phase_two,
-                                    "spent_seconds": self.timings["total_seconds"]}
+            metrics["time_plan"] = {
+                **self.plan.record,
+                **self.phase_two,
+                "spent_seconds": self.timings["total_seconds"],
+            }
         write_json(paths.metrics, metrics)
-        write_json(paths.config, {
-            **self.config, "status": COMPLETE, "kept": kept["phase"], "timings": self.timings,
-            "resumed": bool(self.resume),
-            "weights_used": "random initialisation" if options.weights is None
-            else options.weights})
+        write_json(
+            paths.config,
+            {
+                **self.config,
+                "status": COMPLETE,
+                "kept": kept["phase"],
+                "timings": self.timings,
+                "resumed": bool(self.resume),
+                "weights_used": "random initialisation"
+                if options.weights is None
+                else options.weights,
+            },
+        )
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
         if not self.chief:
             shutil.rmtree(paths.root, ignore_errors=True)
-        self.features = {name: (dataset.splits[name].paths, values)
-                         for name, values in features.items()}
-        return RunResult(out if not self.chief else paths.root, metrics, dataset.class_names,
-                         self.history, self.timings, self.model)
+        self.features = {
+            name: (dataset.splits[name].paths, values) for name, values in features.items()
+        }
+        return RunResult(
+            out if not self.chief else paths.root,
+            metrics,
+            dataset.class_names,
+            self.history,
+            self.timings,
+            self.model,
+        )
 
     def record_stop(self, exc):
         """config.json says why a run stopped early: interrupted, or failed and the error."""
@@ -315,8 +365,7 @@ class Run:
         """Images the end of the run passes the backbone over when phase 2 is kept: the
         test split's, and the training images' for the report."""
         splits = self.dataset.splits
-        return len(splits.get("test", ())) + \
-            (len(splits["train"]) if self.report_features else 0)
+        return len(splits.get("test", ())) + (len(splits["train"]) if self.report_features else 0)
 
     def _check_phase_one_fits(self):
         """A time-limited run measures its backbone first and is refused at once, with
@@ -324,9 +373,12 @@ class Run:
         options, splits = self.options, self.dataset.splits
         extractor, name = run_extractor(self)
         self.plan.measure_backbone(extractor, splits["train"], options)
-        to_embed = sum(len(splits[s]) for s in ("train", "val")
-                       if not options.cache_features
-                       or not is_cached(split_cache_key(splits[s], options, name), options))
+        to_embed = sum(
+            len(splits[s])
+            for s in ("train", "val")
+            if not options.cache_features
+            or not is_cached(split_cache_key(splits[s], options, name), options)
+        )
         self.plan.check_phase_one(to_embed, self._end_images())
 
     def _load_phase_one(self):
@@ -353,13 +405,18 @@ class Run:
             picked = np.linspace(0, len(train) - 1, min(PREVIEW_IMAGES, len(train))).astype(int)
             train = Split([train.paths[i] for i in picked], train.labels[picked])
         images = next(iter(images_only(train, options.image_size, PREVIEW_IMAGES)))
-        rows = [np.asarray(images)] + [np.asarray(augment(images, training=True))
-                                       for _ in range(PREVIEW_DRAWS)]
-        report_step(self.paths.augmentation_preview.name, plot_image_grid,
-                    np.concatenate(rows), self.paths.augmentation_preview,
-                    columns=len(images),
-                    title=f"first row: training images; below: augment='{options.augment}', "
-                          f"flip={options.flip}")
+        rows = [np.asarray(images)] + [
+            np.asarray(augment(images, training=True)) for _ in range(PREVIEW_DRAWS)
+        ]
+        report_step(
+            self.paths.augmentation_preview.name,
+            plot_image_grid,
+            np.concatenate(rows),
+            self.paths.augmentation_preview,
+            columns=len(images),
+            title=f"first row: training images; below: augment='{options.augment}', "
+            f"flip={options.flip}",
+        )
 
     def _val_features(self, backbone_as_cached=False):
         """The validation images' pooled features: after phase 1, the ones it cached."""
@@ -369,25 +426,32 @@ class Run:
         """`validation_score` of the model, from the validation images' pooled features
         through the head: no pass of the whole model (whose traced function would stay
         on the model through phase 2)."""
-        return validation_score(self._head_outputs(val_features),
-                                self.dataset.splits["val"].labels)
+        return validation_score(self._head_outputs(val_features), self.dataset.splits["val"].labels)
 
     def _head_outputs(self, features):
         """The model's outputs (probabilities) from a split's pooled features; None for
         an empty split."""
         if features is None:
             return None
-        batches = (features[start:start + INFERENCE_BATCH_SIZE]
-                   for start in range(0, len(features), INFERENCE_BATCH_SIZE))
+        batches = (
+            features[start : start + INFERENCE_BATCH_SIZE]
+            for start in range(0, len(features), INFERENCE_BATCH_SIZE)
+        )
         return run_inference(head_model(local_copy(self.model, self.strategy)), batches)
 
     def _report_split(self, split_name, probabilities, thresholds=None):
         """Report files of one split ("val", or "test" when there is one); its metrics."""
         dataset = self.dataset
         split = dataset.splits[split_name]
-        write_reports(self.paths.root, split.labels, probabilities, dataset.class_names,
-                      split.paths, prefix=TEST_PREFIX if split_name == "test" else "",
-                      thresholds=thresholds)
+        write_reports(
+            self.paths.root,
+            split.labels,
+            probabilities,
+            dataset.class_names,
+            split.paths,
+            prefix=TEST_PREFIX if split_name == "test" else "",
+            thresholds=thresholds,
+        )
         return compute_metrics(split.labels, probabilities, dataset.class_names, thresholds)
 
     def _write_training_results(self, metadata):
@@ -396,8 +460,18 @@ class Run:
         save_model(self.model, paths.model, metadata)
         if history:
             columns = sorted({k for row in history for k in row} - {"phase", "epoch"})
-            write_csv(paths.history, ["phase", "epoch", *columns],
-                      [[row["phase"], row["epoch"], *[row.get(c, "") for c in columns]]
-                       for row in history])
-            report_step(paths.curves.name, plot_training_curves, history, paths.curves,
-                        kept=self.kept["phase"])
+            write_csv(
+                paths.history,
+                ["phase", "epoch", *columns],
+                [
+                    [row["phase"], row["epoch"], *[row.get(c, "") for c in columns]]
+                    for row in history
+                ],
+            )
+            report_step(
+                paths.curves.name,
+                plot_training_curves,
+                history,
+                paths.curves,
+                kept=self.kept["phase"],
+            )

@@ -49,8 +49,16 @@ def choose_phase(options, head_score, fine_tune_score):
         logger.warning(
             "Fine-tuning did not clearly beat phase 1 on validation (accuracy %.4f against "
             "%.4f): keeping phase 1's model (keep=last keeps phase 2's).",
-            fine_tune_score["accuracy"], head_score["accuracy"])
-        return {"phase": HEAD, "reason": "phase 2 did not clearly beat phase 1 on validation",
-                "validation": scores}
-    return {"phase": FINE_TUNE, "reason": "phase 2 clearly beat phase 1 on validation",
-            "validation": scores}
+            fine_tune_score["accuracy"],
+            head_score["accuracy"],
+        )
+        return {
+            "phase": HEAD,
+            "reason": "phase 2 did not clearly beat phase 1 on validation",
+            "validation": scores,
+        }
+    return {
+        "phase": FINE_TUNE,
+        "reason": "phase 2 clearly beat phase 1 on validation",
+        "validation": scores,
+    }

@@ -23,7 +23,7 @@ def _chunks(features, chunk=STATISTICS_CHUNK):
     """float64 blocks of rows of `features` (one array or several), in order."""
     for part in _parts(features):
         for start in range(0, len(part), chunk):
-            yield np.asarray(part[start:start + chunk], dtype=np.float64)
+            yield np.asarray(part[start : start + chunk], dtype=np.float64)
 
 
 def feature_statistics(features, chunk=STATISTICS_CHUNK):
@@ -62,7 +62,8 @@ def standardizer(mean, scale):
         out = np.empty((sum(len(part) for part in _parts(features)), len(mean)), dtype)
         row = 0
         for part in _chunks(features):
-            out[row:row + len(part)] = (part - mean) / scale
+            out[row : row + len(part)] = (part - mean) / scale
             row += len(part)
         return out
+
     return standardized

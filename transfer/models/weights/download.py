@@ -39,8 +39,10 @@ def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
     if weights_dir:
         candidate = Path(weights_dir).expanduser() / checkpoint.file
         if candidate.is_file():
-            if checkpoint.file_hash and file_digest(candidate, checkpoint.file_hash) \
-                    != checkpoint.file_hash:
+            if (
+                checkpoint.file_hash
+                and file_digest(candidate, checkpoint.file_hash) != checkpoint.file_hash
+            ):
                 kind = "SHA-256" if checkpoint.sha256 else "MD5"
                 raise WeightsError(
                     f"{candidate} does not have the {kind} hash of the official file "
@@ -50,9 +52,15 @@ def imagenet_weights_path(architecture, include_top=True, weights_dir=None):
             return candidate
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            return Path(keras.utils.get_file(
-                checkpoint.file, checkpoint.url, cache_dir=str(keras_home()),
-                cache_subdir="models", file_hash=checkpoint.file_hash))
+            return Path(
+                keras.utils.get_file(
+                    checkpoint.file,
+                    checkpoint.url,
+                    cache_dir=str(keras_home()),
+                    cache_subdir="models",
+                    file_hash=checkpoint.file_hash,
+                )
+            )
     except Exception as exc:  # get_file raises a bare Exception when offline
         looked_in = f"{keras_cache_dir()}" + (f" and {weights_dir}" if weights_dir else "")
         raise WeightsError(

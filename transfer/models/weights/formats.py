@@ -118,12 +118,12 @@ def check_self_contained(group, path):
             check_self_contained(item, path)
         elif isinstance(item, h5py.Dataset):
             if item.external or item.is_virtual:
-                raise WeightsError(
-                    f"Not allowed: H5 file with external Dataset ({path}: {where}).")
+                raise WeightsError(f"Not allowed: H5 file with external Dataset ({path}: {where}).")
             if item.size * item.dtype.itemsize > MAX_TENSOR_BYTES:
                 raise WeightsError(
                     f"Not allowed: H5 file with a dataset of implausible size {item.shape} "
-                    f"({path}: {where}).")
+                    f"({path}: {where})."
+                )
 
 
 def _decode(value):
@@ -149,12 +149,16 @@ def write_legacy_h5(model, path, include_top=False):
     `keras.applications.ResNet50(weights=FILE)` and with tf-keras. Without
     `include_top` only the backbone is written, like the `_notop` files.
     """
-    layers = [layer for layer in find_backbone(model).layers
-              if include_top or layer.name != names.CLASSIFIER]
+    layers = [
+        layer
+        for layer in find_backbone(model).layers
+        if include_top or layer.name != names.CLASSIFIER
+    ]
     if include_top and all(layer.name != names.CLASSIFIER for layer in layers):
         raise InvalidArgumentError(
             f"The model has no `{names.CLASSIFIER}` layer of keras.applications: write it "
-            "without the top.")
+            "without the top."
+        )
     with h5py.File(path, "w") as f:
         f.attrs["backend"] = "tensorflow"
         f.attrs["keras_version"] = keras.__version__
@@ -222,11 +226,13 @@ def _read_member(archive, name, path):
     info = archive.getinfo(name)
     ratio = info.file_size / max(info.compress_size, 1)
     if info.file_size > MAX_MEMBER_BYTES or (
-            info.file_size > SMALL_MEMBER_BYTES and ratio > MAX_COMPRESSION_RATIO):
+        info.file_size > SMALL_MEMBER_BYTES and ratio > MAX_COMPRESSION_RATIO
+    ):
         raise WeightsError(
             f"Not allowed: {path} declares a {name} of {info.file_size:,} bytes, compressed "
             f"{ratio:,.0f}:1 into {info.compress_size:,}: no weights file is that large or "
-            f"compresses better than {MAX_COMPRESSION_RATIO}:1 (a zip bomb?).")
+            f"compresses better than {MAX_COMPRESSION_RATIO}:1 (a zip bomb?)."
+        )
     return archive.read(name)
 
 
@@ -255,17 +261,21 @@ def _read_keras3_by_model(f, like):
         raise WeightsError("A Keras 3 .weights.h5 file can only be read against a model.")
     candidates = []
     f.visititems(
-        lambda name, obj: candidates.append(name)
-        if isinstance(obj, h5py.Group) and name.split("/")[-1] == "layers"
-        else None
+        lambda name, obj: (
+            candidates.append(name)
+            if isinstance(obj, h5py.Group) and name.split("/")[-1] == "layers"
+            else None
+        )
     )
 
     def conv_count(name):
         return sum(1 for key in f[name] if key.startswith("conv2d"))
 
     best = max(candidates, key=conv_count)
-    configs = [{"class_name": type(layer).__name__, "config": {"name": layer.name}}
-               for layer in find_backbone(like).layers]
+    configs = [
+        {"class_name": type(layer).__name__, "config": {"name": layer.name}}
+        for layer in find_backbone(like).layers
+    ]
     layers = {}
     _collect_by_config(f[best], configs, layers)
     counts = LayerCounts(

@@ -93,7 +93,9 @@ def load_weights(model, weights, architecture=None, weights_dir=None):
                 logger.warning(
                     "Skipped the classifier of %s: it has %d classes and the model %d; "
                     "the backbone is loaded, the classifier keeps its initialisation.",
-                    path.name, values[-1].shape[-1], layer.weights[-1].shape[-1],
+                    path.name,
+                    values[-1].shape[-1],
+                    layer.weights[-1].shape[-1],
                 )
                 continue
         if values is None:

@@ -76,7 +76,8 @@ def _read_torch(path):
         raise WeightsError(
             f"{path.name} is a PyTorch checkpoint, and PyTorch {torch.__version__} can be "
             "made to run code while loading one despite weights_only=True (CVE-2025-32434). "
-            f"Upgrade: pip install 'torch>={'.'.join(map(str, MIN_TORCH))}'.")
+            f"Upgrade: pip install 'torch>={'.'.join(map(str, MIN_TORCH))}'."
+        )
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled code.
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -175,7 +176,8 @@ def identify(state, path):
         raise WeightsError(
             f"{path.name} holds a bottleneck ResNet with {blocks} blocks per stage; "
             "transfer's v1.5 is "
-            + ", ".join(f"ResNet{d} {b}" for d, b in BLOCKS_PER_STAGE.items()) + "."
+            + ", ".join(f"ResNet{d} {b}" for d, b in BLOCKS_PER_STAGE.items())
+            + "."
         )
     conv1, conv2 = state.get("layer1.0.conv1.weight"), state.get("layer1.0.conv2.weight")
     if conv1 is None or conv2 is None or conv1.ndim != 4 or conv2.ndim != 4:
@@ -200,7 +202,7 @@ def convert(state, path):
     path = Path(path)
     prefix = "module."  # torch.nn.DataParallel's wrapper
     if state and all(key.startswith(prefix) for key in state):
-        state = {key[len(prefix):]: value for key, value in state.items()}
+        state = {key[len(prefix) :]: value for key, value in state.items()}
     depth = identify(state, path)
     modules = layer_names(depth)
     expected, optional = set(), set()
