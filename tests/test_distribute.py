@@ -176,6 +176,7 @@ def _finetune_command(folder, out, backbone_file, *extra):
         "5",
         "--backup-interval",
         "0",
+        "--no-futility-stop",  # phase 2 runs all its epochs, to be killed in one
         *SMALL,
         *extra,
     ]

@@ -971,7 +971,7 @@ recipe_options = _options(
     "kept; `transfer report` writes it later).",
 )
 def finetune(data, out, overwrite, resume, calibrate, report, **options):
-    """Fine-tune a ResNet on a folder of images (or a TFDS dataset).
+    """Fine-tune a backbone on a folder of images (or a CSV or TFDS dataset).
 
     Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the groups
     from --fine-tune-from on with a lower learning rate. The run directory holds the
