@@ -1,6 +1,6 @@
 """The command line as a person meets it: grouped --help with defaults, click's hint
 after a usage error, ranges on every number, hints that lead somewhere, exit codes and
-streams that scripts can rely on, a quiet terminal (issues 34 and 35)."""
+streams that scripts can rely on, a quiet terminal."""
 
 import os
 import re
@@ -32,7 +32,7 @@ def photo(tmp_path_factory):
     return next((folder / "cat").iterdir())
 
 
-# ------------------------------------------------------------------ --help (issue 34)
+# ------------------------------------------------------------------ --help
 
 
 def _help(command):
@@ -128,7 +128,7 @@ def test_a_library_error_stays_one_line():
     assert result.stderr == "Error: --data /no/such/folder does not exist.\n"
 
 
-# ------------------------------------------------------------- ranges (issue 35, item 11)
+# ------------------------------------------------------------- ranges
 
 
 @pytest.mark.parametrize(

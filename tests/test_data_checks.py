@@ -78,7 +78,7 @@ def test_folder_links_are_not_followed_and_loops_never_entered(tmp_path):
     (data / "dog" / "more").symlink_to(elsewhere / "more")
     (data / "dog" / "linked.png").symlink_to(elsewhere / "more" / "img_000.png")
     dataset = load_folder(data)
-    # A link to a file outside the image folder is skipped too (issue 35, item 6).
+    # A link to a file outside the image folder is skipped too.
     assert sum(len(split) for split in dataset.splits.values()) == 4 + 4
     assert sorted((Path(s["path"]).name, s["reason"]) for s in dataset.skipped) == [
         ("linked.png", "link to a file outside the image folder, not read"),

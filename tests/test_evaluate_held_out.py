@@ -1,4 +1,4 @@
-"""Scores are held-out scores unless asked otherwise (issue 35, items 1 and 7):
+"""Scores are held-out scores unless asked otherwise:
 `evaluate` on a run's own data scores its held-out split; images the run trained on
 are left out of other data, or counted where they are scored (on screen, in
 metrics.json, in the report and in export's comparison); and an evaluation's report is

@@ -1,4 +1,4 @@
-"""Model files from elsewhere and exports that go wrong (issue 35, items 14, 15, 17): a
+"""Model files from elsewhere and exports that go wrong: a
 SavedModel transfer did not write is refused unless trusted, a file that is not a
 classifier is one `Error:` line, a full disk during a SavedModel export is one line,
 an export's evaluation makes a report without running the export, and int8 exports

@@ -1,5 +1,5 @@
 """Classes with few training images are named in one warning line, however many they
-are (issue 35: 600 classes gave 600 lines)."""
+are."""
 
 import logging
 

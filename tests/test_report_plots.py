@@ -1,4 +1,4 @@
-"""The report's figures as a person reads them (issue 35, item 20): whole-epoch ticks, a
+"""The report's figures as a person reads them: whole-epoch ticks, a
 legend that covers neither the "kept: phase 1" note nor a curve, a phase-2 loss spike
 that does not flatten phase 1, the phase label inside its plot, coverage labels off
 the curve; and a page that uses the width of the window."""

@@ -1,4 +1,4 @@
-"""A run's report steps never fail the run it reports on (issue 35, item 9): class
+"""A run's report steps never fail the run it reports on: class
 names are plain text in every figure (no matplotlib mathtext), and a figure or the
 classification report that cannot be written is a warning; the model and the metrics
 are kept and the run is complete."""

@@ -1,6 +1,6 @@
-"""What a killed process leaves in a run folder is removed when a run claims it again
-(issue 35): the hidden temporary files of atomic writes, once they are old enough
-that no live process is still writing them."""
+"""What a killed process leaves in a run folder is removed when a run claims it again:
+the hidden temporary files of atomic writes, once they are old enough that no live
+process is still writing them."""
 
 import os
 import time

@@ -67,7 +67,7 @@ def test_a_failing_report_loses_neither_model_nor_history(tmp_path, monkeypatch)
     data = make_image_folder(tmp_path / "images", {"cat": 6, "dog": 6}, size=(32, 32))
     monkeypatch.setattr("transfer.report.metrics.plot_confusion_matrix", _failing_plot)
     run = tmp_path / "run"
-    finetune(data, out=run, **TINY)  # a report step that fails is a warning (issue 35, 9)
+    finetune(data, out=run, **TINY)  # a report step that fails is a warning
     paths = RunPaths(run)
     assert paths.model.is_file() and paths.history.is_file()
     assert keras.models.load_model(paths.model).output.shape[-1] == 2
