@@ -437,7 +437,7 @@ def _transfer_run(folder, size, weights, tmp, name, *extra):
 BUDGET_SHARES = (0.25, 0.5, 1.0)  # of the guide's wall time
 
 
-def bench_time_budget(folder, size, weights=None):
+def bench_time_budget(folder, size, weights=None, ablations=True):
     """(l): test accuracy against a time budget, side by side with the guide."""
     folder = Path(folder)
     guide_seconds, _, stdout = run_measured(
@@ -487,7 +487,7 @@ def bench_time_budget(folder, size, weights=None):
             ("no futility stop", ("--no-futility-stop",)),
             ("preset fast", ("--preset", "fast")),
             ("preset best", ("--preset", "best")),
-        ):
+        )[: 4 if ablations else 0]:
             seconds, metrics = _transfer_run(
                 folder, size, weights, tmp, name.replace(" ", "-"), *extra
             )
@@ -750,6 +750,11 @@ def main():
         "time, the futility stop's ablation and the presets.",
     )
     parser.add_argument(
+        "--budgets-only",
+        action="store_true",
+        help="With --time-budget: the guide and the limits, no ablations.",
+    )
+    parser.add_argument(
         "--exports",
         default=None,
         metavar="RUN",
@@ -801,7 +806,7 @@ def main():
             starts = [] if args.weights_only and args.weights else [None]
             for weights in starts + ([args.weights] if args.weights else []):
                 print(f"(l) {folder} at {size} px, weights {weights or 'none'} ...", flush=True)
-                rows.append(bench_time_budget(folder, int(size), weights))
+                rows.append(bench_time_budget(folder, int(size), weights, not args.budgets_only))
                 Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print_time_budget(rows)
         return
