@@ -349,3 +349,30 @@ def test_the_guard_counts_an_image_right_when_its_labels_rank_first():
     ]
     # Predicting nothing at all is not right, however sparse the labels.
     assert not correct_predictions(labels[:3], np.zeros((3, 3))).any()
+
+
+def test_a_row_listed_twice_is_reported_once(tmp_path):
+    # The CSV reader and the file check both reported the rows they skip: each was said
+    # twice.
+    from tests.conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", {"cat": 3, "dog": 3}, size=(32, 32))
+    rows = [[f"{c}/{p.name}", c] for c in ("cat", "dog") for p in sorted((folder / c).iterdir())]
+    labels = tmp_path / "labels.csv"
+    write_csv(labels, ["path", "label"], [*rows, rows[0]])
+    result = run_cli(
+        "embed",
+        "--data",
+        labels,
+        "--images",
+        folder,
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--out",
+        tmp_path / "e.npz",
+    )
+    assert result.exit_code == 0, result.output
+    reported = [line for line in result.stderr.splitlines() if "listed again" in line]
+    assert len(reported) == 1, result.stderr

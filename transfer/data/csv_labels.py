@@ -221,8 +221,8 @@ def load_table(
             f"{'' if len(class_names) == 1 else 'es'} ({', '.join(class_names)}); "
             "a classifier needs at least two."
         )
-    for entry in skipped:
-        logger.warning("Skipped %s: %s", entry["path"], entry["reason"])
+    # The rows skipped here are reported with the unreadable files, once, by
+    # `pipeline.drop_unreadable`, which every reader of a dataset calls.
     records = _split_records(entries, root, split_at is not None, val_split, test_split, separator)
     index = {name: i for i, name in enumerate(class_names)}
     splits = {
