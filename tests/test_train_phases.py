@@ -345,8 +345,8 @@ def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
     assert phase2.FrozenPrefix.of(model, dataset, options, phase).train is None
 
 
-# A minute, two whole runs; the default run keeps the killed-run test (tests/test_distribute.py),
-# whose straight and resumed runs agree to 1e-5, to keep the suite under 20 minutes.
+# Two whole runs: slow. The default run keeps the killed-run test (tests/test_distribute.py),
+# whose straight and resumed runs agree to 1e-5.
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_model(tmp_path, image_folder):
     runs = [
