@@ -305,22 +305,7 @@ def bench_time_to_accuracy(folder, size, weights=None):
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         ours_seconds, ours_rss, _ = run_measured(
-            [
-                python,
-                "-m",
-                "transfer",
-                "finetune",
-                "--data",
-                str(folder),
-                "--image-size",
-                str(size),
-                "--weights",
-                str(weights or "none"),
-                "--out",
-                f"{tmp}/run",
-                "--cache-dir",
-                f"{tmp}/cache",
-            ]
+            _finetune_command(folder, size, weights, f"{tmp}/run", f"{tmp}/cache")
         )
         metrics = json.loads(Path(f"{tmp}/run/metrics.json").read_text())
         with open(f"{tmp}/run/history.csv") as f:
@@ -329,26 +314,17 @@ def bench_time_to_accuracy(folder, size, weights=None):
         # image). Phase 1's model tested: the same run stopped after phase 1, unrefitted
         # (the probe is deterministic, and its features come from the same cache).
         subprocess.run(
-            [
-                python,
-                "-m",
-                "transfer",
-                "finetune",
-                "--data",
-                str(folder),
-                "--image-size",
-                str(size),
-                "--weights",
-                str(weights or "none"),
-                "--out",
+            _finetune_command(
+                folder,
+                size,
+                weights,
                 f"{tmp}/phase1",
-                "--cache-dir",
                 f"{tmp}/cache",
                 "--fine-tune-from",
                 "none",
                 "--no-refit",
                 "--no-report",
-            ],
+            ),
             cwd=ROOT,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -409,28 +385,18 @@ def bench_time_to_accuracy(folder, size, weights=None):
     }
 
 
+def _finetune_command(folder, size, weights, out, cache_dir, *extra):
+    """`transfer finetune` on FOLDER (train/, with test/ held out) as a user runs it."""
+    return [sys.executable, "-m", "transfer", "finetune", "--data", str(folder),
+            "--image-size", str(size), "--weights", str(weights or "none"), "--out", str(out),
+            "--cache-dir", str(cache_dir), *extra]  # fmt: skip
+
+
 def _transfer_run(folder, size, weights, tmp, name, *extra):
-    """`transfer finetune` on FOLDER/train with FOLDER/test held out, in a fresh
-    process with a cache of its own: (wall seconds, metrics.json)."""
-    seconds, _, _ = run_measured(
-        [
-            sys.executable,
-            "-m",
-            "transfer",
-            "finetune",
-            "--data",
-            str(folder),
-            "--image-size",
-            str(size),
-            "--weights",
-            str(weights or "none"),
-            "--out",
-            f"{tmp}/{name}",
-            "--cache-dir",
-            f"{tmp}/cache-{name}",
-            *extra,
-        ]
-    )
+    """`_finetune_command` in a fresh process with a cache of its own: (wall seconds,
+    metrics.json)."""
+    command = _finetune_command(folder, size, weights, f"{tmp}/{name}", f"{tmp}/cache-{name}")
+    seconds, _, _ = run_measured([*command, *extra])
     return seconds, json.loads(Path(f"{tmp}/{name}/metrics.json").read_text())
 
 

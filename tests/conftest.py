@@ -236,6 +236,20 @@ def mock_tfds_metadata(data_dir, name="mnist", splits=(("train", 16), ("test", 8
     return data_dir
 
 
+def run_cli(*args):
+    """The CLI in this process (click's CliRunner), standard output and error apart."""
+    from click.testing import CliRunner
+
+    from transfer.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+# The flags of the smallest run: random weights, 32 px, one head epoch, no phase 2.
+TINY_FLAGS = ["--no-report", "--weights", "none", "--image-size", 32, "--batch-size", 8,
+              "--head-epochs", 1, "--fine-tune-from", "none"]  # fmt: skip
+
+
 def chrome(tmp_path, window=(1200, 900)):
     """Headless Debian chromium through Selenium, logging the console and the network;
     skipped where it is absent (scripts/test installs it when it can)."""

@@ -9,11 +9,9 @@ import json
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import transfer
-from tests.conftest import make_image_folder, md5_of, random_images, randomize
-from transfer.cli import cli
+from tests.conftest import make_image_folder, md5_of, random_images, randomize, run_cli
 from transfer.data.pipeline import images_only
 from transfer.errors import InvalidArgumentError, WeightsError
 from transfer.models import families, pretrained
@@ -34,10 +32,6 @@ KERAS_HASHES = {
     "efficientnet_v2_b0": ("efficientnet_v2", "b0"),
     "convnext_tiny": ("convnext", "convnext_tiny"),
 }
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def reference(family, weights=None):

@@ -8,15 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import make_image_folder
-from transfer.cli import cli
-
-
-def run_cli(*args):
-    """The CLI, with standard output and standard error kept apart."""
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from tests.conftest import TINY_FLAGS, make_image_folder, run_cli
 
 
 @pytest.mark.heavy
@@ -72,21 +65,6 @@ def test_export_keeps_its_labels_with_it_and_respects_overwrite(tmp_path, tiny_r
     result = run_cli("export", tiny_run, "--out", out)
     assert result.exit_code == 2 and "model.keras.labels.txt exists" in result.stderr
     assert run_cli("export", tiny_run, "--out", out, "--overwrite", "--no-compare").exit_code == 0
-
-
-TINY_FLAGS = [
-    "--no-report",
-    "--weights",
-    "none",
-    "--image-size",
-    32,
-    "--batch-size",
-    8,
-    "--head-epochs",
-    1,
-    "--fine-tune-from",
-    "none",
-]
 
 
 @pytest.mark.parametrize(

@@ -11,17 +11,11 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 import transfer
-from tests.conftest import make_image_folder, write_image
-from transfer.cli import cli
+from tests.conftest import make_image_folder, run_cli, write_image
 from transfer.io import MODEL_METADATA_MEMBER
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def last_line(result):

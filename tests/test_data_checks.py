@@ -9,30 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import make_image_folder
-from transfer.cli import cli
-
-
-def run_cli(*args):
-    """The CLI, with standard output and standard error kept apart."""
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-TINY_FLAGS = [
-    "--no-report",
-    "--weights",
-    "none",
-    "--image-size",
-    32,
-    "--batch-size",
-    8,
-    "--head-epochs",
-    1,
-    "--fine-tune-from",
-    "none",
-]
+from tests.conftest import TINY_FLAGS, make_image_folder, run_cli
 
 
 def test_a_class_without_training_images_is_refused(tmp_path):

@@ -7,15 +7,9 @@ import uuid
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import write_image
-from transfer.cli import cli
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from tests.conftest import run_cli, write_image
 
 
 def make_corpus(root):

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import SAMPLE_DATA
-from transfer.cli import cli
+from tests.conftest import SAMPLE_DATA, run_cli
 from transfer.data.csv_labels import load_table
 from transfer.io import MODEL_METADATA_MEMBER
 from transfer.runs import class_names_of
@@ -23,10 +21,6 @@ from fashion_mnist_pairs import tile_pairs  # noqa: E402
 
 SPLITS = ("train", "train", "train", "val", "train", "test")  # by row, in turn
 FAST = ("--weights", "none", "--image-size", "32", "--fine-tune-from", "none")
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def last_line(result):

@@ -11,18 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import make_image_folder
-from transfer.cli import cli
+from tests.conftest import make_image_folder, run_cli
 from transfer.io import save_model
 from transfer.runs import read_config, read_model_metadata, reopen_data
 
 pytestmark = pytest.mark.heavy
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def metrics_of(folder):

@@ -9,11 +9,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import SAMPLE_DATA
-from transfer.cli import cli
+from tests.conftest import SAMPLE_DATA, run_cli
 from transfer.errors import InvalidArgumentError
 
 CLASSES = sorted(p.name for p in Path(SAMPLE_DATA).iterdir() if p.is_dir())
@@ -35,10 +33,6 @@ FLOAT_TOLERANCE = 1e-4  # on probabilities, for the unquantised formats
 # images is a third of a point: the bar leaves room for two images more than 98%.
 INT8_AGREEMENT = 0.97
 INT16X8_AGREEMENT = 0.97
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def sample_images(size=32):

@@ -12,10 +12,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
 
-from tests.conftest import make_image_folder
-from transfer.cli import cli
+from tests.conftest import make_image_folder, run_cli
 from transfer.commands.evaluate import evaluate
 from transfer.errors import InvalidArgumentError
 from transfer.export import ExportInfo, onnx_format, open_model, tflite
@@ -24,11 +22,6 @@ from transfer.models.heads import build_classifier
 from transfer.runs import RunPaths, mark_as_ours, write_labels
 
 LABELS = "cat\ndog\n"
-
-
-def run_cli(*args):
-    """The CLI, with standard output and standard error kept apart."""
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def _tflite(model, path):

@@ -13,10 +13,9 @@ import click
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import SAMPLE_DATA, chrome
+from tests.conftest import SAMPLE_DATA, chrome, run_cli
 from transfer.cli import PREDICTION_PRINTERS, cli
 from transfer.commands.predict import UNKNOWN, predict
 from transfer.data.dataset import Split
@@ -38,10 +37,6 @@ FAST = [
     "--fine-tune-from",
     "none",
 ]
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def last_line(result):

@@ -9,18 +9,12 @@ from pathlib import Path
 
 import keras
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import SAMPLE_DATA
-from transfer.cli import cli
+from tests.conftest import SAMPLE_DATA, run_cli
 from transfer.data.csv_labels import LABEL_COLUMNS, PATH_COLUMNS
 from transfer.runs import read_config, reopen_data
 
 COLUMNS = ("picture", "kind")  # neither is looked for without --path-column, --label-column
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

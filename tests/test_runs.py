@@ -12,17 +12,10 @@ import time
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import make_image_folder
-from transfer.cli import cli
+from tests.conftest import TINY_FLAGS, make_image_folder, run_cli
 from transfer.io import save_model, write_npz, write_text
 from transfer.runs import RunPaths
-
-
-def run_cli(*args):
-    """The CLI, with standard output and standard error kept apart."""
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -251,21 +244,6 @@ def _interrupted_run(tmp_path, monkeypatch, data):
     result = run_cli("finetune", "--data", data, "--out", out, *TINY_FLAGS)
     assert result.exit_code == 130, result.output
     return out
-
-
-TINY_FLAGS = [
-    "--no-report",
-    "--weights",
-    "none",
-    "--image-size",
-    32,
-    "--batch-size",
-    8,
-    "--head-epochs",
-    1,
-    "--fine-tune-from",
-    "none",
-]
 
 
 def test_resume_refuses_other_data_but_not_another_cache_dir(tmp_path, monkeypatch):
