@@ -226,3 +226,47 @@ def test_only_files_that_need_it_take_the_longer_decoding_and_all_agree(tmp_path
     expected = np.stack([graph(tf.constant(p.read_bytes())).numpy() for p in files])
     np.testing.assert_array_equal(decoded(files, size=(16, 24)), expected)
     assert find_unreadable([str(p) for p in files], progress=False) == []
+
+
+def _jpeg_declaring(path, width, height, comment_bytes=0):
+    """A small real JPEG whose frame header claims width x height, after comments of
+    `comment_bytes` in all (in segments of at most 60,000 bytes)."""
+    import struct
+
+    data = save(upright_picture(), path, 1).read_bytes()
+    comments = b""
+    while comment_bytes > 0:
+        length = min(comment_bytes, 60_000)
+        comments += b"\xff\xfe" + struct.pack(">H", length + 2) + b"c" * length
+        comment_bytes -= length
+    data = bytearray(data[:2] + comments + data[2:])
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5 : frame + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_the_file_check_reads_declared_sizes_as_pillow_does(tmp_path):
+    """The file check takes each image's declared size from its first bytes (PNG, GIF,
+    JPEG; Pillow reads the others, and a JPEG whose frame header lies further) and
+    skips one beyond max_pixels unread; it notes which files need `decode_upright`."""
+    from tests.conftest import make_image_folder
+    from transfer.data.images import declared_size, file_head, needs_upright
+    from transfer.data.pipeline import MAX_PIXELS, check_images
+
+    folder = make_image_folder(tmp_path / "kinds", {"a": 8}, size=(24, 16))  # every kind
+    files = sorted(folder.glob("a/*")) + [save(upright_picture(), tmp_path / "six.jpg", 6)]
+    for path in files:
+        expected = None if path.suffix == ".bmp" else Image.open(path).size
+        assert declared_size(file_head(path)) == expected, path.name
+    near = _jpeg_declaring(tmp_path / "near.jpg", 12_000, 8_000)
+    far = _jpeg_declaring(tmp_path / "far.jpg", 12_000, 8_000, comment_bytes=100_000)
+    assert declared_size(file_head(near)) == (12_000, 8_000)
+    assert declared_size(file_head(far)) is None  # beyond the first bytes: Pillow's to read
+    paths = [str(p) for p in [*files, near, far]]
+    bad, upright = check_images(paths, progress=False, max_pixels=MAX_PIXELS)
+    assert [(p, reason.split(":")[0]) for p, reason in bad] == [
+        (str(near), "image too large (12000x8000)"),
+        (str(far), "image too large (12000x8000)"),
+    ]
+    assert upright.tolist() == [needs_upright(p) for p in paths]

@@ -20,6 +20,9 @@ class Split:
     paths: list
     labels: np.ndarray
     tfds: object = None  # a tf.data.Dataset of (image, label) for TFDS sources
+    # Per path, whether `decode_upright` must decode it (`needs_upright`), once the file
+    # check has looked: the pipelines need not read every file's start again.
+    upright: np.ndarray = None
 
     def __len__(self):
         return len(self.labels)
@@ -38,7 +41,8 @@ class Split:
         if self.tfds is not None:
             return Split(self.paths[:count], self.labels[:count], tfds=self.tfds.take(count))
         chosen = self.sample_indices(count, seed)
-        return Split([self.paths[i] for i in chosen], self.labels[chosen])
+        upright = None if self.upright is None else self.upright[chosen]
+        return Split([self.paths[i] for i in chosen], self.labels[chosen], upright=upright)
 
 
 @dataclass

@@ -193,17 +193,28 @@ def _replace(contents, at, new, length):
     )
 
 
-def needs_upright(path):
-    """Whether `decode_upright` may give the file other pixels than a plain decode
-    (tf.io.decode_image, 3 channels) does: a GIF, a PNG with an alpha channel or a
-    transparent colour, or an EXIF orientation from 2 to 8 where `exif_orientation`
-    looks for one. Errs towards yes; a file that cannot be read says yes (decoding it
-    reports the error)."""
+def file_head(path):
+    """The first HEADER_BYTES of a file, where `needs_upright` and `declared_size` look;
+    None where it cannot be read."""
     try:
         with open(path, "rb") as f:
-            head = f.read(HEADER_BYTES)
+            return f.read(HEADER_BYTES)
     except OSError:
-        return True
+        return None
+
+
+def needs_upright(path):
+    """Whether `decode_upright` may give the file other pixels than a plain decode
+    (tf.io.decode_image, 3 channels): `head_needs_upright` of its `file_head`. A file
+    that cannot be read says yes (decoding it reports the error)."""
+    head = file_head(path)
+    return True if head is None else head_needs_upright(head)
+
+
+def head_needs_upright(head):
+    """`needs_upright` of a file's first bytes: a GIF, a PNG with an alpha channel or
+    a transparent colour, or an EXIF orientation from 2 to 8 where `exif_orientation`
+    looks for one. Errs towards yes."""
     if head.startswith(PNG_SIGNATURE) and _png_may_be_transparent(head):
         return True
     if head.startswith(b"GIF"):
@@ -212,6 +223,45 @@ def needs_upright(path):
     # Any turning entry after the first marker: `exif_orientation` takes the first
     # entry after it, so a file without one is upright there too.
     return bool(found) and TURNING_ENTRY.search(head, min(found) + 4) is not None
+
+
+# JPEG markers of a frame header (SOF0-SOF15), which holds the image's size: not
+# DHT (C4), JPG (C8) or DAC (CC), which share the range.
+JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # no length follows them
+
+
+def declared_size(head):
+    """(width, height) that a PNG, GIF or JPEG file's first bytes declare, as Pillow
+    reads them; None for another format, or a JPEG whose frame header lies beyond
+    `head`."""
+    if head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    at = 2
+    while at + 1 < len(head):
+        if head[at] != 0xFF:
+            return None  # not a marker where one must be: let Pillow judge it
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill bytes before a marker
+            at += 1
+        elif marker in JPEG_STANDALONE:
+            at += 2
+        elif marker in JPEG_FRAMES:
+            if at + 9 > len(head):
+                return None
+            height, width = struct.unpack(">HH", head[at + 5 : at + 9])
+            return width, height
+        elif marker in (0xD9, 0xDA):  # the end, or the pixels, before any frame header
+            return None
+        else:
+            if at + 4 > len(head):
+                return None
+            at += 2 + struct.unpack(">H", head[at + 2 : at + 4])[0]
+    return None
 
 
 def _png_may_be_transparent(head):

@@ -9,7 +9,14 @@ import numpy as np
 from PIL import Image
 
 from transfer.data.dataset import printable_path
-from transfer.data.images import decode_upright, needs_upright, on_white
+from transfer.data.images import (
+    declared_size,
+    decode_upright,
+    file_head,
+    head_needs_upright,
+    needs_upright,
+    on_white,
+)
 from transfer.errors import DataError, listing
 from transfer.lazy import tf
 from transfer.models.architectures import image_size_pair
@@ -46,18 +53,24 @@ def _resized(image, image_size):
     return _whole_levels(tf.image.resize(image, image_size, method=RESIZE_METHOD))
 
 
-def _by_decoding(paths, elements, dataset):
+def _by_decoding(paths, elements, dataset, upright=None):
     """Datasets `dataset(elements, decode)` of the files that `needs_upright` picks out
     (decode: `decode_upright`) and of the others (`_decode_plain`), without an empty
-    one; `elements` are arrays in the order of `paths`. Returns them and which files
-    were picked out."""
-    upright = np.array([needs_upright(p) for p in paths], dtype=bool)
+    one; `elements` are arrays or lists in the order of `paths`. `upright`: the flags
+    of `needs_upright`, where known already (a checked split's). Returns them and which
+    files were picked out."""
+    if upright is None:
+        upright = np.array([needs_upright(p) for p in paths], dtype=bool)
+    if not upright.any() or upright.all():  # one part: the elements as they are
+        decode = decode_upright if upright.any() else _decode_plain
+        return [dataset(tuple(elements), decode)], upright
+    # Object arrays of the paths: a NumPy array of str would take 4 bytes a character.
+    arrays = [e if isinstance(e, np.ndarray) else np.array(e, dtype=object) for e in elements]
     parts = [
-        dataset(tuple(np.asarray(e)[chosen] for e in elements), decode)
+        dataset(tuple(a[chosen] for a in arrays), decode)
         for chosen, decode in ((~upright, _decode_plain), (upright, decode_upright))
-        if chosen.any()
     ]
-    return parts or [dataset(elements, _decode_plain)], upright
+    return parts, upright
 
 
 def _whole_levels(pixels):
@@ -70,20 +83,24 @@ def _whole_levels(pixels):
 def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
     """[(path, reason)] for files that TensorFlow cannot decode, checked in parallel,
     and those whose header declares more than `max_pixels` (never decoded)."""
-    if not paths:
-        return []
-    undecodable = [p for p in paths if not _is_utf8(p)]
-    if undecodable:  # TensorFlow takes only UTF-8 paths
-        checked = [p for p in paths if _is_utf8(p)]
-        return [
-            (p, "file name is not valid UTF-8; rename it to use it") for p in undecodable
-        ] + find_unreadable(checked, progress, max_pixels)
-    too_large = _too_large(paths, max_pixels)
-    if too_large:
-        checked = [p for p in paths if p not in too_large]
-        return list(too_large.items()) + find_unreadable(checked, progress, max_pixels=None)
+    return check_images(paths, progress, max_pixels)[0]
 
-    def checked(elements, decode):
+
+def check_images(paths, progress=True, max_pixels=MAX_PIXELS):
+    """(`find_unreadable`'s [(path, reason)], the `needs_upright` flag of every path).
+
+    Each file's start is read once, in Python, for both its declared size and its flag;
+    then every file is decoded, in parallel, exactly as training decodes it."""
+    if not len(paths):
+        return [], np.zeros(0, dtype=bool)
+    # TensorFlow takes only UTF-8 paths.
+    bad = {p: "file name is not valid UTF-8; rename it to use it" for p in paths if not _is_utf8(p)}
+    upright, too_large = _look_at_starts(paths, max_pixels)
+    bad.update((p, reason) for p, reason in too_large.items() if p not in bad)
+    chosen = np.array([p not in bad for p in paths], dtype=bool) if bad else slice(None)
+    checked = [p for p in paths if p not in bad] if bad else list(paths)
+
+    def decoded(elements, decode):
         def check(index, path):
             image = decode(tf.io.read_file(path))  # exactly as training decodes
             tf.debugging.assert_positive(tf.size(image), message="empty image")
@@ -95,23 +112,25 @@ def find_unreadable(paths, progress=True, max_pixels=MAX_PIXELS):
             .ignore_errors()
         )
 
-    parts, _ = _by_decoding(paths, (np.arange(len(paths), dtype=np.int64), list(paths)), checked)
-    readable = parts[0]
-    for part in parts[1:]:
-        readable = readable.concatenate(part)
-    readable = readable.batch(256)
-    bar = Progress("Checked", len(paths), unit="image") if progress else None
-    good = np.zeros(len(paths), dtype=bool)
-    seen = 0
-    for batch in readable:
-        good[batch.numpy()] = True
-        seen += len(batch)
+    good = np.zeros(len(checked), dtype=bool)
+    if checked:
+        indices = np.arange(len(checked), dtype=np.int64)
+        parts, _ = _by_decoding(checked, (indices, checked), decoded, upright[chosen])
+        readable = parts[0]
+        for part in parts[1:]:
+            readable = readable.concatenate(part)
+        bar = Progress("Checked", len(checked), unit="image") if progress else None
+        seen = 0
+        for batch in readable.batch(256):
+            good[batch.numpy()] = True
+            seen += len(batch)
+            if bar:
+                bar.update(seen)
         if bar:
-            bar.update(seen)
-    if bar:
-        bar.update(len(paths))
-        bar.done()
-    return [(paths[i], _decode_error(paths[i])) for i in np.flatnonzero(~good)]
+            bar.update(len(checked))
+            bar.done()
+    failed = [(checked[i], _decode_error(checked[i])) for i in np.flatnonzero(~good)]
+    return list(bad.items()) + failed, upright
 
 
 def _is_utf8(path):
@@ -122,27 +141,42 @@ def _is_utf8(path):
     return True
 
 
-def _too_large(paths, max_pixels):
-    """{path: reason} for images whose header declares more than `max_pixels`."""
-    if max_pixels is None:
-        return {}
-    found = {}
-    for path in paths:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as image:  # reads the header only
-                    width, height = image.size
-        except Image.DecompressionBombError:
-            width = height = None  # beyond twice Pillow's own limit
-        except Exception:  # noqa: BLE001 - unreadable files are TensorFlow's to report
+def _look_at_starts(paths, max_pixels):
+    """(the `needs_upright` flag of each path, {path: reason} for images whose header
+    declares more than `max_pixels`), from one read of each file's start."""
+    upright = np.ones(len(paths), dtype=bool)  # unreadable: TensorFlow reports it
+    too_large = {}
+    for i, path in enumerate(paths):
+        head = file_head(path)
+        if head is None:
             continue
-        if width is None or width * height > max_pixels:
-            size = "" if width is None else f" ({width}x{height})"
-            found[path] = (
-                f"image too large{size}: more than max_pixels={max_pixels} pixels, not decoded"
+        upright[i] = head_needs_upright(head)
+        if max_pixels is None:
+            continue
+        size = declared_size(head) or _size_by_pillow(path)
+        if size is not None and (size == TOO_LARGE_FOR_PILLOW or size[0] * size[1] > max_pixels):
+            shown = "" if size == TOO_LARGE_FOR_PILLOW else f" ({size[0]}x{size[1]})"
+            too_large[path] = (
+                f"image too large{shown}: more than max_pixels={max_pixels} pixels, not decoded"
             )
-    return found
+    return upright, too_large
+
+
+TOO_LARGE_FOR_PILLOW = (-1, -1)  # beyond twice Pillow's own limit: no size given
+
+
+def _size_by_pillow(path):
+    """(width, height) from Pillow's look at the header (formats `declared_size` does
+    not read); None where Pillow cannot tell (the decoder reports the file)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # reads the header only
+                return image.size
+    except Image.DecompressionBombError:
+        return TOO_LARGE_FOR_PILLOW
+    except Exception:  # noqa: BLE001 - unreadable files are TensorFlow's to report
+        return None
 
 
 def _decode_error(path):
@@ -170,7 +204,8 @@ def drop_unreadable(dataset, strict=False, progress=True, max_pixels=MAX_PIXELS)
         return dataset
     all_paths = [p for split in dataset.splits.values() for p in split.paths]
     logger.info("Checking %d images...", len(all_paths))
-    bad = dict(find_unreadable(all_paths, progress=progress, max_pixels=max_pixels))
+    found, upright = check_images(all_paths, progress=progress, max_pixels=max_pixels)
+    bad = dict(found)
     for path, reason in bad.items():
         dataset.skipped.append({"path": printable_path(path), "reason": reason})
     if dataset.skipped and strict:
@@ -178,10 +213,14 @@ def drop_unreadable(dataset, strict=False, progress=True, max_pixels=MAX_PIXELS)
         raise DataError(f"{len(dataset.skipped)} unusable files (strict=True): {lines}.")
     for entry in dataset.skipped:
         logger.warning("Skipped %s: %s", entry["path"], entry["reason"])
+    start = 0
     for split in dataset.splits.values():
-        keep = [i for i, p in enumerate(split.paths) if p not in bad]
-        split.paths = [split.paths[i] for i in keep]
-        split.labels = split.labels[keep]
+        flags = upright[start : start + len(split.paths)]
+        start += len(split.paths)
+        keep = [i for i, p in enumerate(split.paths) if p not in bad] if bad else slice(None)
+        if bad:
+            split.paths = [split.paths[i] for i in keep]
+        split.labels, split.upright = split.labels[keep], flags[keep]
     for name, split in dataset.splits.items():
         if name == "train" and not len(split):
             raise DataError("No readable training images are left after skipping bad files.")
@@ -248,7 +287,9 @@ def _decoded_files(split, size):
             deterministic=True,
         )
 
-    parts, upright = _by_decoding(split.paths, (list(split.paths), split.labels), decoded)
+    parts, upright = _by_decoding(
+        split.paths, (list(split.paths), split.labels), decoded, split.upright
+    )
     if len(parts) == 1:
         return parts[0]
     # Each file from its part, in the split's order.

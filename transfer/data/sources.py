@@ -62,7 +62,8 @@ OUTSIDE_FILE = "link to a file outside the image folder, not read"
 
 
 def _list_class_files(class_dir, skipped, inside):
-    """Image files of one class folder, recursively, sorted; others reported.
+    """Image files of one class folder, recursively, sorted, as paths (str); others
+    reported.
 
     Links to folders are not followed (as Keras' image_dataset_from_directory with
     follow_links=False): a link can make a loop. Links to files are, when the file
@@ -71,36 +72,48 @@ def _list_class_files(class_dir, skipped, inside):
         skipped.append({"path": printable_path(class_dir), "reason": OUTSIDE_FOLDER})
         return []
     files = []
-    for root, dirs, names in os.walk(class_dir):
-        for name in sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
-            if not name.startswith("."):
-                skipped.append(
-                    {
-                        "path": printable_path(os.path.join(root, name)),
-                        "reason": "link to a folder, not followed",
-                    }
-                )
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d))
-        )
-        for name in sorted(names):
-            path = Path(root) / name
-            if _is_hidden(path):
-                continue
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append({"path": printable_path(path), "reason": NOT_AN_IMAGE})
-                continue
-            if not path.is_file():
-                skipped.append(
-                    {"path": printable_path(path), "reason": "broken link or not a file"}
-                )
-                continue
-            # Only a link can lead out: the folders walked are inside, none a link.
-            if path.is_symlink() and not is_inside(path, inside):
-                skipped.append({"path": printable_path(path), "reason": OUTSIDE_FILE})
-                continue
-            files.append(path)
+    _walk(str(class_dir), files, skipped, inside)
     return files
+
+
+def _walk(folder, files, skipped, inside):
+    """`_list_class_files` of one folder: its files, then each sub-folder's, in name
+    order. One directory read per folder and no other call per plain file: the file
+    type comes with the listing (`os.scandir`); only links are looked up."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted((e for e in listing if not e.name.startswith(".")), key=_entry_name)
+    except OSError as exc:
+        reason = f"folder cannot be read ({exc.strerror or type(exc).__name__})"
+        skipped.append({"path": printable_path(folder), "reason": reason})
+        return
+    folders = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            folders.append(entry.path)
+        elif entry.is_symlink() and entry.is_dir():
+            skipped.append(
+                {"path": printable_path(entry.path), "reason": "link to a folder, not followed"}
+            )
+    for entry in entries:
+        if entry.is_dir():  # a folder, or a link to one (reported above)
+            continue
+        path = entry.path
+        if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+            skipped.append({"path": printable_path(path), "reason": NOT_AN_IMAGE})
+        elif not entry.is_file():
+            skipped.append({"path": printable_path(path), "reason": "broken link or not a file"})
+        # Only a link can lead out: the folders walked are inside, none a link.
+        elif entry.is_symlink() and not is_inside(path, inside):
+            skipped.append({"path": printable_path(path), "reason": OUTSIDE_FILE})
+        else:
+            files.append(path)
+    for sub in folders:
+        _walk(sub, files, skipped, inside)
+
+
+def _entry_name(entry):
+    return entry.name
 
 
 def _class_dirs(root):
@@ -178,9 +191,42 @@ def _files_by_class(dirs, names, skipped, inside):
 
 
 def _records_to_split(records, class_index):
-    paths = [str(p) for p, _ in records]
+    paths = [p for p, _ in records]
     labels = np.array([class_index[c] for _, c in records], dtype=np.int64)
     return Split(paths, labels)
+
+
+def list_class_folders(root):
+    """({class name: image paths}, skipped files) of a folder with one sub-folder per
+    class: the listing of `load_folder`, which then splits it (`split_class_files`)."""
+    skipped = []
+    return _scan_class_folders(Path(root), skipped, os.path.realpath(root)), skipped
+
+
+def split_class_files(files, root, val_split, test_split):
+    """{split name: Split} of `list_class_folders`' files of `root`: validation and,
+    with `test_split` > 0, test by the hash of each path inside its class folder."""
+    class_index = {name: i for i, name in enumerate(sorted(files))}
+    train, val, test = _hash_split(files, root, val_split, test_split)
+    records = {"train": train, "val": val, **({"test": test} if test_split > 0 else {})}
+    return {name: _records_to_split(recs, class_index) for name, recs in records.items()}
+
+
+def folder_fingerprint(splits, root):
+    """The fingerprint of a folder's splits: each image's split, path inside `root`,
+    size and modification time."""
+    relative = _relative_to(root)
+    return fingerprint_of(
+        (split, relative(p), *file_stamp(p)) for split, s in splits.items() for p in s.paths
+    )
+
+
+def _relative_to(root):
+    """path -> the path inside `root` of a path listed under it: a cut, not
+    os.path.relpath, which costs more than a stat per path. Paths under `root` start
+    as Path joins them (nothing for "."), which is where the cut falls."""
+    start = len(str(Path(root) / "_")) - 1
+    return lambda path: path[start:]
 
 
 def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT, min_classes=2):
@@ -219,28 +265,21 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
             records["train"], records["val"] = _hash_split(
                 train_files, subdirs["train"], val_split, 0.0
             )[:2]
+        class_index = {name: i for i, name in enumerate(class_names)}
+        splits = {name: _records_to_split(recs, class_index) for name, recs in records.items()}
     else:
         source = "folder"
         files = _scan_class_folders(root, skipped, inside)
         class_names = sorted(files)
-        train, val, test = _hash_split(files, root, val_split, test_split)
-        records = {"train": train, "val": val}
-        if test_split > 0:
-            records["test"] = test
+        splits = split_class_files(files, root, val_split, test_split)
     if len(class_names) < min_classes:
         raise DataError(
             f"{root} has a single class ({class_names[0]!r}); a classifier needs at least two "
             "class folders."
         )
-    class_index = {name: i for i, name in enumerate(class_names)}
-    splits = {name: _records_to_split(recs, class_index) for name, recs in records.items()}
     if not len(splits["train"]):
         raise DataError(f"{root} leaves no images for training.")
-    fingerprint = fingerprint_of(
-        (split, os.path.relpath(p, root), *file_stamp(p))
-        for split, s in splits.items()
-        for p in s.paths
-    )
+    fingerprint = folder_fingerprint(splits, root)
     dataset = Dataset(root.resolve().name, source, class_names, splits, skipped, fingerprint)
     if val_split > 0 or "val" in subdirs:
         _warn_small_validation(dataset)
@@ -248,12 +287,14 @@ def load_folder(root, val_split=DEFAULT_VAL_SPLIT, test_split=DEFAULT_TEST_SPLIT
 
 
 def _hash_split(files, root, val_split, test_split):
-    """Per class, assign each file by the hash of its path within its class folder."""
+    """Per class, assign each file by the hash of its path within its class folder
+    (written with "/")."""
+    relative = _relative_to(root)
     return hash_split(
         files,
         val_split,
         test_split,
-        key=lambda path, _: Path(*path.relative_to(root).parts[1:]).as_posix(),
+        key=lambda path, _: relative(path).partition(os.sep)[2].replace(os.sep, "/"),
     )
 
 
