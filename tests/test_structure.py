@@ -40,6 +40,7 @@ COMMANDS = (
     "info",
     "weights",
     "lr-find",
+    "tune",
     "report",
     "explain",
 )

@@ -22,6 +22,7 @@ from transfer.allocator import limit_arenas  # noqa: E402
 limit_arenas()
 
 from transfer.commands.finetune import RunResult, finetune  # noqa: E402
+from transfer.commands.tune import TuneResult, tune  # noqa: E402
 from transfer.errors import (  # noqa: E402
     DataError,
     InvalidArgumentError,

@@ -32,6 +32,7 @@ from transfer.commands import lr_find as lr_find_command  # noqa: E402
 from transfer.commands import predict as predict_command  # noqa: E402
 from transfer.commands import probe as probe_command  # noqa: E402
 from transfer.commands import report as report_command  # noqa: E402
+from transfer.commands import tune as tune_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
 from transfer.data.sources import IMAGE_EXTENSIONS  # noqa: E402
 from transfer.errors import RunFailedError, RunInterruptedError, TransferError  # noqa: E402
@@ -48,6 +49,7 @@ from transfer.startup_noise import filter_stderr, open_standard_streams  # noqa:
 from transfer.train import options as finetune_options  # noqa: E402
 from transfer.train.distribute import STRATEGIES  # noqa: E402
 from transfer.train.feature_cache import CACHE_DIR_ENV  # noqa: E402
+from transfer.train.search import TunePaths, shown_value  # noqa: E402
 
 DEBUG_ENV = "TRANSFER_DEBUG"
 FINETUNE = finetune_options.FinetuneOptions()  # the library's defaults
@@ -496,6 +498,7 @@ calibrate_option = click.option(
 
 # --help of the recipe's commands (finetune, lr-find): section -> its options, in order.
 HELP_SECTIONS = {
+    "Search (tune)": ("trials", "space"),
     "Data": (
         "data",
         "val_split",
@@ -745,7 +748,14 @@ def _given(options):
     }
 
 
-# The options of a fine-tuning recipe, shared by finetune and lr-find.
+# A run's deadline (finetune, lr-find); tune's --time-limit is the whole search's.
+run_time_limit_option = click.option(
+    "--time-limit",
+    metavar="DURATION",
+    help="Plan the run to end within this time (90s, 10m, 2h): phase 1, then as "
+    "many phase-2 epochs as fit, the end of the run reserved.",
+)
+# The options of a fine-tuning recipe, shared by finetune, lr-find and tune.
 recipe_options = _options(
     architecture_options,
     click.option(
@@ -876,12 +886,6 @@ recipe_options = _options(
         "validation in the epochs left (with --keep best).",
     ),
     click.option(
-        "--time-limit",
-        metavar="DURATION",
-        help="Plan the run to end within this time (90s, 10m, 2h): phase 1, then as "
-        "many phase-2 epochs as fit, the end of the run reserved.",
-    ),
-    click.option(
         "--preset",
         type=Choice(tuple(finetune_options.RECIPE_PRESETS)),
         help="fast: a short phase 2 on the frozen groups' cached outputs; balanced: "
@@ -955,6 +959,7 @@ recipe_options = _options(
 )
 @click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
 @recipe_options
+@run_time_limit_option
 @click.option(
     "--resume",
     is_flag=True,
@@ -1044,6 +1049,7 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     help="Batches over which the learning rate grows from --start-lr to --end-lr.",
 )
 @recipe_options
+@run_time_limit_option
 def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
     """Learning-rate range test for phase 2: suggests --fine-tune-lr.
 
@@ -1068,6 +1074,116 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
         f"suggested: --fine-tune-lr {result.suggested:.2g} "
         f"(plot: {result.out / lr_find_command.PLOT_FILE})"
     )
+
+
+@cli.command(cls=SectionedCommand)
+@click.option(
+    "--data",
+    "--labels",
+    "data",
+    required=True,
+    help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
+    "or a CSV file of image paths and labels.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder of the search: study.db, trials/, trials.csv, trials.png, "
+    "best-config.json and best/, the best trial's run directory.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the search in a non-empty --out.")
+@click.option(
+    "--trials",
+    type=AT_LEAST_ONE,
+    help="End the search when the study holds this many finished trials (with --resume, "
+    "the earlier ones count).",
+)
+@click.option(
+    "--time-limit",
+    metavar="DURATION",
+    help="End the search within this time (90s, 10m, 2h): no trial starts that would "
+    "not fit, and one that runs over stops.",
+)
+@click.option(
+    "--space",
+    type=click.Path(dir_okay=False),
+    help="YAML file of the search space: option: [choices] or {low, high, log} "
+    "(phase-2 options; default: learning rate, fine-tune-from, layer decay, "
+    "augment, label smoothing, epochs).",
+)
+@recipe_options
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a stopped search in --out: its unfinished trial runs again (same "
+    "command; --trials and --time-limit may change).",
+)
+def tune(data, out, overwrite, trials, time_limit, space, resume, **options):
+    """Search phase 2's recipe within a number of trials or a time limit.
+
+    Phase 1 runs once and every trial starts from its head; each trial is phase 2
+    with options that Optuna's TPE sampler suggests, stopped early by a median
+    pruner on each epoch's validation accuracy. The first trial is the recipe as
+    given. Writes the trials' table and plot, the best trial's options as
+    best-config.json and its run directory as best/. Needs the tune extra (optuna).
+
+    \b
+    Examples:
+      transfer tune --data ./flowers --out runs/flowers-tune --time-limit 1h
+      transfer tune --data ./flowers --out runs/flowers-tune --trials 20 --space space.yaml
+      transfer tune --data ./flowers --out runs/flowers-tune --trials 30 --resume
+    """
+    if trials is None and time_limit is None:
+        raise click.UsageError("Give --trials N, --time-limit DURATION or both.")
+    result = tune_command.tune(
+        data,
+        out,
+        trials=trials,
+        time_limit=time_limit,
+        space=space,
+        resume=resume,
+        overwrite=overwrite,
+        **_given(options),
+    )
+    rows, paths = result.trials, TunePaths(result.out)
+    names = list(dict.fromkeys(name for row in rows for name in row["params"]))
+    header = ["trial", "state", "val acc", "kept", "epochs", "seconds", *names]
+    table = [
+        [
+            str(r["number"]),
+            r["state"],
+            "" if r["validation_accuracy"] is None else f"{r['validation_accuracy']:.4f}",
+            {"head": "phase 1", "fine-tune": "phase 2"}.get(r["phase_kept"], ""),
+            "" if r["epochs"] is None else str(r["epochs"]),
+            "" if r["seconds"] is None else f"{r['seconds']:.0f}",
+            *[shown_value(r["params"].get(name, "")) for name in names],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    echo("")
+    finished = [r for r in rows if r["state"] in ("complete", "pruned")]
+    pruned = sum(r["state"] == "pruned" for r in rows)
+    echo(
+        f"search: {len(finished)} trials finished ({pruned} pruned) in "
+        f"{result.seconds:.0f}s; table {paths.table}, plot {paths.plot}"
+    )
+    best = next(r for r in rows if r["number"] == result.best_trial)
+    echo(
+        f"best: trial {result.best_trial}, validation accuracy {best['validation_accuracy']:.4f} "
+        f"({', '.join(f'{k}={shown_value(v)}' for k, v in best['params'].items())})"
+    )
+    metrics, kept = result.metrics, result.metrics["kept"]
+    echo(f"kept: {phase_label(kept['phase'])} - {kept['reason']}")
+    if "val" in metrics:
+        _echo_metrics("validation", metrics["val"], log_loss=False)
+    if "test" in metrics:  # of the chosen trial only: the others were chosen against
+        _echo_metrics("test, the chosen trial", metrics["test"], log_loss=False)
+    echo(f"options: {paths.best_config}")
+    echo(f"run directory: {paths.best}")
 
 
 def _echo_metrics(name, m, log_loss=True):

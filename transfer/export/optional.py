@@ -7,7 +7,13 @@ from transfer.errors import MissingExtraError
 from transfer.version import DISTRIBUTION
 
 # module -> the extra of setup.cfg that installs it
-EXTRAS = {"tf2onnx": "onnx", "onnx": "onnx", "onnxruntime": "onnx", "ai_edge_litert": "litert"}
+EXTRAS = {
+    "tf2onnx": "onnx",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "ai_edge_litert": "litert",
+    "optuna": "tune",
+}
 
 
 def optional_module(name):

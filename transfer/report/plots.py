@@ -248,6 +248,77 @@ def plot_lr_find(learning_rates, losses, suggested, path):
     _save(fig, path)
 
 
+@_plain_text
+def plot_trials(rows, dimensions, path, best=None):
+    """`transfer tune`'s trials: validation accuracy against each option of the space
+    (complete trials filled, pruned ones hollow, the best a star), then the best so far
+    against the trials' seconds, added up in the order they ran. `rows` are the search's
+    table rows; `dimensions` its `Dimension`s (choices, or a range with `log`)."""
+    panels = len(dimensions) + 1
+    columns = min(3, panels)
+    lines = int(np.ceil(panels / columns))
+    fig, axes = _pyplot().subplots(
+        lines, columns, figsize=(4.2 * columns, 3.3 * lines), squeeze=False, layout="constrained"
+    )
+    scored = [r for r in rows if r["validation_accuracy"] is not None]
+    for ax, dimension in zip(axes.flat, dimensions):
+        name, choices = dimension.name, dimension.choices
+        for state, filled in (("complete", True), ("pruned", False)):
+            points = [r for r in scored if r["state"] == state and name in r["params"]]
+            x = [r["params"][name] for r in points]
+            if choices is not None:
+                x = [list(choices).index(v) for v in x]
+            ax.scatter(
+                x,
+                [r["validation_accuracy"] for r in points],
+                s=28,
+                facecolors="tab:blue" if filled else "none",
+                edgecolors="tab:blue" if filled else "gray",
+                label=state,
+            )
+        chosen = next((r for r in scored if r["number"] == best), None)
+        if chosen is not None and name in chosen["params"]:
+            value = chosen["params"][name]
+            ax.scatter(
+                [list(choices).index(value) if choices is not None else value],
+                [chosen["validation_accuracy"]],
+                marker="*",
+                s=160,
+                color="firebrick",
+                zorder=3,
+                label=f"best (trial {best})",
+            )
+        if choices is not None:
+            ax.set_xticks(range(len(choices)), [str(c) for c in choices], fontsize=8)
+            ax.set_xlim(-0.5, len(choices) - 0.5)
+        elif dimension.log:
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
+            ax.set_xscale("log")  # ticks as numbers: mathtext is off (_plain_text)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(name)
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+    ax = axes.flat[len(dimensions)]
+    timed = [r for r in rows if r["seconds"] is not None]
+    elapsed = np.cumsum([r["seconds"] for r in timed])
+    accuracy = np.array([r["validation_accuracy"] for r in timed], dtype=float)
+    complete = np.where([r["state"] == "complete" for r in timed], accuracy, np.nan)
+    ax.step(elapsed, np.fmax.accumulate(complete), where="post", color="firebrick")
+    ax.scatter(elapsed, accuracy, s=18, color="tab:blue")
+    ax.set_title("best so far (line), each trial (dots)", fontsize=9)
+    ax.set_xlabel("seconds of trials, added up")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    for extra in list(axes.flat)[panels:]:
+        extra.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncol=len(handles), frameon=False)
+    _save(fig, path)
+
+
 def png_of(fig):
     """A figure as PNG bytes, for pages that carry their images inline."""
     buffer = io.BytesIO()

@@ -89,11 +89,31 @@ def fine_tune_on_images(run, phase, planned_epochs=None):
     return phase.fit_on_images(model, schedule, validation=validation, recalibrate=recalibrate)
 
 
-class FrozenPrefix:
-    """The outputs of the groups before `fine_tune_from`, computed once for phase 2."""
+class SharedOutputs:
+    """The frozen groups' outputs of several runs that start from the same backbone
+    (transfer tune's trials, all from one phase 1): {(fine_tune_from, split name,
+    mirrored): outputs}, at most PREFIX_CACHE_BYTES in all, the oldest dropped first."""
 
-    def __init__(self, prefix, suffix, options):
+    def __init__(self, budget=PREFIX_CACHE_BYTES):
+        self.budget, self.entries = budget, {}
+
+    def get(self, key, compute):
+        if key not in self.entries:
+            outputs = compute()
+            held = sum(kept.nbytes for kept in self.entries.values())
+            while self.entries and held + outputs.nbytes > self.budget:
+                held -= self.entries.pop(next(iter(self.entries))).nbytes
+            self.entries[key] = outputs
+        return self.entries[key]
+
+
+class FrozenPrefix:
+    """The outputs of the groups before `fine_tune_from`, computed once for phase 2
+    (once for all the runs that share `run.prefix_outputs`)."""
+
+    def __init__(self, prefix, suffix, options, shared=None):
         self.prefix, self.suffix, self.options = prefix, suffix, options
+        self.shared = shared
         self.val_outputs = self.val_labels = None
         # A tensor of (orientations × training images, ...) or None; image i mirrored
         # is at i + train_count.
@@ -113,7 +133,7 @@ class FrozenPrefix:
         train, val = dataset.splits["train"], dataset.splits["val"]
         per_image = int(np.prod(prefix.output.shape[1:])) * 2
         budget = PREFIX_CACHE_BYTES
-        cache = cls(prefix, suffix, options)
+        cache = cls(prefix, suffix, options, run.prefix_outputs)
         if len(val) * per_image > budget:
             logger.info(
                 "Validation runs through the whole model: the frozen groups' outputs "
@@ -121,7 +141,7 @@ class FrozenPrefix:
                 len(val) * per_image / 2**30,
             )
         elif len(val):
-            cache.val_outputs, cache.val_labels = cache._outputs(val), val.labels
+            cache.val_outputs, cache.val_labels = cache._outputs("val", val), val.labels
             budget -= len(val) * per_image
         orientations = cacheable_orientations(options.augment, options.flip)
         size = orientations * len(train) * per_image
@@ -136,7 +156,7 @@ class FrozenPrefix:
             )
             cache.train = tf.convert_to_tensor(
                 np.concatenate(
-                    [cache._outputs(train, mirrored=bool(o)) for o in range(orientations)]
+                    [cache._outputs("train", train, bool(o)) for o in range(orientations)]
                 )
             )
             cache.orientations = orientations
@@ -147,11 +167,18 @@ class FrozenPrefix:
             )
         return cache
 
-    def _outputs(self, split, mirrored=False):
-        images = images_only(split, self.options.image_size, self.options.batch_size)
-        if mirrored:  # as keras.layers.RandomFlip("horizontal") mirrors them
-            images = images.map(lambda x: tf.reverse(x, axis=[2]))
-        return run_inference(self.prefix, images, dtype=np.float16)
+    def _outputs(self, name, split, mirrored=False):
+        """The prefix's outputs for the images of `split` (named `name`), mirrored or not."""
+
+        def compute():
+            images = images_only(split, self.options.image_size, self.options.batch_size)
+            if mirrored:  # as keras.layers.RandomFlip("horizontal") mirrors them
+                images = images.map(lambda x: tf.reverse(x, axis=[2]))
+            return run_inference(self.prefix, images, dtype=np.float16)
+
+        if self.shared is None:
+            return compute()
+        return self.shared.get((self.options.fine_tune_from, name, mirrored), compute)
 
     @property
     def train_count(self):

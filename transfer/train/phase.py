@@ -193,8 +193,9 @@ class Phase:
         return warmup_cosine(schedule.learning_rate, steps * schedule.epochs, steps)
 
     def _planning(self, schedule, rate):
-        """Phase 2's stops: at the deadline of a time-limited run, and as soon as it
-        cannot beat phase 1 (with keep="best" and a phase 1 that trained)."""
+        """Phase 2's stops: at the deadline of a time-limited run, as soon as it cannot
+        beat phase 1 (with keep="best" and a phase 1 that trained), and the run's own
+        (`run.phase_two_stops`: transfer tune's pruner)."""
         run, options = self.run, self.options
         found = []
         if self.name != FINE_TUNE:
@@ -221,7 +222,7 @@ class Phase:
                     record,
                 )
             )
-        return found
+        return found + list(run.phase_two_stops)
 
     def _back_up_when_interrupted(self, fitted, epochs_done):
         """Ctrl-C: keep what the phase learned, whatever the backup interval. The

@@ -133,9 +133,25 @@ def claim_run_dir(out, options, chief, overwrite, resume):
 class Run:
     """One fine-tuning run in the folder of `paths` (a `RunPaths`)."""
 
-    def __init__(self, options, paths, strategy, chief=True, resume=False, report_features=False):
+    def __init__(
+        self,
+        options,
+        paths,
+        strategy,
+        chief=True,
+        resume=False,
+        report_features=False,
+        phase_one=None,
+    ):
         self.options, self.paths, self.strategy = options, paths, strategy
         self.chief, self.resume = chief, resume
+        # The RunPaths of a phase 1 done before, which this run starts from instead of
+        # training its own (transfer tune's trials share one).
+        self.phase_one = phase_one
+        # Keras callbacks added to phase 2's stops (transfer tune's pruner), and the
+        # frozen groups' outputs shared with other runs from the same backbone
+        # (`fine_tune.SharedOutputs`; None: this run computes its own).
+        self.phase_two_stops, self.prefix_outputs = [], None
         # Whether the end of the run computes the training images' features (report.html)
         self.report_features = report_features
         self.started = time.monotonic()
@@ -155,9 +171,10 @@ class Run:
 
     # ------------------------------------------------------------------ steps
 
-    def prepare(self, data):
-        """Read the data (refused on resume if it changed) and build the model."""
-        self.dataset = load_data(data, self.options)
+    def prepare(self, data, dataset=None):
+        """Read the data (refused on resume if it changed) and build the model.
+        `dataset`, the data read before, is taken as it is (transfer tune's trials)."""
+        self.dataset = load_data(data, self.options) if dataset is None else dataset
         if self.resume:
             check_resume_data(self.paths.root, self.dataset, data)
         if self.strategy.num_replicas_in_sync > 1:
@@ -186,10 +203,13 @@ class Run:
         )
         freeze(self.model, train_bn=False)
         phase_start = time.monotonic()
-        if self.resume and paths.head_weights.exists():
-            logger.info("Phase 1 finished before the interruption: loading its result.")
+        if self.phase_one is not None or (self.resume and paths.head_weights.exists()):
+            if self.phase_one is None:
+                logger.info("Phase 1 finished before the interruption: loading its result.")
+            else:
+                logger.info("Phase 1: starting from the head in %s.", self.phase_one.root)
             self._load_phase_one()
-            self.history = json.loads(paths.head_history.read_text())
+            self.history = json.loads(self._phase_one_paths.head_history.read_text())
         elif options.head_epochs:
             if self.plan is not None:
                 self._check_phase_one_fits()
@@ -213,7 +233,7 @@ class Run:
         # Phase 2 has to beat a phase 1 that trained; with head_epochs=0 there is none.
         if self.history:
             self.head_score = self._score(self._val_features(options.cache_features))
-        self._save_phase_one()
+        self.save_phase_one()
         self._preview_augmentation()
         if options.weights is None and not options.train_bn:
             logger.warning(
@@ -381,15 +401,19 @@ class Run:
         )
         self.plan.check_phase_one(to_embed, self._end_images())
 
-    def _load_phase_one(self):
-        load_weight_values(self.model, self.paths.head_weights)
+    @property
+    def _phase_one_paths(self):
+        return self.paths if self.phase_one is None else self.phase_one
 
-    def _save_phase_one(self):
+    def _load_phase_one(self):
+        load_weight_values(self.model, self._phase_one_paths.head_weights)
+
+    def save_phase_one(self):
         """Phase 1's weights and history: to return to when phase 2 does not beat it,
-        and for a resumed run to skip phase 1. The weights are written last: they mark
-        it done."""
+        and for a resumed run (or transfer tune's trials) to skip phase 1. The weights
+        are written last: they mark it done."""
         paths = self.paths
-        if not (self.resume and paths.head_weights.exists()):
+        if self.phase_one is None and not (self.resume and paths.head_weights.exists()):
             write_json(paths.head_history, self.history)
             save_weight_values(self.model, paths.head_weights)
 
@@ -459,15 +483,7 @@ class Run:
         paths, history = self.paths, self.history
         save_model(self.model, paths.model, metadata)
         if history:
-            columns = sorted({k for row in history for k in row} - {"phase", "epoch"})
-            write_csv(
-                paths.history,
-                ["phase", "epoch", *columns],
-                [
-                    [row["phase"], row["epoch"], *[row.get(c, "") for c in columns]]
-                    for row in history
-                ],
-            )
+            write_history(paths.history, history)
             report_step(
                 paths.curves.name,
                 plot_training_curves,
@@ -475,3 +491,13 @@ class Run:
                 paths.curves,
                 kept=self.kept["phase"],
             )
+
+
+def write_history(path, history):
+    """history.csv: one row per epoch of both phases, the columns any row has."""
+    columns = sorted({k for row in history for k in row} - {"phase", "epoch"})
+    write_csv(
+        path,
+        ["phase", "epoch", *columns],
+        [[row["phase"], row["epoch"], *[row.get(c, "") for c in columns]] for row in history],
+    )
