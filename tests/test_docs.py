@@ -118,27 +118,45 @@ ALL_EXAMPLES = [
 
 def parse(args):
     """Parse `transfer ARGS` as the command line would, without running anything:
-    the command must exist, and every option, value and choice be accepted."""
+    the command (and a group's subcommand) must exist, and every option, value and
+    choice be accepted. Returns the command's names (("runs", "compare"))."""
     args = list(args)
     while args[:1] == ["--debug"]:
         args = args[1:]
     if args in (["--version"], ["-h"], ["--help"]):
-        return None
+        return ()
     assert args, "no command"
     parent = click.Context(cli, info_name="transfer")
     command = cli.get_command(parent, args[0])
     assert command is not None, f"no command {args[0]!r}"
     try:
-        command.make_context(args[0], args[1:], parent=parent, resilient_parsing=False)
+        context = command.make_context(args[0], args[1:], parent=parent, resilient_parsing=False)
+        if isinstance(command, click.Group):  # click keeps the subcommand's words apart
+            name, sub, rest = command.resolve_command(
+                context, [*context._protected_args, *context.args]
+            )
+            sub.make_context(name, rest, parent=context, resilient_parsing=False)
+            return (args[0], name)
     except click.exceptions.Exit as exc:  # -h: help printed, nothing run
         assert exc.exit_code == 0
-    return args[0]
+    return (args[0],)
+
+
+def every_command():
+    """Each command's names: ("predict",), and a group's subcommands ("runs", "list")."""
+    for name, command in cli.commands.items():
+        yield (name,)
+        for sub in getattr(command, "commands", {}):
+            yield (name, sub)
 
 
 @pytest.fixture
 def paths_need_not_exist(monkeypatch):
     """Examples name folders and files of the reader's: parse them as if they existed."""
-    for command in cli.commands.values():
+    for names in every_command():
+        command = cli
+        for name in names:
+            command = command.commands[name]
         for param in command.params:
             if isinstance(param.type, click.Path):
                 monkeypatch.setattr(param.type, "exists", False)
@@ -149,13 +167,14 @@ def test_every_example_in_the_readme_and_docs_parses(paths_need_not_exist, capsy
     failures, used = [], set()
     for path, number, args in ALL_EXAMPLES:
         try:
-            used.add(parse(args))
+            names = parse(args)
+            used |= {names[: i + 1] for i in range(len(names))}
         except (click.ClickException, AssertionError) as exc:
             message = exc.format_message() if isinstance(exc, click.ClickException) else exc
             failures.append(f"{path}:{number}: transfer {shlex.join(args)}\n    {message}")
     assert failures == [], "\n".join(failures)
-    # every command has an example somewhere, in the README or the guides
-    assert set(cli.commands) <= used
+    # every command (and subcommand) has an example somewhere, in the README or the guides
+    assert set(every_command()) <= used, set(every_command()) - used
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ COMMANDS = (
     "tune",
     "report",
     "explain",
+    "runs",
 )
 
 

@@ -22,7 +22,9 @@ from transfer.allocator import limit_arenas  # noqa: E402
 limit_arenas()
 
 from transfer.commands.finetune import RunResult, finetune  # noqa: E402
+from transfer.commands.runs import compare_runs, list_runs  # noqa: E402
 from transfer.commands.tune import TuneResult, tune  # noqa: E402
+from transfer.config import load_config  # noqa: E402
 from transfer.errors import (  # noqa: E402
     DataError,
     InvalidArgumentError,

@@ -32,6 +32,7 @@ from transfer.commands import lr_find as lr_find_command  # noqa: E402
 from transfer.commands import predict as predict_command  # noqa: E402
 from transfer.commands import probe as probe_command  # noqa: E402
 from transfer.commands import report as report_command  # noqa: E402
+from transfer.commands import runs as runs_command  # noqa: E402
 from transfer.commands import tune as tune_command  # noqa: E402
 from transfer.commands import weights as weights_command  # noqa: E402
 from transfer.data.sources import IMAGE_EXTENSIONS  # noqa: E402
@@ -46,6 +47,7 @@ from transfer.models.weights.download import WEIGHTS_DIR_ENV  # noqa: E402
 from transfer.report.metrics import phase_label, scores_line, split_title  # noqa: E402
 from transfer.runtime import INFERENCE_BATCH_SIZE  # noqa: E402
 from transfer.startup_noise import filter_stderr, open_standard_streams  # noqa: E402
+from transfer.track import TRACKERS, TRACKING_URI_ENV  # noqa: E402
 from transfer.train import options as finetune_options  # noqa: E402
 from transfer.train.distribute import STRATEGIES  # noqa: E402
 from transfer.train.feature_cache import CACHE_DIR_ENV  # noqa: E402
@@ -496,6 +498,31 @@ calibrate_option = click.option(
 )
 
 
+# A config file of options (transfer.config): it reaches the library as config= among the
+# options given (`_given`), and the library puts the flags given over it. A command
+# that takes it declares --data with cls=DataOption.
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="YAML or JSON file of options, named as in the Python API (fine_tune_epochs: 8), "
+    "and data; or a run's config.json, to repeat that run. Flags given win over it.",
+)
+
+
+class DataOption(click.Option):
+    """--data, required unless a --config file names the data (click handles the options
+    given before the others, so --config is known here when it was given)."""
+
+    def process_value(self, ctx, value):
+        value = super().process_value(ctx, value)
+        given = isinstance(ctx.params.get("config"), str)  # else None, or click's "unset"
+        if self.value_is_missing(value) and not given and not ctx.resilient_parsing:
+            raise click.MissingParameter(
+                ctx=ctx, param=self, message="Give it, or a --config file that names the data."
+            )
+        return value
+
+
 # --help of the recipe's commands (finetune, lr-find): section -> its options, in order.
 HELP_SECTIONS = {
     "Search (tune)": ("trials", "space"),
@@ -549,6 +576,7 @@ HELP_SECTIONS = {
     ),
     "Learning-rate range test": ("start_lr", "end_lr", "steps"),
     "Augmentation (phase 2)": ("augment", "flip"),
+    "Config file and tracking": ("config", "track", "tracking_uri"),
     "Run directory and output": (
         "out",
         "overwrite",
@@ -948,7 +976,7 @@ recipe_options = _options(
     "--data",
     "--labels",
     "data",
-    required=True,
+    cls=DataOption,
     help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
     "or a CSV file of image paths and labels.",
 )
@@ -975,6 +1003,19 @@ recipe_options = _options(
     "images' features: a pass of the backbone over them when phase 2 is "
     "kept; `transfer report` writes it later).",
 )
+@config_option
+@click.option(
+    "--track",
+    type=Choice(TRACKERS, name="tracker"),
+    help="Track the run in MLflow (the mlflow extra): options, every epoch, results "
+    "and the run directory's files. A tracking server that is down is a warning.",
+)
+@click.option(
+    "--tracking-uri",
+    metavar="URI",
+    help=f"The MLflow tracking server or store (implies --track mlflow) [default: "
+    f"${TRACKING_URI_ENV}, else MLflow's local store in the current folder].",
+)
 def finetune(data, out, overwrite, resume, calibrate, report, **options):
     """Fine-tune a backbone on a folder of images (or a CSV or TFDS dataset).
 
@@ -990,6 +1031,9 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
       transfer finetune --data ./flowers --version v1.5 --weights resnet50-11ad3fa6.pth
       transfer finetune --labels labels.csv --images ./photos --label-sep ";"
       transfer finetune --data ./flowers --arch efficientnet_b0
+      transfer finetune --config flowers.yaml --fine-tune-epochs 8
+      transfer finetune --config runs/flowers/config.json --out runs/flowers-again
+      transfer finetune --data ./flowers --track mlflow --tracking-uri http://127.0.0.1:5000
     """
     if resume and not out:
         raise click.UsageError("--resume needs the --out of the run to continue.")
@@ -1034,7 +1078,7 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     "--data",
     "--labels",
     "data",
-    required=True,
+    cls=DataOption,
     help="Image folder, tfds:NAME or a CSV file of paths and labels.",
 )
 @reports_out_option
@@ -1048,6 +1092,7 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     show_default=True,
     help="Batches over which the learning rate grows from --start-lr to --end-lr.",
 )
+@config_option
 @recipe_options
 @run_time_limit_option
 def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
@@ -1058,8 +1103,9 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
     lr_find.csv; the suggestion is a tenth of the rate at the lowest loss (fastai).
 
     \b
-    Example:
+    Examples:
       transfer lr-find --data ./flowers --out runs/flowers-lr
+      transfer lr-find --config flowers.yaml --out runs/flowers-lr
     """
     result = lr_find_command.lr_find(
         data,
@@ -1704,6 +1750,137 @@ def explain(run_or_model, paths, out, top_k, group, image_size):
             echo(f"{path}  error: {error}")
         else:
             echo(f"{path}  {'  '.join(f'{label} {p:.3f}' for label, p in labels)}  -> {written}")
+
+
+class DefaultCommandGroup(click.Group):
+    """A group whose first subcommand runs when no other is named: `transfer runs` and
+    `transfer runs DIR` are `transfer runs list ...`."""
+
+    command_class = TransferCommand
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = [next(iter(self.commands)), *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=DefaultCommandGroup)
+def runs():
+    """List the run directories under a folder, one line each, or compare runs side by side.
+
+    \b
+    Examples:
+      transfer runs
+      transfer runs runs/flowers --sort val_accuracy
+      transfer runs compare runs/flowers runs/flowers-b0
+    """
+
+
+@runs.command("list")
+@click.argument("folder", required=False, default=runs_command.RUNS_DIR, type=click.Path())
+@click.option(
+    "--format",
+    "output_format",
+    default=runs_command.FORMATS[0],
+    show_default=True,
+    type=Choice(runs_command.FORMATS, name="format"),
+)
+@click.option(
+    "--sort",
+    default="started",
+    show_default=True,
+    type=Choice(tuple(runs_command.COLUMNS), name="sort column"),
+    help="The column to sort by: accuracies best first, the others in ascending order.",
+)
+def list_runs(folder, output_format, sort):
+    """One line per run directory under FOLDER [default: runs], at any depth: status
+    (complete, interrupted, failed, running), when it started, data, backbone, weights,
+    image size, validation and test accuracy, the phase kept, wall time.
+
+    \b
+    Examples:
+      transfer runs list
+      transfer runs list runs/flowers --format csv > runs.csv
+    """
+    rows = runs_command.list_runs(folder, sort=sort)
+    if output_format == "json":
+        echo(json.dumps(rows, indent=2))
+    elif output_format == "csv":
+        writer = csv.writer(results_stream())
+        writer.writerow(list(runs_command.COLUMNS))
+        for row in rows:
+            writer.writerow(escaped_row(["" if v is None else v for v in row.values()]))
+    elif rows:
+        _echo_aligned(
+            list(runs_command.COLUMNS.values()),
+            [[_shown(key, value) for key, value in row.items()] for row in rows],
+        )
+    else:
+        click.echo(f"No run directories in {folder}.", err=True)
+
+
+@runs.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--format",
+    "output_format",
+    default=runs_command.FORMATS[0],
+    show_default=True,
+    type=Choice(runs_command.FORMATS, name="format"),
+)
+def compare_runs(run_dirs, output_format):
+    """The options that differ between two runs or more, and their metrics side by side.
+
+    \b
+    Example:
+      transfer runs compare runs/flowers runs/flowers-b0 runs/flowers-strong
+    """
+    compared = runs_command.compare_runs(list(run_dirs))
+    sections = {"option": compared["options"], "metric": compared["metrics"]}
+    if output_format == "json":
+        echo(json.dumps(compared, indent=2))
+    elif output_format == "csv":
+        writer = csv.writer(results_stream())
+        writer.writerow(["kind", "name", *compared["runs"]])
+        for kind, table in sections.items():
+            for name, values in table.items():
+                cells = ["" if v is None else v for v in values]
+                writer.writerow(escaped_row([kind, name, *cells]))
+    else:
+        rows = [
+            [name, *(_shown(name, v) for v in values)]
+            for name, values in sections["option"].items()
+        ]
+        if not rows:
+            rows = [["(no option differs)", *[""] * len(compared["runs"])]]
+        rows.append([""] * (len(compared["runs"]) + 1))
+        rows += [
+            [name, *(_shown(name, v) for v in values)]
+            for name, values in sections["metric"].items()
+        ]
+        _echo_aligned(["", *compared["runs"]], rows)
+
+
+def _shown(name, value):
+    """A value of `transfer runs` as a table shows it."""
+    if value is None:
+        return "-"
+    if name == "kept":
+        return {"head": "phase 1", "fine-tune": "phase 2"}.get(value, value)
+    if name == "started":
+        return value.replace("T", " ")[:16]  # to the minute
+    if name == "seconds":
+        return f"{value:.0f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _echo_aligned(header, rows):
+    """Rows of cells in columns as wide as their widest cell."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def main():

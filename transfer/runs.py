@@ -261,6 +261,12 @@ def _check_not_in_use(folder):
         )
 
 
+def in_use(folder):
+    """Whether a live run (of another process, or this one) holds `folder`'s lock."""
+    pid = _lock_owner(Path(folder) / LOCK_FILE)
+    return pid is not None and _is_running(pid)
+
+
 def _take_lock(folder):
     lock = folder / LOCK_FILE
     for _ in range(2):  # once more after removing a dead run's lock

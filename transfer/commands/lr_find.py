@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfer.config import apply_config
 from transfer.data.augment import augmentation
 from transfer.data.pipeline import epoch_batches, one_hot_images
 from transfer.errors import InvalidArgumentError
@@ -42,22 +43,28 @@ class RangeTest:
 
 
 def lr_find(
-    data,
-    out,
+    data=None,
+    out=None,
     start_lr=START_LR,
     end_lr=END_LR,
     steps=STEPS,
     overwrite=False,
     options=None,
+    config=None,
     **overrides,
 ):
-    """Run the range test on `data` with finetune's options; write lr_find.csv and
-    lr_find.png to `out` and return a `RangeTest` with the suggested learning rate."""
+    """Run the range test on `data` with finetune's options (and a `config` file's, as
+    finetune reads it); write lr_find.csv and lr_find.png to `out` and return a
+    `RangeTest` with the suggested learning rate."""
+    if out is None:
+        raise InvalidArgumentError("out= is required: the folder for lr_find.csv and .png.")
     if not 0 < start_lr < end_lr:
         raise InvalidArgumentError(
             f"start_lr must be positive and below end_lr. Received: start_lr={start_lr}, "
             f"end_lr={end_lr}"
         )
+    given = dict(overrides)
+    source, data, overrides = apply_config(config, data, overrides)
     options = resolve_options(options, **overrides)
     if options.fine_tune_from == "none":
         raise InvalidArgumentError("fine_tune_from=none: the range test is for phase 2.")
@@ -66,6 +73,8 @@ def lr_find(
     )
     keras.utils.set_random_seed(options.seed)
     run.prepare(data)
+    if source is not None:
+        source.check_data(run.dataset, given)
     run.train_head()
     learning_rates, losses = _range_test(run.model, run.dataset, options, start_lr, end_lr, steps)
     paths = run.paths

@@ -12,6 +12,7 @@ EXTRAS = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "ai_edge_litert": "litert",
+    "mlflow": "mlflow",
     "optuna": "tune",
 }
 

@@ -25,10 +25,10 @@ logger = logging.getLogger("transfer")
 ELAPSED, EPOCH_SECONDS, STEP_SECONDS = "elapsed_seconds", "epoch_seconds", "step_seconds"
 
 
-def epoch_log(phase, rows, path):
+def epoch_log(phase, rows, path, listeners=()):
     """Appends each epoch's logs to `rows` and writes them to `path` at once, with when
     the epoch ended and how long it took: in all, and in its training steps (the rest
-    is validation and callbacks)."""
+    is validation and callbacks); then gives `listeners` the rows."""
     clock = {"steps": 0.0}
 
     def on_epoch_begin(epoch, logs=None):
@@ -53,6 +53,8 @@ def epoch_log(phase, rows, path):
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, rows)
+        for listener in listeners:
+            listener(rows)
 
     return keras.callbacks.LambdaCallback(
         on_epoch_begin=on_epoch_begin,

@@ -147,7 +147,7 @@ class Phase:
             callbacks.append(validation)
             val = None
         callbacks += [
-            epoch_log(self.name, rows, log_path),
+            epoch_log(self.name, rows, log_path, self.run.epoch_listeners),
             resume_backup(fitted, self.backup_dir, options.backup_interval),
             # Scalars only: the graph and histograms cost seconds an epoch.
             keras.callbacks.TensorBoard(

@@ -164,6 +164,8 @@ class Run:
         self.fine_tuned_features = {}  # {"val": phase 2's validation features}
         self.kept = None  # which phase's model the run keeps, and why
         self.features = {}  # {split name: (paths, pooled features)} at the end
+        # Called with each history row as its epoch ends, in both phases (tracking).
+        self.epoch_listeners = []
 
     @property
     def num_classes(self):
