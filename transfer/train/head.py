@@ -106,8 +106,9 @@ def fit_head_as_probe(run, head, standardized, train, val):
     output layer. `train` and `val` are (features, labels). Returns a history row
     with its training and validation scores."""
     (train_x, train_labels), (val_x, val_labels) = train, val
-    # float64: LogisticRegressionCV would copy float32 features into float64 itself.
-    c = _set_probe_head(run, standardized(train_x, np.float64), train_labels)
+    # The features as they are (memory-mapped when large), standardised a block at a
+    # time as the model does: no copy of them all.
+    c = _set_probe_head(run, train_x, train_labels, standardized)
     logger.info("Phase 1: the head is the logistic regression (C = %.4g).", c)
     batch = run.options.batch_size
     train_score = score(train_labels, run_inference(head, _batches(train_x, batch)))
@@ -126,12 +127,12 @@ def fit_head_as_probe(run, head, standardized, train, val):
     ]
 
 
-def _set_probe_head(run, standardized_features, labels, c=None):
-    """Fit the logistic regression (with C chosen by cross-validation, or `c`) and make
-    it the classifier layer; returns its C."""
+def _set_probe_head(run, features, labels, standardized, c=None):
+    """Fit the logistic regression on `features` as `standardized` makes them (with C
+    chosen by cross-validation, or `c`) and make it the classifier layer; returns its C."""
     num_classes = run.dataset.num_classes
     classifier = fit_logistic_regression(
-        standardized_features, labels, num_classes, seed=run.options.seed, standardize=False, c=c
+        features, labels, num_classes, seed=run.options.seed, c=c, prepare=standardized
     )
     run.model.get_layer(names.CLASSIFIER).set_weights(list(output_weights(classifier, num_classes)))
     return fitted_c(classifier)
@@ -167,9 +168,7 @@ def refit_probe_on_all_labels(run, c):
     features = [cached_features(extractor, split, run.options, name) for split in splits]
     labels = np.concatenate([split.labels for split in splits])
     standardized = standardize_head(run.model, features)
-    # float32: a single LogisticRegression fits in float32 (scikit-learn >= 1.8), half
-    # the bytes of the float64 its cross-validation needs.
-    _set_probe_head(run, standardized(features), labels, c=c)
+    _set_probe_head(run, features, labels, standardized, c=c)
     return_freed_memory()  # the fit's arrays, before the reports
     return {
         "images": int(len(labels)),
