@@ -11,7 +11,6 @@ import numpy as np
 
 from transfer.allocator import return_freed_memory
 from transfer.data.pipeline import images_only, labelled
-from transfer.lazy import tf
 from transfer.models import names
 from transfer.models.heads import has_hidden_layer, has_standardization, head_model
 from transfer.progress import seconds_since_start
@@ -139,7 +138,12 @@ def _set_probe_head(run, features, labels, standardized, c=None):
 
 
 def _batches(features, batch_size):
-    return tf.data.Dataset.from_tensor_slices(np.asarray(features)).batch(batch_size)
+    """Blocks of rows of `features` (memory-mapped when large): no copy of them all
+    (tf.data's from_tensor_slices would hold one)."""
+    return (
+        np.asarray(features[start : start + batch_size], dtype=np.float32)
+        for start in range(0, len(features), batch_size)
+    )
 
 
 def head_is_probe(history):
