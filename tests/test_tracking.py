@@ -26,6 +26,11 @@ import pytest
 
 from tests.conftest import TINY_FLAGS, make_image_folder, run_cli
 from transfer.commands.runs import list_runs
+from transfer.errors import RunFailedError
+from transfer.runs import RUNNING, RunPaths
+from transfer.track import tracker
+from transfer.train.options import resolve_options
+from transfer.train.run import Run
 
 HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None
 needs_mlflow = pytest.mark.skipif(not HAVE_MLFLOW, reason="the mlflow extra is not installed")
@@ -83,13 +88,11 @@ class MlflowServer:
         pytest.fail(f"the MLflow server did not start: {self.log.read_text()[-3000:]}")
 
     def stop(self):
+        """Gone at once, as a server that crashed or was shut down is (a graceful stop
+        waits seconds for the client's idle connections)."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
 @dataclass
@@ -147,6 +150,29 @@ def what_the_server_holds(uri, run_dir, downloads):
     }
 
 
+# Why a run stops -> the exception that stops it (`finetune` hands it to Run.record_stop,
+# then to the tracker).
+STOPS = {"interrupted": KeyboardInterrupt(), "failed": RunFailedError("No space left on device.")}
+
+
+def stop_a_tracked_run(source, folder, uri):
+    """A run with `source`'s options, tracked at `uri` from its start, stopped as
+    `folder`'s name says, as `finetune` stops one (record_stop, then the tracker)."""
+    import tensorflow as tf
+
+    folder.mkdir()
+    ended = ("kept", "timings", "resumed", "weights_used")  # what a run's end adds
+    config = {k: v for k, v in read(source, "config.json").items() if k not in ended}
+    config["status"] = RUNNING
+    (folder / "config.json").write_text(json.dumps(config))
+    run = Run(resolve_options(**config["options"]), RunPaths(folder), tf.distribute.get_strategy())
+    run.config = config
+    tracking = tracker("mlflow", uri)
+    tracking.start(run)
+    run.record_stop(STOPS[folder.name])
+    tracking.stop(run)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
@@ -166,15 +192,12 @@ def project(tmp_path_factory):
                 project, "tracked", "--data", data, *TINY_FLAGS, *PHASE_TWO, "--report", *track
             )
             assert tracked.exit_code == 0, tracked.output
-            # refused when its time limit cannot hold phase 1: a run that failed
-            failed = finetune(
-                project, "failed", "--data", data, *TINY_FLAGS, "--time-limit", "1s", *track
-            )
-            assert failed.exit_code == 1, failed.output
+            for reason in STOPS:  # two runs that stop as they start: no training needed
+                stop_a_tracked_run(project.runs / "a", project.runs / reason, server.uri)
             downloads = root / "downloads"
             project.tracked = {
                 name: what_the_server_holds(server.uri, project.runs / name, downloads / name)
-                for name in ("tracked", "failed")
+                for name in ("tracked", *STOPS)
             }
             server.stop()
         # The data changes (a file touched), and a flag given: then run a's config again,
@@ -228,13 +251,14 @@ def test_runs_lists_every_run_directory_with_its_status_and_scores(project):
         "test", "acc", "kept", "seconds",
     ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines}
-    expected = {"a", "b", "c"} | ({"tracked", "failed"} if HAVE_MLFLOW else set())
+    expected = {"a", "b", "c"} | ({"tracked", *STOPS} if HAVE_MLFLOW else set())
     assert set(rows) == expected
     a = read(project.runs / "a", "metrics.json")
     assert rows["a"][1] == "complete" and f"{a['val']['accuracy']:.4f}" in rows["a"]
     assert rows["a"][5:8] == ["resnet50", "none", "32"]
     if HAVE_MLFLOW:
-        assert rows["failed"][1] == "failed" and rows["failed"][-2:] == ["-", "-"]
+        assert rows["failed"][1] == "failed" and rows["interrupted"][1] == "interrupted"
+        assert rows["failed"][-4:] == ["-", "-", "-", "-"]  # no scores, phase or time
     listed = json.loads(run_cli("runs", "list", project.runs, "--format", "json").stdout)
     assert listed == list_runs(project.runs)
     by_score = [row["val_accuracy"] for row in list_runs(project.runs, sort="val_accuracy")]
@@ -343,12 +367,13 @@ def test_mlflow_gets_the_options_every_epoch_the_results_and_the_files(project):
 
 
 @needs_mlflow
-def test_a_failed_run_is_marked_failed_in_mlflow(project):
-    held, config = project.tracked["failed"], read(project.runs / "failed", "config.json")
-    assert config["status"] == "failed"
-    assert held["status"] == "FAILED" and held["tags"]["transfer.status"] == "failed"
+@pytest.mark.parametrize("name, status", [("failed", "FAILED"), ("interrupted", "KILLED")])
+def test_a_failed_or_interrupted_run_is_marked_so_in_mlflow(project, name, status):
+    held, config = project.tracked[name], read(project.runs / name, "config.json")
+    assert config["status"] == name
+    assert held["status"] == status and held["tags"]["transfer.status"] == name
     assert held["tags"]["transfer.reason"] == config["reason"]
-    assert "time" in config["reason"].lower()
+    assert held["params"]["seed"] == "42" and held["name"] == name
 
 
 @needs_mlflow
