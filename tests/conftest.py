@@ -41,6 +41,7 @@ TRAINED_RUN_FIXTURES = {
     "project",
     "small_run",
     "exported",
+    "audited",
 }
 
 

@@ -29,6 +29,7 @@ DEFERRABLE = {
     "onnx",
     "onnxruntime",
     "ai_edge_litert",
+    "pandas",
 }
 COMMANDS = (
     "finetune",
@@ -41,6 +42,7 @@ COMMANDS = (
     "weights",
     "lr-find",
     "tune",
+    "audit",
     "report",
     "explain",
     "runs",

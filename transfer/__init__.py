@@ -21,6 +21,7 @@ from transfer.allocator import limit_arenas  # noqa: E402
 
 limit_arenas()
 
+from transfer.commands.audit import AuditResult, audit  # noqa: E402
 from transfer.commands.finetune import RunResult, finetune  # noqa: E402
 from transfer.commands.runs import compare_runs, list_runs  # noqa: E402
 from transfer.commands.tune import TuneResult, tune  # noqa: E402

@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
+from transfer.commands import audit as audit_command  # noqa: E402
 from transfer.commands import embed as embed_command  # noqa: E402
 from transfer.commands import evaluate as evaluate_command  # noqa: E402
 from transfer.commands import explain as explain_command  # noqa: E402
@@ -575,6 +576,7 @@ HELP_SECTIONS = {
         "keep",
     ),
     "Learning-rate range test": ("start_lr", "end_lr", "steps"),
+    "Audit": ("folds", "write_clean", "relabel", "clean_threshold"),
     "Augmentation (phase 2)": ("augment", "flip"),
     "Config file and tracking": ("config", "track", "tracking_uri"),
     "Run directory and output": (
@@ -776,15 +778,8 @@ def _given(options):
     }
 
 
-# A run's deadline (finetune, lr-find); tune's --time-limit is the whole search's.
-run_time_limit_option = click.option(
-    "--time-limit",
-    metavar="DURATION",
-    help="Plan the run to end within this time (90s, 10m, 2h): phase 1, then as "
-    "many phase-2 epochs as fit, the end of the run reserved.",
-)
-# The options of a fine-tuning recipe, shared by finetune, lr-find and tune.
-recipe_options = _options(
+# The backbone whose features a run starts from: finetune, lr-find and audit.
+backbone_options = _options(
     architecture_options,
     click.option(
         "--weights",
@@ -796,7 +791,11 @@ recipe_options = _options(
     ),
     weights_dir_option,
     _finetune_option("--image-size", type=IMAGE_SIZE, show_default=BACKBONE_SIZE),
-    _finetune_option("--batch-size", type=AT_LEAST_ONE, help="Global batch size."),
+    _finetune_option("--pooling", type=Choice(POOLINGS)),
+    _finetune_option("--seed", type=SEEDS),
+)
+# Where the images come from and how they are split: finetune, lr-find and audit.
+data_options = _options(
     _finetune_option(
         "--val-split",
         type=FRACTION,
@@ -805,6 +804,47 @@ recipe_options = _options(
     _finetune_option(
         "--test-split", type=FRACTION, help="Fraction of each class held out for a final test."
     ),
+    strict_option,
+    _finetune_option(
+        "--max-pixels",
+        type=AT_LEAST_ONE,
+        help="Images whose header declares more pixels are skipped unread "
+        "(Pillow's decompression-bomb limit).",
+    ),
+    tfds_data_dir_option,
+    table_options,
+)
+# The feature cache that phase 1 and the audit share.
+feature_cache_options = _options(
+    click.option(
+        "--no-cache",
+        "cache_features",
+        flag_value=False,
+        default=True,
+        show_default=False,
+        help="Keep no backbone features on disk: phase 1 trains through the frozen "
+        "backbone, an audit computes them afresh.",
+    ),
+    click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        help="Where the backbone's features (phase 1's, an audit's) are kept for reuse "
+        f"[default: ${CACHE_DIR_ENV} or ~/.cache/transfer/features].",
+    ),
+)
+# A run's deadline (finetune, lr-find); tune's --time-limit is the whole search's.
+run_time_limit_option = click.option(
+    "--time-limit",
+    metavar="DURATION",
+    help="Plan the run to end within this time (90s, 10m, 2h): phase 1, then as "
+    "many phase-2 epochs as fit, the end of the run reserved.",
+)
+# The options of a fine-tuning recipe, shared by finetune, lr-find and tune.
+recipe_options = _options(
+    backbone_options,
+    data_options,
+    feature_cache_options,
+    _finetune_option("--batch-size", type=AT_LEAST_ONE, help="Global batch size."),
     _finetune_option(
         "--head-init",
         type=Choice(finetune_options.HEAD_INITS),
@@ -867,7 +907,6 @@ recipe_options = _options(
     ),
     _finetune_option("--label-smoothing", type=FRACTION),
     _finetune_option("--dropout", type=FRACTION),
-    _finetune_option("--pooling", type=Choice(POOLINGS)),
     click.option(
         "--hidden-units",
         type=AT_LEAST_ONE,
@@ -920,33 +959,11 @@ recipe_options = _options(
         "the defaults; best: more epochs, strong augmentation, EMA. Options "
         "given explicitly win.",
     ),
-    _finetune_option("--seed", type=SEEDS),
     _finetune_option(
         "--backup-interval",
         type=SECONDS,
         help="Seconds between the backups that --resume continues from (written "
         "at the end of an epoch; 0: every epoch).",
-    ),
-    strict_option,
-    _finetune_option(
-        "--max-pixels",
-        type=AT_LEAST_ONE,
-        help="Images whose header declares more pixels are skipped unread "
-        "(Pillow's decompression-bomb limit).",
-    ),
-    click.option(
-        "--no-cache",
-        "cache_features",
-        flag_value=False,
-        default=True,
-        show_default=False,
-        help="Train phase 1 through the frozen backbone instead of on cached features.",
-    ),
-    click.option(
-        "--cache-dir",
-        type=click.Path(file_okay=False),
-        help="Where phase-1 features are kept for reuse "
-        f"[default: ${CACHE_DIR_ENV} or ~/.cache/transfer/features].",
     ),
     click.option(
         "--mixed-precision",
@@ -966,8 +983,6 @@ recipe_options = _options(
         help="tf.distribute: auto, one (device), mirrored (all GPUs of this machine) "
         "or multiworker (machines listed in TF_CONFIG).",
     ),
-    tfds_data_dir_option,
-    table_options,
 )
 
 
@@ -1230,6 +1245,118 @@ def tune(data, out, overwrite, trials, time_limit, space, resume, **options):
         _echo_metrics("test, the chosen trial", metrics["test"], log_loss=False)
     echo(f"options: {paths.best_config}")
     echo(f"run directory: {paths.best}")
+
+
+@cli.command(cls=SectionedCommand)
+@click.option(
+    "--data",
+    "--labels",
+    "data",
+    cls=DataOption,
+    help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
+    "or a CSV file of image paths and labels, read as finetune reads it.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for issues.csv, audit.html and audit.json.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an earlier audit in --out, and --write-clean's file."
+)
+@backbone_options
+@_finetune_option("--batch-size", type=AT_LEAST_ONE, help="Images per batch of the backbone.")
+@data_options
+@feature_cache_options
+@click.option(
+    "--folds",
+    type=CV_FOLDS,
+    default=audit_command.FOLDS,
+    show_default=True,
+    help="Cross-validation folds of the probe whose out-of-fold probabilities find label issues.",
+)
+@click.option(
+    "--write-clean",
+    type=click.Path(dir_okay=False),
+    help="Also write the labels as a CSV that finetune --data takes as it is, less the "
+    "images with a finding scored at least --clean-threshold that cleaning acts on "
+    "(audit.html lists them); its folder must hold the images. The data is not changed.",
+)
+@click.option(
+    "--relabel",
+    is_flag=True,
+    help="In the clean CSV, give a label issue its suggested label instead of leaving it out.",
+)
+@click.option(
+    "--clean-threshold",
+    type=PROBABILITY,
+    default=audit_command.CLEAN_THRESHOLD,
+    show_default=True,
+    help="The score from which the clean CSV acts on a finding (a label issue's: 1 - the "
+    "probability of its given label).",
+)
+@config_option
+def audit(data, out, overwrite, folds, write_clean, relabel, clean_threshold, **options):
+    """Find what is wrong with a dataset before training on it: likely label errors,
+    duplicates and leaks across splits, outliers, classes too small, image issues.
+
+    One pass of the backbone (its features shared with finetune through the feature
+    cache) and the probe's cross-validation: confident learning (cleanlab) on each
+    image's out-of-fold probabilities ranks the label issues. Writes issues.csv (a row
+    per finding), audit.html and audit.json to --out; with --write-clean, a clean CSV
+    to train on. Needs the audit extra (cleanlab).
+
+    \b
+    Examples:
+      transfer audit --data ./flowers --out audits/flowers
+      transfer audit --data ./flowers --out audits/flowers --write-clean flowers-clean.csv
+      transfer finetune --data flowers-clean.csv --out runs/flowers-clean
+      transfer audit --config flowers.yaml --out audits/flowers
+    """
+    result = audit_command.audit(
+        data,
+        out,
+        write_clean=write_clean,
+        relabel=relabel,
+        clean_threshold=clean_threshold,
+        folds=folds,
+        overwrite=overwrite,
+        **_given(options),
+    )
+    echo(
+        f"{result.data}: {result.images} images, {len(result.classes)} classes; "
+        f"{result.backbone}, {result.image_size} px"
+    )
+    for kind, count in result.counts.items():
+        echo(f"  {kind.replace('_', ' '):<18}{count:>7}")
+    rate = result.noise_rate()
+    if rate is not None:
+        noisiest = sorted(
+            (
+                (c["label_noise"], name)
+                for name, c in result.classes.items()
+                if c["label_noise"] is not None
+            ),
+            reverse=True,
+        )[:3]
+        echo(
+            f"estimated label noise {100 * rate:.1f}% (most: "
+            + ", ".join(f"{name} {100 * r:.1f}%" for r, name in noisiest)
+            + ")"
+        )
+    for section, note in result.notes.items():
+        echo(f"{section}: {note}")
+    action = f"leaves out {result.left_out} images" + (
+        f", relabels {result.relabelled}" if relabel else ""
+    )
+    if result.clean_csv:
+        echo(f"clean labels: {result.clean_csv} ({action}); train on it with finetune --data")
+    else:
+        echo(f"a clean CSV (--write-clean) {action}")
+    echo(
+        f"report: {result.out / audit_command.AUDIT_HTML}; every finding: {result.out / audit_command.ISSUES_CSV}"
+    )
 
 
 def _echo_metrics(name, m, log_loss=True):

@@ -138,8 +138,10 @@ class RunPaths:
 
 
 def default_run_dir(data):
-    """runs/<timestamp>-<name of the data folder or TFDS dataset>."""
-    name = str(data).rstrip("/").replace("tfds:", "tfds-").split("/")[-1] or "data"
+    """runs/<timestamp>-<name of the data folder or TFDS dataset>; a pattern of
+    TFRecord shards ("shards/*.tfrecord") is named by its folder."""
+    parts = str(data).rstrip("/").replace("tfds:", "tfds-").split("/")
+    name = next((p for p in reversed(parts) if p and not set("*?[") & set(p)), "data")
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
 
 

@@ -73,8 +73,9 @@ def finetune(
             tracking.start(run)
             run.epoch_listeners.append(tracking.log_epochs)
         single_label = run.dataset.task != MULTI_LABEL
-        # The report's image sections need the training images' features too.
-        run.report_features = chief and (report or calibrate) and single_label
+        # The report's image sections need the training images' features too. Every
+        # worker computes its share of them: a pass of the backbone is a collective one.
+        run.report_features = (report or calibrate) and single_label
         try:
             run.train_head()
             tracking.log_epochs(run.history)  # a probe's, or a resumed run's: no epoch ended

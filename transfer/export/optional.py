@@ -1,5 +1,6 @@
-"""The converters and runtimes of some formats are optional extras of the package:
-imported on first use, and a missing one names the extra that installs it."""
+"""Optional extras of the package (the converters and runtimes of some export formats,
+the audit's cleanlab): imported on first use, and a missing one names the extra that
+installs it."""
 
 import importlib
 
@@ -14,6 +15,7 @@ EXTRAS = {
     "ai_edge_litert": "litert",
     "mlflow": "mlflow",
     "optuna": "tune",
+    "cleanlab": "audit",  # transfer audit's label issues
 }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.data import duplicates
 from transfer.data.dataset import Split, printable_path
 from transfer.data.pipeline import find_unreadable, images_only
 from transfer.errors import InvalidArgumentError
@@ -21,7 +22,7 @@ from transfer.export.keras_format import KerasRunner
 from transfer.models.families import resolve_architecture
 from transfer.models.heads import head_model, pooled_features
 from transfer.models.names import CLASSIFIER
-from transfer.report import calibration, duplicates, gradcam
+from transfer.report import calibration, gradcam
 from transfer.report.metrics import phase_label, scores_line, split_title
 from transfer.report.plots import plot_coverage, plot_reliability
 from transfer.runs import (
@@ -284,23 +285,26 @@ def _training_split(folder, config, skipped_files):
     return Split([train.paths[i] for i in keep], train.labels[keep]), None
 
 
-def _pixels(paths, size, batch):
+def pixels_of(paths, size, batch):
+    """The images of `paths` as the pipeline decodes them, at `size`, in order."""
     if not len(paths):
         return np.zeros((0, *size, 3), np.float32)
     split = Split(list(paths), np.zeros(len(paths), np.int64))
     return np.concatenate([np.asarray(b) for b in images_only(split, size, batch)])
 
 
-def _thumbnail(pixels):
-    return _data_uri(gradcam.png_bytes(np.clip(pixels, 0, 255).astype(np.uint8), THUMBNAIL))
+def thumbnail(pixels):
+    """An image's pixels as an inline PNG (data: URI), THUMBNAIL pixels on its longer side."""
+    return data_uri(gradcam.png_bytes(np.clip(pixels, 0, 255).astype(np.uint8), THUMBNAIL))
 
 
-def _data_uri(png):
+def data_uri(png):
+    """PNG bytes as a data: URI, for a page that makes no requests."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _inline_file(path):
-    return _data_uri(Path(path).read_bytes()) if Path(path).is_file() else None
+    return data_uri(Path(path).read_bytes()) if Path(path).is_file() else None
 
 
 # ---------------------------------------------------------------------- sections
@@ -417,7 +421,7 @@ def _confusion(folder, class_names):
 def _with_cam(split, indices, classes, cam, size):
     """Thumbnails and Grad-CAM overlays (for `classes`) of some images of a split."""
     batch = eager_batch(size)
-    pixels = _pixels([split.paths[i] for i in indices], size, batch)
+    pixels = pixels_of([split.paths[i] for i in indices], size, batch)
     if not len(indices):
         return []
     maps = np.concatenate(
@@ -427,7 +431,7 @@ def _with_cam(split, indices, classes, cam, size):
         ]
     )
     return [
-        (_thumbnail(image), _data_uri(gradcam.png_bytes(gradcam.overlay(image, m), THUMBNAIL)))
+        (thumbnail(image), data_uri(gradcam.png_bytes(gradcam.overlay(image, m), THUMBNAIL)))
         for image, m in zip(pixels, maps)
     ]
 
@@ -505,8 +509,8 @@ def _calibration(main, stored):
         "ece": ece,
         "temperature": stored.get("temperature"),
         "ece_before": before,
-        "reliability": _data_uri(plot_reliability(bins, ece, before)),
-        "coverage": _data_uri(plot_coverage(coverage, accuracy, thresholds)),
+        "reliability": data_uri(plot_reliability(bins, ece, before)),
+        "coverage": data_uri(plot_coverage(coverage, accuracy, thresholds)),
         "trade_off": [
             (
                 p,
@@ -530,8 +534,8 @@ def _duplicates(train, train_features, reason, splits, size, batch, metrics):
         found += [(split, q, t, s) for q, t, s in pairs]
     found.sort(key=lambda row: -row[3])
     shown = found[:MAX_DUPLICATES_SHOWN]
-    query = _pixels([split.paths[q] for split, q, _, _ in shown], size, batch)
-    originals = _pixels([train.paths[t] for _, _, t, _ in shown], size, batch)
+    query = pixels_of([split.paths[q] for split, q, _, _ in shown], size, batch)
+    originals = pixels_of([train.paths[t] for _, _, t, _ in shown], size, batch)
     metrics["leaked_duplicates"] = {
         "checked": True,
         "threshold": duplicates.DUPLICATE_THRESHOLD,
@@ -555,8 +559,8 @@ def _duplicates(train, train_features, reason, splits, size, batch, metrics):
                 "path": split.paths[q],
                 "train_path": train.paths[t],
                 "similarity": s,
-                "image": _thumbnail(a),
-                "original": _thumbnail(b),
+                "image": thumbnail(a),
+                "original": thumbnail(b),
             }
             for (split, q, t, s), a, b in zip(shown, query, originals)
         ],

@@ -31,8 +31,9 @@ SECTIONS = (
 )
 
 
-def render(page):
-    """The page's HTML from a gathered page (a plain dict)."""
+def render(page, template=TEMPLATE, sections=SECTIONS):
+    """A page's HTML from its gathered data (a plain dict): report.html by default,
+    or another page of ours (`template`, its `sections`) in the same style."""
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("transfer.report", "templates"),
         autoescape=True,
@@ -42,7 +43,7 @@ def render(page):
     )
     environment.filters["pct"] = lambda v: f"{100 * v:.1f}%"
     environment.filters["num"] = lambda v, d=3: f"{v:.{d}f}"
-    return environment.get_template(TEMPLATE).render(escape=html.escape, sections=SECTIONS, **page)
+    return environment.get_template(template).render(escape=html.escape, sections=sections, **page)
 
 
 def write_page(gathered):

@@ -44,7 +44,7 @@ from transfer.runs import (
 )
 from transfer.runtime import INFERENCE_BATCH_SIZE, precision_policy, run_inference
 from transfer.train.budget import TimePlan, describe_seconds
-from transfer.train.distribute import local_copy
+from transfer.train.distribute import SharedPasses, is_multi_worker, local_copy
 from transfer.train.features import is_cached, run_extractor, split_cache_key, split_features
 from transfer.train.fine_tune import fine_tune_on_images
 from transfer.train.head import (
@@ -164,6 +164,9 @@ class Run:
         self.fine_tuned_features = {}  # {"val": phase 2's validation features}
         self.kept = None  # which phase's model the run keeps, and why
         self.features = {}  # {split name: (paths, pooled features)} at the end
+        # Under a multi-worker strategy, the workers share each pass of the frozen
+        # backbone over the images (`transfer.train.features`).
+        self.shared_passes = SharedPasses(strategy) if is_multi_worker(strategy) else None
         # Called with each history row as its epoch ends, in both phases (tracking).
         self.epoch_listeners = []
 
@@ -332,6 +335,11 @@ class Run:
                 metrics[split_name] = self._report_split(split_name, probabilities, thresholds)
         self.timings["total_seconds"] = round(time.monotonic() - self.started, 2)
         metrics.update(kept=kept, timings=self.timings, skipped_files=dataset.skipped)
+        if self.shared_passes is not None:  # this worker's (the chief's) share
+            metrics["features_computed"] = {
+                "workers": self.shared_passes.workers,
+                "images_this_worker": self.shared_passes.computed,
+            }
         if self.phase_two.get("stopped"):
             kept["fine_tune_stopped"] = self.phase_two["stopped"]
         if self.plan is not None:

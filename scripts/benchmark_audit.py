@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Does `transfer audit` find label errors, and does training on its clean CSV help?
+
+On a folder of train/ and test/ class folders (Fashion-MNIST's by default: see
+scripts/fashion_mnist_to_folders.py), in OUT:
+
+noise      a copy of the images (data/), and noisy.csv: the training images with
+           --noise of their labels flipped at random (seeded) to another class, and
+           the test images with their own labels (split column: test); copies of
+           --planted training images are planted in the test split (exact copies,
+           enlarged 2x, re-encoded as JPEG: leaks the audit must find);
+audit      `transfer audit` on noisy.csv, twice, each with a cold feature cache: on
+           a seeded half of its rows and on all of them (the cost's growth with the
+           number of images); recall and precision of its label issues against the
+           flipped labels; the planted leaks found;
+finetune   `transfer finetune` on noisy.csv and on the audit's clean CSV (the same
+           options), scored on the original test images (the planted copies left out
+           of the score).
+
+Everything goes through transfer's Python API in this one process. Prints the
+figures and writes OUT/results.json. Example (docs/benchmarks.md, "Audit"):
+
+    .venv/bin/python scripts/benchmark_audit.py --data runs/t5000 \\
+        --weights runs/audit-bench/source_notop.h5 --image-size 32 --out runs/audit-bench/t5000
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PLANTED_KINDS = ("exact", "larger", "jpeg")  # how a training image is copied into test
+
+
+def image_files(folder):
+    """{class: sorted image paths} of a folder of class folders."""
+    return {
+        c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for c in sorted(Path(folder).iterdir())
+        if c.is_dir()
+    }
+
+
+def write_noisy_data(source, out, noise, planted, seed):
+    """OUT/data (a copy of `source`'s train/ and test/), OUT/noisy.csv, and what was
+    flipped and planted: ({relative path: true label}, [(copy, original)])."""
+    data = out / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    for split in ("train", "test"):
+        shutil.copytree(Path(source) / split, data / split)
+    rng = np.random.default_rng(seed)
+    train, test = image_files(data / "train"), image_files(data / "test")
+    classes = sorted(train)
+    rows = [(p, c, "train") for c in classes for p in train[c]]
+    flipped = {}
+    for i in rng.choice(len(rows), round(noise * len(rows)), replace=False):
+        path, true, split = rows[i]
+        wrong = rng.choice([c for c in classes if c != true])
+        rows[i] = (path, str(wrong), split)
+        flipped[str(path.relative_to(out))] = true
+    copies = []
+    unflipped = [r for r in rows if str(r[0].relative_to(out)) not in flipped]
+    for n, i in enumerate(rng.choice(len(unflipped), planted, replace=False)):
+        original, label, _ = unflipped[i]
+        kind = PLANTED_KINDS[n % len(PLANTED_KINDS)]
+        copy = data / "test" / label / f"planted_{kind}_{n}.{'jpg' if kind == 'jpeg' else 'png'}"
+        if kind == "exact":
+            shutil.copyfile(original, copy)
+        else:
+            image = Image.open(original)
+            if kind == "larger":
+                image = image.resize((2 * image.width, 2 * image.height), Image.BILINEAR)
+            image.convert("RGB").save(copy, **({"quality": 90} if kind == "jpeg" else {}))
+        copies.append((str(copy.relative_to(out)), str(original.relative_to(out))))
+    rows += [(p, c, "test") for c in classes for p in test[c]]
+    rows += [(out / copy, label_of(out / original, rows), "test") for copy, original in copies]
+    with open(out / "noisy.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows((p.relative_to(out), label, split) for p, label, split in rows)
+    return flipped, copies
+
+
+def label_of(path, rows):
+    return next(label for p, label, _ in rows if p == path)
+
+
+def half_of(csv_path, out, seed):
+    """A CSV of a seeded half of `csv_path`'s rows (the smaller of the two audits)."""
+    with open(csv_path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), len(rows) // 2, replace=False))
+    with open(out, "w", newline="") as f:
+        csv.writer(f).writerows([header] + [rows[i] for i in keep])
+    return out
+
+
+def timed(fn, *args, **kwargs):
+    start = time.monotonic()
+    result = fn(*args, **kwargs)
+    return result, round(time.monotonic() - start, 1)
+
+
+def run_audit(data, out, args, cache, **extra):
+    import keras
+
+    from transfer.commands.audit import audit
+
+    shutil.rmtree(cache, ignore_errors=True)  # cold: the backbone pass is timed
+    keras.backend.clear_session()
+    result, seconds = timed(
+        audit,
+        data,
+        out,
+        overwrite=True,
+        weights=args.weights,
+        image_size=args.image_size,
+        cache_dir=str(cache),
+        seed=args.seed,
+        **extra,
+    )
+    return result, seconds
+
+
+def label_scores(result, flipped):
+    """Recall of the flipped labels among the label issues, and precision of those."""
+    flagged = {
+        os.path.relpath(f.path, result.out.parent) for f in result.rows if f.kind == "label_issue"
+    }
+    found = flagged & set(flipped)
+    return {
+        "flipped": len(flipped),
+        "flagged": len(flagged),
+        "found": len(found),
+        "recall": len(found) / len(flipped),
+        "precision": len(found) / len(flagged) if flagged else math.nan,
+    }
+
+
+def run_finetune(data, out, args):
+    import keras
+
+    from transfer.commands.finetune import finetune
+
+    keras.backend.clear_session()
+    result, seconds = timed(
+        finetune,
+        data,
+        out=out,
+        overwrite=True,
+        weights=args.weights,
+        image_size=args.image_size,
+        seed=args.seed,
+        cache_dir=str(args.out / "cache-finetune"),
+        **({"fine_tune_from": "none"} if args.probe_only else {}),
+    )
+    return result, seconds
+
+
+def original_test_accuracy(run, planted):
+    """Accuracy on the test images that were not planted, from test_predictions.csv."""
+    copies = {Path(copy).name for copy, _ in planted}
+    with open(Path(run) / "test_predictions.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if Path(r["path"]).name not in copies]
+    return sum(r["true_label"] == r["predicted_label"] for r in rows) / len(rows), len(rows)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("runs/t5000"), help="train/ and test/")
+    parser.add_argument("--out", type=Path, default=Path("runs/audit-bench/t5000"))
+    parser.add_argument("--weights", default="none", help="the backbone's: a file, imagenet, none")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--noise", type=float, default=0.1, help="share of labels flipped")
+    parser.add_argument("--planted", type=int, default=9, help="training images copied to test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--probe-only", action="store_true", help="finetune without phase 2 (the probe's head)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    flipped, planted = write_noisy_data(args.data, args.out, args.noise, args.planted, args.seed)
+    noisy = args.out / "noisy.csv"
+    results = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine()}
+
+    half, seconds = run_audit(
+        half_of(noisy, args.out / "half.csv", args.seed),
+        args.out / "audit-half",
+        args,
+        args.out / "cache-half",
+    )
+    results["audit_half"] = {"images": half.images, "seconds": seconds, **half.seconds}
+    print(f"audit of {half.images} images: {seconds:.0f} s ({half.seconds})", flush=True)
+
+    clean = args.out / "clean.csv"
+    audited, seconds = run_audit(
+        noisy, args.out / "audit", args, args.out / "cache-audit", write_clean=clean
+    )
+    leaks = {os.path.relpath(f.path, args.out) for f in audited.rows if f.kind == "leak"}
+    results["audit"] = {
+        "images": audited.images,
+        "seconds": seconds,
+        **audited.seconds,
+        "counts": audited.counts,
+        "labels": label_scores(audited, flipped),
+        "planted_found": sum(copy in leaks for copy, _ in planted),
+        "planted": len(planted),
+        "left_out": audited.left_out,
+        "label_noise": audited.noise_rate(),
+    }
+    growth = math.log(seconds / results["audit_half"]["seconds"]) / math.log(
+        audited.images / half.images
+    )
+    results["audit"]["growth_exponent"] = growth
+    print(json.dumps(results["audit"], indent=2), flush=True)
+
+    for name, data in (("noisy", noisy), ("clean", clean)):
+        run, seconds = run_finetune(data, args.out / f"run-{name}", args)
+        accuracy, images = original_test_accuracy(run.run_dir, planted)
+        results[f"finetune_{name}"] = {
+            "test_accuracy": accuracy,
+            "test_images": images,
+            "seconds": seconds,
+            "kept": run.metrics["kept"]["phase"],
+            "train_images": json.loads((run.run_dir / "config.json").read_text())["dataset"][
+                "splits"
+            ],
+        }
+        print(f"finetune on {name}: test accuracy {accuracy:.4f} in {seconds:.0f} s", flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def machine():
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "cpus": os.cpu_count(),
+        "load": os.getloadavg(),
+    }
+
+
+if __name__ == "__main__":
+    main()
