@@ -62,6 +62,7 @@ def test_the_recipe_help_is_in_sections_and_lists_every_option_once(command):
         "Phase 1 (the new head, backbone frozen)",
         "Phase 2 (fine-tuning)",
         "Augmentation (phase 2)",
+        "Config file and tracking",
         "Run directory and output",
         "Devices and performance",
         "Help",

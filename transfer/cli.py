@@ -514,6 +514,9 @@ class DataOption(click.Option):
     """--data, required unless a --config file names the data (click handles the options
     given before the others, so --config is known here when it was given)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, show_default="the --config file's", **kwargs)
+
     def process_value(self, ctx, value):
         value = super().process_value(ctx, value)
         given = isinstance(ctx.params.get("config"), str)  # else None, or click's "unset"
