@@ -3,6 +3,7 @@ two local worker processes) and resuming a killed run, all on CPU, in subprocess
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,6 +110,9 @@ def _free_ports(count):
 
 @pytest.mark.heavy
 def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
+    """Two local workers: each computes the frozen backbone's features of half of the
+    images, both get them all (equal to one process' computation of them), and only
+    the chief writes the run and the feature cache."""
     workers = [f"localhost:{port}" for port in _free_ports(2)]
     out = tmp_path / "run"
     processes = []
@@ -154,6 +158,30 @@ def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
     assert (out / "model.keras").exists()
     # No stray worker output beside the run (the images and the feature cache are the test's).
     assert {p.name for p in tmp_path.iterdir()} - {"images", "feature-cache"} == {"run"}
+    # Each pass over a split's images: worker 1 its first half, worker 2 the rest.
+    splits = config["dataset"]["splits"]
+    shares = [
+        [tuple(map(int, m)) for m in re.findall(r"Features of images (\d+) to (\d+) of (\d+)", o)]
+        for o in outputs
+    ]
+    assert sorted(total for *_, total in shares[0]) == sorted([splits["train"], splits["val"]])
+    for first, second in zip(shares[0], shares[1]):
+        assert first[0] == 1 and second[0] == first[1] + 1 and second[1] == second[2] == first[2]
+    computed = json.loads((out / "metrics.json").read_text())["features_computed"]
+    assert computed == {"workers": 2, "images_this_worker": sum(s[1] for s in shares[0])}
+    assert computed["images_this_worker"] <= (splits["train"] + splits["val"] + 2) // 2
+    # The gathered features, which the chief cached, are one process' features of them.
+    from transfer.data.pipeline import images_only
+    from transfer.data.sources import load_folder
+    from transfer.models.heads import pooled_features
+
+    model = keras.models.load_model(out / "model.keras", safe_mode=True)  # a frozen backbone
+    cached = {np.load(f).shape[0]: np.load(f) for f in (tmp_path / "feature-cache").glob("*.npy")}
+    for name, split in load_folder(image_folder).splits.items():
+        expected = np.concatenate(
+            [pooled_features(model)(x, training=False) for x in images_only(split, 32, 8)]
+        )
+        np.testing.assert_allclose(cached[len(split)], expected, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def _finetune_command(folder, out, backbone_file, *extra):

@@ -208,7 +208,7 @@ def _scored_images(dataset, own, split, run, data):
             f"Every image of {data} is a training image of {run}: there is "
             "nothing held out to score. Pass split='all' to score them anyway."
         )
-    chosen = Split([chosen.paths[i] for i in keep], np.asarray(chosen.labels)[keep])
+    chosen = chosen.subset(keep)
     return name, chosen, np.zeros(len(keep), dtype=bool), int(trained.sum())
 
 

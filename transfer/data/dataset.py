@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from transfer.lazy import tf
 from transfer.models.heads import MULTI_LABEL, SINGLE_LABEL
 
 TFDS_PREFIX = "tfds:"
@@ -19,7 +20,9 @@ class Split:
 
     paths: list
     labels: np.ndarray
-    tfds: object = None  # a tf.data.Dataset of (image, label) for TFDS sources
+    # A tf.data.Dataset of (image, label) where the images are not files: TFDS splits,
+    # TFRecord shards (`transfer.data.records.RecordSplit`).
+    tfds: object = None
     # Per path, whether `decode_upright` must decode it (`needs_upright`), once the file
     # check has looked: the pipelines need not read every file's start again.
     upright: np.ndarray = None
@@ -34,21 +37,35 @@ class Split:
             return np.arange(min(count, len(self)))
         return np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
 
+    def subset(self, indices):
+        """The split of its images at `indices` (increasing positions in it)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        tfds = None
+        if self.tfds is not None:  # a TFDS split: its elements at those positions
+            wanted = np.zeros(len(self), dtype=bool)
+            wanted[indices] = True
+            wanted = tf.constant(wanted)
+            tfds = (
+                self.tfds.enumerate()
+                .filter(lambda at, element: tf.gather(wanted, at))
+                .map(lambda at, element: element)
+            )
+        upright = None if self.upright is None else self.upright[indices]
+        return Split([self.paths[i] for i in indices], self.labels[indices], tfds, upright)
+
     def sample(self, count, seed):
         """The split of the images `sample_indices` chooses."""
         if len(self) <= count:
             return self
         if self.tfds is not None:
             return Split(self.paths[:count], self.labels[:count], tfds=self.tfds.take(count))
-        chosen = self.sample_indices(count, seed)
-        upright = None if self.upright is None else self.upright[chosen]
-        return Split([self.paths[i] for i in chosen], self.labels[chosen], upright=upright)
+        return self.subset(self.sample_indices(count, seed))
 
 
 @dataclass
 class Dataset:
     name: str
-    source: str  # "folder", "split-folders" or "tfds"
+    source: str  # "folder", "split-folders", "csv", "csv-splits", "tfds" or "tfrecord"
     class_names: list
     splits: dict  # "train", "val", optionally "test" -> Split
     skipped: list = field(default_factory=list)  # [{"path": ..., "reason": ...}]

@@ -1,6 +1,7 @@
 """tf.data pipelines: parallel decode and resize, batching, augmentation, and the
 check that finds unreadable images before training so that none can stop an epoch."""
 
+import io
 import logging
 import re
 import warnings
@@ -17,6 +18,7 @@ from transfer.data.images import (
     needs_upright,
     on_white,
 )
+from transfer.data.records import TFRECORD_SOURCE, UNKNOWN_SIZE, all_records
 from transfer.errors import DataError, listing
 from transfer.lazy import tf
 from transfer.models.architectures import image_size_pair
@@ -101,16 +103,7 @@ def check_images(paths, progress=True, max_pixels=MAX_PIXELS):
     checked = [p for p in paths if p not in bad] if bad else list(paths)
 
     def decoded(elements, decode):
-        def check(index, path):
-            image = decode(tf.io.read_file(path))  # exactly as training decodes
-            tf.debugging.assert_positive(tf.size(image), message="empty image")
-            return index
-
-        return (
-            tf.data.Dataset.from_tensor_slices(elements)
-            .map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-            .ignore_errors()
-        )
+        return _decodable(tf.data.Dataset.from_tensor_slices(elements), decode, tf.io.read_file)
 
     good = np.zeros(len(checked), dtype=bool)
     if checked:
@@ -120,17 +113,37 @@ def check_images(paths, progress=True, max_pixels=MAX_PIXELS):
         for part in parts[1:]:
             readable = readable.concatenate(part)
         bar = Progress("Checked", len(checked), unit="image") if progress else None
-        seen = 0
-        for batch in readable.batch(256):
-            good[batch.numpy()] = True
-            seen += len(batch)
-            if bar:
-                bar.update(seen)
+        _mark_decodable(readable, good, bar)
         if bar:
-            bar.update(len(checked))
             bar.done()
     failed = [(checked[i], _decode_error(checked[i])) for i in np.flatnonzero(~good)]
     return list(bad.items()) + failed, upright
+
+
+def _decodable(elements, decode, contents):
+    """The indices of `elements` ((index, source) pairs) whose image, `contents(source)`
+    decoded by `decode` exactly as training decodes it, has pixels: the others are
+    dropped (their errors ignored), checked in parallel."""
+
+    def check(index, source):
+        image = decode(contents(source))
+        tf.debugging.assert_positive(tf.size(image), message="empty image")
+        return index
+
+    return elements.map(
+        check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    ).ignore_errors()
+
+
+def _mark_decodable(indices, good, bar, seen=0):
+    """Set `good` at each of the dataset `indices`; returns how many were seen, with
+    the progress `bar` counted on from `seen`."""
+    for batch in indices.batch(256):
+        good[batch.numpy()] = True
+        seen += len(batch)
+        if bar:
+            bar.update(seen)
+    return seen
 
 
 def _is_utf8(path):
@@ -153,25 +166,33 @@ def _look_at_starts(paths, max_pixels):
         upright[i] = head_needs_upright(head)
         if max_pixels is None:
             continue
-        size = declared_size(head) or _size_by_pillow(path)
-        if size is not None and (size == TOO_LARGE_FOR_PILLOW or size[0] * size[1] > max_pixels):
-            shown = "" if size == TOO_LARGE_FOR_PILLOW else f" ({size[0]}x{size[1]})"
-            too_large[path] = (
-                f"image too large{shown}: more than max_pixels={max_pixels} pixels, not decoded"
-            )
+        reason = _too_large(declared_size(head) or _size_by_pillow(path), max_pixels)
+        if reason:
+            too_large[path] = reason
     return upright, too_large
+
+
+def _too_large(size, max_pixels):
+    """Why an image of `size` (width, height; None: not known) is not decoded, or None."""
+    if size is None or max_pixels is None:
+        return None
+    if size != TOO_LARGE_FOR_PILLOW and size[0] * size[1] <= max_pixels:
+        return None
+    shown = "" if size == TOO_LARGE_FOR_PILLOW else f" ({size[0]}x{size[1]})"
+    return f"image too large{shown}: more than max_pixels={max_pixels} pixels, not decoded"
 
 
 TOO_LARGE_FOR_PILLOW = (-1, -1)  # beyond twice Pillow's own limit: no size given
 
 
-def _size_by_pillow(path):
-    """(width, height) from Pillow's look at the header (formats `declared_size` does
-    not read); None where Pillow cannot tell (the decoder reports the file)."""
+def _size_by_pillow(file):
+    """(width, height) from Pillow's look at the header of a file (a path, or a file
+    object), for what `declared_size` does not read; None where Pillow cannot tell
+    (the decoder reports the image)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:  # reads the header only
+            with Image.open(file) as image:  # reads the header only
                 return image.size
     except Image.DecompressionBombError:
         return TOO_LARGE_FOR_PILLOW
@@ -180,18 +201,63 @@ def _size_by_pillow(path):
 
 
 def _decode_error(path):
-    """The reason a file failed, from decoding it once more on its own."""
+    """The reason a file failed, from reading and decoding it once more on its own."""
     try:
         contents = tf.io.read_file(path)
+    except (tf.errors.OpError, ValueError) as exc:
+        return _not_readable(exc)
+    return _undecodable(contents, empty="empty file (0 bytes)")
+
+
+def _undecodable(contents, empty):
+    """The reason image bytes failed, from decoding them once more on their own."""
+    try:
         if int(tf.strings.length(contents)) == 0:
-            return "empty file (0 bytes)"
+            return empty
         decode_upright(contents)
         return "could not be decoded"
     except (tf.errors.OpError, ValueError) as exc:
-        message = getattr(exc, "message", str(exc))
-        # TensorFlow wraps the decoder's words in "{{function_node ...}} ... [Op:...]".
-        message = re.sub(r"\{\{function_node.*?\}\}\s*|\s*\[Op:\w+\]", "", message).strip()
-        return f"not a readable image ({message.splitlines()[0][:160] if message else type(exc).__name__})"
+        return _not_readable(exc)
+
+
+def _not_readable(exc):
+    message = getattr(exc, "message", str(exc))
+    # TensorFlow wraps the decoder's words in "{{function_node ...}} ... [Op:...]".
+    message = re.sub(r"\{\{function_node.*?\}\}\s*|\s*\[Op:\w+\]", "", message).strip()
+    return (
+        f"not a readable image ({message.splitlines()[0][:160] if message else type(exc).__name__})"
+    )
+
+
+def _unreadable_records(dataset, progress, max_pixels):
+    """{record name: reason} of a TFRecord source's records that `find_unreadable`
+    would report as files: images declaring more than `max_pixels` (never decoded; a
+    size the first bytes do not tell is read by Pillow from the whole image) and
+    images that do not decode. One pass over the shards for each."""
+    records = all_records(dataset.splits.values())
+    sizes = [tuple(size) if size[0] != UNKNOWN_SIZE else None for size in records.sizes]
+    unknown = [i for i, size in enumerate(sizes) if size is None]
+    if unknown and max_pixels is not None:
+        examples = records.subset(unknown).examples().as_numpy_iterator()
+        for i, (contents, _) in zip(unknown, examples):
+            sizes[i] = _size_by_pillow(io.BytesIO(contents))
+    bad = {}
+    for i, size in enumerate(sizes):
+        reason = _too_large(size, max_pixels)
+        if reason:
+            bad[records.paths[i]] = reason
+    checked = records.subset([i for i, p in enumerate(records.paths) if p not in bad])
+    good = np.zeros(len(checked), dtype=bool)
+    contents = checked.examples().enumerate().map(lambda at, example: (at, example[0]))
+    bar = Progress("Checked", len(checked), unit="image") if progress else None
+    _mark_decodable(_decodable(contents, decode_upright, tf.identity), good, bar)
+    if bar:
+        bar.done()
+    failed = np.flatnonzero(~good)
+    if len(failed):
+        for i, (image, _) in zip(failed, checked.subset(failed).examples().as_numpy_iterator()):
+            bad[checked.paths[i]] = _undecodable(image, empty="empty image (0 bytes)")
+    return bad
 
 
 def drop_unreadable(dataset, strict=False, progress=True, max_pixels=MAX_PIXELS):
@@ -202,10 +268,13 @@ def drop_unreadable(dataset, strict=False, progress=True, max_pixels=MAX_PIXELS)
     """
     if dataset.source == "tfds":
         return dataset
-    all_paths = [p for split in dataset.splits.values() for p in split.paths]
-    logger.info("Checking %d images...", len(all_paths))
-    found, upright = check_images(all_paths, progress=progress, max_pixels=max_pixels)
-    bad = dict(found)
+    logger.info("Checking %d images...", sum(map(len, dataset.splits.values())))
+    if dataset.source == TFRECORD_SOURCE:
+        bad, upright = _unreadable_records(dataset, progress, max_pixels), None
+    else:
+        all_paths = [p for split in dataset.splits.values() for p in split.paths]
+        found, upright = check_images(all_paths, progress=progress, max_pixels=max_pixels)
+        bad = dict(found)
     for path, reason in bad.items():
         dataset.skipped.append({"path": printable_path(path), "reason": reason})
     if dataset.skipped and strict:
@@ -214,13 +283,14 @@ def drop_unreadable(dataset, strict=False, progress=True, max_pixels=MAX_PIXELS)
     for entry in dataset.skipped:
         logger.warning("Skipped %s: %s", entry["path"], entry["reason"])
     start = 0
-    for split in dataset.splits.values():
-        flags = upright[start : start + len(split.paths)]
-        start += len(split.paths)
-        keep = [i for i, p in enumerate(split.paths) if p not in bad] if bad else slice(None)
+    for name, split in dataset.splits.items():
+        if upright is not None:
+            split.upright = upright[start : start + len(split)]
+            start += len(split)
         if bad:
-            split.paths = [split.paths[i] for i in keep]
-        split.labels, split.upright = split.labels[keep], flags[keep]
+            dataset.splits[name] = split.subset(
+                [i for i, p in enumerate(split.paths) if p not in bad]
+            )
     for name, split in dataset.splits.items():
         if name == "train" and not len(split):
             raise DataError("No readable training images are left after skipping bad files.")

@@ -32,6 +32,7 @@ from transfer.data.dataset import (
     label_counts,
     printable_path,
 )
+from transfer.data.records import TFRECORD_SOURCE, is_records, load_records, shard_files
 from transfer.data.splits import (  # noqa: F401
     DEFAULT_TEST_SPLIT,
     DEFAULT_VAL_SPLIT,
@@ -49,7 +50,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 NOT_AN_IMAGE = f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})"
 # Sources whose splits come from the hash (not given as folders or a split column).
-HASH_SPLIT_SOURCES = ("folder", "csv")
+HASH_SPLIT_SOURCES = ("folder", "csv", TFRECORD_SOURCE)
 FEW_TRAINING_IMAGES = 5  # per class: below this, a warning names the class
 
 
@@ -313,7 +314,7 @@ def check_training_classes(dataset):
     """Every class needs training images: refuse a class with none (its files all went to
     validation or test, or were unreadable) and warn about classes with few."""
     train = dataset.splits["train"]
-    if train.tfds is not None:
+    if dataset.source == "tfds":
         return
     counts = label_counts(train.labels, dataset.num_classes)
     empty = [name for name, count in zip(dataset.class_names, counts) if count == 0]
@@ -347,9 +348,12 @@ def check_training_classes(dataset):
 
 
 def check_source_exists(data):
-    """Refuse a folder or CSV file that does not exist, as loading it would, before
-    anything heavy loads."""
+    """Refuse a folder or CSV file that does not exist, or a pattern of TFRecord
+    shards that matches none, as loading it would, before anything heavy loads."""
     if hasattr(data, "columns") or str(data).startswith(TFDS_PREFIX):
+        return
+    if is_records(data):
+        shard_files(data)
         return
     path = Path(data).expanduser()
     if not path.exists():
@@ -364,8 +368,10 @@ def load_dataset(
     min_classes=2,
     **table_options,
 ):
-    """A `Dataset` from a folder path, `tfds:NAME`, or a CSV file or pandas DataFrame
-    of paths and labels (`table_options`: those of `transfer.data.csv_labels.load_table`)."""
+    """A `Dataset` from a folder path, `tfds:NAME`, TFRecord shards (a pattern such as
+    "shards/*.tfrecord", see `transfer.data.records`), or a CSV file or pandas
+    DataFrame of paths and labels (`table_options`: those of
+    `transfer.data.csv_labels.load_table`)."""
     if is_table(data):
         return load_table(
             data,
@@ -377,6 +383,10 @@ def load_dataset(
     data = str(data)
     if data.startswith(TFDS_PREFIX):
         return load_tfds(data[len(TFDS_PREFIX) :], val_split=val_split, data_dir=tfds_data_dir)
+    if is_records(data):
+        return load_records(
+            data, val_split=val_split, test_split=test_split, min_classes=min_classes
+        )
     return load_folder(data, val_split=val_split, test_split=test_split, min_classes=min_classes)
 
 

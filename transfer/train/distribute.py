@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 
+import numpy as np
+
 from transfer.errors import InvalidArgumentError, unknown_choice
 from transfer.lazy import keras, tf
 
@@ -103,6 +105,77 @@ def keras_multi_worker_fit(model, strategy, dataset):
     finally:
         keras_tf_trainer.reduce_per_replica = original_reduce
         del model._maybe_symbolic_build
+
+
+# Bytes of features one worker sends in one collective when they are gathered: a
+# bound on the buffers of each step, however many images there are.
+GATHER_BYTES = 64 << 20
+
+
+class SharedPasses:
+    """The workers of a MultiWorkerMirroredStrategy run, sharing a pass over images:
+    each computes its `part` (a contiguous block), then `gather` hands every worker the
+    whole, in order, through the strategy's collective all-gather. Every worker must
+    make the same calls in the same order: each is a collective step of them all."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        resolver = strategy.cluster_resolver
+        cluster = resolver.cluster_spec().as_dict()
+        chiefs = len(cluster.get("chief", []))
+        self.workers = chiefs + len(cluster.get("worker", []))
+        # A worker's number: the chief first, as tf.distribute counts them.
+        self.index = resolver.task_id + (chiefs if resolver.task_type == "worker" else 0)
+        self.computed = 0  # images whose features this worker computed itself
+        # One traced step for every call: its shapes vary in the number of rows only.
+        self._step = tf.function(self._all_gather, reduce_retracing=True)
+
+    def _all_gather(self, rows, index):
+        def gather(rows, index):
+            context = tf.distribute.get_replica_context()
+            # Copies made here, on the replica's device: the collective needs to know
+            # where its inputs live, which the traced step's arguments do not say.
+            rows, index = tf.identity(rows), tf.identity(index)
+            return context.all_gather(rows, axis=0), context.all_gather(index, axis=0)
+
+        gathered = self.strategy.run(gather, args=(rows, index))
+        return tuple(self.strategy.experimental_local_results(g)[0] for g in gathered)
+
+    def bounds(self, count):
+        """[start of worker 0's part, start of worker 1's, ..., count]."""
+        return [count * worker // self.workers for worker in range(self.workers + 1)]
+
+    def part(self, count):
+        """(start, stop): this worker's block of `count` images."""
+        bounds = self.bounds(count)
+        return bounds[self.index], bounds[self.index + 1]
+
+    def all(self, flag):
+        """Whether `flag` holds on every worker."""
+        return bool(self.gather(np.array([[float(flag)]], np.float32), self.workers).min() > 0)
+
+    def gather(self, part, count):
+        """The (count, dim) float32 array of every worker's `part` (its rows of its
+        block, `part(count)`), in order; a few collectives of at most GATHER_BYTES
+        a worker each. Workers are told apart by the numbers they send along, so the
+        order the collective puts them in does not matter."""
+        bounds = self.bounds(count)
+        sizes = np.diff(bounds)
+        dim = part.shape[1]
+        rows = max(1, GATHER_BYTES // (4 * dim))
+        whole = np.empty((count, dim), np.float32)
+        for first in range(0, max(int(sizes.max()), 1), rows):
+            block = np.zeros((rows, dim), np.float32)
+            mine = part[first : first + rows]
+            block[: len(mine)] = mine
+            gathered, senders = self._step(tf.constant(block), tf.constant([self.index]))
+            gathered, senders = gathered.numpy(), senders.numpy().tolist()
+            for worker in range(self.workers):
+                at = senders.index(worker)  # a worker's first replica: its others send the same
+                taken = min(rows, max(0, int(sizes[worker]) - first))
+                start = bounds[worker] + first
+                whole[start : start + taken] = gathered[at * rows : at * rows + taken]
+        return whole
 
 
 def plain_copy(model):

@@ -5,7 +5,8 @@ change, so phase 1 trains the head on them. They are kept in memory when they fi
 (under `memory_fraction` of the machine's RAM) and in a memory-mapped .npy file
 otherwise; with a cache folder, they are also kept on disk, keyed by the weights,
 the architecture, the image size, the pooling and the list of files (path, size,
-modification time), so a second run on the same data reuses them.
+modification time; a TFRecord's record, its shard's), so a second run on the same
+data reuses them.
 """
 
 import contextlib
@@ -56,13 +57,29 @@ def cache_key(identity, architecture_name, image_size, pooling, paths):
             [identity, architecture_name, [int(s) for s in np.atleast_1d(image_size)], pooling]
         ).encode()
     )
+    shard_stamps = {}  # a TFRecord shard's, once for all its records
     for path in paths:
         try:
             stat = os.stat(path)
             digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        except OSError:  # TFDS pseudo-paths: the dataset fingerprint covers them
-            digest.update(f"{path}\n".encode())
+        except OSError:  # a record (`<shard>#<index>`), or a TFDS image
+            shard, _, index = path.rpartition("#")
+            if shard and shard not in shard_stamps:
+                shard_stamps[shard] = _stamp(shard)
+            if shard_stamps.get(shard):
+                digest.update(f"{os.path.abspath(shard)}#{index}|{shard_stamps[shard]}\n".encode())
+            else:  # TFDS' names: the dataset fingerprint covers them
+                digest.update(f"{path}\n".encode())
     return digest.hexdigest()[:32]
+
+
+def _stamp(path):
+    """A file's size and modification time, as text (None where there is no file)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return f"{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def compute_features(
@@ -74,10 +91,8 @@ def compute_features(
     """
     cached = Path(cache_dir) / f"{key}.npy" if cache_dir and key else None
     if cached is not None:
-        _remove_stale_partials(cached.parent)
-        features = _load_cached(cached, count, dim)
+        features = load_cached(cache_dir, key, count, dim)
         if features is not None:
-            logger.info("Reusing cached features %s.", cached)
             return features
     size = count * dim * 4
     if size <= memory_fraction * available_memory_bytes():
@@ -100,6 +115,21 @@ def compute_features(
         mapped.flush()
         del mapped
     return np.load(target, mmap_mode="r")
+
+
+def load_cached(cache_dir, key, count, dim):
+    """The features cached under `key`, or None (a damaged entry is removed)."""
+    path = Path(cache_dir) / f"{key}.npy"
+    _remove_stale_partials(path.parent)
+    features = _load_cached(path, count, dim)
+    if features is not None:
+        logger.info("Reusing cached features %s.", path)
+    return features
+
+
+def save_cached(cache_dir, key, features):
+    """Keep `features` under `key` (a cache that cannot be written is a warning)."""
+    _save(Path(cache_dir) / f"{key}.npy", features)
 
 
 def _load_cached(path, count, dim):
