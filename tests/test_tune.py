@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import make_image_folder, run_cli
+from transfer.config import apply_config
 from transfer.train.options import FinetuneOptions, resolve_options
-from transfer.train.search import RERUN_OF
+from transfer.train.search import PRUNER_STARTUP_TRIALS, RERUN_OF, pruner, trial_stops
 
 optuna = pytest.importorskip("optuna", reason="the tune extra (optuna) is not installed")
 
@@ -66,6 +68,7 @@ def search(tmp_path_factory):
     resumed = run_cli(*_tune(data, out, cache, space, "--resume"))
     assert resumed.exit_code == 0, resumed.output
     return {
+        "data": data,
         "out": out,
         "cache": cache,
         "first_session": first_session,
@@ -128,6 +131,9 @@ def test_the_search_writes_its_table_plot_options_and_best_run(search):
     assert set(config) == set(FinetuneOptions().as_dict())
     assert resolve_options(**config).as_dict() == config  # every option, resolved
     assert {k: config[k] for k in best.params} == best.params
+    # finetune --config takes it as it is (transfer.config reads the file for finetune).
+    _, _, taken = apply_config(out / "best-config.json", search["data"], {})
+    assert resolve_options(**taken).as_dict() == config
     # best/ is the best trial's run directory, and only it holds a model and test scores.
     metrics = json.loads((out / "best" / "metrics.json").read_text())
     assert metrics["tune"]["trial"] == best.number and "test" in metrics
@@ -143,6 +149,53 @@ def test_the_search_writes_its_table_plot_options_and_best_run(search):
     output = search["resumed"].stdout
     assert f"best: trial {best.number}" in output
     assert output.count("test, the chosen trial") == 1
+
+
+def test_phase_ones_checkpoint_loads_into_a_new_model_with_its_standardisation(tmp_path):
+    # Every trial builds its model and loads the head phase 1 saved: the head's
+    # standardisation must apply phase 1's statistics, not its first ones.
+    from transfer.io import load_weight_values, save_weight_values
+    from transfer.models.heads import build_classifier, set_standardization
+
+    first = build_classifier(3, weights=None, image_size=32, standardize=True)
+    rng = np.random.default_rng(0)
+    set_standardization(first, rng.normal(0, 3, 2048), rng.uniform(0.5, 4, 2048))
+    save_weight_values(first, tmp_path / "after-head.weights.npz")
+    second = build_classifier(3, weights=None, image_size=32, standardize=True)
+    load_weight_values(second, tmp_path / "after-head.weights.npz")
+    images = rng.integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(second(images), first(images), rtol=1e-5, atol=1e-6)
+
+
+def test_the_pruner_spares_the_first_epoch_and_the_last_and_stops_a_trial_below_the_median():
+    import keras
+
+    study = optuna.create_study(direction="maximize", pruner=pruner())
+    for _ in range(PRUNER_STARTUP_TRIALS):
+        finished = study.ask()
+        for epoch in (1, 2, 3):
+            finished.report(0.8, epoch)
+        study.tell(finished, 0.8)
+
+    def epochs(accuracies, planned=3):
+        """Keras' calls of a trial's phase 2 for epochs of these validation accuracies."""
+        stops = trial_stops(study.ask())
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        model.stop_training = False  # as fit() starts it
+        stops.set_model(model)
+        stops.set_params({"epochs": planned})
+        for epoch, accuracy in enumerate(accuracies):
+            stops.on_epoch_begin(epoch)
+            stops.on_epoch_end(epoch, {"val_accuracy": accuracy})
+            if model.stop_training:
+                return epoch + 1, stops.stopped
+        return None, stops.stopped
+
+    assert epochs([0.1]) == (None, None)  # the first epoch is the schedule's warmup
+    stopped_at, why = epochs([0.1, 0.1, 0.1])
+    assert stopped_at == 2 and why.startswith("pruned after epoch 2")
+    assert epochs([0.1, 0.1], planned=2) == (None, None)  # its last epoch: it finishes
+    assert epochs([0.9, 0.9, 0.9]) == (None, None)
 
 
 BAD_SPACES = {

@@ -1141,11 +1141,12 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
 
 
 @cli.command(cls=SectionedCommand)
+@config_option
 @click.option(
     "--data",
     "--labels",
     "data",
-    required=True,
+    cls=DataOption,
     help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
     "or a CSV file of image paths and labels.",
 )
@@ -1197,6 +1198,8 @@ def tune(data, out, overwrite, trials, time_limit, space, resume, **options):
       transfer tune --data ./flowers --out runs/flowers-tune --time-limit 1h
       transfer tune --data ./flowers --out runs/flowers-tune --trials 20 --space space.yaml
       transfer tune --data ./flowers --out runs/flowers-tune --trials 30 --resume
+      transfer tune --config flowers.yaml --out runs/flowers-tune --time-limit 2h
+      transfer finetune --config runs/flowers-tune/best-config.json --data ./flowers
     """
     if trials is None and time_limit is None:
         raise click.UsageError("Give --trials N, --time-limit DURATION or both.")
@@ -1218,7 +1221,7 @@ def tune(data, out, overwrite, trials, time_limit, space, resume, **options):
             str(r["number"]),
             r["state"],
             "" if r["validation_accuracy"] is None else f"{r['validation_accuracy']:.4f}",
-            {"head": "phase 1", "fine-tune": "phase 2"}.get(r["phase_kept"], ""),
+            phase_label(r["phase_kept"]) if r["phase_kept"] else "",
             "" if r["epochs"] is None else str(r["epochs"]),
             "" if r["seconds"] is None else f"{r['seconds']:.0f}",
             *[shown_value(r["params"].get(name, "")) for name in names],
@@ -1244,7 +1247,7 @@ def tune(data, out, overwrite, trials, time_limit, space, resume, **options):
     echo(f"kept: {phase_label(kept['phase'])} - {kept['reason']}")
     if "val" in metrics:
         _echo_metrics("validation", metrics["val"], log_loss=False)
-    if "test" in metrics:  # of the chosen trial only: the others were chosen against
+    if "test" in metrics:  # the chosen trial's alone: validation chose it
         _echo_metrics("test, the chosen trial", metrics["test"], log_loss=False)
     echo(f"options: {paths.best_config}")
     echo(f"run directory: {paths.best}")

@@ -202,6 +202,17 @@ def load_weight_values(model, path):
             )
         for i, weight in enumerate(model.weights):
             weight.assign(stored[f"weight_{i}"])
+    _finalize_state(model)
+
+
+def _finalize_state(layer):
+    """Layers that compute their state from their weights (Normalization: the mean and
+    variance it applies) recompute it, as Keras' own loading makes them: else the head's
+    standardisation keeps its first statistics after phase 1's weights are loaded."""
+    for child in getattr(layer, "layers", None) or []:
+        _finalize_state(child)
+    if hasattr(layer, "finalize_state"):
+        layer.finalize_state()
 
 
 def make_writable_dir(path):

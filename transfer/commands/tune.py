@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from transfer.config import apply_config
 from transfer.data.csv_labels import table_name
 from transfer.data.sources import check_source_exists
 from transfer.errors import InvalidArgumentError, RunInterruptedError, check_whole_number
@@ -66,14 +67,15 @@ class TuneResult:
 
 
 def tune(
-    data,
-    out,
+    data=None,
+    out=None,
     trials=None,
     time_limit=None,
     space=None,
     resume=False,
     overwrite=False,
     options=None,
+    config=None,
     **overrides,
 ):
     """Search phase 2's recipe on `data` and write the search's folder `out`.
@@ -84,10 +86,14 @@ def tune(
     accuracy; until the study holds `trials` finished trials or `time_limit` ("30m") is
     spent. The first trial is the options as given. Options are `finetune`'s. `resume=True`
     continues a stopped search in `out` (with more `trials` or a new `time_limit`).
+    `config` is a file of options, as `finetune` reads it (a config file's time_limit is
+    a run's, and left out: a trial runs its epochs).
     Returns a `TuneResult`: the best trial, its options and its run's metrics.
     """
     optional_module("optuna")  # a missing extra says so before anything runs
     started = time.monotonic()
+    if out is None:
+        raise InvalidArgumentError("out= is required: the folder of the search.")
     plan_seconds = parse_duration(time_limit)
     if trials is None and plan_seconds is None:
         raise InvalidArgumentError(
@@ -95,6 +101,10 @@ def tune(
         )
     if trials is not None:
         trials = check_whole_number("trials", trials)
+    given = dict(overrides)
+    source, data, overrides = apply_config(config, data, overrides)
+    if overrides.pop("time_limit", None) is not None:
+        logger.info("The time_limit of config=%s is a run's: the trials run their epochs.", config)
     options = resolve_options(options, **overrides)
     if options.time_limit is not None:  # given in `options`: the search's is time_limit
         raise InvalidArgumentError(
@@ -124,10 +134,12 @@ def tune(
             paths.remove()
         record = _start_record(paths, data, options, dimensions, trials, plan_seconds, resume)
         plan = TimePlan(plan_seconds, started) if plan_seconds else None
-        search = Search(data, paths, options, dimensions, strategy, plan)
+        search = Search(data, paths, options, dimensions, strategy, plan, bool(space))
         try:
             paths.recover_best()
             search.phase_one()
+            if source is not None:  # a run's config.json: its data, or other data?
+                source.check_data(search.dataset, given)
             search.open_study(resume)
             search.run_trials(trials)
             best = search.ensure_best()
@@ -138,30 +150,34 @@ def tune(
                     f"The search was interrupted. resume=True out={out} continues it."
                 ) from exc
             raise
-        rows = search.table()
-        names = [d.name for d in dimensions]
-        write_table(paths.table, rows, names)
-        report_step(paths.plot.name, plot_trials, rows, dimensions, paths.plot, best.number)
-        best_options = search.best_config(best)
-        write_json(paths.best_config, best_options)
-        metrics = json.loads(RunPaths(paths.best).metrics.read_text())
-        values = [r["validation_accuracy"] for r in rows if r["state"] == COMPLETE]
-        warning = validation_warning(values, len(search.dataset.splits["val"]))
-        if warning:
-            logger.warning(warning)
-        seconds = time.monotonic() - started
-        write_json(
-            paths.record,
-            {
-                **record,
-                "status": COMPLETE,
-                "best": {"trial": best.number, "validation_accuracy": best.value},
-                "trials_finished": len(search.finished_trials()),
-                "validation_warning": warning,
-                "seconds": round(seconds, 1),
-            },
-        )
-        return TuneResult(root, best.number, best_options, metrics, rows, warning, seconds)
+        return _write_results(search, best, record, time.monotonic() - started)
+
+
+def _write_results(search, best, record, seconds):
+    """trials.csv, trials.png, best-config.json and tune.json saying the search is
+    complete, with the warning when validation is too small for the trials."""
+    paths, rows = search.paths, search.table()
+    write_table(paths.table, rows, [d.name for d in search.space])
+    report_step(paths.plot.name, plot_trials, rows, search.space, paths.plot, best.number)
+    best_options = search.best_config(best)
+    write_json(paths.best_config, best_options)
+    metrics = json.loads(RunPaths(paths.best).metrics.read_text())
+    values = [r["validation_accuracy"] for r in rows if r["state"] == COMPLETE]
+    warning = validation_warning(values, len(search.dataset.splits["val"]))
+    if warning:
+        logger.warning(warning)
+    write_json(
+        paths.record,
+        {
+            **record,
+            "status": COMPLETE,
+            "best": {"trial": best.number, "validation_accuracy": best.value},
+            "trials_finished": len(search.finished_trials()),
+            "validation_warning": warning,
+            "seconds": round(seconds, 1),
+        },
+    )
+    return TuneResult(paths.root, best.number, best_options, metrics, rows, warning, seconds)
 
 
 def _start_record(paths, data, options, dimensions, trials, time_limit, resume):

@@ -34,23 +34,16 @@ from pathlib import Path
 import yaml
 
 from transfer.allocator import return_freed_memory
-from transfer.errors import InvalidArgumentError, first_line
+from transfer.errors import InvalidArgumentError, RunFailedError, first_line
 from transfer.export.optional import optional_module
 from transfer.io import write_csv, write_json
 from transfer.lazy import keras
 from transfer.models.groups import groups
-from transfer.runs import (
-    FINE_TUNE,
-    INTERRUPTED,
-    RunPaths,
-    prepare_run_dir,
-    read_config,
-)
+from transfer.runs import FINE_TUNE, INTERRUPTED, RunPaths, prepare_run_dir, read_config
 from transfer.train.budget import describe_seconds
 from transfer.train.fine_tune import SharedOutputs
 from transfer.train.head import head_is_probe
-from transfer.train.options import AUGMENT_PRESETS, RESULT_NEUTRAL, FinetuneOptions
-from transfer.train.options import resolve_options as resolve_finetune_options
+from transfer.train.options import AUGMENT_PRESETS, RESULT_NEUTRAL, FinetuneOptions, resolve_options
 from transfer.train.run import Run, write_history
 
 logger = logging.getLogger("transfer")
@@ -80,9 +73,9 @@ RANGE_KEYS = {"low", "high", "log", "step"}
 # TPE draws this many trials at random before it models the others: its default, 10,
 # is more than a CPU budget gives, and the search would stay random.
 STARTUP_TRIALS = 4
-# The pruner judges a trial from its second epoch, after the first (the warmup of the
-# cosine schedule), and once two trials have finished.
-PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_EPOCHS = 2, 1
+# The pruner judges a trial from its second epoch on (the first is the warmup of the
+# cosine schedule), once two trials have finished. A trial reports epoch n as step n.
+PRUNER_STARTUP_TRIALS, PRUNER_FIRST_EPOCH = 2, 2
 TIME_LIMIT_STOP = "stopped at the search's time limit"
 RERUN_OF = "rerun_of"  # user attribute of a trial that runs an interrupted one again
 COMPLETE, PRUNED = "complete", "pruned"
@@ -210,7 +203,7 @@ def _dimension(name, spec, base, source):
         dimension = Dimension(name, choices=tuple(values))
     for value in values:  # as finetune would check the option
         try:
-            resolve_finetune_options(base, **{name: value})
+            resolve_options(base, **{name: value})
         except InvalidArgumentError as exc:
             raise bad(str(exc)) from None
     return dimension
@@ -288,11 +281,12 @@ class TunePaths:
 
 class Search:
     """One search in `paths.root`: phase 1 once, then the study's trials, the best
-    trial's run kept in `best/`."""
+    trial's run kept in `best/`. `space_given`: the space is the user's, not the
+    default one."""
 
-    def __init__(self, data, paths, base, space, strategy, plan=None):
+    def __init__(self, data, paths, base, space, strategy, plan=None, space_given=True):
         self.data, self.paths, self.base, self.space = data, paths, base, space
-        self.strategy, self.plan = strategy, plan
+        self.strategy, self.plan, self.space_given = strategy, plan, space_given
         self.dataset = self.head = self.study = None  # the data read, phase 1's RunPaths
         self.prefix_outputs = SharedOutputs()
         self.best_value = None  # of the trial whose run is in best/
@@ -332,9 +326,7 @@ class Search:
             storage=f"sqlite:///{self.paths.study.resolve()}",
             study_name=STUDY_NAME,
             direction="maximize",
-            pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS
-            ),
+            pruner=pruner(),
             load_if_exists=resume,
         )
         trials = study.get_trials(deepcopy=False)
@@ -377,7 +369,7 @@ class Search:
         there, the best trial's options run again into it. Returns the best trial."""
         best = self.best_trial()
         if best is None:
-            raise InvalidArgumentError(
+            raise RunFailedError(
                 "No trial finished, so there is no best recipe: raise trials or time_limit."
             )
         if self.published_trial() != best.number:
@@ -394,7 +386,7 @@ class Search:
 
     def trial_options(self, params):
         """The options of a trial: the search's, with the trial's params."""
-        return resolve_finetune_options(self.base, **params)
+        return resolve_options(self.base, **params)
 
     def best_config(self, best):
         """Every option of the best trial, resolved: what `finetune --config` takes (the
@@ -590,17 +582,38 @@ class Search:
                 )
 
     def _check_phase_one(self, history):
+        """A phase 1 that trained its head (not the probe) read options a trial would
+        change: the default space leaves them out, a space given is refused."""
         varied = [d.name for d in self.space if d.name in PHASE_ONE_WHEN_TRAINED]
-        if varied and history and not head_is_probe(history):
-            raise InvalidArgumentError(
-                f"space: {', '.join(varied)} would change phase 1 too, which trains the head "
-                "here (head_epochs or head_init), and the trials share one phase 1. Leave "
-                f"{' and '.join(varied)} out of the space, or let phase 1 be the probe."
+        if not varied or not history or head_is_probe(history):
+            return
+        if not self.space_given:
+            logger.info(
+                "Phase 1 trained the head (not the probe), with %s: the search leaves them "
+                "as they are.",
+                " and ".join(varied),
             )
+            self.space = [d for d in self.space if d.name not in varied]
+            return
+        raise InvalidArgumentError(
+            f"space: {', '.join(varied)} would change phase 1 too, which trains the head "
+            "here (head_epochs, head_init or no feature cache), and the trials share one "
+            f"phase 1. Leave {' and '.join(varied)} out of the space, or let phase 1 be "
+            "the probe."
+        )
 
     def _release(self):
         gc.collect()
         return_freed_memory()
+
+
+def pruner():
+    """The median rule, from PRUNER_FIRST_EPOCH (Optuna's earliest step to prune at is
+    n_warmup_steps) once PRUNER_STARTUP_TRIALS trials have finished."""
+    optuna = optional_module("optuna")
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_FIRST_EPOCH
+    )
 
 
 def trial_value(run, stopped=None):
