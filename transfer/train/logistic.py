@@ -22,10 +22,11 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from joblib import parallel_backend
+from joblib import Parallel, delayed, parallel_backend
 from threadpoolctl import threadpool_limits
 
 from transfer.errors import DataError
+from transfer.train.standardize import feature_statistics
 
 logger = logging.getLogger("transfer")
 
@@ -100,7 +101,6 @@ def cross_validate_c(features, labels, folds=FOLDS, seed=0):
     from the fold's fit at the C before (scikit-learn's path), and stop once
     `C_PATIENCE` values in a row have not beaten the best: the weakly regularised fits
     at the end of the grid are the slow ones, and past the best they only overfit."""
-    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(labels)
@@ -374,8 +374,6 @@ def _as_float32(features):
 def _standardizer(features):
     """StandardScaler's standardisation (a constant feature is left unscaled), with
     statistics computed in chunks."""
-    from transfer.train.standardize import feature_statistics
-
     mean, variance = feature_statistics(features)
     scale = np.sqrt(variance)
     scale[scale == 0] = 1.0
