@@ -292,11 +292,11 @@ def plot_trials(rows, dimensions, path, best=None):
             ax.set_xticks(range(len(choices)), [str(c) for c in choices], fontsize=8)
             ax.set_xlim(-0.5, len(choices) - 0.5)
         elif dimension.log:
-            from matplotlib.ticker import FuncFormatter, NullFormatter
+            from matplotlib.ticker import FuncFormatter
 
             ax.set_xscale("log")  # ticks as numbers: mathtext is off (_plain_text)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_minor_formatter(FuncFormatter(_two_and_five))
         ax.set_xlabel(name)
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
@@ -317,6 +317,12 @@ def plot_trials(rows, dimensions, path, best=None):
     if handles:
         fig.legend(handles, labels, loc="outside upper center", ncol=len(handles), frameon=False)
     _save(fig, path)
+
+
+def _two_and_five(value, _):
+    """The labels of a log axis's minor ticks at 2 and 5 times a power of ten."""
+    leading = round(value / 10 ** np.floor(np.log10(value))) if value > 0 else 0
+    return f"{value:g}" if leading in (2, 5) else ""
 
 
 def png_of(fig):
