@@ -13,9 +13,12 @@ audit      `transfer audit` on noisy.csv, twice, each with a cold feature cache:
            a seeded half of its rows and on all of them (the cost's growth with the
            number of images); recall and precision of its label issues against the
            flipped labels; the planted leaks found;
-finetune   `transfer finetune` on noisy.csv and on the audit's clean CSV (the same
-           options), scored on the original test images (the planted copies left out
-           of the score).
+finetune   `transfer finetune` on noisy.csv and on the audit's clean CSV, two ways
+           (RECIPES): phase 1 alone (the linear probe's head, which the default
+           recipe keeps when phase 2 cannot beat it) and phase 2 kept (conv5
+           fine-tuned, `keep="last"`); each model scored by `transfer evaluate` on the
+           original test folder (`--data`'s test/: the clean CSV leaves the test
+           images out that leak, so the runs' own test splits differ).
 
 Everything goes through transfer's Python API in this one process. Prints the
 figures and writes OUT/results.json. Example (docs/benchmarks.md, "Audit"):
@@ -26,6 +29,7 @@ figures and writes OUT/results.json. Example (docs/benchmarks.md, "Audit"):
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -44,6 +48,9 @@ from PIL import Image  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PLANTED_KINDS = ("exact", "larger", "jpeg")  # how a training image is copied into test
+# How each labels' run trains: FinetuneOptions fields over finetune's defaults.
+RECIPES = {"phase 1": {"fine_tune_from": "none"}, "phase 2 kept": {"keep": "last"}}
+SCORES = (0.5, 0.7, 0.9, 0.95)  # label issues' scores at which precision and recall are given
 
 
 def image_files(folder):
@@ -136,22 +143,24 @@ def run_audit(data, out, args, cache, **extra):
     return result, seconds
 
 
-def label_scores(result, flipped):
-    """Recall of the flipped labels among the label issues, and precision of those."""
-    flagged = {
-        os.path.relpath(f.path, result.out.parent) for f in result.rows if f.kind == "label_issue"
-    }
-    found = flagged & set(flipped)
-    return {
-        "flipped": len(flipped),
-        "flagged": len(flagged),
-        "found": len(found),
-        "recall": len(found) / len(flipped),
-        "precision": len(found) / len(flagged) if flagged else math.nan,
-    }
+def label_scores(result, flipped, out):
+    """Recall of the flipped labels among the label issues and precision of those: all
+    of them, and those scored at least each of SCORES (a clean CSV's threshold)."""
+    issues = [f for f in result.rows if f.kind == "label_issue"]
+    found = {}
+    for score in (0.0, *SCORES):
+        flagged = {os.path.relpath(f.path, out) for f in issues if f.score >= score}
+        hits = len(flagged & set(flipped))
+        found["all" if not score else f"score >= {score}"] = {
+            "flagged": len(flagged),
+            "found": hits,
+            "recall": hits / len(flipped),
+            "precision": hits / len(flagged) if flagged else math.nan,
+        }
+    return {"flipped": len(flipped), **found}
 
 
-def run_finetune(data, out, args):
+def run_finetune(data, out, args, recipe):
     import keras
 
     from transfer.commands.finetune import finetune
@@ -166,17 +175,17 @@ def run_finetune(data, out, args):
         image_size=args.image_size,
         seed=args.seed,
         cache_dir=str(args.out / "cache-finetune"),
-        **({"fine_tune_from": "none"} if args.probe_only else {}),
+        **recipe,
     )
     return result, seconds
 
 
-def original_test_accuracy(run, planted):
-    """Accuracy on the test images that were not planted, from test_predictions.csv."""
-    copies = {Path(copy).name for copy, _ in planted}
-    with open(Path(run) / "test_predictions.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if Path(r["path"]).name not in copies]
-    return sum(r["true_label"] == r["predicted_label"] for r in rows) / len(rows), len(rows)
+def test_accuracy(run, test_folder, out):
+    """(accuracy, images) of a run's model on the original test folder."""
+    from transfer.commands.evaluate import evaluate
+
+    metrics = evaluate(run, test_folder, out, overwrite=True)
+    return metrics["accuracy"], metrics["images"]
 
 
 def parse_args(argv=None):
@@ -188,9 +197,6 @@ def parse_args(argv=None):
     parser.add_argument("--noise", type=float, default=0.1, help="share of labels flipped")
     parser.add_argument("--planted", type=int, default=9, help="training images copied to test")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--probe-only", action="store_true", help="finetune without phase 2 (the probe's head)"
-    )
     return parser.parse_args(argv)
 
 
@@ -220,7 +226,7 @@ def main(argv=None):
         "seconds": seconds,
         **audited.seconds,
         "counts": audited.counts,
-        "labels": label_scores(audited, flipped),
+        "labels": label_scores(audited, flipped, args.out),
         "planted_found": sum(copy in leaks for copy, _ in planted),
         "planted": len(planted),
         "left_out": audited.left_out,
@@ -232,19 +238,30 @@ def main(argv=None):
     results["audit"]["growth_exponent"] = growth
     print(json.dumps(results["audit"], indent=2), flush=True)
 
-    for name, data in (("noisy", noisy), ("clean", clean)):
-        run, seconds = run_finetune(data, args.out / f"run-{name}", args)
-        accuracy, images = original_test_accuracy(run.run_dir, planted)
-        results[f"finetune_{name}"] = {
-            "test_accuracy": accuracy,
-            "test_images": images,
-            "seconds": seconds,
-            "kept": run.metrics["kept"]["phase"],
-            "train_images": json.loads((run.run_dir / "config.json").read_text())["dataset"][
-                "splits"
-            ],
-        }
-        print(f"finetune on {name}: test accuracy {accuracy:.4f} in {seconds:.0f} s", flush=True)
+    results["finetune"] = []
+    for (recipe, options), (name, data) in itertools.product(
+        RECIPES.items(), (("noisy", noisy), ("clean", clean))
+    ):
+        folder = f"{name}-{recipe.replace(' ', '-')}"
+        run, seconds = run_finetune(data, args.out / f"run-{folder}", args, options)
+        accuracy, images = test_accuracy(
+            run.run_dir, args.data / "test", args.out / f"test-{folder}"
+        )
+        splits = json.loads((run.run_dir / "config.json").read_text())["dataset"]["splits"]
+        results["finetune"].append(
+            {
+                "labels": name,
+                "recipe": recipe,
+                "test_accuracy": accuracy,
+                "test_images": images,
+                "seconds": seconds,
+                "kept": run.metrics["kept"],
+                "splits": splits,
+            }
+        )
+        print(
+            f"{recipe}, {name} labels: test accuracy {accuracy:.4f} in {seconds:.0f} s", flush=True
+        )
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 

@@ -176,8 +176,10 @@ def test_every_planted_problem_is_found(audited):
 def test_issues_csv_and_audit_json_say_what_a_clean_csv_does(audited):
     assert list(audited["issues"][0]) == list(COLUMNS)
     for row in audited["issues"]:
-        cleaned = KINDS[row["kind"]].cleaned and float(row["score"]) >= 0.5 and row["path"]
-        expected = (RELABEL if row["kind"] == "label_issue" else LEAVE_OUT) if cleaned else KEEP
+        label_issue = row["kind"] == "label_issue"
+        cleaned = KINDS[row["kind"]].cleaned and row["path"]
+        cleaned = cleaned and (float(row["score"]) >= 0.5 or not label_issue)
+        expected = (RELABEL if label_issue else LEAVE_OUT) if cleaned else KEEP
         assert row["action"] == expected, row
     record = json.loads((audited["out"] / "audit.json").read_text())
     assert record["counts"]["leak"] == 2 and record["clean"]["relabel"] is True
@@ -283,12 +285,14 @@ def test_a_clean_csv_acts_on_the_kinds_it_cleans_from_the_threshold():
         Finding("label_issue", "b.png", 0.3, suggested_label="cat"),
         Finding("near_duplicate", "c.png", 0.99),
         Finding("leak", "d.png", 0.97),
+        Finding("tiny", "e.png", 0.3),
         Finding("small_class", "", 1.0, given_label="cat"),
     ]
-    assert [f.action for f in decide(findings, 0.5)] == [LEAVE_OUT, KEEP, KEEP, LEAVE_OUT, KEEP]
+    actions = [LEAVE_OUT, KEEP, KEEP, LEAVE_OUT, LEAVE_OUT, KEEP]
+    assert [f.action for f in decide(findings, 0.5)] == actions
     assert [f.action for f in decide(findings, 0.2, relabel=True)][:2] == [RELABEL, RELABEL]
     table = as_table(findings)
-    assert list(table.columns) == list(COLUMNS) and len(table) == 5  # pandas is installed
+    assert list(table.columns) == list(COLUMNS) and len(table) == 6  # pandas is installed
 
 
 # ---------------------------------------------------------------- bad input

@@ -1286,8 +1286,8 @@ def tune(data, out, overwrite, trials, time_limit, space, resume, **options):
     "--write-clean",
     type=click.Path(dir_okay=False),
     help="Also write the labels as a CSV that finetune --data takes as it is, less the "
-    "images with a finding scored at least --clean-threshold that cleaning acts on "
-    "(audit.html lists them); its folder must hold the images. The data is not changed.",
+    "images of the findings that cleaning acts on (audit.html lists them; label issues "
+    "from --clean-threshold); its folder must hold the images. The data is not changed.",
 )
 @click.option(
     "--relabel",
@@ -1299,8 +1299,8 @@ def tune(data, out, overwrite, trials, time_limit, space, resume, **options):
     type=PROBABILITY,
     default=audit_command.CLEAN_THRESHOLD,
     show_default=True,
-    help="The score from which the clean CSV acts on a finding (a label issue's: 1 - the "
-    "probability of its given label).",
+    help="The score from which the clean CSV acts on a label issue: 1 - the probability "
+    "of its given label.",
 )
 @config_option
 def audit(data, out, overwrite, folds, write_clean, relabel, clean_threshold, **options):

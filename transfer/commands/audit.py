@@ -49,7 +49,7 @@ logger = logging.getLogger("transfer")
 __all__ = ["AuditResult", "audit"]
 
 ISSUES_CSV, AUDIT_HTML, AUDIT_JSON = "issues.csv", "audit.html", "audit.json"
-CLEAN_THRESHOLD = 0.5  # a clean CSV acts on findings scored at least this (KINDS' scores)
+CLEAN_THRESHOLD = 0.5  # a clean CSV acts on a label issue scored at least this
 CLEAN_COLUMNS = ("path", "label", "split", "audit")  # what finetune reads, and why a row changed
 
 
@@ -72,9 +72,9 @@ def audit(
     The backbone and the data options are the fields of `FinetuneOptions` (`options`,
     keywords, or a `config` file's, as finetune reads it), with finetune's defaults;
     the features come from the feature cache a run on the same data shares.
-    `write_clean` (a .csv path) also writes the labels without the images whose
-    findings a clean CSV acts on (`KINDS`) scored at least `clean_threshold`, or, with
-    `relabel`, with a label issue's suggested label; nothing in the data's folder is
+    `write_clean` (a .csv path) also writes the labels without the images of the
+    findings a clean CSV acts on (`KINDS`; a label issue when its score is at least
+    `clean_threshold`), or, with `relabel`, with a label issue's suggested label; nothing in the data's folder is
     moved or changed. `folds`: the probe's cross-validation. Returns an `AuditResult`:
     its `findings` are a table (a pandas DataFrame when pandas is installed), one row
     per finding.
@@ -104,17 +104,18 @@ def audit(
     out = prepare_run_dir(out, overwrite=overwrite)
     found = AuditImages.of(dataset)
     found.features = _features(dataset, options)
-    feature_seconds = time.monotonic() - started
+    seconds = {"data and features": time.monotonic() - started}
     label_findings, noise, note = labels.label_issues(found, folds, options.seed)
+    seconds["labels"] = time.monotonic() - started - sum(seconds.values())
     class_findings, class_counts = checks.class_balance(found)
-    findings = (
-        label_findings
-        + checks.duplicates(found)
-        + checks.outliers(found)
-        + class_findings
+    findings = label_findings + checks.duplicates(found) + checks.outliers(found)
+    seconds["duplicates and outliers"] = time.monotonic() - started - sum(seconds.values())
+    findings += (
+        class_findings
         + image_checks.unreadable(dataset.skipped)
         + image_checks.image_issues(found, options.batch_size)
     )
+    seconds["images"] = time.monotonic() - started - sum(seconds.values())
     findings = decide(in_order(findings), clean_threshold, relabel)
     result = AuditResult(
         data=table_name(data),
@@ -139,10 +140,9 @@ def audit(
         result.clean_csv = _write_clean(clean, found, findings)
     write_issues(out / ISSUES_CSV, findings)
     write_audit_page(out / AUDIT_HTML, result, found, options.image_size, options.batch_size)
-    result.seconds = {
-        "features": round(feature_seconds, 1),
-        "total": round(time.monotonic() - started, 1),
-    }
+    seconds["page"] = time.monotonic() - started - sum(seconds.values())
+    seconds["total"] = time.monotonic() - started
+    result.seconds = {step: round(s, 1) for step, s in seconds.items()}
     write_json(out / AUDIT_JSON, result.record(options))
     return result
 

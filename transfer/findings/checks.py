@@ -65,11 +65,12 @@ def outliers(images):
     median image's."""
     from sklearn.neighbors import NearestNeighbors
 
-    # As many neighbours as the smallest class can give its own images.
+    # As many neighbours as the smallest class (of two images or more) has others.
     sizes = np.bincount(images.labels)
-    neighbours = min(OUTLIER_NEIGHBOURS, int(sizes[sizes > 0].min()) - 1)
-    if neighbours < 1:
+    sizes = sizes[sizes >= 2]
+    if not len(sizes) or len(images) < 3:
         return []
+    neighbours = min(OUTLIER_NEIGHBOURS, int(sizes.min()) - 1)
     train = images.splits == "train"
     unit = normalised(images.features, images.features[train].mean(axis=0))
     # Unit rows: the euclidean distance orders as the cosine's; cosine distance = d^2 / 2.

@@ -21,7 +21,7 @@ class Kind:
 
 
 # kind -> Kind, in the order of the page and of issues.csv. Every score is in [0, 1]:
-# higher is surer (or worse), and a clean CSV acts on scores at or above its threshold.
+# higher is surer (or worse); a clean CSV acts on a label issue from its threshold.
 KINDS = {
     "label_issue": Kind(
         "labels",
@@ -112,14 +112,16 @@ COLUMNS = tuple(f.name for f in fields(Finding))
 
 
 def decide(findings, threshold, relabel=False):
-    """Each finding's `action` in a clean CSV: a kind that cleaning acts on, with a score
-    at or above `threshold`, leaves its image out, or with `relabel` gives a label
-    issue its suggested label."""
+    """Each finding's `action` in a clean CSV: a kind that cleaning acts on leaves its
+    image out; a label issue only when its score (the probability that the given label
+    is wrong) is at least `threshold`, and with `relabel` it gets its suggested label
+    instead. (The other kinds' scores say how close or how bad: found, they act.)"""
     for finding in findings:
         finding.action = KEEP
-        if finding.path and KINDS[finding.kind].cleaned and finding.score >= threshold:
-            relabelled = relabel and finding.kind == "label_issue"
-            finding.action = RELABEL if relabelled else LEAVE_OUT
+        label_issue = finding.kind == "label_issue"
+        if finding.path and KINDS[finding.kind].cleaned:
+            if not label_issue or finding.score >= threshold:
+                finding.action = RELABEL if label_issue and relabel else LEAVE_OUT
     return findings
 
 
@@ -203,7 +205,7 @@ class AuditResult:
     clean_threshold: float
     relabel: bool = False
     clean_csv: Path = None
-    seconds: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)  # {step: wall seconds}, "total" among them
 
     @property
     def left_out(self):
@@ -247,8 +249,8 @@ class AuditResult:
                 "a clean CSV",
                 f"leaves out {self.left_out} images"
                 + (f", relabels {self.relabelled}" if self.relabel else "")
-                + f" (findings scored at least {self.clean_threshold})"
-                + (f": {self.clean_csv}" if self.clean_csv else " (write_clean writes it)"),
+                + f" (label issues scored at least {self.clean_threshold})"
+                + (f": {self.clean_csv}" if self.clean_csv else "; none written"),
             ),
         ]
 
