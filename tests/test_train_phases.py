@@ -311,9 +311,9 @@ def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
     model = transfer.build_classifier(3, weights=None, image_size=32)
     randomize(model)
     set_trainable_from(model, "conv5")
-    phase = type("Phase", (), {"strategy": tf.distribute.get_strategy()})
+    run = type("Run", (), {"strategy": tf.distribute.get_strategy(), "prefix_outputs": None})
     options = FinetuneOptions(image_size=32, batch_size=8, augment="flip", fine_tune_from="conv5")
-    cache = phase2.FrozenPrefix.of(model, dataset, options, phase)
+    cache = phase2.FrozenPrefix.of(model, dataset, options, run)
     train = dataset.splits["train"]
     count = len(train)
     assert cache.orientations == 2 and cache.train.shape[0] == 2 * count
@@ -342,7 +342,7 @@ def test_a_flip_trains_on_both_orientations_of_the_cached_outputs(image_folder):
     assert 0.4 < np.mean(mirrored) < 0.6
     # Random transforms of the pixels cannot be cached: phase 2 runs on images.
     options.augment = "default"
-    assert phase2.FrozenPrefix.of(model, dataset, options, phase).train is None
+    assert phase2.FrozenPrefix.of(model, dataset, options, run).train is None
 
 
 # Two whole runs: slow. The default run keeps the killed-run test (tests/test_distribute.py),

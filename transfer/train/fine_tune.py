@@ -121,9 +121,10 @@ class FrozenPrefix:
 
     @classmethod
     def of(cls, model, dataset, options, run):
-        """The cache for this run (`run` gives its distribution strategy), or None where
-        the model does not split at fine_tune_from (or several replicas validate on a
-        local copy instead, `local_validation`)."""
+        """The cache for this run (`run` gives its distribution strategy, and the outputs
+        it shares with other runs, `prefix_outputs`), or None where the model does not
+        split at fine_tune_from (or several replicas validate on a local copy instead,
+        `local_validation`)."""
         if run.strategy.num_replicas_in_sync > 1:
             return None
         split = split_at_group(model, options.fine_tune_from)
