@@ -2,8 +2,8 @@
 """Cost against the number of images: the data paths before training, on real files.
 
 Writes folders of N tiny real PNGs (8x8, in 10 class folders; a folder already there
-with N images is reused) and measures, at each size, every stage that happens before
-training, in a fresh process per size:
+with N images is reused), and the same images as TFRecord shards, and measures, at
+each size, every stage that happens before training, in a fresh process per size:
 
     listing       the class folders, as `finetune --data FOLDER` lists them
     hash split    each file to train or validation by the hash of its path
@@ -11,6 +11,9 @@ training, in a fresh process per size:
     file check    every image decoded once (`drop_unreadable`, as finetune does)
     pipeline      the tf.data pipelines of the training and validation images, built
                   (not iterated): their file lists and the decoder of each file
+    shards: read  the same images as records of 16 TFRecord shards, read as
+                  `--data 'shards/*.tfrecord'` reads them (labels, names, hash split)
+    shards: check every record's image decoded once, as for files
 
 Per stage: its wall time and CPU time (of all its threads: on a machine shared with
 other work, CPU time shows the growth that the wall time's noise hides), the peak of
@@ -47,18 +50,73 @@ IMAGE_SIDE = 8
 VARIANTS = 64  # distinct images, written in turn: pixels differ from file to file
 BYTES_PER_FILE = 8192  # on disk, blocks and inode included, with room to spare
 READY = ".images"  # in a size's folder: how many images were written, once all were
-STAGES = ("listing", "hash split", "fingerprint", "file check", "pipeline")
+STAGES = (
+    "listing",
+    "hash split",
+    "fingerprint",
+    "file check",
+    "pipeline",
+    "shards: read",
+    "shards: check",
+)
+SHARDS = 16
 
 
 def write_images(folder, count):
-    """`count` 8x8 PNGs in CLASSES class folders under `folder`; reused when there."""
+    """`count` 8x8 PNGs in CLASSES class folders under `folder`, and the same images as
+    SHARDS TFRecord shards (TFDS' image and label features) in `shards_of(folder)`;
+    either reused when it is there. Returns whether any was written."""
+    variants = _variants()
+    written = False
+    if not _ready(folder, count):
+        shutil.rmtree(folder, ignore_errors=True)
+        for label in range(CLASSES):
+            (folder / f"class{label}").mkdir(parents=True)
+        for i in range(count):
+            image = variants[i % VARIANTS]
+            (folder / f"class{i % CLASSES}" / f"img{i:07d}.png").write_bytes(image)
+        (folder / READY).write_text(f"{count}\n")
+        written = True
+    shards = shards_of(folder)
+    if not _ready(shards, count):
+        import tensorflow as tf
+
+        shutil.rmtree(shards, ignore_errors=True)
+        shards.mkdir(parents=True)
+        writers = [
+            tf.io.TFRecordWriter(str(shards / f"images.tfrecord-{i:05d}-of-{SHARDS:05d}"))
+            for i in range(SHARDS)
+        ]
+        for i in range(count):
+            image = tf.train.BytesList(value=[variants[i % VARIANTS]])
+            label = tf.train.Int64List(value=[i % CLASSES])
+            feature = {
+                "image": tf.train.Feature(bytes_list=image),
+                "label": tf.train.Feature(int64_list=label),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writers[i % SHARDS].write(example.SerializeToString())
+        for writer in writers:
+            writer.close()
+        (shards / READY).write_text(f"{count}\n")
+        written = True
+    return written
+
+
+def shards_of(folder):
+    return folder.with_name(f"{folder.name}-shards")
+
+
+def _ready(folder, count):
+    marker = folder / READY
+    return marker.exists() and marker.read_text().strip() == str(count)
+
+
+def _variants():
+    """VARIANTS distinct 8x8 PNGs, the same every time."""
     import numpy as np
     from PIL import Image
 
-    marker = folder / READY
-    if marker.exists() and marker.read_text().strip() == str(count):
-        return False
-    shutil.rmtree(folder, ignore_errors=True)
     rng = np.random.default_rng(0)
     variants = []
     for _ in range(VARIANTS):
@@ -66,12 +124,7 @@ def write_images(folder, count):
         encoded = io.BytesIO()
         Image.fromarray(pixels).save(encoded, "PNG")
         variants.append(encoded.getvalue())
-    for label in range(CLASSES):
-        (folder / f"class{label}").mkdir(parents=True)
-    for i in range(count):
-        (folder / f"class{i % CLASSES}" / f"img{i:07d}.png").write_bytes(variants[i % VARIANTS])
-    marker.write_text(f"{count}\n")
-    return True
+    return variants
 
 
 def measure(folder, traced):
@@ -79,6 +132,7 @@ def measure(folder, traced):
     import transfer  # noqa: F401  (TensorFlow's CPU options, as the command line sets them)
     from transfer.data.dataset import Dataset
     from transfer.data.pipeline import drop_unreadable, image_dataset
+    from transfer.data.records import load_records
     from transfer.data.sources import folder_fingerprint, list_class_folders, split_class_files
 
     state = {}
@@ -103,8 +157,15 @@ def measure(folder, traced):
             image_dataset(splits[name], 32, 32, CLASSES) for name in ("train", "val")
         ]
 
+    def shards_read():
+        state["records"] = load_records(shards_of(folder) / "*.tfrecord*", val_split=0.2)
+
+    def shards_check():
+        drop_unreadable(state["records"], progress=False)
+
+    steps = (listing, hash_split, fingerprint, file_check, pipeline, shards_read, shards_check)
     results = {}
-    for stage, step in zip(STAGES, (listing, hash_split, fingerprint, file_check, pipeline)):
+    for stage, step in zip(STAGES, steps):
         if traced:
             tracemalloc.start()
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -122,6 +183,15 @@ def measure(folder, traced):
 
 
 def _peak_rss_mb():
+    """This process' peak RSS: VmHWM, of its own address space (Linux keeps ru_maxrss
+    across exec, so a child would start with its parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -185,9 +255,9 @@ def main():
     sizes = sorted(int(n) for n in args.sizes.split(","))
     base = Path(args.folder)
     base.mkdir(parents=True, exist_ok=True)
-    needed = sum(sizes) * BYTES_PER_FILE
+    needed = 2 * sum(sizes) * BYTES_PER_FILE  # the files, and far less for their records
     free = shutil.disk_usage(base).free
-    if free < 2 * needed:
+    if free < needed:
         sys.exit(f"{base}: {free / 1e9:.1f} GB free; the images need about {needed / 1e9:.1f} GB.")
     results = {}
     try:

@@ -152,6 +152,13 @@ def test_no_shards_or_records_without_the_features_are_one_error_line(tmp_path):
     assert not [line for line in lines if line.startswith("Traceback")]
 
 
+def test_a_run_on_shards_is_named_by_their_folder():
+    from transfer.runs import default_run_dir
+
+    assert default_run_dir("data/products/*.tfrecord").name.endswith("-products")
+    assert default_run_dir("one.tfrecord").name.endswith("-one.tfrecord")
+
+
 @pytest.mark.heavy
 def test_finetune_and_evaluate_on_shards(shards, tmp_path):
     pattern, names = shards

@@ -996,7 +996,7 @@ recipe_options = _options(
     "data",
     cls=DataOption,
     help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
-    "or a CSV file of image paths and labels.",
+    "TFRecord shards ('shards/*.tfrecord') or a CSV file of image paths and labels.",
 )
 @click.option(
     "--out",
@@ -1097,7 +1097,8 @@ def finetune(data, out, overwrite, resume, calibrate, report, **options):
     "--labels",
     "data",
     cls=DataOption,
-    help="Image folder, tfds:NAME or a CSV file of paths and labels.",
+    help="Image folder, tfds:NAME, TFRecord shards ('shards/*.tfrecord') or a CSV file of "
+    "paths and labels.",
 )
 @reports_out_option
 @click.option("--overwrite", is_flag=True, help="Replace the files in a non-empty --out.")
@@ -1148,7 +1149,7 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
     "data",
     cls=DataOption,
     help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
-    "or a CSV file of image paths and labels.",
+    "TFRecord shards ('shards/*.tfrecord') or a CSV file of image paths and labels.",
 )
 @click.option(
     "--out",
@@ -1260,7 +1261,8 @@ def tune(data, out, overwrite, trials, time_limit, space, resume, **options):
     "data",
     cls=DataOption,
     help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
-    "or a CSV file of image paths and labels, read as finetune reads it.",
+    "TFRecord shards ('shards/*.tfrecord') or a CSV file of image paths and labels, read "
+    "as finetune reads it.",
 )
 @click.option(
     "--out",
@@ -1376,7 +1378,8 @@ def _echo_metrics(name, m, log_loss=True):
     "--labels",
     "data",
     required=True,
-    help="Image folder (class sub-folders), tfds:NAME or a CSV file of paths and labels.",
+    help="Image folder (class sub-folders), tfds:NAME, TFRecord shards ('shards/*.tfrecord') "
+    "or a CSV file of paths and labels.",
 )
 @reports_out_option
 @click.option("--overwrite", is_flag=True, help="Replace the reports in a non-empty --out.")
@@ -1702,7 +1705,8 @@ def export(
     "--labels",
     "data",
     required=True,
-    help="Image folder, tfds:NAME or a CSV file of paths and labels.",
+    help="Image folder, tfds:NAME, TFRecord shards ('shards/*.tfrecord') or a CSV file of "
+    "paths and labels.",
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (.npz).")
 @click.option(
