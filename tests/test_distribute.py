@@ -176,11 +176,10 @@ def test_multiworker_on_localhost_only_the_chief_writes(tmp_path, image_folder):
     from transfer.models.heads import pooled_features
 
     model = keras.models.load_model(out / "model.keras", safe_mode=True)  # a frozen backbone
+    extractor = pooled_features(model)
     cached = {np.load(f).shape[0]: np.load(f) for f in (tmp_path / "feature-cache").glob("*.npy")}
     for name, split in load_folder(image_folder).splits.items():
-        expected = np.concatenate(
-            [pooled_features(model)(x, training=False) for x in images_only(split, 32, 8)]
-        )
+        expected = np.concatenate([extractor(x, training=False) for x in images_only(split, 32, 8)])
         np.testing.assert_allclose(cached[len(split)], expected, rtol=1e-4, atol=1e-4, err_msg=name)
 
 

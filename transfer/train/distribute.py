@@ -162,9 +162,11 @@ class SharedPasses:
         bounds = self.bounds(count)
         sizes = np.diff(bounds)
         dim = part.shape[1]
-        rows = max(1, GATHER_BYTES // (4 * dim))
+        # Rows a worker sends in one step: its whole part where that is under
+        # GATHER_BYTES (each step sends as many rows from every worker).
+        rows = max(1, min(GATHER_BYTES // (4 * dim), int(sizes.max())))
         whole = np.empty((count, dim), np.float32)
-        for first in range(0, max(int(sizes.max()), 1), rows):
+        for first in range(0, int(sizes.max()), rows):
             block = np.zeros((rows, dim), np.float32)
             mine = part[first : first + rows]
             block[: len(mine)] = mine
