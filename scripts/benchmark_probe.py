@@ -11,9 +11,9 @@ with noise) and fits the probe on them; their backbone pass is extrapolated from
 largest folder's throughput, and marked so.
 
 Every stage runs in a fresh process: wall time and peak RSS (ru_maxrss). At each size
-it also reports the validation accuracy of the best C of the grid fitted on all
-training images (--oracle: a bound on what full cross-validation could choose), and
-at the end the growth exponents log(t2/t1)/log(n2/n1).
+it also reports the validation accuracy of the chosen C's neighbours on the grid,
+each fitted on all training images (--oracle: whether another C would have done
+better), and at the end the growth exponents log(t2/t1)/log(n2/n1).
 
     .venv/bin/python scripts/benchmark_probe.py --data runs/fm6000 --data runs/fm60k \\
         --synthetic 200000,600000 --oracle --json runs/bench-probe.json
@@ -97,9 +97,11 @@ def accuracy(p):
     return float((fitted.classes_[p.predict_proba(val_x).argmax(1)] == val_y).mean())
 row = {"train": len(train_y), "seconds": seconds, "C": logistic.fitted_c(probe),
        "val_accuracy": accuracy(probe)}
-if oracle:  # every C of the grid fitted on all training images: the best possible choice
+if oracle:  # the chosen C's neighbours on the grid, fitted on all training images
+    grid = list(np.logspace(-4, 4, logistic.C_GRID))
+    at = int(np.argmin(np.abs(np.log(grid) - np.log(row["C"]))))
     scores = {}
-    for c in np.logspace(-4, 4, logistic.C_GRID):
+    for c in grid[max(0, at - 1) : at + 2]:
         scores[float(c)] = accuracy(logistic.fit_logistic_regression(train_x, train_y,
             int(labels.max()) + 1, c=float(c)))
     row["oracle"] = max(scores.values())
@@ -175,6 +177,12 @@ def main():
     parser.add_argument("--oracle", action="store_true")
     parser.add_argument("--work", default="runs/probe", help="folder for the features")
     parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument(
+        "--features",
+        action="append",
+        default=[],
+        help="an embeddings .npz made before: its probe only (no backbone pass timed)",
+    )
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     rows = []
@@ -190,14 +198,28 @@ def main():
             row["before"] = probe(out, "full-cv")
         rows.append(row)
         print(json.dumps(row), flush=True)
+    for path in args.features:
+        row = {"data": path, "embed_seconds": None, "embed_estimate": None}
+        row["probe"] = probe(path, "now", args.oracle, stability=True)
+        row["images"] = row["probe"]["train"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     if args.synthetic and rows:
         largest = rows[-1]
-        per_image = largest["embed_seconds"] / largest["images"]
-        source = os.path.join(args.work, Path(largest["data"]).name + f"-{args.image_size}.npz")
+        timed_rows = [r for r in rows if r["embed_seconds"]]
+        per_image = (
+            timed_rows[-1]["embed_seconds"] / timed_rows[-1]["images"] if timed_rows else None
+        )
+        source = (
+            largest["data"]
+            if largest["data"].endswith(".npz")
+            else os.path.join(args.work, Path(largest["data"]).name + f"-{args.image_size}.npz")
+        )
         for n in (int(s) for s in args.synthetic.split(",")):
             out = synthetic(source, n, os.path.join(args.work, f"synthetic-{n}.npy"))
             row = {"data": f"synthetic {n}", "images": n, "embed_seconds": None,
-                   "embed_estimate": per_image * n, "probe": probe(out, "now", args.oracle)}  # fmt: skip
+                   "embed_estimate": per_image and per_image * n,
+                   "probe": probe(out, "now", args.oracle)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
@@ -208,7 +230,8 @@ def main():
     for r in rows:
         p, b = r["probe"], r.get("before")
         embed_text = (f"{r['embed_seconds']:.0f} s" if r["embed_seconds"]
-                      else f"~{r['embed_estimate']:.0f} s (extrapolated)")  # fmt: skip
+                      else f"~{r['embed_estimate']:.0f} s (extrapolated)" if r["embed_estimate"]
+                      else "not timed")  # fmt: skip
         before = f"{b['seconds']:.0f} s, {b['val_accuracy']:.4f}, {b['peak_mb']:,.0f}" if b else "-"
         oracle = f"{p['oracle']:.4f} (C={p['oracle_C']:.3g})" if "oracle" in p else "-"
         print(f"| {r['images']:,} | {embed_text} | {p['seconds']:.0f} s, {p['C']:.3g}, "
