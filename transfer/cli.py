@@ -989,8 +989,9 @@ recipe_options = _options(
 )
 
 
-@cli.command(cls=SectionedCommand)
-@click.option(
+# --data of the commands that train on a dataset (finetune, tune): required unless
+# --config names it.
+dataset_option = click.option(
     "--data",
     "--labels",
     "data",
@@ -998,6 +999,10 @@ recipe_options = _options(
     help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
     "TFRecord shards ('shards/*.tfrecord') or a CSV file of image paths and labels.",
 )
+
+
+@cli.command(cls=SectionedCommand)
+@dataset_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -1143,14 +1148,7 @@ def lr_find(data, out, overwrite, start_lr, end_lr, steps, **options):
 
 @cli.command(cls=SectionedCommand)
 @config_option
-@click.option(
-    "--data",
-    "--labels",
-    "data",
-    cls=DataOption,
-    help="Image folder (one sub-folder per class, or train/ val/ test/), tfds:NAME, "
-    "TFRecord shards ('shards/*.tfrecord') or a CSV file of image paths and labels.",
-)
+@dataset_option
 @click.option(
     "--out",
     required=True,
