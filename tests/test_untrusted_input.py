@@ -111,6 +111,22 @@ def test_csv_cells_never_start_a_formula_and_read_back_exactly(tmp_path):
     assert all(escape_cell(v) == v for v in (-0.5, 3, None, "tea", "-1.5e3"))
 
 
+def test_a_csv_transfer_wrote_reads_back_with_its_labels(tmp_path):
+    """A clean CSV of `transfer audit` (written escaped) is data for `finetune`: a label
+    that would start a formula reads back as it was, not with the escaping quote."""
+    from transfer.io import write_csv
+
+    labels = ['=HYPERLINK("http://x","y")', "@SUM(1+1)", "-cut"]
+    rows = []
+    for n, label in enumerate(labels):
+        for i in range(3):
+            write_image(tmp_path / f"{n}_{i}.png", seed=n * 3 + i)
+            rows.append([f"{n}_{i}.png", label])
+    path = write_csv(tmp_path / "clean.csv", ["path", "label"], rows)
+    assert "'@SUM(1+1)" in raw_cells(path)
+    assert load_table(path, val_split=0.0).class_names == sorted(labels)
+
+
 def test_predictions_and_confusion_csv_hold_no_formula(tmp_path):
     from transfer.io import unescape_cell
     from transfer.report.metrics import write_reports

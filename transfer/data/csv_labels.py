@@ -34,6 +34,7 @@ from transfer.data.splits import (
     hash_split,
 )
 from transfer.errors import DataError, InvalidArgumentError, listing
+from transfer.io import unescape_cell
 
 logger = logging.getLogger("transfer")
 
@@ -87,6 +88,9 @@ def _read_rows(data):
         raise DataError(f"{path} is not a readable UTF-8 CSV file ({exc}).") from exc
     if not table:
         raise DataError(f"{path} is empty: expected a header row, then one row per image.")
+    # A quote before = + - @ is a spreadsheet's mark of text (and what transfer's own
+    # CSVs, a clean CSV of `transfer audit` among them, write before such a label).
+    table = [[unescape_cell(cell) for cell in row] for row in table]
     return [c.strip() for c in table[0]], table[1:], str(path)
 
 
