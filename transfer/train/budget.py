@@ -289,15 +289,16 @@ def futility_callback(head_accuracy, val_images, epochs, margin, record):
         left = max(0, horizon - (epoch + 1))
         if left and cannot_win(head_accuracy, accuracies, left, val_images, margin):
             callback.model.stop_training = True
+            epochs_left = f"{left} epoch{'s' if left > 1 else ''} left"
             record["stopped"] = (
-                f"phase 2 could not beat phase 1 in its {left} epochs left (validation "
+                f"phase 2 could not beat phase 1 in its {epochs_left} (validation "
                 f"accuracy {accuracies[-1]:.4f} against {head_accuracy:.4f})"
             )
             logger.info(
-                "Phase 2 stops after epoch %d: it could not beat phase 1 in the %d "
-                "epochs left (validation accuracy %.4f against phase 1's %.4f).",
+                "Phase 2 stops after epoch %d: it could not beat phase 1 in the %s "
+                "(validation accuracy %.4f against phase 1's %.4f).",
                 epoch + 1,
-                left,
+                epochs_left,
                 accuracies[-1],
                 head_accuracy,
             )
