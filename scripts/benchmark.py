@@ -33,6 +33,8 @@
     limit, each in a fresh process: test accuracy, wall time and whether it kept to
     its limit; then the futility stop's ablation (the defaults with
     --no-futility-stop: wall time and test accuracy) and the presets (fast, best);
+(m) the presets where phase 2 can win (--presets FOLDER:SIZE with --weights and
+    --arch): phase 1 alone, fast, balanced and best, each in a fresh process;
 (k) which backbone for my budget (--families NAME,... or all): per architecture at
     --model-size, each in its own process, inference and fine-tuning (phase 2 from
     conv5) images/s of `transfer`'s classifier, the process' peak RSS, and the
@@ -469,6 +471,40 @@ def bench_time_budget(folder, size, weights=None, ablations=True):
     return row
 
 
+PRESET_RUNS = (  # (m): each preset, and phase 1 alone for reference
+    ("phase 1 only", ("--fine-tune-from", "none")),
+    ("preset fast", ("--preset", "fast")),
+    ("preset balanced (defaults)", ("--preset", "balanced")),
+    ("preset best", ("--preset", "best")),
+)
+
+
+def bench_presets(folder, size, weights=None, arch=None):
+    """(m): the presets side by side, one fresh process each, on a backbone where
+    phase 2 can win: test accuracy, wall time, the phase kept."""
+    row = {"folder": str(folder), "image_size": size, "weights": weights or "none",
+           "arch": arch or "resnet50", "runs": []}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in PRESET_RUNS:
+            seconds, metrics = _transfer_run(
+                Path(folder), size, weights, tmp, name.split(" (")[0].replace(" ", "-"),
+                *extra, *(["--arch", arch] if arch else []),
+            )  # fmt: skip
+            row["runs"].append(
+                {
+                    "name": name,
+                    "seconds": seconds,
+                    "test_accuracy": metrics["test"]["accuracy"],
+                    "kept": metrics["kept"]["phase"],
+                    "validation": metrics["kept"].get("validation"),
+                }
+            )
+            print(f"   {name:28} {seconds:6.0f} s, test accuracy "
+                  f"{metrics['test']['accuracy']:.3f}, kept {metrics['kept']['phase']}",
+                  flush=True)  # fmt: skip
+    return row
+
+
 def print_time_budget(rows):
     for row in rows:
         print(
@@ -716,6 +752,14 @@ def main():
         "time, the futility stop's ablation and the presets.",
     )
     parser.add_argument(
+        "--presets",
+        default=None,
+        metavar="FOLDER:SIZE",
+        help="Only (m): the presets side by side on FOLDER (train/, test/), with --weights "
+        "and --arch.",
+    )
+    parser.add_argument("--arch", default=None, help="The --arch of (m)'s runs.")
+    parser.add_argument(
         "--budgets-only",
         action="store_true",
         help="With --time-budget: the guide and the limits, no ablations.",
@@ -764,6 +808,12 @@ def main():
                 rows.append(bench_time_to_accuracy(folder, int(size), weights))
                 Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print_time_to_accuracy(rows)
+        return
+    if args.presets:
+        folder, size = args.presets.rsplit(":", 1)
+        print(f"(m) {folder} at {size} px, weights {args.weights or 'none'} ...", flush=True)
+        results["presets"] = bench_presets(folder, int(size), args.weights, args.arch)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         return
     if args.time_budget:
         results["time_budget"] = rows = []
