@@ -221,9 +221,9 @@ def run_measured(command, env=None):
     import psutil
 
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as stdout:
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         process = subprocess.Popen(
-            command, stdout=stdout, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env
+            command, stdout=stdout, stderr=stderr, text=True, cwd=ROOT, env=env
         )
         watched, peak = psutil.Process(process.pid), 0
         while process.poll() is None:
@@ -237,9 +237,19 @@ def run_measured(command, env=None):
             time.sleep(0.1)
         seconds = time.perf_counter() - start
         if process.returncode:
-            raise SystemExit(f"{' '.join(map(str, command))} failed ({process.returncode})")
+            stderr.seek(0)
+            errors = [line for line in stderr.read().splitlines() if line.startswith("Error:")]
+            raise CommandFailed(command, process.returncode, seconds, errors[-1] if errors else "")
         stdout.seek(0)
         return seconds, peak / 2**20, stdout.read()
+
+
+class CommandFailed(SystemExit):
+    """A measured command that failed: its exit code, wall time and last Error: line."""
+
+    def __init__(self, command, code, seconds, error):
+        super().__init__(f"{' '.join(map(str, command))} failed ({code}): {error}")
+        self.seconds, self.error = seconds, error
 
 
 def bench_end_to_end(data, size, batch, head_epochs, fine_tune_epochs, weights=None):
@@ -435,9 +445,20 @@ def bench_time_budget(folder, size, weights=None, ablations=True):
     with tempfile.TemporaryDirectory() as tmp:
         for share in BUDGET_SHARES:
             limit = share * guide_seconds
-            seconds, metrics = _transfer_run(
-                folder, size, weights, tmp, f"limit{share}", "--time-limit", f"{limit:.0f}s"
-            )
+            try:
+                seconds, metrics = _transfer_run(
+                    folder, size, weights, tmp, f"limit{share}", "--time-limit", f"{limit:.0f}s"
+                )
+            except CommandFailed as refused:  # phase 1 cannot fit: said before it starts
+                row["budgets"].append(
+                    {
+                        "share": share,
+                        "limit_seconds": limit,
+                        "seconds": refused.seconds,
+                        "refused": refused.error,
+                    }  # fmt: skip
+                )
+                continue
             plan = metrics.get("time_plan", {})
             row["budgets"].append(
                 {
@@ -513,6 +534,12 @@ def print_time_budget(rows):
             f"{row['guide_test_accuracy']:.3f}"
         )
         for b in row["budgets"]:
+            if "refused" in b:
+                print(
+                    f"   --time-limit {b['share']:.2f}x ({b['limit_seconds']:.0f} s): refused "
+                    f"in {b['seconds']:.0f} s: {b['refused']}"
+                )
+                continue
             print(
                 f"   --time-limit {b['share']:.2f}x ({b['limit_seconds']:.0f} s): "
                 f"{b['seconds']:.0f} s, test accuracy {b['test_accuracy']:.3f} "
