@@ -482,14 +482,17 @@ def bench_time_budget(folder, size, weights=None, ablations=True):
             )
             row["ablations"].append(
                 {
-                    "name": name,
-                    "seconds": seconds,
-                    "test_accuracy": metrics["test"]["accuracy"],
-                    "kept": metrics["kept"]["phase"],
+                    **_run_summary(name, seconds, metrics),
                     "stopped": metrics["kept"].get("fine_tune_stopped"),
-                }
+                }  # fmt: skip
             )
     return row
+
+
+def _run_summary(name, seconds, metrics):
+    """A finetune run as a benchmark row: its name, wall time, test accuracy, phase kept."""
+    return {"name": name, "seconds": seconds, "test_accuracy": metrics["test"]["accuracy"],
+            "kept": metrics["kept"]["phase"]}  # fmt: skip
 
 
 PRESET_RUNS = (  # (m): each preset, and phase 1 alone for reference
@@ -513,12 +516,9 @@ def bench_presets(folder, size, weights=None, arch=None):
             )  # fmt: skip
             row["runs"].append(
                 {
-                    "name": name,
-                    "seconds": seconds,
-                    "test_accuracy": metrics["test"]["accuracy"],
-                    "kept": metrics["kept"]["phase"],
+                    **_run_summary(name, seconds, metrics),
                     "validation": metrics["kept"].get("validation"),
-                }
+                }  # fmt: skip
             )
             print(f"   {name:28} {seconds:6.0f} s, test accuracy "
                   f"{metrics['test']['accuracy']:.3f}, kept {metrics['kept']['phase']}",
