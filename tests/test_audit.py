@@ -350,3 +350,30 @@ def test_without_cleanlab_the_error_names_the_extra(small_folder, monkeypatch):
     assert result.exit_code == 1 and not out.exists()
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("Error: cleanlab") and "`pip install 'transfer-keras[audit]'`" in line
+
+
+@pytest.mark.heavy
+def test_a_tfds_dataset_is_audited_like_a_folder(tmp_path):
+    """`--data tfds:NAME`, as finetune reads it: the findings name TFDS records."""
+    import tensorflow_datasets as tfds
+
+    from tests.conftest import mock_tfds_metadata
+
+    mock_tfds_metadata(tmp_path / "tfds", splits=(("train", 40), ("test", 10)))
+    with tfds.testing.mock_data(
+        num_examples=40, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path / "tfds")
+    ):
+        result = run_cli(
+            "audit", "--data", "tfds:mnist", "--tfds-data-dir", tmp_path / "tfds",
+            "--out", tmp_path / "audit", "--weights", "none", "--image-size", 32,
+            "--cache-dir", tmp_path / "cache",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    # mock_data gives every split (train[:80%], train[80%:], test) the same 40 records:
+    # each validation and test record is a copy of a training one, a leak to find.
+    assert summary["images"] == 120 and summary["counts"]["leak"] >= 60, summary
+    rows = read_csv(tmp_path / "audit" / "issues.csv")
+    assert rows and all(row["path"].startswith("tfds:mnist/") for row in rows if row["path"])
+    assert {row["split"] for row in rows if row["kind"] == "leak"} == {"val", "test"}
+    assert (tmp_path / "audit" / "audit.html").stat().st_size > 1000
