@@ -13,12 +13,15 @@ audit      `transfer audit` on noisy.csv, twice, each with a cold feature cache:
            a seeded half of its rows and on all of them (the cost's growth with the
            number of images); recall and precision of its label issues against the
            flipped labels; the planted leaks found;
-finetune   `transfer finetune` on noisy.csv and on the audit's clean CSV, two ways
-           (RECIPES): phase 1 alone (the linear probe's head, which the default
-           recipe keeps when phase 2 cannot beat it) and phase 2 kept (conv5
-           fine-tuned, `keep="last"`); each model scored by `transfer evaluate` on the
+finetune   `transfer finetune` on noisy.csv, on the audit's clean CSV and on the
+           true labels (true.csv: the control, what perfect cleaning would give),
+           each way in --recipes (RECIPES): phase 1 alone (the linear probe's head,
+           which the default recipe keeps when phase 2 cannot beat it), phase 2 kept
+           (conv5 fine-tuned, `keep="last"`), and conv5 or every layer trained until
+           it fits its labels; each model scored by `transfer evaluate` on the
            original test folder (`--data`'s test/: the clean CSV leaves the test
-           images out that leak, so the runs' own test splits differ).
+           images out that leak, so the runs' own test splits differ) and on each
+           --test-data folder.
 
 Everything goes through transfer's Python API in this one process. Prints the
 figures and writes OUT/results.json. Example (docs/benchmarks.md, "Audit"):
@@ -49,7 +52,36 @@ from PIL import Image  # noqa: E402
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PLANTED_KINDS = ("exact", "larger", "jpeg")  # how a training image is copied into test
 # How each labels' run trains: FinetuneOptions fields over finetune's defaults.
-RECIPES = {"phase 1": {"fine_tune_from": "none"}, "phase 2 kept": {"keep": "last"}}
+RECIPES = {
+    "phase 1": {"fine_tune_from": "none"},
+    "phase 2 kept": {"keep": "last"},
+    # conv5 trained until it fits its training labels, the wrong ones too (Zhang et
+    # al., "Understanding deep learning requires rethinking generalization", ICLR
+    # 2017): no augmentation, no early stopping, the last epoch kept. Where label noise
+    # costs accuracy, and so where cleaning can buy it back.
+    "conv5 fitted": {
+        "fine_tune_from": "conv5",
+        "fine_tune_learning_rate": 1e-3,
+        "fine_tune_epochs": 15,
+        "augment": "none",
+        "early_stopping_patience": 0,
+        "keep": "last",
+    },
+    # The same with every layer trainable (batch norm too): the most capacity to learn
+    # the wrong labels by heart.
+    "all fitted": {
+        "fine_tune_from": "stem",
+        "train_bn": True,
+        "fine_tune_learning_rate": 1e-3,
+        "fine_tune_epochs": 20,
+        "augment": "none",
+        "early_stopping_patience": 0,
+        "keep": "last",
+    },
+}
+# The labels each recipe trains on: the flipped ones, the audit's clean CSV, and the
+# true labels (the control: what perfect cleaning would give).
+LABELS = ("noisy", "clean", "true")
 SCORES = (0.5, 0.7, 0.9, 0.95)  # label issues' scores at which precision and recall are given
 
 
@@ -95,10 +127,14 @@ def write_noisy_data(source, out, noise, planted, seed):
         copies.append((str(copy.relative_to(out)), str(original.relative_to(out))))
     rows += [(p, c, "test") for c in classes for p in test[c]]
     rows += [(out / copy, label_of(out / original, rows), "test") for copy, original in copies]
-    with open(out / "noisy.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows((p.relative_to(out), label, split) for p, label, split in rows)
+    for name, true_labels in (("noisy", False), ("true", True)):
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split"])
+            for p, label, split in rows:
+                relative = str(p.relative_to(out))
+                label = flipped.get(relative, label) if true_labels else label
+                writer.writerow((relative, label, split))
     return flipped, copies
 
 
@@ -134,6 +170,7 @@ def run_audit(data, out, args, cache, **extra):
         data,
         out,
         overwrite=True,
+        arch=args.arch,
         weights=args.weights,
         image_size=args.image_size,
         cache_dir=str(cache),
@@ -171,6 +208,7 @@ def run_finetune(data, out, args, recipe):
         data,
         out=out,
         overwrite=True,
+        arch=args.arch,
         weights=args.weights,
         image_size=args.image_size,
         seed=args.seed,
@@ -192,12 +230,24 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("runs/t5000"), help="train/ and test/")
     parser.add_argument("--out", type=Path, default=Path("runs/audit-bench/t5000"))
+    parser.add_argument("--arch", default=None, help="an --arch name (default: ResNet50)")
     parser.add_argument("--weights", default="none", help="the backbone's: a file, imagenet, none")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--noise", type=float, default=0.1, help="share of labels flipped")
     parser.add_argument("--planted", type=int, default=9, help="training images copied to test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--audit-only", action="store_true", help="no finetune runs")
+    parser.add_argument("--no-half", action="store_true", help="no audit of half the rows")
+    parser.add_argument(
+        "--recipes", default="phase 1,phase 2 kept", help=f"comma list of {', '.join(RECIPES)}"
+    )
+    parser.add_argument(
+        "--test-data",
+        type=Path,
+        action="append",
+        default=[],
+        help="more test folders every model is scored on (repeatable)",
+    )
     return parser.parse_args(argv)
 
 
@@ -212,14 +262,15 @@ def main(argv=None):
 
     results = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine()}
 
-    half, seconds = run_audit(
-        half_of(noisy, args.out / "half.csv", args.seed),
-        args.out / "audit-half",
-        args,
-        args.out / "cache-half",
-    )
-    results["audit_half"] = {"images": half.images, "seconds": seconds, "steps": half.seconds}
-    print(f"audit of {half.images} images: {seconds:.0f} s ({half.seconds})", flush=True)
+    if not args.no_half:
+        half, seconds = run_audit(
+            half_of(noisy, args.out / "half.csv", args.seed),
+            args.out / "audit-half",
+            args,
+            args.out / "cache-half",
+        )
+        results["audit_half"] = {"images": half.images, "seconds": seconds, "steps": half.seconds}
+        print(f"audit of {half.images} images: {seconds:.0f} s ({half.seconds})", flush=True)
 
     clean = args.out / "clean.csv"
     audited, seconds = run_audit(
@@ -237,40 +288,55 @@ def main(argv=None):
         "left_out": audited.left_out,
         "label_noise": audited.noise_rate(),
     }
-    growth = math.log(seconds / results["audit_half"]["seconds"]) / math.log(
-        audited.images / half.images
-    )
-    results["audit"]["growth_exponent"] = growth
+    if not args.no_half:
+        growth = math.log(seconds / results["audit_half"]["seconds"]) / math.log(
+            audited.images / half.images
+        )
+        results["audit"]["growth_exponent"] = growth
     print(json.dumps(results["audit"], indent=2), flush=True)
     if args.audit_only:
         (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         return
 
     results["finetune"] = []
-    for (recipe, options), (name, data) in itertools.product(
-        RECIPES.items(), (("noisy", noisy), ("clean", clean))
-    ):
+    tests = [args.data / "test", *args.test_data]
+    for recipe, name in itertools.product(args.recipes.split(","), LABELS):
         folder = f"{name}-{recipe.replace(' ', '-')}"
-        run, seconds = run_finetune(data, args.out / f"run-{folder}", args, options)
-        accuracy, images = test_accuracy(
-            run.run_dir, args.data / "test", args.out / f"test-{folder}"
-        )
+        data = {"noisy": noisy, "clean": clean, "true": args.out / "true.csv"}[name]
+        run, seconds = run_finetune(data, args.out / f"run-{folder}", args, RECIPES[recipe])
+        scores = {
+            str(test): test_accuracy(run.run_dir, test, args.out / f"test{n}-{folder}")
+            for n, test in enumerate(tests)
+        }
         splits = json.loads((run.run_dir / "config.json").read_text())["dataset"]["splits"]
         results["finetune"].append(
             {
                 "labels": name,
                 "recipe": recipe,
-                "test_accuracy": accuracy,
-                "test_images": images,
+                "test_accuracy": {test: accuracy for test, (accuracy, _) in scores.items()},
+                "test_images": {test: images for test, (_, images) in scores.items()},
                 "seconds": seconds,
                 "kept": run.metrics["kept"],
                 "splits": splits,
+                "last_epoch": last_epoch(run.run_dir),
             }
         )
+        (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        accuracies = ", ".join(f"{a:.4f} ({n} images)" for a, n in scores.values())
+        fit = last_epoch(run.run_dir).get("accuracy", "")
         print(
-            f"{recipe}, {name} labels: test accuracy {accuracy:.4f} in {seconds:.0f} s", flush=True
+            f"{recipe}, {name} labels: test accuracy {accuracies} in {seconds:.0f} s"
+            f" (last epoch's training accuracy {fit})",
+            flush=True,
         )
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def last_epoch(run_dir):
+    """The last row of a run's history.csv: does it fit its training labels?"""
+    with open(run_dir / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows[-1] if rows else {}
 
 
 def machine():

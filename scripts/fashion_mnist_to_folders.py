@@ -15,7 +15,9 @@ File names are ``<split>_<index in the IDX file, 5 digits>.png``, so every image
 can be traced back to its record in the source file. ``--per-class N`` keeps the
 first N images of each class in file order, so the output is deterministic, and
 ``--classes`` keeps a subset of the 10 classes (e.g. to make a source task and a
-target task out of disjoint classes).
+target task out of disjoint classes); ``--skip N`` leaves out each class's first N
+(a source task of the same classes, disjoint from a target made with
+``--per-class N``).
 
 The IDX files come by default from Debian's ``dataset-fashion-mnist`` package
 (``sudo apt-get install dataset-fashion-mnist``, installed under
@@ -156,9 +158,12 @@ def load_split(idx_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def selected_indices(labels: np.ndarray, label: int, per_class: int | None) -> np.ndarray:
-    """Indices (file order) of one class, the first ``per_class`` if capped."""
-    indices = np.flatnonzero(labels == label)
+def selected_indices(
+    labels: np.ndarray, label: int, per_class: int | None, skip: int = 0
+) -> np.ndarray:
+    """Indices (file order) of one class after its first ``skip``, the first
+    ``per_class`` of those if capped."""
+    indices = np.flatnonzero(labels == label)[skip:]
     return indices if per_class is None else indices[:per_class]
 
 
@@ -189,6 +194,7 @@ def convert(
     layout: str,
     classes: list[str],
     per_class: int | None,
+    skip: int = 0,
 ) -> dict[str, int]:
     """Write the selected images; return the number written per split."""
     written: dict[str, int] = {}
@@ -201,7 +207,7 @@ def convert(
             folder = root / class_name
             folder.mkdir(parents=True, exist_ok=True)
             names = produced.setdefault(folder, set())
-            for index in selected_indices(labels, CLASS_NAMES.index(class_name), per_class):
+            for index in selected_indices(labels, CLASS_NAMES.index(class_name), per_class, skip):
                 name = f"{split}_{int(index):05d}.png"
                 write_png(folder / name, images[index])
                 names.add(name)
@@ -242,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep at most the first N images of each class per split (file order); default all",
     )
     parser.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        metavar="N",
+        help=(
+            "leave out the first N images of each class per split (file order): a set "
+            "disjoint from one made with --per-class N, such as a source backbone's"
+        ),
+    )
+    parser.add_argument(
         "--splits",
         default=None,
         help=(
@@ -273,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.per_class is not None and args.per_class < 1:
             raise ConversionError("--per-class must be at least 1")
+        if args.skip < 0:
+            raise ConversionError("--skip must be 0 or more")
         default_splits = "train,test" if args.layout == "split" else "train"
         splits = parse_list(args.splits or default_splits, SPLITS, "split")
         classes = (
@@ -288,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
         elif not idx_dir.is_dir():
             raise ConversionError(f"--idx-dir {idx_dir} is not a folder")
-        written = convert(idx_dir, args.out, splits, args.layout, classes, args.per_class)
+        written = convert(
+            idx_dir, args.out, splits, args.layout, classes, args.per_class, args.skip
+        )
     except ConversionError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

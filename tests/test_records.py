@@ -174,3 +174,24 @@ def test_finetune_and_evaluate_on_shards(shards, tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["training_images_scored"] == 0
     assert sum(metrics["per_class"][c]["support"] for c in CLASSES) == len(lines)
+
+
+def test_audit_on_shards(shards, tmp_path):
+    """`transfer audit` reads shards as finetune does: the findings name records."""
+    pattern, names = shards
+    result = run_cli(
+        "audit", "--data", pattern, "--out", tmp_path / "audit", "--weights", "none",
+        "--image-size", 32, "--cache-dir", tmp_path / "cache",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert summary["images"] == len(names), summary
+    with open(tmp_path / "audit" / "issues.csv") as f:
+        paths = [line.split(",")[1] for line in f.read().splitlines()[1:]]
+    assert all(p in names for p in paths if p)
+    assert (tmp_path / "audit" / "audit.html").stat().st_size > 1000
+    refused = run_cli(
+        "audit", "--data", pattern, "--out", tmp_path / "again", "--weights", "none",
+        "--write-clean", tmp_path / "clean.csv",
+    )  # fmt: skip
+    assert refused.exit_code == 2 and "has none" in refused.stderr, refused.output

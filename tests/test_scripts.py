@@ -103,6 +103,17 @@ def test_converter_writes_class_folders_traceable_to_the_idx_records(idx_dir, tm
     assert len(pngs(out / "train")) == 2 and len(pngs(out / "test")) == 6
 
 
+def test_skip_makes_a_set_disjoint_from_the_first_per_class(idx_dir, tmp_path):
+    """A source task of the same classes: --skip N leaves out what --per-class N wrote."""
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    assert fashion.main(["--idx-dir", str(idx_dir), "--out", str(first), "--per-class", "5"]) == 0
+    assert fashion.main(["--idx-dir", str(idx_dir), "--out", str(rest), "--skip", "5"]) == 0
+    firsts, rests = set(pngs(first)), set(pngs(rest))
+    assert len(firsts) == 10 * (5 + 5) and len(rests) == 10 * (15 + 5)
+    assert not firsts & rests
+    assert fashion.main(["--idx-dir", str(idx_dir), "--out", str(rest), "--skip", "-1"]) == 2
+
+
 @pytest.mark.parametrize(
     "mutate,message",
     [

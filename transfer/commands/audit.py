@@ -15,6 +15,7 @@ from transfer.config import apply_config
 from transfer.data.csv_labels import is_table, table_name
 from transfer.data.dataset import TFDS_PREFIX
 from transfer.data.pipeline import images_only
+from transfer.data.records import is_records
 from transfer.data.sources import check_source_exists
 from transfer.errors import InvalidArgumentError
 from transfer.findings import checks, labels
@@ -135,7 +136,7 @@ def audit(
         relabel=relabel,
     )
     if not found.files:
-        result.notes["images"] = "TFDS data: no files to check"
+        result.notes["images"] = "TFDS data or TFRecord shards: no image files to check"
     if clean is not None:
         result.clean_csv = _write_clean(clean, found, findings)
     write_issues(out / ISSUES_CSV, findings)
@@ -180,7 +181,7 @@ def _clean_csv_path(path, data, options, overwrite):
     paths are relative to its folder, which must hold every image) or where it would
     replace a file: the data's own CSV never, another only with `overwrite`."""
     path = Path(path).expanduser()
-    if str(data).startswith(TFDS_PREFIX):
+    if str(data).startswith(TFDS_PREFIX) or is_records(data):
         raise InvalidArgumentError(
             f"write_clean={path}: a clean CSV lists image files, and {data} has none."
         )

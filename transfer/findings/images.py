@@ -27,7 +27,7 @@ def unreadable(skipped):
 
 
 def image_issues(images, batch_size):
-    """Findings of the image files themselves (none for TFDS data: no files)."""
+    """Findings of the image files themselves (none for TFDS data or shards: no files)."""
     if not images.files or not len(images):
         return []
     sizes, orientations = zip(*(_header(path) for path in images.paths))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer.data.records import TFRECORD_SOURCE
 from transfer.io import write_csv
 
 LEAVE_OUT, RELABEL, KEEP = "left out", "relabelled", ""  # what a clean CSV does
@@ -168,7 +169,7 @@ class AuditImages:
     splits: np.ndarray  # "train", "val" or "test" per image
     class_names: list
     features: np.ndarray = None
-    files: bool = True  # False for TFDS: no files to check
+    files: bool = True  # False for TFDS and TFRecord shards: no image files to check
 
     @classmethod
     def of(cls, dataset):
@@ -178,7 +179,7 @@ class AuditImages:
             labels=np.concatenate([dataset.splits[name].labels for name in names]),
             splits=np.array([name for name in names for _ in dataset.splits[name].paths]),
             class_names=list(dataset.class_names),
-            files=dataset.source != "tfds",
+            files=dataset.source not in ("tfds", TFRECORD_SOURCE),
         )
 
     def __len__(self):
