@@ -3,6 +3,7 @@ are the numerical reference and are used here only."""
 
 import atexit
 import collections
+import contextlib
 import os
 import shutil
 import subprocess
@@ -235,6 +236,21 @@ def mock_tfds_metadata(data_dir, name="mnist", splits=(("train", 16), ("test", 8
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
     return data_dir
+
+
+@contextlib.contextmanager
+def mocked_tfds(data_dir, name="mnist", splits=(("train", 16), ("test", 8))):
+    """`tfds:NAME` readable from `data_dir` without a download: its metadata written
+    and `tfds.testing.mock_data` on, with as many random examples as the largest split."""
+    import tensorflow_datasets as tfds
+
+    mock_tfds_metadata(data_dir, name, splits)
+    with tfds.testing.mock_data(
+        num_examples=max(n for _, n in splits),
+        policy=tfds.testing.MockPolicy.USE_FILES,
+        data_dir=str(data_dir),
+    ):
+        yield data_dir
 
 
 def run_cli(*args):

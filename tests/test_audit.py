@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.conftest import TINTS, TINY_FLAGS, chrome, run_cli, write_image
+from tests.conftest import TINTS, TINY_FLAGS, chrome, mocked_tfds, run_cli, write_image
 from transfer.data.duplicates import find_duplicates
 from transfer.findings.checks import class_balance
 from transfer.findings.table import (
@@ -355,14 +355,7 @@ def test_without_cleanlab_the_error_names_the_extra(small_folder, monkeypatch):
 @pytest.mark.heavy
 def test_a_tfds_dataset_is_audited_like_a_folder(tmp_path):
     """`--data tfds:NAME`, as finetune reads it: the findings name TFDS records."""
-    import tensorflow_datasets as tfds
-
-    from tests.conftest import mock_tfds_metadata
-
-    mock_tfds_metadata(tmp_path / "tfds", splits=(("train", 40), ("test", 10)))
-    with tfds.testing.mock_data(
-        num_examples=40, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path / "tfds")
-    ):
+    with mocked_tfds(tmp_path / "tfds", splits=(("train", 40), ("test", 10))):
         result = run_cli(
             "audit", "--data", "tfds:mnist", "--tfds-data-dir", tmp_path / "tfds",
             "--out", tmp_path / "audit", "--weights", "none", "--image-size", 32,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_image_folder, run_cli
+from tests.conftest import make_image_folder, mocked_tfds, run_cli
 from transfer.io import save_model
 from transfer.runs import read_config, read_model_metadata, reopen_data
 
@@ -231,14 +231,7 @@ def test_an_older_evaluation_folder_reports_where_its_model_path_resolves(projec
 
 
 def test_a_tfds_run_is_evaluated_on_its_held_out_split_by_name(tmp_path):
-    import tensorflow_datasets as tfds
-
-    from tests.conftest import mock_tfds_metadata
-
-    mock_tfds_metadata(tmp_path / "tfds", splits=(("train", 20), ("test", 10)))
-    with tfds.testing.mock_data(
-        num_examples=20, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path / "tfds")
-    ):
+    with mocked_tfds(tmp_path / "tfds", splits=(("train", 20), ("test", 10))):
         result = run_cli(
             "finetune",
             "--data",

@@ -8,12 +8,11 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from click.testing import CliRunner
 from PIL import Image
 
 import transfer
-from tests.conftest import SAMPLE_DATA, make_image_folder, mock_tfds_metadata, randomize
+from tests.conftest import SAMPLE_DATA, make_image_folder, mocked_tfds, randomize
 from transfer.cli import cli
 from transfer.commands.finetune import finetune
 
@@ -261,10 +260,7 @@ def test_phases_change_only_what_they_train(tmp_path, image_folder, fine_tune_fr
 
 @pytest.mark.heavy
 def test_tfds_dataset_end_to_end(tmp_path):
-    mock_tfds_metadata(tmp_path / "tfds", splits=(("train", 24), ("test", 12)))
-    with tfds.testing.mock_data(
-        num_examples=24, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path / "tfds")
-    ):
+    with mocked_tfds(tmp_path / "tfds", splits=(("train", 24), ("test", 12))):
         result = run_cli(
             "finetune",
             "--data",
