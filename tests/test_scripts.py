@@ -3,6 +3,7 @@ label budgets of scripts/benchmark_transfer.py, on IDX files written from the re
 Fashion-MNIST images in data/."""
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -249,3 +250,34 @@ def test_standin_script_end_to_end(idx_with_sample_first, tmp_path):
     assert "15 training images (the sample's 300 left out), 32 px" in done.stdout
     assert "accuracy on 315 test images" in done.stdout and f"wrote {out}" in done.stdout
     transfer.ResNet50(weights=str(out), include_top=False, input_shape=(32, 32, 3))
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_every_row_on_a_cpu(tmp_path):
+    """scripts/benchmark_gpu.py, prepared for a GPU, checked here at 32 px (a minute on
+    2 cores): the plain Keras fit and both transfer runs train and are measured."""
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "benchmark_gpu.py"),
+            "--copies",
+            "1",
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--jit",
+            "off",
+            "--out",
+            str(out),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["run"] for r in rows] == ["Keras fit", "transfer", "transfer --augment flip"]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["images"] >= 200 and len(row["step_seconds"]) == 2 and row["images_per_s"] > 0
