@@ -2,6 +2,7 @@
 label budgets of scripts/benchmark_transfer.py, on IDX files written from the real
 Fashion-MNIST images in data/."""
 
+import csv
 import gzip
 import json
 import os
@@ -18,6 +19,7 @@ from tests.conftest import SAMPLE_DATA
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import benchmark_audit  # noqa: E402
 import benchmark_transfer  # noqa: E402
 import fashion_mnist_to_folders as fashion  # noqa: E402
 
@@ -281,3 +283,38 @@ def test_gpu_benchmark_runs_every_row_on_a_cpu(tmp_path):
     for row in rows:
         assert "error" not in row, row
         assert row["images"] >= 200 and len(row["step_seconds"]) == 2 and row["images_per_s"] > 0
+
+
+def test_the_audit_benchmark_flips_what_it_says_and_keeps_the_truth(tmp_path):
+    """scripts/benchmark_audit.py's data: exactly --noise of the training labels flipped
+    to another class (seeded), true.csv the labels before, test labels untouched, and
+    each planted copy a training image's copy in the test split with that label."""
+    source = tmp_path / "source"
+    for name in ("Bag", "Sandal", "Sneaker"):
+        files = sorted(Path(SAMPLE_DATA, name).glob("*.png"))
+        for split, chosen in (("train", files[:20]), ("test", files[20:24])):
+            (source / split / name).mkdir(parents=True)
+            for path in chosen:
+                (source / split / name / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    flipped, planted = benchmark_audit.write_noisy_data(source, out, 0.1, 3, seed=0)
+
+    def rows(name):
+        with open(out / name, newline="") as f:
+            return {r["path"]: (r["label"], r["split"]) for r in csv.DictReader(f)}
+
+    noisy, true = rows("noisy.csv"), rows("true.csv")
+    assert noisy.keys() == true.keys() and len(noisy) == 60 + 12 + 3
+    assert len(flipped) == 6  # 10% of the 60 training images
+    for path, (label, split) in noisy.items():
+        assert true[path][0] == Path(path).parent.name
+        if path in flipped:
+            assert split == "train" and label != flipped[path] == true[path][0]
+        else:
+            assert label == true[path][0]
+    for copy, original in planted:
+        assert noisy[copy] == (true[original][0], "test") and original not in flipped
+        assert (out / copy).is_file()
+    again, _ = benchmark_audit.write_noisy_data(source, out, 0.1, 3, seed=0)
+    assert again == flipped
