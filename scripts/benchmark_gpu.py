@@ -35,6 +35,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "fashion-mnist"
+sys.path.insert(0, str(ROOT / "scripts"))
 LEARNING_RATE = 1e-4  # transfer's phase-2 default, given to both
 # (name, transfer finetune options): the augmentation on the images, and the flip
 # that lets phase 2 run from the frozen groups' cached outputs.
@@ -115,6 +116,10 @@ def keras_worker(spec):
 
 
 def plain_keras(args, data, mixed, jit):
+    # Not at the top: the Keras worker runs this file without `transfer`, which
+    # benchmark.py imports.
+    from benchmark import tensorflow_defaults
+
     spec = {
         "data": str(data),
         "image_size": args.image_size,
@@ -123,10 +128,9 @@ def plain_keras(args, data, mixed, jit):
         "mixed": mixed,
         "jit": jit,
     }
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     done = subprocess.run(
         [sys.executable, __file__, "--keras-worker", json.dumps(spec)],
-        env=env,
+        env=tensorflow_defaults(),
         capture_output=True,
         text=True,
     )
@@ -136,16 +140,16 @@ def plain_keras(args, data, mixed, jit):
 
 
 def transfer_run(args, data, mixed, jit, extra, tmp):
+    from benchmark import _finetune_command
+
     out = Path(tempfile.mkdtemp(dir=tmp))
-    command = [
-        sys.executable, "-m", "transfer", "finetune", "--data", str(data),
-        "--out", str(out / "run"), "--cache-dir", str(out / "cache"), "--weights", "none",
-        "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-        "--head-epochs", "1", "--fine-tune-epochs", str(args.epochs),
-        "--fine-tune-lr", str(LEARNING_RATE), "--no-futility-stop",
-        "--early-stopping", "0", "--keep", "last", "--no-report", "--seed", "0",
-        "--jit-compile", jit, *(["--mixed-precision"] if mixed else []), *extra,
-    ]  # fmt: skip
+    command = _finetune_command(
+        data, args.image_size, None, out / "run", out / "cache",
+        "--batch-size", str(args.batch_size), "--head-epochs", "1",
+        "--fine-tune-epochs", str(args.epochs), "--fine-tune-lr", str(LEARNING_RATE),
+        "--no-futility-stop", "--early-stopping", "0", "--keep", "last", "--no-report",
+        "--seed", "0", "--jit-compile", jit, *(["--mixed-precision"] if mixed else []), *extra,
+    )  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1:]}

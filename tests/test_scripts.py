@@ -318,3 +318,23 @@ def test_the_audit_benchmark_flips_what_it_says_and_keeps_the_truth(tmp_path):
         assert (out / copy).is_file()
     again, _ = benchmark_audit.write_noisy_data(source, out, 0.1, 3, seed=0)
     assert again == flipped
+
+
+@pytest.mark.slow
+def test_startup_benchmark_times_each_stage_of_a_small_run(tmp_path):
+    """scripts/benchmark_startup.py once on the sample: every stage it names was found
+    in the run's log (a marker that no longer matches would fold its stage into the
+    next), and the stages add up to the run."""
+    out = tmp_path / "startup.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark_startup.py"), "--repeats", "1",
+         "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    stages = result["stages"]
+    assert all(seconds > 0 for seconds in stages.values()), stages
+    total = stages.pop("total")
+    assert abs(sum(stages.values()) - total) < 1e-6
+    assert result["median"]["refusal"] < result["median"]["tensorflow"]
